@@ -1,0 +1,74 @@
+//! The one place where errors become HTTP responses: `{"error":{"code":"...","message":"..."}}`
+//! with the right status. Internal errors are logged and answered with a message that leaks
+//! nothing.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::recommend::RecommendError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonSyntaxError(e) => Self::bad_request("invalid_json", format!("malformed JSON: {}", e.body_text())),
+            JsonRejection::JsonDataError(e) => Self::bad_request("invalid_request", e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(e) => Self::new(e.status(), "invalid_body", e.body_text()),
+            other => Self::new(other.status(), "invalid_request", other.body_text()),
+        }
+    }
+}
+
+impl From<RecommendError> for ApiError {
+    fn from(error: RecommendError) -> Self {
+        match &error {
+            RecommendError::UnknownModel { .. } => Self::not_found("unknown_model", error.to_string()),
+            RecommendError::InvalidCount { .. } => Self::bad_request("invalid_n_recommendations", error.to_string()),
+            RecommendError::PluginFailed { .. } => {
+                tracing::warn!(%error, "recommendation failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", error.to_string())
+            }
+            RecommendError::Internal(_) => Self::internal(error),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The HTTP API (axum). Handlers parse and validate, call a service, and map the result;
+//! every error goes through [`error::ApiError`].
+//!
+//! | route                 | handler                 |
+//! |-----------------------|-------------------------|
+//! | `POST /recommend`     | [`recommend::recommend`] |
+//! | `GET /items/{id}`     | [`catalog::item`]        |
+//! | `GET /users/{id}`     | [`catalog::user`]        |
+//! | `GET /health`         | [`system::health`]       |
+//! | `GET /plugins`        | [`system::plugins`]      |
+
+mod catalog;
+pub mod error;
+pub mod ids;
+mod recommend;
+mod system;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::app::App;
+use error::ApiError;
+
+pub type AppState = Arc<App>;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/recommend", post(recommend::recommend))
+        .route("/items/{id}", get(catalog::item))
+        .route("/users/{id}", get(catalog::user))
+        .route("/health", get(system::health))
+        .route("/plugins", get(system::plugins))
+        .fallback(|| async { ApiError::not_found("not_found", "no such route; see the README for the API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}

@@ -1,0 +1,28 @@
+//! `GET /health` and `GET /plugins`.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+
+pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let counts = state.store.counts().map_err(ApiError::internal)?;
+    let ready = state.plugins.iter().filter(|p| p.model().is_some()).count();
+    Ok(Json(json!({
+        "status": if ready == state.plugins.len() { "ok" } else { "degraded" },
+        "items": counts.items,
+        "users": counts.users,
+        "events": counts.events,
+        "plugins": state.plugins.len(),
+        "plugins_ready": ready,
+        "schema_version": crate::store::schema_version(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+pub async fn plugins(State(state): State<AppState>) -> Json<Value> {
+    let plugins: Vec<_> = state.plugins.iter().map(|p| p.status()).collect();
+    Json(json!({ "default_model": state.recommender.default_model(), "plugins": plugins }))
+}

@@ -1,0 +1,179 @@
+//! Server configuration: one TOML file, then environment overrides, then command-line flags.
+//!
+//! ```toml
+//! bind = "127.0.0.1:8080"        # RECOHOST_BIND
+//! data_dir = "data"              # RECOHOST_DATA_DIR; SQLite database and compiled-code cache
+//! default_model = "hybrid"       # RECOHOST_DEFAULT_MODEL; used when a request names none
+//! history_limit = 500            # newest events of a user sent to plugins with each request
+//! max_recommendations = 100      # largest n_recommendations accepted
+//! demo_data = true               # fill an empty database with generated demo data
+//!
+//! [[plugins]]
+//! name = "popularity"
+//! path = "dist/plugins/popularity.wasm"   # relative to this file
+//! [plugins.config]                        # passed to the plugin as JSON
+//! half_life_days = 30
+//! [plugins.limits]                        # see PluginLimits
+//! memory_mb = 512
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::plugins::PluginLimits;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub bind: String,
+    pub data_dir: PathBuf,
+    pub default_model: String,
+    pub history_limit: usize,
+    pub max_recommendations: u32,
+    pub demo_data: bool,
+    pub plugins: Vec<PluginDeclaration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            default_model: "hybrid".into(),
+            history_limit: 500,
+            max_recommendations: 100,
+            demo_data: true,
+            plugins: Vec::new(),
+        }
+    }
+}
+
+/// One `[[plugins]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDeclaration {
+    /// Name used in requests (`model_type`) and in experiments.
+    pub name: String,
+    /// The .wasm component; relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// Passed to the plugin's `configure` as a JSON object.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub limits: PluginLimits,
+}
+
+impl PluginDeclaration {
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+impl Config {
+    /// Reads `path`, resolves relative paths against its folder, applies environment overrides.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for plugin in &mut config.plugins {
+            if plugin.path.is_relative() {
+                plugin.path = base.join(&plugin.path);
+            }
+        }
+        if config.data_dir.is_relative() {
+            config.data_dir = base.join(&config.data_dir);
+        }
+        config.apply_env(|key| std::env::var(key).ok())?;
+        config.validate().with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Applies `RECOHOST_*` overrides from `lookup`.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(bind) = lookup("RECOHOST_BIND") {
+            self.bind = bind;
+        }
+        if let Some(dir) = lookup("RECOHOST_DATA_DIR") {
+            self.data_dir = PathBuf::from(dir);
+        }
+        if let Some(model) = lookup("RECOHOST_DEFAULT_MODEL") {
+            self.default_model = model;
+        }
+        if let Some(flag) = lookup("RECOHOST_DEMO_DATA") {
+            self.demo_data = flag.parse().with_context(|| format!("RECOHOST_DEMO_DATA={flag:?}: expected true or false"))?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for plugin in &self.plugins {
+            if plugin.name.is_empty()
+                || plugin.name.len() > 64
+                || !plugin.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!("plugin name {:?}: use 1-64 letters, digits, '-' or '_'", plugin.name);
+            }
+            if !names.insert(&plugin.name) {
+                bail!("plugin name {:?} is declared twice", plugin.name);
+            }
+            plugin.limits.validate().map_err(|e| anyhow::anyhow!("plugin {:?}: {e}", plugin.name))?;
+        }
+        if !self.plugins.is_empty() && !names.contains(&self.default_model) {
+            bail!(
+                "default_model {:?} is not a declared plugin (declared: {})",
+                self.default_model,
+                self.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        if self.max_recommendations == 0 {
+            bail!("max_recommendations must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_plugins_relative_to_the_file_and_applies_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recohost.toml");
+        std::fs::write(
+            &path,
+            r#"
+            default_model = "pop"
+            [[plugins]]
+            name = "pop"
+            path = "plugins/pop.wasm"
+            [plugins.config]
+            half_life_days = 7
+            "#,
+        )
+        .unwrap();
+        let mut config = Config::load(&path).unwrap();
+        assert_eq!(config.plugins[0].path, dir.path().join("plugins/pop.wasm"));
+        assert_eq!(config.plugins[0].config_json(), r#"{"half_life_days":7}"#);
+        config.apply_env(|key| (key == "RECOHOST_BIND").then(|| "0.0.0.0:9".to_string())).unwrap();
+        assert_eq!(config.bind, "0.0.0.0:9");
+    }
+
+    #[test]
+    fn rejects_unknown_keys_duplicates_and_a_missing_default() {
+        let parse = |text: &str| -> anyhow::Result<Config> {
+            let config: Config = toml::from_str(text)?;
+            config.validate()?;
+            Ok(config)
+        };
+        assert!(parse("bnd = 'x'").is_err());
+        let twice = "default_model='a'\n[[plugins]]\nname='a'\npath='a'\n[[plugins]]\nname='a'\npath='b'";
+        assert!(parse(twice).unwrap_err().to_string().contains("twice"));
+        assert!(parse("default_model='z'\n[[plugins]]\nname='a'\npath='a'").is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! Getting data in: MovieLens files and the generated demo dataset.
+
+pub mod demo;
+pub mod movielens;

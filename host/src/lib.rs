@@ -1,0 +1,20 @@
+//! recohost: a recommendation server whose strategies are sandboxed WebAssembly components.
+//!
+//! Where things live:
+//! - [`config`]: the TOML config file and its environment overrides.
+//! - [`store`]: SQLite (items, users, events, model snapshots) and its migrations.
+//! - [`catalog`]: the in-memory maps from external IDs to the dense indices plugins use.
+//! - [`plugins`]: the wasmtime host: engine, contract check, limits, instances, pools.
+//! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
+//! - [`import`]: MovieLens readers and the demo-data generator.
+//! - [`app`]: start-up: store, catalog, plugins, restoring or training every model.
+//! - [`api`]: the axum HTTP layer.
+
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod import;
+pub mod plugins;
+pub mod recommend;
+pub mod store;

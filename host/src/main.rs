@@ -1,0 +1,131 @@
+//! The `recohost` command line: `serve` and `import`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use recohost::app::App;
+use recohost::config::Config;
+use recohost::store::Store;
+
+#[derive(Parser)]
+#[command(name = "recohost", version, about = "Recommendation server with WebAssembly strategy plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server. An empty data directory gets demo data and trained models.
+    Serve {
+        /// Config file (TOML). Default: ./recohost.toml if it exists.
+        #[arg(long, env = "RECOHOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (SQLite database, compiled-code cache). Overrides the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080. Overrides the config.
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Import a dataset into the data directory's database.
+    Import {
+        /// Dataset format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Folder holding the dataset files.
+        path: PathBuf,
+        /// Config file (TOML), for the data directory. Default: ./recohost.toml if it exists.
+        #[arg(long, env = "RECOHOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory. Overrides the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// MovieLens: ml-100k (u.data, u.item) or ml-latest (ratings.csv, movies.csv).
+    Movielens,
+}
+
+fn load_config(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(path) => Config::load(&path)?,
+        None if std::path::Path::new("recohost.toml").exists() => Config::load(std::path::Path::new("recohost.toml"))?,
+        None => {
+            let mut config = Config::default();
+            config.apply_env(|key| std::env::var(key).ok())?;
+            config
+        }
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    Ok(config)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RECOHOST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { config, data_dir, bind } => {
+            let mut config = load_config(config, data_dir)?;
+            if let Some(bind) = bind {
+                config.bind = bind;
+            }
+            if config.plugins.is_empty() {
+                anyhow::bail!("no plugins are declared: pass --config FILE (see recohost.toml in the repository)");
+            }
+            serve(config)
+        }
+        Command::Import { format: Format::Movielens, path, config, data_dir } => {
+            let config = load_config(config, data_dir)?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let started = std::time::Instant::now();
+            let batch = recohost::import::movielens::read(&path, true)?;
+            let store = Store::open(&config.data_dir.join("recohost.db"))?;
+            let added = store.import(&batch).context("import failed; nothing was written")?;
+            let counts = store.counts()?;
+            println!(
+                "imported {} items and {added} events in {:.1} s; the database now holds {} items, {} users, {} events",
+                batch.items.len(),
+                started.elapsed().as_secs_f64(),
+                counts.items,
+                counts.users,
+                counts.events
+            );
+            println!("models are retrained on the next `recohost serve`");
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let bind = config.bind.clone();
+    let app = Arc::new(App::open(config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, "recohost is listening");
+        // Tests and scripts read this line to find the port when binding to port 0.
+        println!("recohost listening on http://{address}");
+        axum::serve(listener, recohost::api::router(app))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            })
+            .await?;
+        anyhow::Ok(())
+    })
+}

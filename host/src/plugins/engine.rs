@@ -1,0 +1,113 @@
+//! The one wasmtime `Engine` of the process, its epoch ticker and the compiled-code cache.
+//!
+//! Time limits use epoch interruption: a background thread advances the engine's epoch every
+//! [`EPOCH_TICK`], and each call sets a deadline in ticks before it enters the guest. A tokio
+//! timeout could not stop a tight loop inside WebAssembly; an epoch deadline traps it.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
+
+/// How often the epoch advances: the granularity of every call's time budget.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+#[derive(Clone)]
+pub struct PluginEngine {
+    engine: Engine,
+    cache_dir: Option<Arc<PathBuf>>,
+}
+
+impl PluginEngine {
+    /// Builds the engine and starts its epoch ticker. Compiled components are cached under
+    /// `cache_dir` (when given) so that a restart does not recompile them.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("cannot start the epoch ticker thread")?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the compiled-code cache {}", dir.display()))?;
+        }
+        Ok(Self { engine, cache_dir: cache_dir.map(Arc::new) })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Deadline, in epoch ticks, for a call budget.
+    pub fn ticks(budget: Duration) -> u64 {
+        (budget.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    }
+
+    /// Compiles `wasm`, or loads the result of an earlier compilation of the same bytes by the
+    /// same engine configuration from the cache.
+    pub fn compile(&self, wasm: &[u8], origin: &Path) -> anyhow::Result<Component> {
+        let Some(dir) = &self.cache_dir else {
+            return self.compile_uncached(wasm, origin);
+        };
+        let path = dir.join(format!("{}.cwasm", self.cache_key(wasm)));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this very engine
+            // configuration (the key includes the engine's compatibility hash), in the data
+            // directory that only this server writes. A file that fails the engine's own
+            // checks is recompiled below.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring a stale compiled-code cache entry"),
+            }
+        }
+        let component = self.compile_uncached(wasm, origin)?;
+        match component.serialize() {
+            Ok(bytes) => {
+                let temporary = path.with_extension("tmp");
+                if let Err(error) = std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, &path)) {
+                    tracing::warn!(path = %path.display(), %error, "cannot write the compiled-code cache");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot serialize a compiled component"),
+        }
+        Ok(component)
+    }
+
+    fn compile_uncached(&self, wasm: &[u8], origin: &Path) -> anyhow::Result<Component> {
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid WebAssembly component: {e}", origin.display()))?;
+        tracing::info!(path = %origin.display(), elapsed_ms = started.elapsed().as_millis() as u64, "compiled plugin");
+        Ok(component)
+    }
+
+    fn cache_key(&self, wasm: &[u8]) -> String {
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let mut digest = Sha256::new();
+        digest.update(wasm);
+        digest.update(engine_hash.finish().to_le_bytes());
+        digest.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hex(&digest.finalize())
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

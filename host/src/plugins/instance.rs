@@ -1,0 +1,132 @@
+//! One instance of a plugin: a wasmtime `Store` and the component's exports, with every call
+//! under the plugin's time budget and memory cap.
+//!
+//! A trap (panic, time budget, memory cap) poisons the instance for good: the caller must drop
+//! it. [`CallError::is_trap`] says which errors those are.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use wasmtime::component::Component;
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+
+use super::bindings::{Feedback, InstanceState, Item, PluginInfo, Request, Scored, Strategy, StrategyError, StrategyPre};
+use super::engine::PluginEngine;
+use super::limits::PluginLimits;
+
+#[derive(Debug, Error)]
+pub enum CallError {
+    /// The plugin answered with an error: the instance is still usable.
+    #[error("plugin `{plugin}` refused `{call}`: {error}")]
+    Refused { plugin: String, call: &'static str, error: StrategyError },
+    /// The instance trapped and must be discarded.
+    #[error("plugin `{plugin}` trapped in `{call}`: {reason}")]
+    Trapped { plugin: String, call: &'static str, reason: String },
+}
+
+impl CallError {
+    pub fn is_trap(&self) -> bool {
+        matches!(self, Self::Trapped { .. })
+    }
+}
+
+pub struct PluginInstance {
+    store: Store<InstanceState>,
+    exports: Strategy,
+    limits: Arc<PluginLimits>,
+    /// Model version loaded into this instance (0: none).
+    pub model_version: u64,
+}
+
+impl PluginInstance {
+    /// A fresh instance, not yet configured.
+    pub fn new(
+        engine: &PluginEngine,
+        pre: &StrategyPre<InstanceState>,
+        plugin: Arc<str>,
+        limits: Arc<PluginLimits>,
+    ) -> anyhow::Result<Self> {
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes())
+            .trap_on_grow_failure(true)
+            .instances(4)
+            .tables(16)
+            .memories(4)
+            .build();
+        let mut store = Store::new(engine.engine(), InstanceState::new(plugin, store_limits));
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(PluginEngine::ticks(limits.train()));
+        let exports = pre.instantiate(&mut store).map_err(|e| anyhow::anyhow!("cannot instantiate: {e:#}"))?;
+        Ok(Self { store, exports, limits, model_version: 0 })
+    }
+
+    fn call<R>(
+        &mut self,
+        call: &'static str,
+        budget: Duration,
+        run: impl FnOnce(&Strategy, &mut Store<InstanceState>) -> wasmtime::Result<Result<R, StrategyError>>,
+    ) -> Result<R, CallError> {
+        self.store.set_epoch_deadline(PluginEngine::ticks(budget));
+        let plugin = self.store.data().plugin.to_string();
+        match run(&self.exports, &mut self.store) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(CallError::Refused { plugin, call, error }),
+            Err(error) => {
+                let reason = match error.downcast_ref::<Trap>() {
+                    Some(Trap::Interrupt) => format!("exceeded its time budget of {} ms", budget.as_millis()),
+                    _ if format!("{error:?}").contains("forcing trap when growing memory") => format!(
+                        "exceeded its memory limit of {} MiB",
+                        self.limits.memory_mb
+                    ),
+                    _ => format!("{error:#}"),
+                };
+                Err(CallError::Trapped { plugin, call, reason })
+            }
+        }
+    }
+
+    pub fn describe(&mut self) -> Result<PluginInfo, CallError> {
+        let budget = self.limits.recommend();
+        self.call("describe", budget, |e, s| e.recohost_strategy_plugin().call_describe(s).map(Ok))
+    }
+
+    pub fn configure(&mut self, config_json: &str, catalog: &[Item]) -> Result<(), CallError> {
+        let budget = self.limits.train();
+        self.call("configure", budget, |e, s| e.recohost_strategy_plugin().call_configure(s, config_json, catalog))
+    }
+
+    pub fn train(&mut self, events: &[Feedback]) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
+        let budget = self.limits.train();
+        self.call("train", budget, |e, s| e.recohost_strategy_plugin().call_train(s, events))
+    }
+
+    pub fn update(&mut self, events: &[Feedback]) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
+        let budget = self.limits.update();
+        self.call("update", budget, |e, s| e.recohost_strategy_plugin().call_update(s, events))
+    }
+
+    pub fn recommend(&mut self, request: &Request) -> Result<Vec<Scored>, CallError> {
+        let budget = self.limits.recommend();
+        self.call("recommend", budget, |e, s| e.recohost_strategy_plugin().call_recommend(s, request))
+    }
+
+    pub fn save(&mut self) -> Result<Vec<u8>, CallError> {
+        let budget = self.limits.train();
+        self.call("save", budget, |e, s| e.recohost_strategy_plugin().call_save(s))
+    }
+
+    pub fn load(&mut self, snapshot: &[u8]) -> Result<(), CallError> {
+        let budget = self.limits.train();
+        self.call("load", budget, |e, s| e.recohost_strategy_plugin().call_load(s, snapshot))
+    }
+}
+
+/// Exports of a component, for the contract check.
+pub fn export_names(engine: &PluginEngine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine.engine())
+        .map(|(name, _)| name.to_string())
+        .collect()
+}

@@ -1,0 +1,270 @@
+//! One loaded plugin: its compiled component, its current model version, and a pool of
+//! serving instances that hold that model.
+//!
+//! Models move between instances only as snapshots (`save` / `load`). Training runs in a
+//! fresh *learner* instance; its snapshot becomes a new model version that serving instances
+//! load. A serving instance is checked out by one request at a time, so no lock is held while
+//! WebAssembly runs, and both cores serve in parallel. An instance that traps is dropped and the
+//! next request builds a new one from the current snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::bindings::{Feedback, InstanceState, Item, PluginInfo, Request, Scored, StrategyPre};
+use super::contract::{self, ContractError};
+use super::engine::{PluginEngine, hex};
+use super::instance::{CallError, PluginInstance, export_names};
+use super::limits::PluginLimits;
+
+#[derive(Debug, Error)]
+pub enum PluginLoadError {
+    #[error("plugin `{plugin}`: cannot read {path}: {source}")]
+    Read { plugin: String, path: PathBuf, source: std::io::Error },
+    #[error("plugin `{plugin}` ({path}): {reason}")]
+    Invalid { plugin: String, path: PathBuf, reason: String },
+    #[error("plugin `{plugin}` ({path}): {source}")]
+    Contract { plugin: String, path: PathBuf, source: ContractError },
+    #[error("plugin `{plugin}` rejected its configuration: {source}")]
+    Config { plugin: String, source: CallError },
+}
+
+/// A model version ready to serve.
+#[derive(Clone, Debug)]
+pub struct ModelVersion {
+    pub version: u64,
+    pub snapshot: Arc<Vec<u8>>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// Counters for `/plugins`.
+#[derive(Default)]
+struct CallStats {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    traps: AtomicU64,
+}
+
+/// How the plugin is doing, for `/plugins`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub wit_version: String,
+    pub path: String,
+    pub model_version: Option<u64>,
+    pub model_created_at: Option<u64>,
+    pub status: &'static str,
+    pub calls: u64,
+    pub failures: u64,
+    pub traps: u64,
+}
+
+pub struct PluginRuntime {
+    name: Arc<str>,
+    path: PathBuf,
+    info: PluginInfo,
+    wit_version: String,
+    fingerprint: String,
+    engine: PluginEngine,
+    pre: StrategyPre<InstanceState>,
+    limits: Arc<PluginLimits>,
+    config_json: String,
+    catalog: Arc<Vec<Item>>,
+    model: RwLock<Option<ModelVersion>>,
+    idle: Mutex<Vec<PluginInstance>>,
+    max_idle: usize,
+    stats: CallStats,
+}
+
+impl PluginRuntime {
+    /// Reads, compiles (or loads from the cache) and checks a plugin, then configures one
+    /// instance to prove that the plugin accepts its config and the catalog.
+    pub fn load(
+        engine: &PluginEngine,
+        name: &str,
+        path: &Path,
+        config_json: String,
+        limits: PluginLimits,
+        catalog: Arc<Vec<Item>>,
+        catalog_fingerprint: &str,
+    ) -> Result<Self, PluginLoadError> {
+        let invalid = |reason: String| PluginLoadError::Invalid { plugin: name.into(), path: path.into(), reason };
+        let wasm = std::fs::read(path)
+            .map_err(|source| PluginLoadError::Read { plugin: name.into(), path: path.into(), source })?;
+        let component = engine.compile(&wasm, path).map_err(|e| invalid(format!("{e:#}")))?;
+        let wit_version = contract::check(&export_names(engine, &component))
+            .map_err(|source| PluginLoadError::Contract { plugin: name.into(), path: path.into(), source })?;
+        let mut linker = wasmtime::component::Linker::<InstanceState>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| invalid(format!("{e:#}")))?;
+        super::bindings::Strategy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("it imports something the sandbox does not provide: {e:#}")))?;
+        let pre = StrategyPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
+        let limits = Arc::new(limits);
+        let plugin: Arc<str> = Arc::from(name);
+        let mut probe = PluginInstance::new(engine, &pre, plugin.clone(), limits.clone())
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let info = probe.describe().map_err(|e| invalid(e.to_string()))?;
+        probe
+            .configure(&config_json, &catalog)
+            .map_err(|source| PluginLoadError::Config { plugin: name.into(), source })?;
+
+        let mut digest = Sha256::new();
+        digest.update(&wasm);
+        digest.update(config_json.as_bytes());
+        digest.update(catalog_fingerprint.as_bytes());
+        let max_idle = match limits.serving_instances {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        };
+        Ok(Self {
+            name: plugin,
+            path: path.into(),
+            info,
+            wit_version,
+            fingerprint: hex(&digest.finalize()),
+            engine: engine.clone(),
+            pre,
+            limits,
+            config_json,
+            catalog,
+            model: RwLock::new(None),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            stats: CallStats::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hash of the .wasm, its config and the catalog: a snapshot is reusable only if it matches.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The model version now serving, if any.
+    pub fn model(&self) -> Option<ModelVersion> {
+        self.model.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn status(&self) -> PluginStatus {
+        let model = self.model();
+        PluginStatus {
+            name: self.name.to_string(),
+            version: self.info.version.clone(),
+            description: self.info.description.clone(),
+            wit_version: self.wit_version.clone(),
+            path: self.path.display().to_string(),
+            model_version: model.as_ref().map(|m| m.version),
+            model_created_at: model.as_ref().map(|m| m.created_at),
+            status: if model.is_some() { "ready" } else { "not_trained" },
+            calls: self.stats.calls.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed),
+            traps: self.stats.traps.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A configured instance with no model.
+    fn configured_instance(&self) -> Result<PluginInstance, CallError> {
+        let mut instance = PluginInstance::new(&self.engine, &self.pre, self.name.clone(), self.limits.clone())
+            .map_err(|e| CallError::Trapped { plugin: self.name.to_string(), call: "instantiate", reason: format!("{e:#}") })?;
+        instance.configure(&self.config_json, &self.catalog)?;
+        Ok(instance)
+    }
+
+    /// Trains a new model on `events` in a learner instance and returns its snapshot.
+    pub fn train(&self, events: &[Feedback]) -> Result<Vec<u8>, CallError> {
+        let mut learner = self.configured_instance()?;
+        learner.train(events)?;
+        learner.save()
+    }
+
+    /// Loads `snapshot` into a learner instance, applies `events`, and returns the new snapshot.
+    pub fn update(&self, snapshot: &[u8], events: &[Feedback]) -> Result<Vec<u8>, CallError> {
+        let mut learner = self.configured_instance()?;
+        learner.load(snapshot)?;
+        learner.update(events)?;
+        learner.save()
+    }
+
+    /// Proves that `model` loads, then makes it the serving version. Instances holding older
+    /// versions are dropped when next seen; requests under way finish on the version they had.
+    pub fn install(&self, model: ModelVersion) -> Result<(), CallError> {
+        let mut instance = self.configured_instance()?;
+        instance.load(&model.snapshot)?;
+        instance.model_version = model.version;
+        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(model);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.clear();
+        idle.push(instance);
+        Ok(())
+    }
+
+    /// Asks the current model for recommendations. Blocking: run it off the async runtime.
+    pub fn recommend(&self, request: &Request) -> Result<(Vec<Scored>, u64), RecommendCallError> {
+        let model = self.model().ok_or_else(|| RecommendCallError::NotTrained(self.name.to_string()))?;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut instance = self.checkout(&model).inspect_err(|_| self.record_failure(true))?;
+        let result = instance.recommend(request);
+        match &result {
+            Err(error) if error.is_trap() => {
+                self.record_failure(true);
+                tracing::error!(plugin = %self.name, %error, "discarding the instance; the next request gets a fresh one from the snapshot");
+            }
+            Err(_) => {
+                self.record_failure(false);
+                self.checkin(instance);
+            }
+            Ok(_) => self.checkin(instance),
+        }
+        Ok((result?, model.version))
+    }
+
+    fn record_failure(&self, trapped: bool) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if trapped {
+            self.stats.traps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn checkout(&self, model: &ModelVersion) -> Result<PluginInstance, CallError> {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(instance) = idle.pop() {
+                if instance.model_version == model.version {
+                    return Ok(instance);
+                }
+            }
+        }
+        let mut instance = self.configured_instance()?;
+        instance.load(&model.snapshot)?;
+        instance.model_version = model.version;
+        Ok(instance)
+    }
+
+    fn checkin(&self, instance: PluginInstance) {
+        let current = self.model().map(|m| m.version);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if Some(instance.model_version) == current && idle.len() < self.max_idle {
+            idle.push(instance);
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RecommendCallError {
+    #[error("plugin `{0}` has no trained model yet")]
+    NotTrained(String),
+    #[error(transparent)]
+    Call(#[from] CallError),
+}

@@ -1,0 +1,57 @@
+//! Versioned schema migrations, applied in order and recorded in `PRAGMA user_version`.
+//!
+//! Never edit a migration that has shipped: add a new one at the end.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE items (
+        idx         INTEGER PRIMARY KEY,          -- dense index given to plugins
+        external_id TEXT NOT NULL UNIQUE,
+        title       TEXT NOT NULL,
+        tags        TEXT NOT NULL DEFAULT '[]'    -- JSON array of strings
+    );
+    CREATE TABLE users (
+        idx         INTEGER PRIMARY KEY,          -- dense index given to plugins
+        external_id TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_idx  INTEGER NOT NULL REFERENCES users(idx),
+        item_idx  INTEGER NOT NULL REFERENCES items(idx),
+        kind      TEXT NOT NULL CHECK (kind IN ('rate', 'click', 'view', 'purchase')),
+        value     REAL NOT NULL,
+        timestamp INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_user ON events(user_idx, id);
+    CREATE TABLE snapshots (
+        plugin        TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        fingerprint   TEXT NOT NULL,              -- hash of the .wasm, its config and the catalog
+        through_event INTEGER NOT NULL,           -- id of the newest event the model has seen
+        bytes         BLOB NOT NULL,
+        PRIMARY KEY (plugin, version)
+    );
+    "#,
+];
+
+/// Brings the database schema up to the newest version.
+pub fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", index + 1)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+/// The schema version this build writes.
+pub fn latest_version() -> usize {
+    MIGRATIONS.len()
+}

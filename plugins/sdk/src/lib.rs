@@ -1,0 +1,160 @@
+//! Guest SDK for recohost strategy plugins.
+//!
+//! A plugin is a type that implements [`Strategy`] plus one macro call:
+//!
+//! ```ignore
+//! struct MyModel { /* ... */ }
+//! impl recohost_plugin_sdk::Strategy for MyModel { /* ... */ }
+//! recohost_plugin_sdk::export_strategy!(MyModel);
+//! ```
+//!
+//! The SDK hides the WIT bindings (`wit/strategy.wit`, package `recohost:strategy`): it keeps
+//! the one model of the instance in a thread-local, checks that `configure` ran before anything
+//! else, and turns the contract's free functions into method calls. The data types are the ones
+//! generated from the WIT, re-exported here; they are plain Rust structs, so the algorithm can
+//! be unit-tested and benchmarked natively without any WebAssembly.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "strategy",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_strategy_bindings",
+        default_bindings_module: "recohost_plugin_sdk::bindings",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::recohost::strategy::host_log::Level as LogLevel;
+pub use bindings::recohost::strategy::types::{
+    EventKind, Feedback, Item, ItemIndex, PluginInfo, Request, Scored, StrategyError,
+    TrainingReport, UserIndex,
+};
+
+mod state;
+pub mod snapshot;
+pub mod config;
+pub mod topk;
+pub mod weights;
+
+#[doc(hidden)]
+pub use state::InstanceState;
+
+/// The version of the WIT package this SDK was built against.
+pub const WIT_VERSION: &str = "1.0.0";
+
+/// A recommendation strategy: one model per WebAssembly instance.
+///
+/// The host calls [`Strategy::configure`] once, then either [`Strategy::train`] or
+/// [`Strategy::load`], then any mix of the rest. See `wit/strategy.wit` for the full contract.
+pub trait Strategy: Sized + 'static {
+    /// Name, version and description of the plugin.
+    fn describe() -> PluginInfo;
+
+    /// Builds an untrained model from the plugin's config (a JSON object) and the item catalog.
+    fn configure(config_json: &str, catalog: Vec<Item>) -> Result<Self, StrategyError>;
+
+    /// Learns from the full event history, replacing what was learned before.
+    fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError>;
+
+    /// Learns from a batch of new events on top of the current model.
+    fn update(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError>;
+
+    /// Up to `request.count` items, best first, none excluded, no duplicates, finite scores.
+    fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError>;
+
+    /// Rating estimates for `items`; ranking-only models keep the default.
+    fn predict(&self, _user: UserIndex, _items: &[ItemIndex]) -> Result<Vec<f32>, StrategyError> {
+        Err(StrategyError::Unsupported(
+            "this plugin ranks items but does not predict ratings".into(),
+        ))
+    }
+
+    /// Serializes the model for [`Strategy::load`] in another instance.
+    fn save(&self) -> Result<Vec<u8>, StrategyError>;
+
+    /// Replaces the model with one produced by [`Strategy::save`].
+    fn load(&mut self, snapshot: &[u8]) -> Result<(), StrategyError>;
+}
+
+/// Writes a line to the host's log (inside WebAssembly) or to stderr (native tests).
+pub fn log(level: LogLevel, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::recohost::strategy::host_log::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[{level:?}] {message}");
+}
+
+/// Checks that an event refers to an item of a catalog of `catalog_len` items.
+pub fn check_item(item: ItemIndex, catalog_len: usize) -> Result<usize, StrategyError> {
+    let index = item as usize;
+    if index < catalog_len {
+        Ok(index)
+    } else {
+        Err(StrategyError::InvalidInput(format!(
+            "item index {item} is outside the catalog of {catalog_len} items"
+        )))
+    }
+}
+
+/// Exports a [`Strategy`] implementation as the component's `recohost:strategy/plugin`.
+///
+/// Invoke it once, in the crate that is compiled to the `.wasm` component.
+#[macro_export]
+macro_rules! export_strategy {
+    ($strategy:ty) => {
+        struct __RecohostStrategyExport;
+
+        ::std::thread_local! {
+            static __RECOHOST_STATE: $crate::InstanceState<$strategy> =
+                const { $crate::InstanceState::new() };
+        }
+
+        impl $crate::bindings::exports::recohost::strategy::plugin::Guest
+            for __RecohostStrategyExport
+        {
+            fn describe() -> $crate::PluginInfo {
+                <$strategy as $crate::Strategy>::describe()
+            }
+            fn configure(
+                config_json: ::std::string::String,
+                catalog: ::std::vec::Vec<$crate::Item>,
+            ) -> ::std::result::Result<(), $crate::StrategyError> {
+                __RECOHOST_STATE.with(|state| state.configure(&config_json, catalog))
+            }
+            fn train(
+                events: ::std::vec::Vec<$crate::Feedback>,
+            ) -> ::std::result::Result<$crate::TrainingReport, $crate::StrategyError> {
+                __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::train(model, events)))
+            }
+            fn update(
+                events: ::std::vec::Vec<$crate::Feedback>,
+            ) -> ::std::result::Result<$crate::TrainingReport, $crate::StrategyError> {
+                __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::update(model, events)))
+            }
+            fn recommend(
+                request: $crate::Request,
+            ) -> ::std::result::Result<::std::vec::Vec<$crate::Scored>, $crate::StrategyError>
+            {
+                __RECOHOST_STATE.with(|state| state.with_model(|model| <$strategy as $crate::Strategy>::recommend(model, &request)))
+            }
+            fn predict(
+                user: $crate::UserIndex,
+                items: ::std::vec::Vec<$crate::ItemIndex>,
+            ) -> ::std::result::Result<::std::vec::Vec<f32>, $crate::StrategyError> {
+                __RECOHOST_STATE.with(|state| state.with_model(|model| <$strategy as $crate::Strategy>::predict(model, user, &items)))
+            }
+            fn save() -> ::std::result::Result<::std::vec::Vec<u8>, $crate::StrategyError> {
+                __RECOHOST_STATE.with(|state| state.with_model(|model| <$strategy as $crate::Strategy>::save(model)))
+            }
+            fn load(
+                snapshot: ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<(), $crate::StrategyError> {
+                __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::load(model, &snapshot)))
+            }
+        }
+
+        $crate::bindings::__export_strategy_bindings!(__RecohostStrategyExport with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,99 @@
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `plugins`: builds every bundled plugin for wasm32-wasip2 (adding the target with rustup
+//!   when missing) and copies the components to `dist/plugins/`.
+//! - `demo [ARGS]`: `plugins`, then the server with `recohost.toml` (bundled plugins, demo data).
+//! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the workspace.
+//!
+//! Dependency-free on purpose: it must build in seconds on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The bundled plugins, each a crate under `plugins/`.
+const PLUGINS: [&str; 4] = ["popularity", "collaborative", "content", "hybrid"];
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("plugins") => build_plugins(),
+        Some("demo") => build_plugins().and_then(|()| demo(&args[1..])),
+        Some("test") => build_plugins().and_then(|()| test(&args[1..])),
+        _ => {
+            eprintln!("usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: running {command:?}");
+    let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{command:?} failed with {status}")) }
+}
+
+fn ensure_wasm_target() -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to add the {WASM_TARGET} target: {e}"))?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|line| line.trim() == WASM_TARGET) {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+fn build_plugins() -> Result<(), String> {
+    ensure_wasm_target()?;
+    let dist = root().join("dist/plugins");
+    std::fs::create_dir_all(&dist).map_err(|e| format!("cannot create {}: {e}", dist.display()))?;
+    // One cargo invocation per plugin: `hybrid` links `collaborative` and `content` without
+    // their `component` feature, and building them together would unify the features and
+    // overwrite each other's .wasm. Each component is copied out right after its build.
+    for plugin in PLUGINS {
+        run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", plugin]))?;
+        let built = target_dir().join(WASM_TARGET).join("release").join(format!("{plugin}.wasm"));
+        let destination = dist.join(format!("{plugin}.wasm"));
+        std::fs::copy(&built, &destination)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), destination.display()))?;
+    }
+    eprintln!("xtask: plugins are in {}", dist.display());
+    Ok(())
+}
+
+fn demo(args: &[String]) -> Result<(), String> {
+    run(cargo()
+        .args(["run", "--release", "-p", "recohost", "--", "serve", "--config", "recohost.toml"])
+        .args(args))
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    run(cargo().args(["build", "--release", "-p", "recohost"]))?;
+    run(cargo()
+        .args(["test", "--release", "--workspace"])
+        .env("RECOHOST_BIN", target_dir().join("release/recohost"))
+        .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins"))
+        .args(args))
+}
