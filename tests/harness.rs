@@ -1,1 +1,203 @@
+//! Test harness: starts the real `recohost` binary on a free port with a temporary data
+//! directory and the real .wasm plugins, and talks HTTP to it.
+//!
+//! Run through `cargo xtask test`, which builds the plugins and the server first and tells the
+//! harness where they are (`RECOHOST_BIN`, `RECOHOST_PLUGINS_DIR`). Without those variables the
+//! harness looks in the usual places of a release build.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const PLUGINS: [&str; 4] = ["popularity", "collaborative", "content", "hybrid"];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The server binary.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("RECOHOST_BIN") {
+        return PathBuf::from(path);
+    }
+    // target/release/deps/<test binary> -> target/release/recohost
+    let exe = std::env::current_exe().expect("current test binary");
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("recohost"));
+    match candidate {
+        Some(path) if path.exists() => path,
+        _ => panic!("the recohost binary is not built: run the tests with `cargo xtask test`"),
+    }
+}
+
+/// The folder holding the bundled plugins' .wasm files.
+pub fn plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("RECOHOST_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("dist/plugins"));
+    assert!(
+        dir.join("hybrid.wasm").exists(),
+        "no plugins in {}: run the tests with `cargo xtask test`",
+        dir.display()
+    );
+    dir
+}
+
+/// ML-100k, if this machine has it (tests must never copy it anywhere).
+pub fn movielens_100k() -> Option<PathBuf> {
+    let dir = workspace_root().join("../shared/datasets/ml-100k");
+    dir.join("u.data").exists().then_some(dir)
+}
+
+/// A config declaring the bundled plugins, with `top_level` TOML keys before the plugin tables.
+pub fn config_text(top_level: &str) -> String {
+    let mut text = String::from("bind = \"127.0.0.1:0\"\ndefault_model = \"hybrid\"\n");
+    text.push_str(top_level);
+    for plugin in PLUGINS {
+        let path = plugins_dir().join(format!("{plugin}.wasm"));
+        text.push_str(&format!(
+            "\n[[plugins]]\nname = \"{plugin}\"\npath = {:?}\n",
+            path.display().to_string()
+        ));
+    }
+    text
+}
+
+/// A running server; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    client: reqwest::blocking::Client,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server over demo data in a fresh temporary data directory.
+    pub fn start() -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = Self::start_in(&data_dir, &config_text("")).expect("server starts");
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server with `config` over `data_dir` (kept when the server stops). Returns the
+    /// server's stderr if it exits before listening.
+    pub fn start_in(data_dir: &Path, config: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+        let config_path = data_dir.with_extension("toml");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let mut child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RECOHOST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary().display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(address) = line.strip_prefix("recohost listening on ") {
+                        break address.trim().to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.wait();
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                    }
+                    return Err(stderr);
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            child,
+            base,
+            data_dir: data_dir.to_path_buf(),
+            client,
+            _temp: None,
+        })
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .expect("GET succeeds");
+        decode(response)
+    }
+
+    /// POSTs a raw body with `Content-Type: application/json`.
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("POST succeeds");
+        decode(response)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, &body.to_string())
+    }
+
+    /// Stops the server the hard way (SIGKILL).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn decode(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().expect("body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+    (status, body)
+}
+
+/// Asserts the JSON error shape and returns the error code.
+pub fn error_code(body: &Value) -> String {
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error without message: {body}"
+    );
+    code.to_string()
+}

@@ -29,9 +29,16 @@ pub struct App {
 impl App {
     /// Opens everything; blocking (run it before the async server starts serving).
     pub fn open(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
-        let store = Arc::new(Store::open(&config.data_dir.join("recohost.db")).context("cannot open the database")?);
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let store = Arc::new(
+            Store::open(&config.data_dir.join("recohost.db"))
+                .context("cannot open the database")?,
+        );
         if store.counts()?.items == 0 && config.demo_data {
             let started = Instant::now();
             let batch = crate::import::demo::generate(&crate::import::demo::DemoSize::default());
@@ -46,7 +53,11 @@ impl App {
         let catalog = Arc::new(Catalog::new(store.items()?));
         let events = store.events_after(0)?;
         let users = Arc::new(RwLock::new(Users::new(store.users()?, &events)));
-        tracing::info!(items = catalog.len(), events = events.len(), "loaded the catalog and event history");
+        tracing::info!(
+            items = catalog.len(),
+            events = events.len(),
+            "loaded the catalog and event history"
+        );
 
         let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?;
         let plugins = Arc::new(load_plugins(&config, &engine, &catalog)?);
@@ -56,7 +67,8 @@ impl App {
                 .map(|plugin| scope.spawn(|| restore_or_train(plugin, &store, &events)))
                 .collect();
             for task in tasks {
-                task.join().map_err(|_| anyhow::anyhow!("a training thread panicked"))??;
+                task.join()
+                    .map_err(|_| anyhow::anyhow!("a training thread panicked"))??;
             }
             Ok(())
         })?;
@@ -69,11 +81,22 @@ impl App {
             config.history_limit,
             config.max_recommendations,
         );
-        Ok(Self { config, store, catalog, users, plugins, recommender })
+        Ok(Self {
+            config,
+            store,
+            catalog,
+            users,
+            plugins,
+            recommender,
+        })
     }
 }
 
-fn load_plugins(config: &Config, engine: &PluginEngine, catalog: &Catalog) -> anyhow::Result<PluginRegistry> {
+fn load_plugins(
+    config: &Config,
+    engine: &PluginEngine,
+    catalog: &Catalog,
+) -> anyhow::Result<PluginRegistry> {
     let loaded: Vec<anyhow::Result<PluginRuntime>> = std::thread::scope(|scope| {
         let tasks: Vec<_> = config
             .plugins
@@ -93,7 +116,13 @@ fn load_plugins(config: &Config, engine: &PluginEngine, catalog: &Catalog) -> an
                 })
             })
             .collect();
-        tasks.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("plugin loader panicked")))).collect()
+        tasks
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("plugin loader panicked")))
+            })
+            .collect()
     });
     let mut registry = PluginRegistry::default();
     for plugin in loaded {
@@ -104,34 +133,33 @@ fn load_plugins(config: &Config, engine: &PluginEngine, catalog: &Catalog) -> an
 
 /// Gives `plugin` a serving model: its latest snapshot when it was made by the same .wasm,
 /// config and catalog (brought up to date with the events stored since), else a fresh training.
-fn restore_or_train(plugin: &PluginRuntime, store: &Store, events: &[EventRow]) -> anyhow::Result<()> {
+fn restore_or_train(
+    plugin: &PluginRuntime,
+    store: &Store,
+    events: &[EventRow],
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let through_event = events.last().map(|e| e.id).unwrap_or(0);
     let latest = store.latest_snapshot(plugin.name())?;
     let next_version = latest.as_ref().map(|s| s.version + 1).unwrap_or(1);
     if let Some(snapshot) = latest.filter(|s| s.fingerprint == plugin.fingerprint()) {
-        let newer: Vec<_> = events.iter().filter(|e| e.id > snapshot.through_event).map(to_feedback).collect();
-        let restored = if newer.is_empty() {
-            let model = ModelVersion { version: snapshot.version, snapshot: Arc::new(snapshot.bytes), created_at: snapshot.created_at };
-            plugin.install(model).map(|()| "restored")
-        } else {
-            plugin
-                .update(&snapshot.bytes, &newer)
-                .and_then(|bytes| save_and_install(plugin, store, next_version, through_event, bytes).map_err(|e| {
-                    crate::plugins::instance::CallError::Trapped { plugin: plugin.name().into(), call: "save", reason: format!("{e:#}") }
-                }))
-                .map(|()| "restored and updated")
-        };
-        match restored {
+        match restore(plugin, store, snapshot, events, next_version, through_event) {
             Ok(how) => {
-                tracing::info!(plugin = plugin.name(), how, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+                tracing::info!(
+                    plugin = plugin.name(),
+                    how,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "model ready"
+                );
                 return Ok(());
             }
-            Err(error) => tracing::warn!(plugin = plugin.name(), %error, "cannot restore the snapshot; retraining"),
+            Err(error) => {
+                tracing::warn!(plugin = plugin.name(), error = %format!("{error:#}"), "cannot restore the snapshot; retraining")
+            }
         }
     }
     let feedback: Vec<_> = events.iter().map(to_feedback).collect();
-    let bytes = plugin.train(&feedback).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = plugin.train(&feedback)?;
     save_and_install(plugin, store, next_version, through_event, bytes)?;
     tracing::info!(
         plugin = plugin.name(),
@@ -142,6 +170,34 @@ fn restore_or_train(plugin: &PluginRuntime, store: &Store, events: &[EventRow]) 
     Ok(())
 }
 
+/// Installs a stored snapshot, first feeding it the events stored after it (if any).
+fn restore(
+    plugin: &PluginRuntime,
+    store: &Store,
+    snapshot: SnapshotRow,
+    events: &[EventRow],
+    next_version: u64,
+    through_event: i64,
+) -> anyhow::Result<&'static str> {
+    let newer: Vec<_> = events
+        .iter()
+        .filter(|e| e.id > snapshot.through_event)
+        .map(to_feedback)
+        .collect();
+    if newer.is_empty() {
+        let model = ModelVersion {
+            version: snapshot.version,
+            snapshot: Arc::new(snapshot.bytes),
+            created_at: snapshot.created_at,
+        };
+        plugin.install(model)?;
+        return Ok("restored");
+    }
+    let bytes = plugin.update(&snapshot.bytes, &newer)?;
+    save_and_install(plugin, store, next_version, through_event, bytes)?;
+    Ok("restored and updated with newer events")
+}
+
 fn save_and_install(
     plugin: &PluginRuntime,
     store: &Store,
@@ -150,8 +206,12 @@ fn save_and_install(
     bytes: Vec<u8>,
 ) -> anyhow::Result<()> {
     let created_at = unix_now();
-    let model = ModelVersion { version, snapshot: Arc::new(bytes), created_at };
-    plugin.install(model.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = ModelVersion {
+        version,
+        snapshot: Arc::new(bytes),
+        created_at,
+    };
+    plugin.install(model.clone())?;
     let row = SnapshotRow {
         plugin: plugin.name().to_string(),
         version,

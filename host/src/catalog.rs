@@ -18,11 +18,19 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(items: Vec<ItemRow>) -> Self {
-        let by_external_id = items.iter().enumerate().map(|(i, item)| (item.external_id.clone(), i as u32)).collect();
+        let by_external_id = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.external_id.clone(), i as u32))
+            .collect();
         let plugin_items: Vec<Item> = items
             .iter()
             .enumerate()
-            .map(|(i, item)| Item { index: i as u32, title: item.title.clone(), tags: item.tags.clone() })
+            .map(|(i, item)| Item {
+                index: i as u32,
+                title: item.title.clone(),
+                tags: item.tags.clone(),
+            })
             .collect();
         let mut digest = Sha256::new();
         for item in &items {
@@ -34,7 +42,12 @@ impl Catalog {
             }
         }
         let fingerprint = crate::plugins::engine::hex(&digest.finalize());
-        Self { items, by_external_id, plugin_items: std::sync::Arc::new(plugin_items), fingerprint }
+        Self {
+            items,
+            by_external_id,
+            plugin_items: std::sync::Arc::new(plugin_items),
+            fingerprint,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -75,14 +88,22 @@ pub struct Users {
 
 impl Users {
     pub fn new(external_ids: Vec<String>, events: &[EventRow]) -> Self {
-        let by_external_id = external_ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
+        let by_external_id = external_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
         let mut histories = vec![Vec::new(); external_ids.len()];
         for event in events {
             if let Some(history) = histories.get_mut(event.user as usize) {
                 history.push(to_feedback(event));
             }
         }
-        Self { external_ids, by_external_id, histories }
+        Self {
+            external_ids,
+            by_external_id,
+            histories,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -99,7 +120,10 @@ impl Users {
 
     /// The user's events, oldest first.
     pub fn history(&self, user: u32) -> &[Feedback] {
-        self.histories.get(user as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.histories
+            .get(user as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 }
 

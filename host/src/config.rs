@@ -76,8 +76,8 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
-        let mut config: Config =
-            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for plugin in &mut config.plugins {
             if plugin.path.is_relative() {
@@ -88,7 +88,9 @@ impl Config {
             config.data_dir = base.join(&config.data_dir);
         }
         config.apply_env(|key| std::env::var(key).ok())?;
-        config.validate().with_context(|| format!("invalid config file {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
         Ok(config)
     }
 
@@ -104,7 +106,9 @@ impl Config {
             self.default_model = model;
         }
         if let Some(flag) = lookup("RECOHOST_DEMO_DATA") {
-            self.demo_data = flag.parse().with_context(|| format!("RECOHOST_DEMO_DATA={flag:?}: expected true or false"))?;
+            self.demo_data = flag
+                .parse()
+                .with_context(|| format!("RECOHOST_DEMO_DATA={flag:?}: expected true or false"))?;
         }
         Ok(())
     }
@@ -114,20 +118,33 @@ impl Config {
         for plugin in &self.plugins {
             if plugin.name.is_empty()
                 || plugin.name.len() > 64
-                || !plugin.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !plugin
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                bail!("plugin name {:?}: use 1-64 letters, digits, '-' or '_'", plugin.name);
+                bail!(
+                    "plugin name {:?}: use 1-64 letters, digits, '-' or '_'",
+                    plugin.name
+                );
             }
             if !names.insert(&plugin.name) {
                 bail!("plugin name {:?} is declared twice", plugin.name);
             }
-            plugin.limits.validate().map_err(|e| anyhow::anyhow!("plugin {:?}: {e}", plugin.name))?;
+            plugin
+                .limits
+                .validate()
+                .map_err(|e| anyhow::anyhow!("plugin {:?}: {e}", plugin.name))?;
         }
         if !self.plugins.is_empty() && !names.contains(&self.default_model) {
             bail!(
                 "default_model {:?} is not a declared plugin (declared: {})",
                 self.default_model,
-                self.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                self.plugins
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if self.max_recommendations == 0 {
@@ -160,7 +177,9 @@ mod tests {
         let mut config = Config::load(&path).unwrap();
         assert_eq!(config.plugins[0].path, dir.path().join("plugins/pop.wasm"));
         assert_eq!(config.plugins[0].config_json(), r#"{"half_life_days":7}"#);
-        config.apply_env(|key| (key == "RECOHOST_BIND").then(|| "0.0.0.0:9".to_string())).unwrap();
+        config
+            .apply_env(|key| (key == "RECOHOST_BIND").then(|| "0.0.0.0:9".to_string()))
+            .unwrap();
         assert_eq!(config.bind, "0.0.0.0:9");
     }
 
@@ -172,7 +191,8 @@ mod tests {
             Ok(config)
         };
         assert!(parse("bnd = 'x'").is_err());
-        let twice = "default_model='a'\n[[plugins]]\nname='a'\npath='a'\n[[plugins]]\nname='a'\npath='b'";
+        let twice =
+            "default_model='a'\n[[plugins]]\nname='a'\npath='a'\n[[plugins]]\nname='a'\npath='b'";
         assert!(parse(twice).unwrap_err().to_string().contains("twice"));
         assert!(parse("default_model='z'\n[[plugins]]\nname='a'\npath='a'").is_err());
     }

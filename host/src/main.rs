@@ -11,7 +11,11 @@ use recohost::config::Config;
 use recohost::store::Store;
 
 #[derive(Parser)]
-#[command(name = "recohost", version, about = "Recommendation server with WebAssembly strategy plugins")]
+#[command(
+    name = "recohost",
+    version,
+    about = "Recommendation server with WebAssembly strategy plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +60,9 @@ enum Format {
 fn load_config(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
     let mut config = match path {
         Some(path) => Config::load(&path)?,
-        None if std::path::Path::new("recohost.toml").exists() => Config::load(std::path::Path::new("recohost.toml"))?,
+        None if std::path::Path::new("recohost.toml").exists() => {
+            Config::load(std::path::Path::new("recohost.toml"))?
+        }
         None => {
             let mut config = Config::default();
             config.apply_env(|key| std::env::var(key).ok())?;
@@ -78,23 +84,36 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { config, data_dir, bind } => {
+        Command::Serve {
+            config,
+            data_dir,
+            bind,
+        } => {
             let mut config = load_config(config, data_dir)?;
             if let Some(bind) = bind {
                 config.bind = bind;
             }
             if config.plugins.is_empty() {
-                anyhow::bail!("no plugins are declared: pass --config FILE (see recohost.toml in the repository)");
+                anyhow::bail!(
+                    "no plugins are declared: pass --config FILE (see recohost.toml in the repository)"
+                );
             }
             serve(config)
         }
-        Command::Import { format: Format::Movielens, path, config, data_dir } => {
+        Command::Import {
+            format: Format::Movielens,
+            path,
+            config,
+            data_dir,
+        } => {
             let config = load_config(config, data_dir)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let started = std::time::Instant::now();
             let batch = recohost::import::movielens::read(&path, true)?;
             let store = Store::open(&config.data_dir.join("recohost.db"))?;
-            let added = store.import(&batch).context("import failed; nothing was written")?;
+            let added = store
+                .import(&batch)
+                .context("import failed; nothing was written")?;
             let counts = store.counts()?;
             println!(
                 "imported {} items and {added} events in {:.1} s; the database now holds {} items, {} users, {} events",
@@ -113,9 +132,13 @@ fn main() -> anyhow::Result<()> {
 fn serve(config: Config) -> anyhow::Result<()> {
     let bind = config.bind.clone();
     let app = Arc::new(App::open(config)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind}"))?;
         let address = listener.local_addr()?;
         tracing::info!(%address, "recohost is listening");
         // Tests and scripts read this line to find the port when binding to port 0.

@@ -13,11 +13,17 @@ use crate::plugins::{PluginRegistry, RecommendCallError};
 #[derive(Debug, Error)]
 pub enum RecommendError {
     #[error("unknown model `{requested}`; available models: {}", available.join(", "))]
-    UnknownModel { requested: String, available: Vec<String> },
+    UnknownModel {
+        requested: String,
+        available: Vec<String>,
+    },
     #[error("n_recommendations must be between 1 and {max}, got {requested}")]
     InvalidCount { requested: u64, max: u32 },
     #[error("model `{model}` is unavailable: {source}")]
-    PluginFailed { model: String, source: RecommendCallError },
+    PluginFailed {
+        model: String,
+        source: RecommendCallError,
+    },
     #[error("the recommendation task failed: {0}")]
     Internal(String),
 }
@@ -61,7 +67,14 @@ impl Recommender {
         history_limit: usize,
         max_recommendations: u32,
     ) -> Self {
-        Self { catalog, users, plugins, default_model, history_limit, max_recommendations }
+        Self {
+            catalog,
+            users,
+            plugins,
+            default_model,
+            history_limit,
+            max_recommendations,
+        }
     }
 
     pub fn default_model(&self) -> &str {
@@ -77,51 +90,95 @@ impl Recommender {
         model: Option<&str>,
     ) -> Result<Recommendation, RecommendError> {
         if count == 0 || count > u64::from(self.max_recommendations) {
-            return Err(RecommendError::InvalidCount { requested: count, max: self.max_recommendations });
+            return Err(RecommendError::InvalidCount {
+                requested: count,
+                max: self.max_recommendations,
+            });
         }
         let model = model.unwrap_or(&self.default_model).to_string();
-        let plugin = self.plugins.get(&model).cloned().ok_or_else(|| RecommendError::UnknownModel {
-            requested: model.clone(),
-            available: self.plugins.names(),
-        })?;
+        let plugin =
+            self.plugins
+                .get(&model)
+                .cloned()
+                .ok_or_else(|| RecommendError::UnknownModel {
+                    requested: model.clone(),
+                    available: self.plugins.names(),
+                })?;
         let request = self.request(user_id, count as u32);
         let cold_start = request.history.is_empty();
         let exclude = request.exclude.clone();
-        let (scored, model_version) = tokio::task::spawn_blocking(move || plugin.recommend(&request))
-            .await
-            .map_err(|e| RecommendError::Internal(e.to_string()))?
-            .map_err(|source| RecommendError::PluginFailed { model: model.clone(), source })?;
+        let (scored, model_version) =
+            tokio::task::spawn_blocking(move || plugin.recommend(&request))
+                .await
+                .map_err(|e| RecommendError::Internal(e.to_string()))?
+                .map_err(|source| RecommendError::PluginFailed {
+                    model: model.clone(),
+                    source,
+                })?;
 
         // The plugin is untrusted: keep only known, allowed, distinct, finite entries.
         let received = scored.len();
         let mut seen = std::collections::HashSet::new();
         let items: Vec<RecommendedItem> = scored
             .into_iter()
-            .filter(|s| s.score.is_finite() && exclude.binary_search(&s.item).is_err() && seen.insert(s.item))
+            .filter(|s| {
+                s.score.is_finite()
+                    && exclude.binary_search(&s.item).is_err()
+                    && seen.insert(s.item)
+            })
             .filter_map(|s| {
                 let item = self.catalog.get(s.item)?;
-                Some(RecommendedItem { item_id: item.external_id.clone(), title: item.title.clone(), score: s.score })
+                Some(RecommendedItem {
+                    item_id: item.external_id.clone(),
+                    title: item.title.clone(),
+                    score: s.score,
+                })
             })
             .take(count as usize)
             .collect();
         let dropped = received - items.len();
         if dropped > 0 {
-            tracing::warn!(model, dropped, "dropped malformed entries from a plugin's answer");
+            tracing::warn!(
+                model,
+                dropped,
+                "dropped malformed entries from a plugin's answer"
+            );
         }
-        Ok(Recommendation { model, model_version, cold_start, items, dropped })
+        Ok(Recommendation {
+            model,
+            model_version,
+            cold_start,
+            items,
+            dropped,
+        })
     }
 
     /// The plugin request for a user: newest history first (capped), all seen items excluded.
     fn request(&self, user_id: &str, count: u32) -> Request {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let Some(user) = users.index_of(user_id) else {
-            return Request { user: None, count, history: Vec::new(), exclude: Vec::new() };
+            return Request {
+                user: None,
+                count,
+                history: Vec::new(),
+                exclude: Vec::new(),
+            };
         };
         let full = users.history(user);
-        let history = full.iter().rev().take(self.history_limit).cloned().collect();
+        let history = full
+            .iter()
+            .rev()
+            .take(self.history_limit)
+            .cloned()
+            .collect();
         let mut exclude: Vec<u32> = full.iter().map(|event| event.item).collect();
         exclude.sort_unstable();
         exclude.dedup();
-        Request { user: Some(user), count, history, exclude }
+        Request {
+            user: Some(user),
+            count,
+            history,
+            exclude,
+        }
     }
 }

@@ -35,11 +35,16 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn cargo() -> Command {
@@ -50,8 +55,14 @@ fn cargo() -> Command {
 
 fn run(command: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {command:?}");
-    let status = command.status().map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{command:?} failed with {status}")) }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed with {status}"))
+    }
 }
 
 fn ensure_wasm_target() -> Result<(), String> {
@@ -59,7 +70,10 @@ fn ensure_wasm_target() -> Result<(), String> {
         .args(["target", "list", "--installed"])
         .output()
         .map_err(|e| format!("rustup is needed to add the {WASM_TARGET} target: {e}"))?;
-    if String::from_utf8_lossy(&installed.stdout).lines().any(|line| line.trim() == WASM_TARGET) {
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.trim() == WASM_TARGET)
+    {
         return Ok(());
     }
     run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
@@ -74,10 +88,18 @@ fn build_plugins() -> Result<(), String> {
     // overwrite each other's .wasm. Each component is copied out right after its build.
     for plugin in PLUGINS {
         run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", plugin]))?;
-        let built = target_dir().join(WASM_TARGET).join("release").join(format!("{plugin}.wasm"));
+        let built = target_dir()
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{plugin}.wasm"));
         let destination = dist.join(format!("{plugin}.wasm"));
-        std::fs::copy(&built, &destination)
-            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), destination.display()))?;
+        std::fs::copy(&built, &destination).map_err(|e| {
+            format!(
+                "cannot copy {} to {}: {e}",
+                built.display(),
+                destination.display()
+            )
+        })?;
     }
     eprintln!("xtask: plugins are in {}", dist.display());
     Ok(())
@@ -85,7 +107,16 @@ fn build_plugins() -> Result<(), String> {
 
 fn demo(args: &[String]) -> Result<(), String> {
     run(cargo()
-        .args(["run", "--release", "-p", "recohost", "--", "serve", "--config", "recohost.toml"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "recohost",
+            "--",
+            "serve",
+            "--config",
+            "recohost.toml",
+        ])
         .args(args))
 }
 

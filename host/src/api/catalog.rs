@@ -10,17 +10,28 @@ use super::{AppState, ids};
 /// How many of a user's newest events `GET /users/{id}` lists.
 const RECENT_EVENTS: usize = 20;
 
-pub async fn item(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn item(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = ids::from_text("item_id", &id)?;
     let index = state
         .catalog
         .index_of(&id)
         .ok_or_else(|| ApiError::not_found("unknown_item", format!("no item with id {id:?}")))?;
-    let item = state.catalog.get(index).ok_or_else(|| ApiError::internal("catalog index out of range"))?;
-    Ok(Json(json!({ "item_id": ids::to_json(&item.external_id), "title": item.title, "tags": item.tags })))
+    let item = state
+        .catalog
+        .get(index)
+        .ok_or_else(|| ApiError::internal("catalog index out of range"))?;
+    Ok(Json(
+        json!({ "item_id": ids::to_json(&item.external_id), "title": item.title, "tags": item.tags }),
+    ))
 }
 
-pub async fn user(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = ids::from_text("user_id", &id)?;
     let users = state.users.read().unwrap_or_else(|p| p.into_inner());
     let index = users
@@ -42,5 +53,7 @@ pub async fn user(State(state): State<AppState>, Path(id): Path<String>) -> Resu
             }))
         })
         .collect();
-    Ok(Json(json!({ "user_id": ids::to_json(&id), "event_count": history.len(), "recent_events": recent })))
+    Ok(Json(
+        json!({ "user_id": ids::to_json(&id), "event_count": history.len(), "recent_events": recent }),
+    ))
 }

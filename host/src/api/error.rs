@@ -19,7 +19,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -32,7 +36,11 @@ impl ApiError {
 
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 }
 
@@ -46,14 +54,18 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonSyntaxError(e) => Self::bad_request("invalid_json", format!("malformed JSON: {}", e.body_text())),
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::bad_request("invalid_json", format!("malformed JSON: {}", e.body_text()))
+            }
             JsonRejection::JsonDataError(e) => Self::bad_request("invalid_request", e.body_text()),
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
-            JsonRejection::BytesRejection(e) => Self::new(e.status(), "invalid_body", e.body_text()),
+            JsonRejection::BytesRejection(e) => {
+                Self::new(e.status(), "invalid_body", e.body_text())
+            }
             other => Self::new(other.status(), "invalid_request", other.body_text()),
         }
     }
@@ -62,11 +74,19 @@ impl From<JsonRejection> for ApiError {
 impl From<RecommendError> for ApiError {
     fn from(error: RecommendError) -> Self {
         match &error {
-            RecommendError::UnknownModel { .. } => Self::not_found("unknown_model", error.to_string()),
-            RecommendError::InvalidCount { .. } => Self::bad_request("invalid_n_recommendations", error.to_string()),
+            RecommendError::UnknownModel { .. } => {
+                Self::not_found("unknown_model", error.to_string())
+            }
+            RecommendError::InvalidCount { .. } => {
+                Self::bad_request("invalid_n_recommendations", error.to_string())
+            }
             RecommendError::PluginFailed { .. } => {
                 tracing::warn!(%error, "recommendation failed");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", error.to_string())
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "model_unavailable",
+                    error.to_string(),
+                )
             }
             RecommendError::Internal(_) => Self::internal(error),
         }

@@ -34,7 +34,9 @@ pub fn from_text(field: &str, text: &str) -> Result<String, ApiError> {
         return Err(invalid("must not be empty".into()));
     }
     if text.chars().count() > MAX_ID_LENGTH {
-        return Err(invalid(format!("must be at most {MAX_ID_LENGTH} characters")));
+        return Err(invalid(format!(
+            "must be at most {MAX_ID_LENGTH} characters"
+        )));
     }
     if text.chars().any(char::is_control) {
         return Err(invalid("must not contain control characters".into()));
@@ -45,7 +47,9 @@ pub fn from_text(field: &str, text: &str) -> Result<String, ApiError> {
 /// An ID as JSON: an integer when it is one in canonical form, so integer clients get
 /// integers back; a string otherwise.
 pub fn to_json(id: &str) -> Value {
-    let canonical = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && (id == "0" || !id.starts_with('0'));
+    let canonical = !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && (id == "0" || !id.starts_with('0'));
     match id.parse::<u64>() {
         Ok(number) if canonical => Value::from(number),
         _ => Value::from(id),
@@ -69,7 +73,16 @@ mod tests {
 
     #[test]
     fn rejects_negative_fractional_empty_long_and_odd_ids() {
-        for bad in [json!(-1), json!(1.5), json!(""), json!("  "), json!(null), json!([1]), json!(true), json!("a\u{0}b")] {
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!(""),
+            json!("  "),
+            json!(null),
+            json!([1]),
+            json!(true),
+            json!("a\u{0}b"),
+        ] {
             assert!(from_json("user_id", &bad).is_err(), "{bad} accepted");
         }
         assert!(from_json("user_id", &json!("x".repeat(129))).is_err());

@@ -36,9 +36,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))
         .route("/plugins", get(system::plugins))
-        .fallback(|| async { ApiError::not_found("not_found", "no such route; see the README for the API") })
+        .fallback(|| async {
+            ApiError::not_found("not_found", "no such route; see the README for the API")
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())

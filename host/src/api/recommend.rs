@@ -32,10 +32,16 @@ pub async fn recommend(
     let count = match &body.n_recommendations {
         None | Some(Value::Null) => DEFAULT_COUNT,
         Some(value) => value.as_u64().ok_or_else(|| {
-            ApiError::bad_request("invalid_n_recommendations", format!("n_recommendations must be a positive integer, got {value}"))
+            ApiError::bad_request(
+                "invalid_n_recommendations",
+                format!("n_recommendations must be a positive integer, got {value}"),
+            )
         })?,
     };
-    let recommendation = state.recommender.recommend(&user_id, count, body.model_type.as_deref()).await?;
+    let recommendation = state
+        .recommender
+        .recommend(&user_id, count, body.model_type.as_deref())
+        .await?;
     let items: Vec<Value> = recommendation
         .items
         .iter()

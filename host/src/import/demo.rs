@@ -15,8 +15,18 @@ use rand_chacha::ChaCha8Rng;
 use crate::store::{EventKind, ImportBatch, ImportEvent, ItemRow};
 
 pub const GENRES: [&str; 12] = [
-    "action", "comedy", "drama", "horror", "romance", "sci-fi", "thriller", "animation",
-    "documentary", "fantasy", "mystery", "western",
+    "action",
+    "comedy",
+    "drama",
+    "horror",
+    "romance",
+    "sci-fi",
+    "thriller",
+    "animation",
+    "documentary",
+    "fantasy",
+    "mystery",
+    "western",
 ];
 
 const ADJECTIVES: [&str; 24] = [
@@ -26,10 +36,36 @@ const ADJECTIVES: [&str; 24] = [
 ];
 
 const NOUNS: [&str; 30] = [
-    "Harbor", "Kingdom", "Detective", "Garden", "Frontier", "Machine", "River", "Promise", "Island",
-    "Witness", "Summer", "Empire", "Signal", "Orchard", "Voyage", "Mirror", "Canyon", "Letter",
-    "Carnival", "Station", "Lighthouse", "Orbit", "Legacy", "Stranger", "Meadow", "Circus",
-    "Tunnel", "Comet", "Heist", "Dynasty",
+    "Harbor",
+    "Kingdom",
+    "Detective",
+    "Garden",
+    "Frontier",
+    "Machine",
+    "River",
+    "Promise",
+    "Island",
+    "Witness",
+    "Summer",
+    "Empire",
+    "Signal",
+    "Orchard",
+    "Voyage",
+    "Mirror",
+    "Canyon",
+    "Letter",
+    "Carnival",
+    "Station",
+    "Lighthouse",
+    "Orbit",
+    "Legacy",
+    "Stranger",
+    "Meadow",
+    "Circus",
+    "Tunnel",
+    "Comet",
+    "Heist",
+    "Dynasty",
 ];
 
 /// How much demo data to make.
@@ -42,7 +78,11 @@ pub struct DemoSize {
 
 impl Default for DemoSize {
     fn default() -> Self {
-        Self { users: 2_000, items: 1_200, seed: 42 }
+        Self {
+            users: 2_000,
+            items: 1_200,
+            seed: 42,
+        }
     }
 }
 
@@ -108,7 +148,9 @@ pub fn generate(size: &DemoSize) -> ImportBatch {
             attempts += 1;
             let favourite = favourites[rng.random_range(0..favourites.len())];
             let pick = if rng.random_bool(0.8) {
-                per_genre[favourite].as_ref().map(|d| by_genre[favourite][d.sample(&mut rng)])
+                per_genre[favourite]
+                    .as_ref()
+                    .map(|d| by_genre[favourite][d.sample(&mut rng)])
             } else {
                 everything.as_ref().map(|d| d.sample(&mut rng))
             };
@@ -116,9 +158,16 @@ pub fn generate(size: &DemoSize) -> ImportBatch {
             if !rated.insert(item) {
                 continue;
             }
-            let liked = items[item].tags.iter().any(|t| favourites.iter().any(|&f| GENRES[f] == t));
+            let liked = items[item]
+                .tags
+                .iter()
+                .any(|t| favourites.iter().any(|&f| GENRES[f] == t));
             let (kind, value) = if liked {
-                if rng.random_bool(0.25) { (EventKind::Click, 1.0) } else { (EventKind::Rate, rng.random_range(4..=5) as f32) }
+                if rng.random_bool(0.25) {
+                    (EventKind::Click, 1.0)
+                } else {
+                    (EventKind::Rate, rng.random_range(4..=5) as f32)
+                }
             } else {
                 (EventKind::Rate, rng.random_range(1..=3) as f32)
             };
@@ -142,20 +191,36 @@ mod tests {
 
     #[test]
     fn is_deterministic_and_sized() {
-        let size = DemoSize { users: 50, items: 80, seed: 7 };
+        let size = DemoSize {
+            users: 50,
+            items: 80,
+            seed: 7,
+        };
         let (a, b) = (generate(&size), generate(&size));
         assert_eq!(a.items, b.items);
         assert_eq!(a.events.len(), b.events.len());
         assert_eq!(a.items.len(), 80);
         let users: std::collections::HashSet<_> = a.events.iter().map(|e| e.user.clone()).collect();
         assert_eq!(users.len(), 50);
-        assert!(a.events.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+        assert!(
+            a.events
+                .windows(2)
+                .all(|w| w[0].timestamp <= w[1].timestamp)
+        );
     }
 
     #[test]
     fn users_mostly_like_their_favourite_genres() {
-        let batch = generate(&DemoSize { users: 200, items: 300, seed: 1 });
-        let high = batch.events.iter().filter(|e| e.kind == EventKind::Click || e.value >= 4.0).count();
+        let batch = generate(&DemoSize {
+            users: 200,
+            items: 300,
+            seed: 1,
+        });
+        let high = batch
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::Click || e.value >= 4.0)
+            .count();
         let share = high as f64 / batch.events.len() as f64;
         assert!(share > 0.6, "share of positive events {share}");
     }

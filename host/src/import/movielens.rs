@@ -54,7 +54,12 @@ fn read_100k(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
         }
         let fields: Vec<&str> = line.split('|').collect();
         if fields.len() < 5 + genres.len() {
-            bail!("u.item line {}: expected {} fields, found {}", number + 1, 5 + genres.len(), fields.len());
+            bail!(
+                "u.item line {}: expected {} fields, found {}",
+                number + 1,
+                5 + genres.len(),
+                fields.len()
+            );
         }
         let tags = fields[5..5 + genres.len()]
             .iter()
@@ -62,22 +67,35 @@ fn read_100k(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
             .filter(|(flag, _)| flag.trim() == "1")
             .map(|(_, genre)| genre.clone())
             .collect();
-        items.push(ItemRow { external_id: fields[0].to_string(), title: fields[1].to_string(), tags });
+        items.push(ItemRow {
+            external_id: fields[0].to_string(),
+            title: fields[1].to_string(),
+            tags,
+        });
     }
     let path = folder.join("u.data");
     let file = std::fs::File::open(&path).context("cannot open u.data")?;
     let bar = bar(file.metadata()?.len(), "ratings", progress);
     let mut events = Vec::new();
-    for (number, line) in std::io::BufReader::new(bar.wrap_read(file)).lines().enumerate() {
+    for (number, line) in std::io::BufReader::new(bar.wrap_read(file))
+        .lines()
+        .enumerate()
+    {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [user, item, rating, timestamp] = fields[..] else {
-            bail!("u.data line {}: expected user, item, rating, timestamp", number + 1);
+            bail!(
+                "u.data line {}: expected user, item, rating, timestamp",
+                number + 1
+            );
         };
-        events.push(rating_event(user, item, rating, timestamp).with_context(|| format!("u.data line {}", number + 1))?);
+        events.push(
+            rating_event(user, item, rating, timestamp)
+                .with_context(|| format!("u.data line {}", number + 1))?,
+        );
     }
     bar.finish_and_clear();
     Ok(ImportBatch { items, events })
@@ -87,9 +105,25 @@ fn read_100k(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
 fn read_100k_genres(path: &Path) -> anyhow::Result<Vec<String>> {
     if !path.exists() {
         return Ok([
-            "unknown", "action", "adventure", "animation", "children's", "comedy", "crime", "documentary",
-            "drama", "fantasy", "film-noir", "horror", "musical", "mystery", "romance", "sci-fi",
-            "thriller", "war", "western",
+            "unknown",
+            "action",
+            "adventure",
+            "animation",
+            "children's",
+            "comedy",
+            "crime",
+            "documentary",
+            "drama",
+            "fantasy",
+            "film-noir",
+            "horror",
+            "musical",
+            "mystery",
+            "romance",
+            "sci-fi",
+            "thriller",
+            "war",
+            "western",
         ]
         .map(String::from)
         .to_vec());
@@ -97,15 +131,25 @@ fn read_100k_genres(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = latin1(&std::fs::read(path)?);
     let mut genres: Vec<(usize, String)> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (name, id) = line.rsplit_once('|').with_context(|| format!("u.genre: bad line {line:?}"))?;
+        let (name, id) = line
+            .rsplit_once('|')
+            .with_context(|| format!("u.genre: bad line {line:?}"))?;
         genres.push((id.trim().parse()?, name.to_lowercase()));
     }
     genres.sort();
     Ok(genres.into_iter().map(|(_, name)| name).collect())
 }
 
-fn rating_event(user: &str, item: &str, rating: &str, timestamp: &str) -> anyhow::Result<ImportEvent> {
-    let value: f32 = rating.trim().parse().with_context(|| format!("rating {rating:?} is not a number"))?;
+fn rating_event(
+    user: &str,
+    item: &str,
+    rating: &str,
+    timestamp: &str,
+) -> anyhow::Result<ImportEvent> {
+    let value: f32 = rating
+        .trim()
+        .parse()
+        .with_context(|| format!("rating {rating:?} is not a number"))?;
     if !value.is_finite() || !(0.0..=10.0).contains(&value) {
         bail!("rating {value} is out of range");
     }
@@ -114,24 +158,36 @@ fn rating_event(user: &str, item: &str, rating: &str, timestamp: &str) -> anyhow
         item: item.trim().to_string(),
         kind: EventKind::Rate,
         value,
-        timestamp: timestamp.trim().parse().with_context(|| format!("timestamp {timestamp:?} is not an integer"))?,
+        timestamp: timestamp
+            .trim()
+            .parse()
+            .with_context(|| format!("timestamp {timestamp:?} is not an integer"))?,
     })
 }
 
 fn read_latest(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
     let mut items = Vec::new();
-    let mut movies = csv::Reader::from_path(folder.join("movies.csv")).context("cannot read movies.csv")?;
+    let mut movies =
+        csv::Reader::from_path(folder.join("movies.csv")).context("cannot read movies.csv")?;
     for (number, record) in movies.records().enumerate() {
         let record = record.with_context(|| format!("movies.csv record {}", number + 1))?;
-        let (Some(id), Some(title), Some(genres)) = (record.get(0), record.get(1), record.get(2)) else {
-            bail!("movies.csv record {}: expected movieId,title,genres", number + 1);
+        let (Some(id), Some(title), Some(genres)) = (record.get(0), record.get(1), record.get(2))
+        else {
+            bail!(
+                "movies.csv record {}: expected movieId,title,genres",
+                number + 1
+            );
         };
         let tags = genres
             .split('|')
             .filter(|g| !g.is_empty() && *g != "(no genres listed)")
             .map(str::to_lowercase)
             .collect();
-        items.push(ItemRow { external_id: id.to_string(), title: title.to_string(), tags });
+        items.push(ItemRow {
+            external_id: id.to_string(),
+            title: title.to_string(),
+            tags,
+        });
     }
     let path = folder.join("ratings.csv");
     let file = std::fs::File::open(&path).context("cannot open ratings.csv")?;
@@ -143,9 +199,15 @@ fn read_latest(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
         let (Some(user), Some(item), Some(rating), Some(timestamp)) =
             (record.get(0), record.get(1), record.get(2), record.get(3))
         else {
-            bail!("ratings.csv record {}: expected userId,movieId,rating,timestamp", number + 1);
+            bail!(
+                "ratings.csv record {}: expected userId,movieId,rating,timestamp",
+                number + 1
+            );
         };
-        events.push(rating_event(user, item, rating, timestamp).with_context(|| format!("ratings.csv record {}", number + 1))?);
+        events.push(
+            rating_event(user, item, rating, timestamp)
+                .with_context(|| format!("ratings.csv record {}", number + 1))?,
+        );
     }
     bar.finish_and_clear();
     Ok(ImportBatch { items, events })
@@ -158,17 +220,35 @@ mod tests {
     #[test]
     fn reads_100k_format_with_latin1_titles_and_genres() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("u.genre"), "unknown|0\nAction|1\nComedy|2\n\n").unwrap();
+        std::fs::write(
+            dir.path().join("u.genre"),
+            "unknown|0\nAction|1\nComedy|2\n\n",
+        )
+        .unwrap();
         let mut item = b"1|Caf\xe9 Society (1995)|01-Jan-1995||http://x|0|1|1\n".to_vec();
         item.extend_from_slice(b"2|Other (1996)|01-Jan-1996||http://y|1|0|0\n");
         std::fs::write(dir.path().join("u.item"), item).unwrap();
-        std::fs::write(dir.path().join("u.data"), "7\t1\t5\t881250949\n8\t2\t3\t881250950\n").unwrap();
+        std::fs::write(
+            dir.path().join("u.data"),
+            "7\t1\t5\t881250949\n8\t2\t3\t881250950\n",
+        )
+        .unwrap();
         let batch = read(dir.path(), false).unwrap();
         assert_eq!(batch.items[0].title, "Café Society (1995)");
-        assert_eq!(batch.items[0].tags, vec!["action".to_string(), "comedy".to_string()]);
+        assert_eq!(
+            batch.items[0].tags,
+            vec!["action".to_string(), "comedy".to_string()]
+        );
         assert_eq!(batch.items[1].tags, vec!["unknown".to_string()]);
         assert_eq!(batch.events.len(), 2);
-        assert_eq!((batch.events[0].user.as_str(), batch.events[0].value, batch.events[0].timestamp), ("7", 5.0, 881250949));
+        assert_eq!(
+            (
+                batch.events[0].user.as_str(),
+                batch.events[0].value,
+                batch.events[0].timestamp
+            ),
+            ("7", 5.0, 881250949)
+        );
     }
 
     #[test]
@@ -179,7 +259,11 @@ mod tests {
             "movieId,title,genres\n1,\"American President, The (1995)\",Comedy|Drama|Romance\n2,X,(no genres listed)\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join("ratings.csv"), "userId,movieId,rating,timestamp\n1,1,4.5,964982703\n").unwrap();
+        std::fs::write(
+            dir.path().join("ratings.csv"),
+            "userId,movieId,rating,timestamp\n1,1,4.5,964982703\n",
+        )
+        .unwrap();
         let batch = read(dir.path(), false).unwrap();
         assert_eq!(batch.items[0].title, "American President, The (1995)");
         assert_eq!(batch.items[0].tags, vec!["comedy", "drama", "romance"]);
@@ -190,9 +274,22 @@ mod tests {
     #[test]
     fn rejects_bad_ratings_and_unknown_folders() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read(dir.path(), false).unwrap_err().to_string().contains("neither"));
-        std::fs::write(dir.path().join("movies.csv"), "movieId,title,genres\n1,A,Drama\n").unwrap();
-        std::fs::write(dir.path().join("ratings.csv"), "userId,movieId,rating,timestamp\n1,1,NaN,1\n").unwrap();
+        assert!(
+            read(dir.path(), false)
+                .unwrap_err()
+                .to_string()
+                .contains("neither")
+        );
+        std::fs::write(
+            dir.path().join("movies.csv"),
+            "movieId,title,genres\n1,A,Drama\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("ratings.csv"),
+            "userId,movieId,rating,timestamp\n1,1,NaN,1\n",
+        )
+        .unwrap();
         assert!(format!("{:#}", read(dir.path(), false).unwrap_err()).contains("record 1"));
     }
 }

@@ -33,13 +33,21 @@ impl InstanceState {
     /// sockets, no inherited stdio. Clocks and randomness stay (Rust's std needs them).
     pub fn new(plugin: Arc<str>, limits: StoreLimits) -> Self {
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
-        Self { plugin, wasi, table: ResourceTable::new(), limits }
+        Self {
+            plugin,
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+        }
     }
 }
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

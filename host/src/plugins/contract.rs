@@ -23,22 +23,22 @@ pub enum ContractError {
 /// minor may call host functions this host lacks).
 pub fn check(export_names: &[String]) -> Result<String, ContractError> {
     let prefix = format!("{WIT_PACKAGE}/plugin@");
-    let Some(version) = export_names.iter().find_map(|name| name.strip_prefix(&prefix)) else {
-        return Err(ContractError::NotAStrategy { exports: export_names.to_vec() });
+    let Some(version) = export_names
+        .iter()
+        .find_map(|name| name.strip_prefix(&prefix))
+    else {
+        return Err(ContractError::NotAStrategy {
+            exports: export_names.to_vec(),
+        });
     };
-    let parts: Vec<u64> = version
-        .split(['.', '-', '+'])
-        .take(3)
-        .map(|part| part.parse().unwrap_or(u64::MAX))
-        .collect();
-    let compatible = match parts.as_slice() {
-        [major, minor, _] => *major == WIT_VERSION.0 && *minor <= WIT_VERSION.1,
-        _ => false,
-    };
+    let compatible = semver::Version::parse(version)
+        .is_ok_and(|v| v.major == WIT_VERSION.0 && v.minor <= WIT_VERSION.1);
     if compatible {
         Ok(version.to_string())
     } else {
-        Err(ContractError::IncompatibleVersion { found: version.to_string() })
+        Err(ContractError::IncompatibleVersion {
+            found: version.to_string(),
+        })
     }
 }
 
@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn accepts_same_major_and_older_minor() {
-        assert_eq!(check(&names(&["recohost:strategy/plugin@1.0.0"])), Ok("1.0.0".into()));
+        assert_eq!(
+            check(&names(&["recohost:strategy/plugin@1.0.0"])),
+            Ok("1.0.0".into())
+        );
     }
 
     #[test]

@@ -43,10 +43,14 @@ impl PluginEngine {
             })
             .context("cannot start the epoch ticker thread")?;
         if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the compiled-code cache {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create the compiled-code cache {}", dir.display())
+            })?;
         }
-        Ok(Self { engine, cache_dir: cache_dir.map(Arc::new) })
+        Ok(Self {
+            engine,
+            cache_dir: cache_dir.map(Arc::new),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -72,14 +76,18 @@ impl PluginEngine {
             // checks is recompiled below.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring a stale compiled-code cache entry"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "ignoring a stale compiled-code cache entry")
+                }
             }
         }
         let component = self.compile_uncached(wasm, origin)?;
         match component.serialize() {
             Ok(bytes) => {
                 let temporary = path.with_extension("tmp");
-                if let Err(error) = std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, &path)) {
+                if let Err(error) = std::fs::write(&temporary, bytes)
+                    .and_then(|()| std::fs::rename(&temporary, &path))
+                {
                     tracing::warn!(path = %path.display(), %error, "cannot write the compiled-code cache");
                 }
             }
@@ -90,15 +98,21 @@ impl PluginEngine {
 
     fn compile_uncached(&self, wasm: &[u8], origin: &Path) -> anyhow::Result<Component> {
         let started = std::time::Instant::now();
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| anyhow::anyhow!("{} is not a valid WebAssembly component: {e}", origin.display()))?;
+        let component = Component::new(&self.engine, wasm).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid WebAssembly component: {e}",
+                origin.display()
+            )
+        })?;
         tracing::info!(path = %origin.display(), elapsed_ms = started.elapsed().as_millis() as u64, "compiled plugin");
         Ok(component)
     }
 
     fn cache_key(&self, wasm: &[u8]) -> String {
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         let mut digest = Sha256::new();
         digest.update(wasm);
         digest.update(engine_hash.finish().to_le_bytes());

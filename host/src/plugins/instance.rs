@@ -11,7 +11,10 @@ use thiserror::Error;
 use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
-use super::bindings::{Feedback, InstanceState, Item, PluginInfo, Request, Scored, Strategy, StrategyError, StrategyPre};
+use super::bindings::{
+    Feedback, InstanceState, Item, PluginInfo, Request, Scored, Strategy, StrategyError,
+    StrategyPre,
+};
 use super::engine::PluginEngine;
 use super::limits::PluginLimits;
 
@@ -19,10 +22,18 @@ use super::limits::PluginLimits;
 pub enum CallError {
     /// The plugin answered with an error: the instance is still usable.
     #[error("plugin `{plugin}` refused `{call}`: {error}")]
-    Refused { plugin: String, call: &'static str, error: StrategyError },
+    Refused {
+        plugin: String,
+        call: &'static str,
+        error: StrategyError,
+    },
     /// The instance trapped and must be discarded.
     #[error("plugin `{plugin}` trapped in `{call}`: {reason}")]
-    Trapped { plugin: String, call: &'static str, reason: String },
+    Trapped {
+        plugin: String,
+        call: &'static str,
+        reason: String,
+    },
 }
 
 impl CallError {
@@ -57,68 +68,108 @@ impl PluginInstance {
         let mut store = Store::new(engine.engine(), InstanceState::new(plugin, store_limits));
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(PluginEngine::ticks(limits.train()));
-        let exports = pre.instantiate(&mut store).map_err(|e| anyhow::anyhow!("cannot instantiate: {e:#}"))?;
-        Ok(Self { store, exports, limits, model_version: 0 })
+        let exports = pre
+            .instantiate(&mut store)
+            .map_err(|e| anyhow::anyhow!("cannot instantiate: {e:#}"))?;
+        Ok(Self {
+            store,
+            exports,
+            limits,
+            model_version: 0,
+        })
     }
 
     fn call<R>(
         &mut self,
         call: &'static str,
         budget: Duration,
-        run: impl FnOnce(&Strategy, &mut Store<InstanceState>) -> wasmtime::Result<Result<R, StrategyError>>,
+        run: impl FnOnce(
+            &Strategy,
+            &mut Store<InstanceState>,
+        ) -> wasmtime::Result<Result<R, StrategyError>>,
     ) -> Result<R, CallError> {
         self.store.set_epoch_deadline(PluginEngine::ticks(budget));
         let plugin = self.store.data().plugin.to_string();
         match run(&self.exports, &mut self.store) {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(CallError::Refused { plugin, call, error }),
+            Ok(Err(error)) => Err(CallError::Refused {
+                plugin,
+                call,
+                error,
+            }),
             Err(error) => {
                 let reason = match error.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => format!("exceeded its time budget of {} ms", budget.as_millis()),
-                    _ if format!("{error:?}").contains("forcing trap when growing memory") => format!(
-                        "exceeded its memory limit of {} MiB",
-                        self.limits.memory_mb
-                    ),
+                    Some(Trap::Interrupt) => {
+                        format!("exceeded its time budget of {} ms", budget.as_millis())
+                    }
+                    _ if format!("{error:?}").contains("forcing trap when growing memory") => {
+                        format!("exceeded its memory limit of {} MiB", self.limits.memory_mb)
+                    }
                     _ => format!("{error:#}"),
                 };
-                Err(CallError::Trapped { plugin, call, reason })
+                Err(CallError::Trapped {
+                    plugin,
+                    call,
+                    reason,
+                })
             }
         }
     }
 
     pub fn describe(&mut self) -> Result<PluginInfo, CallError> {
         let budget = self.limits.recommend();
-        self.call("describe", budget, |e, s| e.recohost_strategy_plugin().call_describe(s).map(Ok))
+        self.call("describe", budget, |e, s| {
+            e.recohost_strategy_plugin().call_describe(s).map(Ok)
+        })
     }
 
     pub fn configure(&mut self, config_json: &str, catalog: &[Item]) -> Result<(), CallError> {
         let budget = self.limits.train();
-        self.call("configure", budget, |e, s| e.recohost_strategy_plugin().call_configure(s, config_json, catalog))
+        self.call("configure", budget, |e, s| {
+            e.recohost_strategy_plugin()
+                .call_configure(s, config_json, catalog)
+        })
     }
 
-    pub fn train(&mut self, events: &[Feedback]) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
+    pub fn train(
+        &mut self,
+        events: &[Feedback],
+    ) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
         let budget = self.limits.train();
-        self.call("train", budget, |e, s| e.recohost_strategy_plugin().call_train(s, events))
+        self.call("train", budget, |e, s| {
+            e.recohost_strategy_plugin().call_train(s, events)
+        })
     }
 
-    pub fn update(&mut self, events: &[Feedback]) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
+    pub fn update(
+        &mut self,
+        events: &[Feedback],
+    ) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
         let budget = self.limits.update();
-        self.call("update", budget, |e, s| e.recohost_strategy_plugin().call_update(s, events))
+        self.call("update", budget, |e, s| {
+            e.recohost_strategy_plugin().call_update(s, events)
+        })
     }
 
     pub fn recommend(&mut self, request: &Request) -> Result<Vec<Scored>, CallError> {
         let budget = self.limits.recommend();
-        self.call("recommend", budget, |e, s| e.recohost_strategy_plugin().call_recommend(s, request))
+        self.call("recommend", budget, |e, s| {
+            e.recohost_strategy_plugin().call_recommend(s, request)
+        })
     }
 
     pub fn save(&mut self) -> Result<Vec<u8>, CallError> {
         let budget = self.limits.train();
-        self.call("save", budget, |e, s| e.recohost_strategy_plugin().call_save(s))
+        self.call("save", budget, |e, s| {
+            e.recohost_strategy_plugin().call_save(s)
+        })
     }
 
     pub fn load(&mut self, snapshot: &[u8]) -> Result<(), CallError> {
         let budget = self.limits.train();
-        self.call("load", budget, |e, s| e.recohost_strategy_plugin().call_load(s, snapshot))
+        self.call("load", budget, |e, s| {
+            e.recohost_strategy_plugin().call_load(s, snapshot)
+        })
     }
 }
 

@@ -23,7 +23,13 @@ pub struct PluginLimits {
 
 impl Default for PluginLimits {
     fn default() -> Self {
-        Self { memory_mb: 512, recommend_ms: 1_000, update_ms: 60_000, train_ms: 300_000, serving_instances: 0 }
+        Self {
+            memory_mb: 512,
+            recommend_ms: 1_000,
+            update_ms: 60_000,
+            train_ms: 300_000,
+            serving_instances: 0,
+        }
     }
 }
 
@@ -45,8 +51,14 @@ impl PluginLimits {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.memory_mb == 0 || self.recommend_ms == 0 || self.update_ms == 0 || self.train_ms == 0 {
-            return Err("limits must be positive: memory_mb, recommend_ms, update_ms and train_ms".into());
+        if self.memory_mb == 0
+            || self.recommend_ms == 0
+            || self.update_ms == 0
+            || self.train_ms == 0
+        {
+            return Err(
+                "limits must be positive: memory_mb, recommend_ms, update_ms and train_ms".into(),
+            );
         }
         Ok(())
     }

@@ -29,7 +29,8 @@ pub struct PluginRegistry {
 
 impl PluginRegistry {
     pub fn insert(&mut self, plugin: PluginRuntime) {
-        self.plugins.insert(plugin.name().to_string(), Arc::new(plugin));
+        self.plugins
+            .insert(plugin.name().to_string(), Arc::new(plugin));
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<PluginRuntime>> {

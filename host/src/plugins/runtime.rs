@@ -23,11 +23,23 @@ use super::limits::PluginLimits;
 #[derive(Debug, Error)]
 pub enum PluginLoadError {
     #[error("plugin `{plugin}`: cannot read {path}: {source}")]
-    Read { plugin: String, path: PathBuf, source: std::io::Error },
+    Read {
+        plugin: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("plugin `{plugin}` ({path}): {reason}")]
-    Invalid { plugin: String, path: PathBuf, reason: String },
+    Invalid {
+        plugin: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("plugin `{plugin}` ({path}): {source}")]
-    Contract { plugin: String, path: PathBuf, source: ContractError },
+    Contract {
+        plugin: String,
+        path: PathBuf,
+        source: ContractError,
+    },
     #[error("plugin `{plugin}` rejected its configuration: {source}")]
     Config { plugin: String, source: CallError },
 }
@@ -94,19 +106,39 @@ impl PluginRuntime {
         catalog: Arc<Vec<Item>>,
         catalog_fingerprint: &str,
     ) -> Result<Self, PluginLoadError> {
-        let invalid = |reason: String| PluginLoadError::Invalid { plugin: name.into(), path: path.into(), reason };
-        let wasm = std::fs::read(path)
-            .map_err(|source| PluginLoadError::Read { plugin: name.into(), path: path.into(), source })?;
-        let component = engine.compile(&wasm, path).map_err(|e| invalid(format!("{e:#}")))?;
-        let wit_version = contract::check(&export_names(engine, &component))
-            .map_err(|source| PluginLoadError::Contract { plugin: name.into(), path: path.into(), source })?;
-        let mut linker = wasmtime::component::Linker::<InstanceState>::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| invalid(format!("{e:#}")))?;
-        super::bindings::Strategy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+        let invalid = |reason: String| PluginLoadError::Invalid {
+            plugin: name.into(),
+            path: path.into(),
+            reason,
+        };
+        let wasm = std::fs::read(path).map_err(|source| PluginLoadError::Read {
+            plugin: name.into(),
+            path: path.into(),
+            source,
+        })?;
+        let component = engine
+            .compile(&wasm, path)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| invalid(format!("it imports something the sandbox does not provide: {e:#}")))?;
+        let wit_version = contract::check(&export_names(engine, &component)).map_err(|source| {
+            PluginLoadError::Contract {
+                plugin: name.into(),
+                path: path.into(),
+                source,
+            }
+        })?;
+        let mut linker = wasmtime::component::Linker::<InstanceState>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        super::bindings::Strategy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| invalid(format!("{e:#}")))?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "it imports something the sandbox does not provide: {e:#}"
+            ))
+        })?;
         let pre = StrategyPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
         let limits = Arc::new(limits);
         let plugin: Arc<str> = Arc::from(name);
@@ -115,14 +147,19 @@ impl PluginRuntime {
         let info = probe.describe().map_err(|e| invalid(e.to_string()))?;
         probe
             .configure(&config_json, &catalog)
-            .map_err(|source| PluginLoadError::Config { plugin: name.into(), source })?;
+            .map_err(|source| PluginLoadError::Config {
+                plugin: name.into(),
+                source,
+            })?;
 
         let mut digest = Sha256::new();
         digest.update(&wasm);
         digest.update(config_json.as_bytes());
         digest.update(catalog_fingerprint.as_bytes());
         let max_idle = match limits.serving_instances {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         };
         Ok(Self {
@@ -167,7 +204,11 @@ impl PluginRuntime {
             path: self.path.display().to_string(),
             model_version: model.as_ref().map(|m| m.version),
             model_created_at: model.as_ref().map(|m| m.created_at),
-            status: if model.is_some() { "ready" } else { "not_trained" },
+            status: if model.is_some() {
+                "ready"
+            } else {
+                "not_trained"
+            },
             calls: self.stats.calls.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),
             traps: self.stats.traps.load(Ordering::Relaxed),
@@ -176,8 +217,17 @@ impl PluginRuntime {
 
     /// A configured instance with no model.
     fn configured_instance(&self) -> Result<PluginInstance, CallError> {
-        let mut instance = PluginInstance::new(&self.engine, &self.pre, self.name.clone(), self.limits.clone())
-            .map_err(|e| CallError::Trapped { plugin: self.name.to_string(), call: "instantiate", reason: format!("{e:#}") })?;
+        let mut instance = PluginInstance::new(
+            &self.engine,
+            &self.pre,
+            self.name.clone(),
+            self.limits.clone(),
+        )
+        .map_err(|e| CallError::Trapped {
+            plugin: self.name.to_string(),
+            call: "instantiate",
+            reason: format!("{e:#}"),
+        })?;
         instance.configure(&self.config_json, &self.catalog)?;
         Ok(instance)
     }
@@ -212,9 +262,13 @@ impl PluginRuntime {
 
     /// Asks the current model for recommendations. Blocking: run it off the async runtime.
     pub fn recommend(&self, request: &Request) -> Result<(Vec<Scored>, u64), RecommendCallError> {
-        let model = self.model().ok_or_else(|| RecommendCallError::NotTrained(self.name.to_string()))?;
+        let model = self
+            .model()
+            .ok_or_else(|| RecommendCallError::NotTrained(self.name.to_string()))?;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let mut instance = self.checkout(&model).inspect_err(|_| self.record_failure(true))?;
+        let mut instance = self
+            .checkout(&model)
+            .inspect_err(|_| self.record_failure(true))?;
         let result = instance.recommend(request);
         match &result {
             Err(error) if error.is_trap() => {

@@ -19,7 +19,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row in the database: {0}")]
     Corrupt(String),
-    #[error("database schema version {found} is newer than this build of recohost understands ({supported})")]
+    #[error(
+        "database schema version {found} is newer than this build of recohost understands ({supported})"
+    )]
     TooNew { found: usize, supported: usize },
 }
 
@@ -108,24 +110,37 @@ impl Store {
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let found: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if found > migrations::latest_version() {
-            return Err(StoreError::TooNew { found, supported: migrations::latest_version() });
+            return Err(StoreError::TooNew {
+                found,
+                supported: migrations::latest_version(),
+            });
         }
         migrations::migrate(&mut connection)?;
-        Ok(Self { connection: Mutex::new(connection) })
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back), so a poisoned lock is safe to keep using.
-        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn counts(&self) -> StoreResult<StoreCounts> {
         let connection = self.lock();
         let count = |table: &str| -> rusqlite::Result<u64> {
-            connection.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0))
+            connection.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
         };
-        Ok(StoreCounts { items: count("items")?, users: count("users")?, events: count("events")? })
+        Ok(StoreCounts {
+            items: count("items")?,
+            users: count("users")?,
+            events: count("events")?,
+        })
     }
 
     /// All items, by dense index.
@@ -134,17 +149,28 @@ impl Store {
         let mut statement =
             connection.prepare("SELECT idx, external_id, title, tags FROM items ORDER BY idx")?;
         let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?))
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+            ))
         })?;
         let mut items = Vec::new();
         for row in rows {
             let (idx, external_id, title, tags) = row?;
             if idx != items.len() as i64 {
-                return Err(StoreError::Corrupt(format!("item indices are not dense at {idx}")));
+                return Err(StoreError::Corrupt(format!(
+                    "item indices are not dense at {idx}"
+                )));
             }
             let tags = serde_json::from_str(&tags)
                 .map_err(|e| StoreError::Corrupt(format!("tags of item {external_id}: {e}")))?;
-            items.push(ItemRow { external_id, title, tags });
+            items.push(ItemRow {
+                external_id,
+                title,
+                tags,
+            });
         }
         Ok(items)
     }
@@ -152,13 +178,18 @@ impl Store {
     /// All users' external IDs, by dense index.
     pub fn users(&self) -> StoreResult<Vec<String>> {
         let connection = self.lock();
-        let mut statement = connection.prepare("SELECT idx, external_id FROM users ORDER BY idx")?;
-        let rows = statement.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+        let mut statement =
+            connection.prepare("SELECT idx, external_id FROM users ORDER BY idx")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?;
         let mut users = Vec::new();
         for row in rows {
             let (idx, external_id) = row?;
             if idx != users.len() as i64 {
-                return Err(StoreError::Corrupt(format!("user indices are not dense at {idx}")));
+                return Err(StoreError::Corrupt(format!(
+                    "user indices are not dense at {idx}"
+                )));
             }
             users.push(external_id);
         }
@@ -186,7 +217,14 @@ impl Store {
             let (id, user, item, kind, value, timestamp) = row?;
             let kind = EventKind::parse(&kind)
                 .ok_or_else(|| StoreError::Corrupt(format!("event {id} has kind {kind:?}")))?;
-            events.push(EventRow { id, user, item, kind, value: value as f32, timestamp: timestamp.max(0) as u64 });
+            events.push(EventRow {
+                id,
+                user,
+                item,
+                kind,
+                value: value as f32,
+                timestamp: timestamp.max(0) as u64,
+            });
         }
         Ok(events)
     }
@@ -194,7 +232,11 @@ impl Store {
     /// Id of the newest event, 0 when there are none.
     pub fn last_event_id(&self) -> StoreResult<i64> {
         let connection = self.lock();
-        Ok(connection.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| row.get(0))?)
+        Ok(
+            connection.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
+                row.get(0)
+            })?,
+        )
     }
 
     /// Writes a whole dataset (items, users, events) in one transaction: all or nothing.
@@ -208,22 +250,31 @@ impl Store {
         {
             let mut next_item: i64 =
                 transaction.query_row("SELECT COUNT(*) FROM items", [], |row| row.get(0))?;
-            let mut find_item = transaction.prepare("SELECT idx FROM items WHERE external_id = ?1")?;
-            let mut insert_item = transaction
-                .prepare("INSERT INTO items (idx, external_id, title, tags) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut find_item =
+                transaction.prepare("SELECT idx FROM items WHERE external_id = ?1")?;
+            let mut insert_item = transaction.prepare(
+                "INSERT INTO items (idx, external_id, title, tags) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             let mut update_item =
                 transaction.prepare("UPDATE items SET title = ?2, tags = ?3 WHERE idx = ?1")?;
             for item in &batch.items {
-                let tags = serde_json::to_string(&item.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let existing: Option<i64> =
-                    find_item.query_row([&item.external_id], |row| row.get(0)).optional()?;
+                let tags = serde_json::to_string(&item.tags)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let existing: Option<i64> = find_item
+                    .query_row([&item.external_id], |row| row.get(0))
+                    .optional()?;
                 let idx = match existing {
                     Some(idx) => {
                         update_item.execute(params![idx, item.title, tags])?;
                         idx
                     }
                     None => {
-                        insert_item.execute(params![next_item, item.external_id, item.title, tags])?;
+                        insert_item.execute(params![
+                            next_item,
+                            item.external_id,
+                            item.title,
+                            tags
+                        ])?;
                         next_item += 1;
                         next_item - 1
                     }
@@ -232,15 +283,18 @@ impl Store {
             }
             let mut next_user: i64 =
                 transaction.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
-            let mut find_user = transaction.prepare("SELECT idx FROM users WHERE external_id = ?1")?;
-            let mut insert_user =
-                transaction.prepare("INSERT INTO users (idx, external_id, created_at) VALUES (?1, ?2, ?3)")?;
+            let mut find_user =
+                transaction.prepare("SELECT idx FROM users WHERE external_id = ?1")?;
+            let mut insert_user = transaction
+                .prepare("INSERT INTO users (idx, external_id, created_at) VALUES (?1, ?2, ?3)")?;
             let now = unix_now();
             for event in &batch.events {
                 if user_index.contains_key(event.user.as_str()) {
                     continue;
                 }
-                let existing: Option<i64> = find_user.query_row([&event.user], |row| row.get(0)).optional()?;
+                let existing: Option<i64> = find_user
+                    .query_row([&event.user], |row| row.get(0))
+                    .optional()?;
                 let idx = match existing {
                     Some(idx) => idx,
                     None => {
@@ -260,10 +314,21 @@ impl Store {
                     None => find_item
                         .query_row([&event.item], |row| row.get(0))
                         .optional()?
-                        .ok_or_else(|| StoreError::Corrupt(format!("event refers to unknown item {}", event.item)))?,
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "event refers to unknown item {}",
+                                event.item
+                            ))
+                        })?,
                 };
                 let user = user_index[event.user.as_str()];
-                insert_event.execute(params![user, item, event.kind.as_str(), f64::from(event.value), event.timestamp as i64])?;
+                insert_event.execute(params![
+                    user,
+                    item,
+                    event.kind.as_str(),
+                    f64::from(event.value),
+                    event.timestamp as i64
+                ])?;
             }
         }
         transaction.commit()?;
@@ -348,12 +413,34 @@ mod tests {
 
     fn batch() -> ImportBatch {
         let items = (1..=3)
-            .map(|i| ItemRow { external_id: i.to_string(), title: format!("Item {i}"), tags: vec!["drama".into()] })
+            .map(|i| ItemRow {
+                external_id: i.to_string(),
+                title: format!("Item {i}"),
+                tags: vec!["drama".into()],
+            })
             .collect();
         let events = vec![
-            ImportEvent { user: "u1".into(), item: "2".into(), kind: EventKind::Rate, value: 4.0, timestamp: 10 },
-            ImportEvent { user: "u2".into(), item: "3".into(), kind: EventKind::Click, value: 1.0, timestamp: 11 },
-            ImportEvent { user: "u1".into(), item: "3".into(), kind: EventKind::View, value: 1.0, timestamp: 12 },
+            ImportEvent {
+                user: "u1".into(),
+                item: "2".into(),
+                kind: EventKind::Rate,
+                value: 4.0,
+                timestamp: 10,
+            },
+            ImportEvent {
+                user: "u2".into(),
+                item: "3".into(),
+                kind: EventKind::Click,
+                value: 1.0,
+                timestamp: 11,
+            },
+            ImportEvent {
+                user: "u1".into(),
+                item: "3".into(),
+                kind: EventKind::View,
+                value: 1.0,
+                timestamp: 12,
+            },
         ];
         ImportBatch { items, events }
     }
@@ -367,10 +454,16 @@ mod tests {
         let items = store.items().unwrap();
         assert_eq!(items.len(), 3);
         assert_eq!(items[1].external_id, "2");
-        assert_eq!(store.users().unwrap(), vec!["u1".to_string(), "u2".to_string()]);
+        assert_eq!(
+            store.users().unwrap(),
+            vec!["u1".to_string(), "u2".to_string()]
+        );
         let events = store.events_after(0).unwrap();
         assert_eq!(events.len(), 6);
-        assert_eq!((events[0].user, events[0].item, events[0].kind), (0, 1, EventKind::Rate));
+        assert_eq!(
+            (events[0].user, events[0].item, events[0].kind),
+            (0, 1, EventKind::Rate)
+        );
         assert_eq!(store.last_event_id().unwrap(), 6);
         assert_eq!(store.events_after(5).unwrap().len(), 1);
     }
@@ -380,7 +473,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let mut bad = batch();
-        bad.events.push(ImportEvent { user: "u9".into(), item: "404".into(), kind: EventKind::Click, value: 1.0, timestamp: 1 });
+        bad.events.push(ImportEvent {
+            user: "u9".into(),
+            item: "404".into(),
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp: 1,
+        });
         assert!(store.import(&bad).is_err());
         assert_eq!(store.counts().unwrap().items, 0);
         assert_eq!(store.counts().unwrap().events, 0);

@@ -77,7 +77,9 @@ mod tests {
     fn inverse_times_matrix_is_identity() {
         let n = 13;
         // A random-ish SPD matrix: M^T M + n I.
-        let m: Vec<f64> = (0..n * n).map(|k| ((k * 37 % 17) as f64 - 8.0) / 5.0).collect();
+        let m: Vec<f64> = (0..n * n)
+            .map(|k| ((k * 37 % 17) as f64 - 8.0) / 5.0)
+            .collect();
         let mut a = vec![0.0; n * n];
         for i in 0..n {
             for j in 0..n {

@@ -1,7 +1,7 @@
 use recohost_plugin_sdk::weights::EventWeights;
 use recohost_plugin_sdk::{
-    Feedback, Item, ItemIndex, PluginInfo, Request, Scored, Strategy, StrategyError, TrainingReport,
-    check_item, config, snapshot, topk,
+    Feedback, Item, ItemIndex, PluginInfo, Request, Scored, Strategy, StrategyError,
+    TrainingReport, check_item, config, snapshot, topk,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,9 +84,14 @@ impl Collaborative {
     /// Solves B from the current interactions.
     fn solve(&mut self) -> Result<(), StrategyError> {
         // Columns of the solve: the most interacted items, at most `max_items`.
-        let mut modeled: Vec<usize> =
-            (0..self.catalog_len).filter(|&i| self.state.item_counts[i] > 0).collect();
-        modeled.sort_by(|&a, &b| self.state.item_counts[b].cmp(&self.state.item_counts[a]).then(a.cmp(&b)));
+        let mut modeled: Vec<usize> = (0..self.catalog_len)
+            .filter(|&i| self.state.item_counts[i] > 0)
+            .collect();
+        modeled.sort_by(|&a, &b| {
+            self.state.item_counts[b]
+                .cmp(&self.state.item_counts[a])
+                .then(a.cmp(&b))
+        });
         modeled.truncate(self.config.max_items);
         let mut column = vec![usize::MAX; self.catalog_len];
         for (c, &item) in modeled.iter().enumerate() {
@@ -97,7 +102,12 @@ impl Collaborative {
         let mut columns = Vec::new();
         for items in &self.state.user_items {
             columns.clear();
-            columns.extend(items.iter().map(|&i| column[i as usize]).filter(|&c| c != usize::MAX));
+            columns.extend(
+                items
+                    .iter()
+                    .map(|&i| column[i as usize])
+                    .filter(|&c| c != usize::MAX),
+            );
             for &a in &columns {
                 let row = &mut gram[a * m..a * m + m];
                 for &b in &columns {
@@ -139,8 +149,19 @@ impl Collaborative {
 
     /// Popularity scaled into [0, 1): the cold-start answer and the tie-breaker.
     fn popularity(&self) -> Vec<f32> {
-        let max = self.state.item_counts.iter().copied().max().unwrap_or(0).max(1) as f32;
-        self.state.item_counts.iter().map(|&c| c as f32 / (max * 1.0001)).collect()
+        let max = self
+            .state
+            .item_counts
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(1) as f32;
+        self.state
+            .item_counts
+            .iter()
+            .map(|&c| c as f32 / (max * 1.0001))
+            .collect()
     }
 
     /// Raw EASE scores for a history (zero everywhere for an empty one). Exposed for `hybrid`.
@@ -192,7 +213,11 @@ impl Strategy for Collaborative {
             neighbors: vec![Vec::new(); catalog_len],
             ..State::default()
         };
-        Ok(Self { config, catalog_len, state })
+        Ok(Self {
+            config,
+            catalog_len,
+            state,
+        })
     }
 
     fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
@@ -228,7 +253,10 @@ impl Strategy for Collaborative {
                 self.state.pending_interactions
             )
         };
-        Ok(TrainingReport { events_used: events.len() as u64, message })
+        Ok(TrainingReport {
+            events_used: events.len() as u64,
+            message,
+        })
     }
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
@@ -236,7 +264,11 @@ impl Strategy for Collaborative {
         for (score, popularity) in scores.iter_mut().zip(self.popularity()) {
             *score += 1e-6 * popularity;
         }
-        Ok(topk::top_k(&scores, request.count as usize, &request.exclude))
+        Ok(topk::top_k(
+            &scores,
+            request.count as usize,
+            &request.exclude,
+        ))
     }
 
     fn save(&self) -> Result<Vec<u8>, StrategyError> {
@@ -245,7 +277,8 @@ impl Strategy for Collaborative {
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), StrategyError> {
         let state: State = snapshot::decode(NAME, SNAPSHOT_FORMAT, bytes)?;
-        if state.item_counts.len() != self.catalog_len || state.neighbors.len() != self.catalog_len {
+        if state.item_counts.len() != self.catalog_len || state.neighbors.len() != self.catalog_len
+        {
             return Err(StrategyError::InvalidInput(format!(
                 "snapshot rejected: it covers {} items, the catalog has {}",
                 state.item_counts.len(),
@@ -263,17 +296,39 @@ mod tests {
     use recohost_plugin_sdk::EventKind;
 
     fn catalog(n: u32) -> Vec<Item> {
-        (0..n).map(|index| Item { index, title: format!("item {index}"), tags: vec![] }).collect()
+        (0..n)
+            .map(|index| Item {
+                index,
+                title: format!("item {index}"),
+                tags: vec![],
+            })
+            .collect()
     }
 
     fn view(user: u32, item: u32) -> Feedback {
-        Feedback { user, item, kind: EventKind::Click, value: 1.0, timestamp: 1 }
+        Feedback {
+            user,
+            item,
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp: 1,
+        }
     }
 
     fn recommend(model: &Collaborative, history_items: &[u32], count: u32) -> Vec<u32> {
         let history: Vec<Feedback> = history_items.iter().map(|&i| view(99, i)).collect();
-        let request = Request { user: Some(99), count, history, exclude: history_items.to_vec() };
-        model.recommend(&request).unwrap().iter().map(|s| s.item).collect()
+        let request = Request {
+            user: Some(99),
+            count,
+            history,
+            exclude: history_items.to_vec(),
+        };
+        model
+            .recommend(&request)
+            .unwrap()
+            .iter()
+            .map(|s| s.item)
+            .collect()
     }
 
     /// Users 0-4 like items 0, 1, 2; users 5-9 like 3, 4. Item 5 is popular with everyone else.
@@ -322,7 +377,8 @@ mod tests {
 
     #[test]
     fn update_waits_for_refresh_fraction_before_re_solving() {
-        let mut model = Collaborative::configure(r#"{"refresh_fraction": 10.0}"#, catalog(6)).unwrap();
+        let mut model =
+            Collaborative::configure(r#"{"refresh_fraction": 10.0}"#, catalog(6)).unwrap();
         model.train(two_tastes()).unwrap();
         let before = model.state.neighbors.clone();
         let report = model.update(vec![view(50, 0), view(50, 3)]).unwrap();

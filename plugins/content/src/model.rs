@@ -2,8 +2,8 @@ use std::collections::HashMap;
 
 use recohost_plugin_sdk::weights::EventWeights;
 use recohost_plugin_sdk::{
-    EventKind, Feedback, Item, PluginInfo, Request, Scored, Strategy, StrategyError, TrainingReport,
-    check_item, config, snapshot, topk,
+    EventKind, Feedback, Item, PluginInfo, Request, Scored, Strategy, StrategyError,
+    TrainingReport, check_item, config, snapshot, topk,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,11 @@ pub struct ContentConfig {
 
 impl Default for ContentConfig {
     fn default() -> Self {
-        Self { neutral_rating: 3.0, popularity_weight: 0.05, event_weights: EventWeights::default() }
+        Self {
+            neutral_rating: 3.0,
+            popularity_weight: 0.05,
+            event_weights: EventWeights::default(),
+        }
     }
 }
 
@@ -45,7 +49,9 @@ impl Content {
     /// How much `event` says the user likes the item (negative: dislikes).
     fn affinity(&self, event: &Feedback) -> f32 {
         match event.kind {
-            EventKind::Rate => (event.value - self.config.neutral_rating) * self.config.event_weights.rate,
+            EventKind::Rate => {
+                (event.value - self.config.neutral_rating) * self.config.event_weights.rate
+            }
             _ => self.config.event_weights.weight(event),
         }
     }
@@ -55,7 +61,9 @@ impl Content {
     pub fn score_history(&self, history: &[Feedback]) -> Vec<f32> {
         let mut profile = vec![0.0f32; self.tag_count];
         for event in history {
-            let Some(vector) = self.item_vectors.get(event.item as usize) else { continue };
+            let Some(vector) = self.item_vectors.get(event.item as usize) else {
+                continue;
+            };
             let affinity = self.affinity(event);
             for &(tag, weight) in vector {
                 profile[tag as usize] += affinity * weight;
@@ -67,13 +75,24 @@ impl Content {
         }
         self.item_vectors
             .iter()
-            .map(|vector| vector.iter().map(|&(tag, w)| profile[tag as usize] * w).sum::<f32>() / norm)
+            .map(|vector| {
+                vector
+                    .iter()
+                    .map(|&(tag, w)| profile[tag as usize] * w)
+                    .sum::<f32>()
+                    / norm
+            })
             .collect()
     }
 
     /// Interactions per item scaled into [0, 1]. Exposed for `hybrid`.
     pub fn popularity_scores(&self) -> Vec<f32> {
-        let max = self.state.item_weights.iter().copied().fold(0.0f32, f32::max);
+        let max = self
+            .state
+            .item_weights
+            .iter()
+            .copied()
+            .fold(0.0f32, f32::max);
         if max <= 0.0 {
             return vec![0.0; self.state.item_weights.len()];
         }
@@ -120,10 +139,18 @@ fn tag_vectors(catalog: &[Item]) -> (Vec<Vec<(u32, f32)>>, usize) {
         .map(|tags| {
             let weighted: Vec<(u32, f32)> = tags
                 .into_iter()
-                .map(|tag| (tag, (1.0 + items / document_frequency[tag as usize] as f32).ln()))
+                .map(|tag| {
+                    (
+                        tag,
+                        (1.0 + items / document_frequency[tag as usize] as f32).ln(),
+                    )
+                })
                 .collect();
             let norm = weighted.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
-            weighted.into_iter().map(|(tag, w)| (tag, w / norm)).collect()
+            weighted
+                .into_iter()
+                .map(|(tag, w)| (tag, w / norm))
+                .collect()
         })
         .collect();
     (vectors, ids.len())
@@ -151,22 +178,37 @@ impl Strategy for Content {
         }
         config.event_weights.validate()?;
         let (item_vectors, tag_count) = tag_vectors(&catalog);
-        let state = State { item_weights: vec![0.0; catalog.len()] };
-        Ok(Self { config, item_vectors, tag_count, state })
+        let state = State {
+            item_weights: vec![0.0; catalog.len()],
+        };
+        Ok(Self {
+            config,
+            item_vectors,
+            tag_count,
+            state,
+        })
     }
 
     fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
         for event in &events {
             check_item(event.item, self.item_vectors.len())?;
         }
-        self.state = State { item_weights: vec![0.0; self.item_vectors.len()] };
+        self.state = State {
+            item_weights: vec![0.0; self.item_vectors.len()],
+        };
         self.learn(&events)?;
-        Ok(TrainingReport { events_used: events.len() as u64, message: String::new() })
+        Ok(TrainingReport {
+            events_used: events.len() as u64,
+            message: String::new(),
+        })
     }
 
     fn update(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
         self.learn(&events)?;
-        Ok(TrainingReport { events_used: events.len() as u64, message: String::new() })
+        Ok(TrainingReport {
+            events_used: events.len() as u64,
+            message: String::new(),
+        })
     }
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
@@ -179,7 +221,11 @@ impl Strategy for Content {
             // A tiny popularity term orders items the profile cannot tell apart.
             .map(|(&t, &p)| (1.0 - share) * t + share * p + 1e-6 * p)
             .collect();
-        Ok(topk::top_k(&scores, request.count as usize, &request.exclude))
+        Ok(topk::top_k(
+            &scores,
+            request.count as usize,
+            &request.exclude,
+        ))
     }
 
     fn save(&self) -> Result<Vec<u8>, StrategyError> {
@@ -214,19 +260,39 @@ mod tests {
                     8 => vec!["comedy".to_string(), "horror".to_string()],
                     _ => vec![],
                 };
-                Item { index, title: format!("item {index}"), tags }
+                Item {
+                    index,
+                    title: format!("item {index}"),
+                    tags,
+                }
             })
             .collect()
     }
 
     fn rate(item: u32, value: f32) -> Feedback {
-        Feedback { user: 0, item, kind: EventKind::Rate, value, timestamp: 1 }
+        Feedback {
+            user: 0,
+            item,
+            kind: EventKind::Rate,
+            value,
+            timestamp: 1,
+        }
     }
 
     fn recommend(model: &Content, history: Vec<Feedback>, count: u32) -> Vec<u32> {
         let exclude = history.iter().map(|e| e.item).collect();
-        let request = Request { user: Some(0), count, history, exclude };
-        model.recommend(&request).unwrap().iter().map(|s| s.item).collect()
+        let request = Request {
+            user: Some(0),
+            count,
+            history,
+            exclude,
+        };
+        model
+            .recommend(&request)
+            .unwrap()
+            .iter()
+            .map(|s| s.item)
+            .collect()
     }
 
     #[test]
@@ -252,7 +318,9 @@ mod tests {
     #[test]
     fn cold_user_gets_popular_items_and_update_changes_the_answer() {
         let mut model = Content::configure("{}", catalog()).unwrap();
-        model.train(vec![rate(2, 4.0), rate(2, 4.0), rate(6, 4.0)]).unwrap();
+        model
+            .train(vec![rate(2, 4.0), rate(2, 4.0), rate(6, 4.0)])
+            .unwrap();
         assert_eq!(recommend(&model, vec![], 1), vec![2]);
         model.update(vec![rate(6, 4.0), rate(6, 4.0)]).unwrap();
         assert_eq!(recommend(&model, vec![], 1), vec![6]);
@@ -264,7 +332,10 @@ mod tests {
         model.train(vec![rate(2, 4.0)]).unwrap();
         let mut copy = Content::configure("{}", catalog()).unwrap();
         copy.load(&model.save().unwrap()).unwrap();
-        assert_eq!(recommend(&copy, vec![rate(0, 5.0)], 5), recommend(&model, vec![rate(0, 5.0)], 5));
+        assert_eq!(
+            recommend(&copy, vec![rate(0, 5.0)], 5),
+            recommend(&model, vec![rate(0, 5.0)], 5)
+        );
         assert!(Content::configure(r#"{"popularity_weight": 2}"#, catalog()).is_err());
     }
 }

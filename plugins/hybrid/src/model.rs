@@ -56,7 +56,11 @@ fn normalize(scores: &mut [f32], allowed: &[bool]) {
     }
     let range = high - low;
     for score in scores.iter_mut() {
-        *score = if range > 0.0 && range.is_finite() { (*score - low) / range } else { 0.0 };
+        *score = if range > 0.0 && range.is_finite() {
+            (*score - low) / range
+        } else {
+            0.0
+        };
     }
 }
 
@@ -98,20 +102,30 @@ impl Strategy for Hybrid {
         PluginInfo {
             name: NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Collaborative and content scores blended, popularity for cold users".into(),
+            description: "Collaborative and content scores blended, popularity for cold users"
+                .into(),
             predicts_ratings: false,
         }
     }
 
     fn configure(config_json: &str, catalog: Vec<Item>) -> Result<Self, StrategyError> {
         let config: HybridConfig = config::parse(config_json)?;
-        config::require_at_least("collaborative_weight", f64::from(config.collaborative_weight), 0.0)?;
+        config::require_at_least(
+            "collaborative_weight",
+            f64::from(config.collaborative_weight),
+            0.0,
+        )?;
         config::require_at_least("content_weight", f64::from(config.content_weight), 0.0)?;
-        let collaborative = Collaborative::configure(&config.collaborative.to_string(), catalog.clone())
-            .map_err(|e| prefixed("collaborative", e))?;
-        let content =
-            Content::configure(&config.content.to_string(), catalog).map_err(|e| prefixed("content", e))?;
-        Ok(Self { config, collaborative, content })
+        let collaborative =
+            Collaborative::configure(&config.collaborative.to_string(), catalog.clone())
+                .map_err(|e| prefixed("collaborative", e))?;
+        let content = Content::configure(&config.content.to_string(), catalog)
+            .map_err(|e| prefixed("content", e))?;
+        Ok(Self {
+            config,
+            collaborative,
+            content,
+        })
     }
 
     fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
@@ -128,11 +142,18 @@ impl Strategy for Hybrid {
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
         let scores = self.blend(request);
-        Ok(topk::top_k(&scores, request.count as usize, &request.exclude))
+        Ok(topk::top_k(
+            &scores,
+            request.count as usize,
+            &request.exclude,
+        ))
     }
 
     fn save(&self) -> Result<Vec<u8>, StrategyError> {
-        let parts = Parts { collaborative: self.collaborative.save()?, content: self.content.save()? };
+        let parts = Parts {
+            collaborative: self.collaborative.save()?,
+            content: self.content.save()?,
+        };
         snapshot::encode(NAME, SNAPSHOT_FORMAT, &parts)
     }
 
@@ -146,7 +167,9 @@ impl Strategy for Hybrid {
 /// Names the part whose config was refused.
 fn prefixed(part: &str, error: StrategyError) -> StrategyError {
     match error {
-        StrategyError::InvalidInput(message) => StrategyError::InvalidInput(format!("{part}: {message}")),
+        StrategyError::InvalidInput(message) => {
+            StrategyError::InvalidInput(format!("{part}: {message}"))
+        }
         other => other,
     }
 }
@@ -165,13 +188,23 @@ mod tests {
                     3..=5 => vec!["scifi".to_string()],
                     _ => vec![],
                 };
-                Item { index, title: format!("item {index}"), tags }
+                Item {
+                    index,
+                    title: format!("item {index}"),
+                    tags,
+                }
             })
             .collect()
     }
 
     fn click(user: u32, item: u32) -> Feedback {
-        Feedback { user, item, kind: EventKind::Click, value: 1.0, timestamp: 1 }
+        Feedback {
+            user,
+            item,
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp: 1,
+        }
     }
 
     fn events() -> Vec<Feedback> {
@@ -190,8 +223,18 @@ mod tests {
 
     fn recommend(model: &Hybrid, history_items: &[u32], count: u32) -> Vec<u32> {
         let history: Vec<Feedback> = history_items.iter().map(|&i| click(99, i)).collect();
-        let request = Request { user: Some(99), count, history, exclude: history_items.to_vec() };
-        model.recommend(&request).unwrap().iter().map(|s| s.item).collect()
+        let request = Request {
+            user: Some(99),
+            count,
+            history,
+            exclude: history_items.to_vec(),
+        };
+        model
+            .recommend(&request)
+            .unwrap()
+            .iter()
+            .map(|s| s.item)
+            .collect()
     }
 
     #[test]

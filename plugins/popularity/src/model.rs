@@ -1,7 +1,7 @@
 use recohost_plugin_sdk::weights::EventWeights;
 use recohost_plugin_sdk::{
-    Feedback, Item, PluginInfo, Request, Scored, Strategy, StrategyError, TrainingReport, check_item,
-    config, snapshot, topk,
+    Feedback, Item, PluginInfo, Request, Scored, Strategy, StrategyError, TrainingReport,
+    check_item, config, snapshot, topk,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,10 @@ pub struct PopularityConfig {
 
 impl Default for PopularityConfig {
     fn default() -> Self {
-        Self { half_life_days: 0.0, event_weights: EventWeights::default() }
+        Self {
+            half_life_days: 0.0,
+            event_weights: EventWeights::default(),
+        }
     }
 }
 
@@ -63,7 +66,10 @@ impl Popularity {
         if newest > self.state.reference_time {
             let factor = self.decay(newest - self.state.reference_time);
             if factor != 1.0 {
-                self.state.scores.iter_mut().for_each(|score| *score *= factor);
+                self.state
+                    .scores
+                    .iter_mut()
+                    .for_each(|score| *score *= factor);
             }
             self.state.reference_time = newest;
         }
@@ -73,7 +79,10 @@ impl Popularity {
             self.state.scores[event.item as usize] += weight;
         }
         self.state.events_seen += events.len() as u64;
-        Ok(TrainingReport { events_used: events.len() as u64, message: String::new() })
+        Ok(TrainingReport {
+            events_used: events.len() as u64,
+            message: String::new(),
+        })
     }
 }
 
@@ -91,13 +100,19 @@ impl Strategy for Popularity {
         let config: PopularityConfig = config::parse(config_json)?;
         config::require_at_least("half_life_days", config.half_life_days, 0.0)?;
         config.event_weights.validate()?;
-        let state = Counts { scores: vec![0.0; catalog.len()], ..Counts::default() };
+        let state = Counts {
+            scores: vec![0.0; catalog.len()],
+            ..Counts::default()
+        };
         Ok(Self { config, state })
     }
 
     fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
         let catalog_len = self.state.scores.len();
-        self.state = Counts { scores: vec![0.0; catalog_len], ..Counts::default() };
+        self.state = Counts {
+            scores: vec![0.0; catalog_len],
+            ..Counts::default()
+        };
         self.learn(&events)
     }
 
@@ -107,7 +122,11 @@ impl Strategy for Popularity {
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
         let scores: Vec<f32> = self.state.scores.iter().map(|&s| s as f32).collect();
-        Ok(topk::top_k(&scores, request.count as usize, &request.exclude))
+        Ok(topk::top_k(
+            &scores,
+            request.count as usize,
+            &request.exclude,
+        ))
     }
 
     fn save(&self) -> Result<Vec<u8>, StrategyError> {
@@ -134,25 +153,54 @@ mod tests {
     use recohost_plugin_sdk::EventKind;
 
     fn catalog(n: u32) -> Vec<Item> {
-        (0..n).map(|index| Item { index, title: format!("item {index}"), tags: vec![] }).collect()
+        (0..n)
+            .map(|index| Item {
+                index,
+                title: format!("item {index}"),
+                tags: vec![],
+            })
+            .collect()
     }
 
     fn click(user: u32, item: u32, timestamp: u64) -> Feedback {
-        Feedback { user, item, kind: EventKind::Click, value: 1.0, timestamp }
+        Feedback {
+            user,
+            item,
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp,
+        }
     }
 
     fn request(count: u32, exclude: Vec<u32>) -> Request {
-        Request { user: Some(0), count, history: vec![], exclude }
+        Request {
+            user: Some(0),
+            count,
+            history: vec![],
+            exclude,
+        }
     }
 
     fn top(model: &Popularity, count: u32, exclude: Vec<u32>) -> Vec<u32> {
-        model.recommend(&request(count, exclude)).unwrap().iter().map(|s| s.item).collect()
+        model
+            .recommend(&request(count, exclude))
+            .unwrap()
+            .iter()
+            .map(|s| s.item)
+            .collect()
     }
 
     #[test]
     fn ranks_by_interaction_count_and_excludes_seen() {
         let mut model = Popularity::configure("{}", catalog(4)).unwrap();
-        let events = vec![click(0, 2, 1), click(1, 2, 1), click(2, 2, 1), click(0, 1, 1), click(1, 1, 1), click(0, 3, 1)];
+        let events = vec![
+            click(0, 2, 1),
+            click(1, 2, 1),
+            click(2, 2, 1),
+            click(0, 1, 1),
+            click(1, 1, 1),
+            click(0, 3, 1),
+        ];
         model.train(events).unwrap();
         assert_eq!(top(&model, 3, vec![]), vec![2, 1, 3]);
         assert_eq!(top(&model, 2, vec![2]), vec![1, 3]);
@@ -163,7 +211,14 @@ mod tests {
         let day = 86_400;
         let mut model = Popularity::configure(r#"{"half_life_days": 1.0}"#, catalog(2)).unwrap();
         // Item 0: three clicks 10 days ago. Item 1: one click now.
-        model.train(vec![click(0, 0, 0), click(1, 0, 0), click(2, 0, 0), click(3, 1, 10 * day)]).unwrap();
+        model
+            .train(vec![
+                click(0, 0, 0),
+                click(1, 0, 0),
+                click(2, 0, 0),
+                click(3, 1, 10 * day),
+            ])
+            .unwrap();
         assert_eq!(top(&model, 2, vec![]), vec![1, 0]);
         assert!((model.scores()[0] - 3.0 / 1024.0).abs() < 1e-9);
     }
@@ -173,14 +228,18 @@ mod tests {
         let mut model = Popularity::configure("{}", catalog(3)).unwrap();
         model.train(vec![click(0, 0, 1), click(1, 0, 1)]).unwrap();
         assert_eq!(top(&model, 1, vec![]), vec![0]);
-        model.update(vec![click(2, 1, 2), click(3, 1, 2), click(4, 1, 2)]).unwrap();
+        model
+            .update(vec![click(2, 1, 2), click(3, 1, 2), click(4, 1, 2)])
+            .unwrap();
         assert_eq!(top(&model, 1, vec![]), vec![1]);
     }
 
     #[test]
     fn snapshot_round_trip_answers_identically() {
         let mut model = Popularity::configure("{}", catalog(3)).unwrap();
-        model.train(vec![click(0, 1, 5), click(1, 2, 5), click(2, 2, 5)]).unwrap();
+        model
+            .train(vec![click(0, 1, 5), click(1, 2, 5), click(2, 2, 5)])
+            .unwrap();
         let mut copy = Popularity::configure("{}", catalog(3)).unwrap();
         copy.load(&model.save().unwrap()).unwrap();
         assert_eq!(top(&copy, 3, vec![]), top(&model, 3, vec![]));
@@ -193,6 +252,9 @@ mod tests {
         assert!(Popularity::configure(r#"{"half_life_days": -1}"#, catalog(1)).is_err());
         assert!(Popularity::configure(r#"{"half_lfe_days": 1}"#, catalog(1)).is_err());
         let mut model = Popularity::configure("{}", catalog(1)).unwrap();
-        assert!(matches!(model.train(vec![click(0, 5, 1)]), Err(StrategyError::InvalidInput(_))));
+        assert!(matches!(
+            model.train(vec![click(0, 5, 1)]),
+            Err(StrategyError::InvalidInput(_))
+        ));
     }
 }

@@ -7,7 +7,11 @@ use crate::StrategyError;
 /// Parses the config JSON into `T`. Give `T` `#[serde(default, deny_unknown_fields)]` so that
 /// missing keys take defaults and misspelt keys are refused instead of silently ignored.
 pub fn parse<T: DeserializeOwned>(config_json: &str) -> Result<T, StrategyError> {
-    let text = if config_json.trim().is_empty() { "{}" } else { config_json };
+    let text = if config_json.trim().is_empty() {
+        "{}"
+    } else {
+        config_json
+    };
     serde_json::from_str(text)
         .map_err(|error| StrategyError::InvalidInput(format!("invalid plugin config: {error}")))
 }

@@ -32,9 +32,9 @@ pub use bindings::recohost::strategy::types::{
     TrainingReport, UserIndex,
 };
 
-mod state;
-pub mod snapshot;
 pub mod config;
+pub mod snapshot;
+mod state;
 pub mod topk;
 pub mod weights;
 

@@ -12,7 +12,11 @@ use crate::StrategyError;
 const MAGIC: &[u8; 4] = b"RCHS";
 
 /// Serializes `model` under a header of `plugin` name and `format` version.
-pub fn encode<T: Serialize>(plugin: &str, format: u32, model: &T) -> Result<Vec<u8>, StrategyError> {
+pub fn encode<T: Serialize>(
+    plugin: &str,
+    format: u32,
+    model: &T,
+) -> Result<Vec<u8>, StrategyError> {
     let mut bytes = Vec::with_capacity(64);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&format.to_le_bytes());
@@ -23,13 +27,22 @@ pub fn encode<T: Serialize>(plugin: &str, format: u32, model: &T) -> Result<Vec<
 }
 
 /// Reads a snapshot written by [`encode`] with the same `plugin` and `format`.
-pub fn decode<T: DeserializeOwned>(plugin: &str, format: u32, bytes: &[u8]) -> Result<T, StrategyError> {
-    let invalid = |reason: String| StrategyError::InvalidInput(format!("snapshot rejected: {reason}"));
+pub fn decode<T: DeserializeOwned>(
+    plugin: &str,
+    format: u32,
+    bytes: &[u8],
+) -> Result<T, StrategyError> {
+    let invalid =
+        |reason: String| StrategyError::InvalidInput(format!("snapshot rejected: {reason}"));
     let rest = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or_else(|| invalid("not a recohost snapshot".into()))?;
-    let (version, rest) = rest.split_at_checked(4).ok_or_else(|| invalid("truncated header".into()))?;
-    let (name_len, rest) = rest.split_first().ok_or_else(|| invalid("truncated header".into()))?;
+    let (version, rest) = rest
+        .split_at_checked(4)
+        .ok_or_else(|| invalid("truncated header".into()))?;
+    let (name_len, rest) = rest
+        .split_first()
+        .ok_or_else(|| invalid("truncated header".into()))?;
     let (name, body) = rest
         .split_at_checked(usize::from(*name_len))
         .ok_or_else(|| invalid("truncated header".into()))?;
@@ -59,10 +72,25 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_foreign_snapshots() {
         let bytes = encode("pop", 1, &vec![1.5f32, 2.5]).unwrap();
-        assert_eq!(decode::<Vec<f32>>("pop", 1, &bytes).unwrap(), vec![1.5, 2.5]);
-        assert!(matches!(decode::<Vec<f32>>("other", 1, &bytes), Err(StrategyError::InvalidInput(_))));
-        assert!(matches!(decode::<Vec<f32>>("pop", 2, &bytes), Err(StrategyError::InvalidInput(_))));
-        assert!(matches!(decode::<Vec<f32>>("pop", 1, &bytes[..6]), Err(StrategyError::InvalidInput(_))));
-        assert!(matches!(decode::<Vec<f32>>("pop", 1, b"garbage"), Err(StrategyError::InvalidInput(_))));
+        assert_eq!(
+            decode::<Vec<f32>>("pop", 1, &bytes).unwrap(),
+            vec![1.5, 2.5]
+        );
+        assert!(matches!(
+            decode::<Vec<f32>>("other", 1, &bytes),
+            Err(StrategyError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            decode::<Vec<f32>>("pop", 2, &bytes),
+            Err(StrategyError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            decode::<Vec<f32>>("pop", 1, &bytes[..6]),
+            Err(StrategyError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            decode::<Vec<f32>>("pop", 1, b"garbage"),
+            Err(StrategyError::InvalidInput(_))
+        ));
     }
 }

@@ -12,7 +12,9 @@ pub struct InstanceState<S> {
 
 impl<S: Strategy> InstanceState<S> {
     pub const fn new() -> Self {
-        Self { model: RefCell::new(None) }
+        Self {
+            model: RefCell::new(None),
+        }
     }
 
     pub fn configure(&self, config_json: &str, catalog: Vec<Item>) -> Result<(), StrategyError> {

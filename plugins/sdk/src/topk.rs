@@ -33,7 +33,10 @@ pub fn top_k_where(
         if !score.is_finite() || !allowed(index) {
             continue;
         }
-        let candidate = Candidate { score, index: index as ItemIndex };
+        let candidate = Candidate {
+            score,
+            index: index as ItemIndex,
+        };
         if heap.len() < count {
             heap.push(candidate);
         } else if let Some(weakest) = heap.peek()
@@ -45,7 +48,12 @@ pub fn top_k_where(
     }
     let mut best = heap.into_vec();
     best.sort();
-    best.into_iter().map(|c| Scored { item: c.index, score: c.score }).collect()
+    best.into_iter()
+        .map(|c| Scored {
+            item: c.index,
+            score: c.score,
+        })
+        .collect()
 }
 
 /// Ordered so that "less" means "better": higher score first, then lower index.
@@ -59,7 +67,10 @@ impl Eq for Candidate {}
 
 impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> Ordering {
-        other.score.total_cmp(&self.score).then(self.index.cmp(&other.index))
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.index.cmp(&other.index))
     }
 }
 

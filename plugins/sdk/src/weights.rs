@@ -20,7 +20,13 @@ pub struct EventWeights {
 
 impl Default for EventWeights {
     fn default() -> Self {
-        Self { rate: 1.0, click: 1.0, view: 0.5, purchase: 2.0, min_rating: 0.0 }
+        Self {
+            rate: 1.0,
+            click: 1.0,
+            view: 0.5,
+            purchase: 2.0,
+            min_rating: 0.0,
+        }
     }
 }
 
@@ -45,7 +51,11 @@ impl EventWeights {
             ("purchase", self.purchase),
             ("min_rating", self.min_rating),
         ] {
-            crate::config::require_at_least(&format!("event_weights.{name}"), f64::from(value), 0.0)?;
+            crate::config::require_at_least(
+                &format!("event_weights.{name}"),
+                f64::from(value),
+                0.0,
+            )?;
         }
         Ok(())
     }

@@ -1,0 +1,94 @@
+//! Cost of plugin calls through the real wasmtime path: `recommend` (top-10) for each bundled
+//! plugin over a 1,700-item catalog, and `update` with 1,000 events.
+//!
+//! Needs the built plugins: `cargo xtask plugins`, then
+//! `cargo bench -p recohost --bench plugin_calls`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use recohost::catalog::{Catalog, Users, to_feedback};
+use recohost::import::demo::{DemoSize, generate};
+use recohost::plugins::bindings::Request;
+use recohost::plugins::{ModelVersion, PluginEngine, PluginLimits, PluginRuntime};
+use recohost::store::Store;
+
+const PLUGINS: [&str; 4] = ["popularity", "collaborative", "content", "hybrid"];
+
+fn plugins_dir() -> PathBuf {
+    std::env::var_os("RECOHOST_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/plugins"))
+}
+
+fn bench(c: &mut Criterion) {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&temp.path().join("db")).expect("store");
+    store
+        .import(&generate(&DemoSize {
+            users: 2_000,
+            items: 1_700,
+            seed: 7,
+        }))
+        .expect("demo data");
+    let catalog = Catalog::new(store.items().expect("items"));
+    let events = store.events_after(0).expect("events");
+    let users = Users::new(store.users().expect("users"), &events);
+    let feedback: Vec<_> = events.iter().map(to_feedback).collect();
+    let engine = PluginEngine::new(None).expect("engine");
+
+    // A typical user: the one closest to 50 events.
+    let user = (0..users.len() as u32)
+        .min_by_key(|&u| users.history(u).len().abs_diff(50))
+        .unwrap_or(0);
+    let history: Vec<_> = users.history(user).iter().rev().cloned().collect();
+    let mut exclude: Vec<u32> = history.iter().map(|e| e.item).collect();
+    exclude.sort_unstable();
+    exclude.dedup();
+    let request = Request {
+        user: Some(user),
+        count: 10,
+        history,
+        exclude,
+    };
+
+    let mut group = c.benchmark_group("recommend_top10_1700_items_wasm");
+    for name in PLUGINS {
+        let path = plugins_dir().join(format!("{name}.wasm"));
+        let runtime = PluginRuntime::load(
+            &engine,
+            name,
+            &path,
+            "{}".into(),
+            PluginLimits::default(),
+            catalog.plugin_items(),
+            catalog.fingerprint(),
+        )
+        .unwrap_or_else(|e| panic!("{e} (build the plugins with `cargo xtask plugins`)"));
+        let snapshot = runtime.train(&feedback).expect("train");
+        runtime
+            .install(ModelVersion {
+                version: 1,
+                snapshot: Arc::new(snapshot.clone()),
+                created_at: 0,
+            })
+            .expect("install");
+        group.bench_function(name, |b| {
+            b.iter(|| runtime.recommend(&request).expect("recommend"))
+        });
+
+        let batch = &feedback[feedback.len() - 1_000..];
+        c.bench_function(&format!("update_1000_events_wasm/{name}"), |b| {
+            b.iter(|| runtime.update(&snapshot, batch).expect("update"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
