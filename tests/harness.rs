@@ -51,6 +51,13 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
+/// A test fixture component built by `cargo xtask plugins` (see tests/fixtures/).
+pub fn fixture(name: &str) -> PathBuf {
+    let path = plugins_dir().parent().expect("dist/").join("fixtures").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is not built: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
 /// ML-100k, if this machine has it (tests must never copy it anywhere).
 pub fn movielens_100k() -> Option<PathBuf> {
     let dir = workspace_root().join("../shared/datasets/ml-100k");

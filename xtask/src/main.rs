@@ -12,6 +12,9 @@ use std::process::{Command, ExitCode};
 
 /// The bundled plugins, each a crate under `plugins/`.
 const PLUGINS: [&str; 4] = ["popularity", "collaborative", "content", "hybrid"];
+/// Test fixtures built like plugins, each a crate under `tests/fixtures/`, copied to
+/// `dist/fixtures/`.
+const FIXTURES: [&str; 2] = ["misbehaving", "wrong_major"];
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> ExitCode {
@@ -81,27 +84,25 @@ fn ensure_wasm_target() -> Result<(), String> {
 
 fn build_plugins() -> Result<(), String> {
     ensure_wasm_target()?;
-    let dist = root().join("dist/plugins");
-    std::fs::create_dir_all(&dist).map_err(|e| format!("cannot create {}: {e}", dist.display()))?;
-    // One cargo invocation per plugin: `hybrid` links `collaborative` and `content` without
-    // their `component` feature, and building them together would unify the features and
-    // overwrite each other's .wasm. Each component is copied out right after its build.
-    for plugin in PLUGINS {
-        run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", plugin]))?;
-        let built = target_dir()
-            .join(WASM_TARGET)
-            .join("release")
-            .join(format!("{plugin}.wasm"));
-        let destination = dist.join(format!("{plugin}.wasm"));
-        std::fs::copy(&built, &destination).map_err(|e| {
-            format!(
-                "cannot copy {} to {}: {e}",
-                built.display(),
-                destination.display()
-            )
-        })?;
+    build_components(&PLUGINS, &root().join("dist/plugins"))?;
+    build_components(&FIXTURES, &root().join("dist/fixtures"))
+}
+
+/// Builds each crate for wasm32-wasip2 and copies its component into `dist`.
+///
+/// One cargo invocation per crate: `hybrid` links `collaborative` and `content` without their
+/// `component` feature, and building them together would unify the features and overwrite
+/// each other's .wasm. Each component is copied out right after its build.
+fn build_components(crates: &[&str], dist: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dist).map_err(|e| format!("cannot create {}: {e}", dist.display()))?;
+    for name in crates {
+        run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", name]))?;
+        let built = target_dir().join(WASM_TARGET).join("release").join(format!("{name}.wasm"));
+        let destination = dist.join(format!("{name}.wasm"));
+        std::fs::copy(&built, &destination)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), destination.display()))?;
     }
-    eprintln!("xtask: plugins are in {}", dist.display());
+    eprintln!("xtask: components are in {}", dist.display());
     Ok(())
 }
 
