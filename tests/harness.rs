@@ -53,8 +53,16 @@ pub fn plugins_dir() -> PathBuf {
 
 /// A test fixture component built by `cargo xtask plugins` (see tests/fixtures/).
 pub fn fixture(name: &str) -> PathBuf {
-    let path = plugins_dir().parent().expect("dist/").join("fixtures").join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is not built: run the tests with `cargo xtask test`", path.display());
+    let path = plugins_dir()
+        .parent()
+        .expect("dist/")
+        .join("fixtures")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo xtask test`",
+        path.display()
+    );
     path
 }
 

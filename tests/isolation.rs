@@ -17,7 +17,10 @@ fn misbehaving_server() -> (Server, tempfile::TempDir) {
 }
 
 fn ask(server: &Server, count: u32) -> (u16, Value) {
-    server.post("/recommend", &json!({"user_id": 5, "n_recommendations": count, "model_type": "misbehaving"}))
+    server.post(
+        "/recommend",
+        &json!({"user_id": 5, "n_recommendations": count, "model_type": "misbehaving"}),
+    )
 }
 
 #[test]
@@ -26,13 +29,24 @@ fn traps_are_contained_and_the_instance_is_rebuilt_from_the_snapshot() {
     let (status, healthy) = ask(&server, 5);
     assert_eq!(status, 200, "{healthy}");
 
-    for (count, limit) in [(13, "panic"), (17, "time budget of 200 ms"), (19, "memory limit of 64 MiB")] {
+    for (count, limit) in [
+        (13, "panic"),
+        (17, "time budget of 200 ms"),
+        (19, "memory limit of 64 MiB"),
+    ] {
         let (status, body) = ask(&server, count);
-        assert_eq!((status, error_code(&body).as_str()), (503, "model_unavailable"), "count {count}: {body}");
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (503, "model_unavailable"),
+            "count {count}: {body}"
+        );
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("trapped"), "count {count}: {message}");
         if count != 13 {
-            assert!(message.contains(limit), "count {count} names the limit: {message}");
+            assert!(
+                message.contains(limit),
+                "count {count} names the limit: {message}"
+            );
         }
         // The next request is served by a fresh instance holding the same model.
         let (status, again) = ask(&server, 5);
@@ -42,26 +56,49 @@ fn traps_are_contained_and_the_instance_is_rebuilt_from_the_snapshot() {
     }
 
     let (_, plugins) = server.get("/plugins");
-    let status_of = |name: &str| plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    let status_of = |name: &str| {
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(status_of("misbehaving")["traps"], 3);
     assert_eq!(status_of("hybrid")["traps"], 0);
     let (status, other) = server.post("/recommend", &json!({"user_id": 5, "n_recommendations": 5}));
-    assert_eq!((status, other["recommendations"].as_array().unwrap().len()), (200, 5));
+    assert_eq!(
+        (status, other["recommendations"].as_array().unwrap().len()),
+        (200, 5)
+    );
 }
 
 #[test]
 fn garbage_answers_are_cleaned_before_any_client_sees_them() {
     let (server, _temp) = misbehaving_server();
     let (_, user) = server.get("/users/5");
-    let seen: Vec<Value> = user["recent_events"].as_array().unwrap().iter().map(|e| e["item_id"].clone()).collect();
+    let seen: Vec<Value> = user["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["item_id"].clone())
+        .collect();
     let (status, body) = ask(&server, 23);
     assert_eq!(status, 200, "{body}");
     let items = body["recommendations"].as_array().unwrap();
-    assert!(items.len() <= 23 && !items.is_empty(), "{} items", items.len());
+    assert!(
+        items.len() <= 23 && !items.is_empty(),
+        "{} items",
+        items.len()
+    );
     let mut ids: Vec<String> = items.iter().map(|i| i["item_id"].to_string()).collect();
     for item in items {
         assert!(item["score"].as_f64().is_some_and(f64::is_finite), "{item}");
-        assert!(!seen.contains(&item["item_id"]), "excluded item {item} came back");
+        assert!(
+            !seen.contains(&item["item_id"]),
+            "excluded item {item} came back"
+        );
         assert!(item["title"].as_str().is_some(), "{item}");
     }
     ids.sort();
@@ -77,7 +114,12 @@ fn a_component_for_another_major_version_is_refused_naming_both_versions() {
         config_text(""),
         fixture("wrong_major").display().to_string()
     );
-    let stderr = Server::start_in(&temp.path().join("data"), &config).err().expect("start-up fails");
+    let stderr = Server::start_in(&temp.path().join("data"), &config)
+        .err()
+        .expect("start-up fails");
     assert!(stderr.contains("plugin `future`"), "{stderr}");
-    assert!(stderr.contains("recohost:strategy@2.0.0") && stderr.contains("recohost:strategy@1.0.0"), "{stderr}");
+    assert!(
+        stderr.contains("recohost:strategy@2.0.0") && stderr.contains("recohost:strategy@1.0.0"),
+        "{stderr}"
+    );
 }

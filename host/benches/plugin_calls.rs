@@ -68,14 +68,20 @@ fn bench(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("{e} (build the plugins with `cargo xtask plugins`)"));
         let snapshot = runtime.train(&feedback).expect("train");
         runtime
-            .install(ModelVersion { version: 1, snapshot: Arc::new(snapshot.clone()), created_at: 0 })
+            .install(ModelVersion {
+                version: 1,
+                snapshot: Arc::new(snapshot.clone()),
+                created_at: 0,
+            })
             .expect("install");
         trained.push((name, runtime, snapshot));
     }
 
     let mut group = c.benchmark_group("recommend_top10_1700_items_wasm");
     for (name, runtime, _) in &trained {
-        group.bench_function(*name, |b| b.iter(|| runtime.recommend(&request).expect("recommend")));
+        group.bench_function(*name, |b| {
+            b.iter(|| runtime.recommend(&request).expect("recommend"))
+        });
     }
     group.finish();
 
@@ -84,7 +90,9 @@ fn bench(c: &mut Criterion) {
     let batch = &feedback[feedback.len() - 1_000..];
     let mut group = c.benchmark_group("learner_update_1000_events_wasm");
     for (name, runtime, snapshot) in &trained {
-        group.bench_function(*name, |b| b.iter(|| runtime.update(snapshot, batch).expect("update")));
+        group.bench_function(*name, |b| {
+            b.iter(|| runtime.update(snapshot, batch).expect("update"))
+        });
     }
     group.finish();
 }

@@ -7,6 +7,7 @@
 //! - [`plugins`]: the wasmtime host: engine, contract check, limits, instances, pools.
 //! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
 //! - [`import`]: MovieLens readers and the demo-data generator.
+//! - [`eval`]: offline evaluation (splits, ranking metrics, the `eval` command).
 //! - [`app`]: start-up: store, catalog, plugins, restoring or training every model.
 //! - [`api`]: the axum HTTP layer.
 
@@ -14,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod config;
+pub mod eval;
 pub mod import;
 pub mod plugins;
 pub mod recommend;

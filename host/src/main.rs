@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use recohost::app::App;
 use recohost::config::Config;
+use recohost::eval::split::SplitKind;
 use recohost::store::Store;
 
 #[derive(Parser)]
@@ -49,6 +50,43 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Evaluate the declared plugins offline: P@k, R@k, NDCG@k, MAP@k and training time.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Config file declaring the plugins to evaluate. Default: ./recohost.toml.
+    #[arg(long, env = "RECOHOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Training ratings (u.data format: user, item, rating, timestamp). With --split, the one
+    /// ratings file to split.
+    #[arg(long, alias = "ratings")]
+    train: PathBuf,
+    /// Test ratings, same format.
+    #[arg(long, conflicts_with = "split")]
+    test: Option<PathBuf>,
+    /// Split the --train file instead of reading --test.
+    #[arg(long, value_enum)]
+    split: Option<SplitKind>,
+    /// Seed of the random split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of the ratings that --split puts in the test set.
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    /// Item catalog in u.item format (titles and genres, for content-based plugins).
+    #[arg(long)]
+    items: Option<PathBuf>,
+    /// Length of the ranked lists.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Print one JSON object keyed by plugin name instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Evaluate only these plugins (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    plugins: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             }
             serve(config)
         }
+        Command::Eval(args) => eval(args),
         Command::Import {
             format: Format::Movielens,
             path,
@@ -127,6 +166,52 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let config = load_config(args.config, None)?;
+    if config.plugins.is_empty() {
+        anyhow::bail!(
+            "no plugins are declared: pass --config FILE (see recohost.toml in the repository)"
+        );
+    }
+    if args.k == 0 {
+        anyhow::bail!("--k must be at least 1");
+    }
+    if !(0.0..1.0).contains(&args.test_fraction) || args.test_fraction == 0.0 {
+        anyhow::bail!("--test-fraction must be between 0 and 1");
+    }
+    let ratings = recohost::import::movielens::read_ratings(&args.train, true)?;
+    let (train, test) = match (args.test, args.split) {
+        (Some(test), None) => (
+            ratings,
+            recohost::import::movielens::read_ratings(&test, true)?,
+        ),
+        (None, Some(kind)) => {
+            recohost::eval::split::split(ratings, kind, args.test_fraction, args.seed)
+        }
+        _ => anyhow::bail!("give either --test FILE or --split random|temporal"),
+    };
+    let items = match &args.items {
+        Some(path) => recohost::import::movielens::read_100k_items(path)?,
+        None => Vec::new(),
+    };
+    let options = recohost::eval::EvalOptions {
+        k: args.k,
+        plugins: args.plugins,
+        progress: true,
+    };
+    let data = recohost::eval::EvalData { items, train, test };
+    let scores = recohost::eval::run(&config, data, &options)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&recohost::eval::json(&scores, args.k))?
+        );
+    } else {
+        print!("{}", recohost::eval::table(&scores, args.k));
+    }
+    Ok(())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

@@ -37,8 +37,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root. `cargo run` sets CARGO_MANIFEST_DIR for the program it runs; the
+/// compile-time value is only a fallback, because the binary may have been built from another
+/// clone sharing the same target directory.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
@@ -97,10 +103,18 @@ fn build_components(crates: &[&str], dist: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dist).map_err(|e| format!("cannot create {}: {e}", dist.display()))?;
     for name in crates {
         run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", name]))?;
-        let built = target_dir().join(WASM_TARGET).join("release").join(format!("{name}.wasm"));
+        let built = target_dir()
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{name}.wasm"));
         let destination = dist.join(format!("{name}.wasm"));
-        std::fs::copy(&built, &destination)
-            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), destination.display()))?;
+        std::fs::copy(&built, &destination).map_err(|e| {
+            format!(
+                "cannot copy {} to {}: {e}",
+                built.display(),
+                destination.display()
+            )
+        })?;
     }
     eprintln!("xtask: components are in {}", dist.display());
     Ok(())

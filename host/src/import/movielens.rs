@@ -43,8 +43,17 @@ fn latin1(bytes: &[u8]) -> String {
 }
 
 fn read_100k(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
-    let genres = read_100k_genres(&folder.join("u.genre"))?;
-    let item_bytes = std::fs::read(folder.join("u.item")).context("cannot read u.item")?;
+    let items = read_100k_items(&folder.join("u.item"))?;
+    let events = read_ratings(&folder.join("u.data"), progress)?;
+    Ok(ImportBatch { items, events })
+}
+
+/// Reads an ml-100k `u.item` file (Latin-1, `|`-separated, one 0/1 column per genre). Genre
+/// names come from `u.genre` beside it, or the published list when that file is absent.
+pub fn read_100k_items(path: &Path) -> anyhow::Result<Vec<ItemRow>> {
+    let genres = read_100k_genres(&path.with_file_name("u.genre"))?;
+    let item_bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut items = Vec::new();
     for (number, line) in item_bytes.split(|&b| b == b'\n').enumerate() {
         let line = latin1(line);
@@ -73,10 +82,20 @@ fn read_100k(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
             tags,
         });
     }
-    let path = folder.join("u.data");
-    let file = std::fs::File::open(&path).context("cannot open u.data")?;
+    Ok(items)
+}
+
+/// Reads ratings in `u.data` format: user, item, rating, timestamp per line, separated by
+/// tabs or spaces.
+pub fn read_ratings(path: &Path, progress: bool) -> anyhow::Result<Vec<ImportEvent>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let bar = bar(file.metadata()?.len(), "ratings", progress);
     let mut events = Vec::new();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     for (number, line) in std::io::BufReader::new(bar.wrap_read(file))
         .lines()
         .enumerate()
@@ -88,17 +107,17 @@ fn read_100k(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [user, item, rating, timestamp] = fields[..] else {
             bail!(
-                "u.data line {}: expected user, item, rating, timestamp",
+                "{name} line {}: expected user, item, rating, timestamp",
                 number + 1
             );
         };
         events.push(
             rating_event(user, item, rating, timestamp)
-                .with_context(|| format!("u.data line {}", number + 1))?,
+                .with_context(|| format!("{name} line {}", number + 1))?,
         );
     }
     bar.finish_and_clear();
-    Ok(ImportBatch { items, events })
+    Ok(events)
 }
 
 /// `u.genre`: `name|id` lines, in column order of `u.item`. Falls back to the published list.

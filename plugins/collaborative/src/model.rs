@@ -5,7 +5,7 @@ use recohost_plugin_sdk::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::linalg;
+use faer::linalg::solvers::DenseSolveCore;
 
 const NAME: &str = "collaborative";
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -27,13 +27,26 @@ pub struct CollaborativeConfig {
 impl Default for CollaborativeConfig {
     fn default() -> Self {
         Self {
-            l2: 250.0,
-            neighbors: 200,
-            max_items: 4000,
+            l2: 300.0,
+            neighbors: 1000,
+            max_items: 1000,
             refresh_fraction: 0.1,
             event_weights: EventWeights::default(),
         }
     }
+}
+
+/// B restricted to the modeled items, dense and row-major: row `h` holds the weights from
+/// modeled item `h` to every modeled item, so scoring a history is a sum of contiguous rows
+/// (vectorized with WebAssembly SIMD). Weights outside a row's `neighbors` strongest are 0.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Weights {
+    /// Item index of each modeled column.
+    items: Vec<ItemIndex>,
+    /// Column of each catalog item, `u32::MAX` when it is not modeled.
+    column_of: Vec<u32>,
+    /// `items.len()` squared entries.
+    matrix: Vec<f32>,
 }
 
 /// The EASE model and the interactions it was solved on.
@@ -49,8 +62,8 @@ struct State {
     user_items: Vec<Vec<ItemIndex>>,
     /// Users with a positive interaction, by item: the popularity used for cold users and ties.
     item_counts: Vec<u32>,
-    /// Sparse rows of B: `neighbors[h]` lists (j, B[h][j]) for the strongest weights.
-    neighbors: Vec<Vec<(ItemIndex, f32)>>,
+    /// The weights B over the modeled items (at most `max_items`, the most interacted).
+    weights: Weights,
     /// Interactions in `user_items` when B was last solved, and added since.
     solved_interactions: u64,
     pending_interactions: u64,
@@ -98,7 +111,7 @@ impl Collaborative {
             column[item] = c;
         }
         let m = modeled.len();
-        let mut gram = vec![0.0f64; m * m];
+        let mut gram = faer::Mat::<f64>::zeros(m, m);
         let mut columns = Vec::new();
         for items in &self.state.user_items {
             columns.clear();
@@ -109,39 +122,54 @@ impl Collaborative {
                     .filter(|&c| c != usize::MAX),
             );
             for &a in &columns {
-                let row = &mut gram[a * m..a * m + m];
                 for &b in &columns {
-                    row[b] += 1.0;
+                    gram[(a, b)] += 1.0;
                 }
             }
         }
         for c in 0..m {
-            gram[c * m + c] += self.config.l2;
+            gram[(c, c)] += self.config.l2;
         }
-        linalg::invert_spd(&mut gram, m).ok_or_else(|| {
-            StrategyError::Internal("the regularized Gram matrix is not positive definite".into())
-        })?;
-        let precision = gram;
-        let mut neighbors = vec![Vec::new(); self.catalog_len];
+        let precision = gram
+            .llt(faer::Side::Lower)
+            .map_err(|_| {
+                StrategyError::Internal(
+                    "the regularized Gram matrix is not positive definite".into(),
+                )
+            })?
+            .inverse();
         let keep = self.config.neighbors;
-        let mut row = Vec::with_capacity(m);
-        for (h, &item_h) in modeled.iter().enumerate() {
-            row.clear();
-            for (j, &item_j) in modeled.iter().enumerate() {
+        let mut matrix = vec![0.0f32; m * m];
+        let mut magnitudes = Vec::with_capacity(m);
+        for h in 0..m {
+            let row = &mut matrix[h * m..h * m + m];
+            for (j, weight) in row.iter_mut().enumerate() {
                 if j != h {
                     // B[h][j] = -P[h][j] / P[j][j]
-                    let weight = -precision[h * m + j] / precision[j * m + j];
-                    row.push((item_j as ItemIndex, weight as f32));
+                    *weight = (-precision[(h, j)] / precision[(j, j)]) as f32;
                 }
             }
-            if row.len() > keep {
-                row.select_nth_unstable_by(keep, |a, b| b.1.abs().total_cmp(&a.1.abs()));
-                row.truncate(keep);
+            if m > 1 && keep < m - 1 {
+                // Keep the `keep` strongest weights of the row, zero the rest.
+                magnitudes.clear();
+                magnitudes.extend(row.iter().map(|w| w.abs()));
+                let (_, threshold, _) =
+                    magnitudes.select_nth_unstable_by(m - 1 - keep, |a, b| a.total_cmp(b));
+                let threshold = *threshold;
+                row.iter_mut()
+                    .filter(|w| w.abs() < threshold)
+                    .for_each(|w| *w = 0.0);
             }
-            row.sort_by_key(|&(j, _)| j);
-            neighbors[item_h] = row.clone();
         }
-        self.state.neighbors = neighbors;
+        let column_of = column
+            .iter()
+            .map(|&c| u32::try_from(c).unwrap_or(u32::MAX))
+            .collect();
+        self.state.weights = Weights {
+            items: modeled.iter().map(|&i| i as ItemIndex).collect(),
+            column_of,
+            matrix,
+        };
         self.state.solved_interactions += self.state.pending_interactions;
         self.state.pending_interactions = 0;
         Ok(())
@@ -166,19 +194,26 @@ impl Collaborative {
 
     /// Raw EASE scores for a history (zero everywhere for an empty one). Exposed for `hybrid`.
     pub fn score_history(&self, history: &[Feedback]) -> Vec<f32> {
-        let mut scores = vec![0.0f32; self.catalog_len];
-        let mut seen: Vec<ItemIndex> = history
+        let weights = &self.state.weights;
+        let m = weights.items.len();
+        let mut rows: Vec<u32> = history
             .iter()
             .filter(|event| self.config.event_weights.weight(event) > 0.0)
-            .map(|event| event.item)
-            .filter(|&item| (item as usize) < self.catalog_len)
+            .filter_map(|event| weights.column_of.get(event.item as usize).copied())
+            .filter(|&c| c != u32::MAX)
             .collect();
-        seen.sort_unstable();
-        seen.dedup();
-        for item in seen {
-            for &(j, weight) in &self.state.neighbors[item as usize] {
-                scores[j as usize] += weight;
+        rows.sort_unstable();
+        rows.dedup();
+        let mut sums = vec![0.0f32; m];
+        for h in rows {
+            let row = &weights.matrix[h as usize * m..h as usize * m + m];
+            for (sum, weight) in sums.iter_mut().zip(row) {
+                *sum += weight;
             }
+        }
+        let mut scores = vec![0.0f32; self.catalog_len];
+        for (&item, sum) in weights.items.iter().zip(sums) {
+            scores[item as usize] = sum;
         }
         scores
     }
@@ -210,7 +245,6 @@ impl Strategy for Collaborative {
         let catalog_len = catalog.len();
         let state = State {
             item_counts: vec![0; catalog_len],
-            neighbors: vec![Vec::new(); catalog_len],
             ..State::default()
         };
         Ok(Self {
@@ -226,7 +260,6 @@ impl Strategy for Collaborative {
         }
         self.state = State {
             item_counts: vec![0; self.catalog_len],
-            neighbors: vec![Vec::new(); self.catalog_len],
             ..State::default()
         };
         let added = self.absorb(&events)?;
@@ -277,7 +310,8 @@ impl Strategy for Collaborative {
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), StrategyError> {
         let state: State = snapshot::decode(NAME, SNAPSHOT_FORMAT, bytes)?;
-        if state.item_counts.len() != self.catalog_len || state.neighbors.len() != self.catalog_len
+        if state.item_counts.len() != self.catalog_len
+            || state.weights.column_of.len() != self.catalog_len
         {
             return Err(StrategyError::InvalidInput(format!(
                 "snapshot rejected: it covers {} items, the catalog has {}",
@@ -380,9 +414,9 @@ mod tests {
         let mut model =
             Collaborative::configure(r#"{"refresh_fraction": 10.0}"#, catalog(6)).unwrap();
         model.train(two_tastes()).unwrap();
-        let before = model.state.neighbors.clone();
+        let before = model.state.weights.clone();
         let report = model.update(vec![view(50, 0), view(50, 3)]).unwrap();
-        assert_eq!(model.state.neighbors, before);
+        assert!(model.state.weights == before);
         assert!(report.message.contains("wait"), "{}", report.message);
     }
 

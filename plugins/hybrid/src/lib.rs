@@ -6,7 +6,7 @@
 //! `cold_start_history` events, and popularity fills the rest. A user with no history at all
 //! gets the most popular items.
 //!
-//! Config (all optional): `collaborative_weight` (default 0.8), `content_weight` (default 0.2),
+//! Config (all optional): `collaborative_weight` (default 0.8), `content_weight` (default 0.05),
 //! `cold_start_history` (default 5), and `collaborative` / `content` tables passed on to the
 //! parts (see those plugins).
 

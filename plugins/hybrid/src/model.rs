@@ -26,7 +26,7 @@ impl Default for HybridConfig {
     fn default() -> Self {
         Self {
             collaborative_weight: 0.8,
-            content_weight: 0.2,
+            content_weight: 0.05,
             cold_start_history: 5,
             collaborative: serde_json::json!({}),
             content: serde_json::json!({}),

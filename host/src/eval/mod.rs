@@ -1,0 +1,306 @@
+//! Offline evaluation: train every declared plugin on a training set through the same
+//! WebAssembly path the server uses, ask each for top-k lists for the test users, and score
+//! the lists.
+//!
+//! Protocol: relevant = all of a user's test items; candidates = all items minus the user's
+//! train items (they are the request's exclusions, and the user's train events are its
+//! history, as in the server); users without train items are skipped. See [`metrics`].
+
+pub mod metrics;
+pub mod split;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::plugins::bindings::{Feedback, Request, WitEventKind};
+use crate::plugins::{ModelVersion, PluginEngine, PluginRuntime};
+use crate::store::{EventKind, ImportEvent, ItemRow};
+use metrics::{MeanMetrics, UserMetrics};
+
+/// What to evaluate on.
+pub struct EvalData {
+    /// Item catalog (titles and tags); items seen only in ratings are added untitled.
+    pub items: Vec<ItemRow>,
+    pub train: Vec<ImportEvent>,
+    pub test: Vec<ImportEvent>,
+}
+
+pub struct EvalOptions {
+    pub k: usize,
+    /// Evaluate only these plugins (all declared ones when empty).
+    pub plugins: Vec<String>,
+    pub progress: bool,
+}
+
+/// One plugin's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginScore {
+    pub plugin: String,
+    pub metrics: UserMetrics,
+    pub train_seconds: f64,
+    /// Users scored: those with at least one train and one test item.
+    pub users: usize,
+}
+
+/// The evaluation's inputs, mapped to dense indices once for all plugins.
+struct Prepared {
+    catalog: Catalog,
+    train: Vec<Feedback>,
+    /// (request, relevant items) per evaluated user.
+    cases: Vec<(Request, HashSet<u32>)>,
+}
+
+fn prepare(data: EvalData, k: usize, history_limit: usize) -> Prepared {
+    let mut items = data.items;
+    let mut item_index: HashMap<String, u32> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (item.external_id.clone(), i as u32))
+        .collect();
+    for rating in data.train.iter().chain(&data.test) {
+        if !item_index.contains_key(&rating.item) {
+            item_index.insert(rating.item.clone(), items.len() as u32);
+            items.push(ItemRow {
+                external_id: rating.item.clone(),
+                title: rating.item.clone(),
+                tags: Vec::new(),
+            });
+        }
+    }
+    let mut user_index: HashMap<String, u32> = HashMap::new();
+    let mut histories: Vec<Vec<Feedback>> = Vec::new();
+    let mut train = Vec::with_capacity(data.train.len());
+    for rating in &data.train {
+        let next = user_index.len() as u32;
+        let user = *user_index.entry(rating.user.clone()).or_insert(next);
+        if user as usize == histories.len() {
+            histories.push(Vec::new());
+        }
+        let feedback = Feedback {
+            user,
+            item: item_index[&rating.item],
+            kind: match rating.kind {
+                EventKind::Rate => WitEventKind::Rate,
+                EventKind::Click => WitEventKind::Click,
+                EventKind::View => WitEventKind::View,
+                EventKind::Purchase => WitEventKind::Purchase,
+            },
+            value: rating.value,
+            timestamp: rating.timestamp,
+        };
+        histories[user as usize].push(feedback);
+        train.push(feedback);
+    }
+    let mut relevant: HashMap<u32, HashSet<u32>> = HashMap::new();
+    for rating in &data.test {
+        if let Some(&user) = user_index.get(&rating.user) {
+            relevant
+                .entry(user)
+                .or_default()
+                .insert(item_index[&rating.item]);
+        }
+    }
+    let mut cases: Vec<(Request, HashSet<u32>)> = relevant
+        .into_iter()
+        .filter_map(|(user, mut relevant)| {
+            let history_all = &histories[user as usize];
+            let mut exclude: Vec<u32> = history_all.iter().map(|f| f.item).collect();
+            exclude.sort_unstable();
+            exclude.dedup();
+            relevant.retain(|item| exclude.binary_search(item).is_err());
+            if relevant.is_empty() {
+                return None;
+            }
+            let history = history_all
+                .iter()
+                .rev()
+                .take(history_limit)
+                .cloned()
+                .collect();
+            Some((
+                Request {
+                    user: Some(user),
+                    count: k as u32,
+                    history,
+                    exclude,
+                },
+                relevant,
+            ))
+        })
+        .collect();
+    cases.sort_by_key(|(request, _)| request.user);
+    Prepared {
+        catalog: Catalog::new(items),
+        train,
+        cases,
+    }
+}
+
+/// Evaluates the plugins declared in `config` on `data`.
+pub fn run(
+    config: &Config,
+    data: EvalData,
+    options: &EvalOptions,
+) -> anyhow::Result<Vec<PluginScore>> {
+    let prepared = prepare(data, options.k, config.history_limit);
+    let engine = PluginEngine::new(None)?;
+    let declared: Vec<_> = config
+        .plugins
+        .iter()
+        .filter(|p| options.plugins.is_empty() || options.plugins.contains(&p.name))
+        .collect();
+    for wanted in &options.plugins {
+        if !config.plugins.iter().any(|p| &p.name == wanted) {
+            anyhow::bail!("plugin {wanted:?} is not declared in the config");
+        }
+    }
+    let mut scores = Vec::new();
+    for declaration in declared {
+        let plugin = PluginRuntime::load(
+            &engine,
+            &declaration.name,
+            &declaration.path,
+            declaration.config_json(),
+            declaration.limits.clone(),
+            prepared.catalog.plugin_items(),
+            prepared.catalog.fingerprint(),
+        )?;
+        let spinner = if options.progress {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::hidden()
+        };
+        spinner.set_message(format!(
+            "training {} on {} events",
+            declaration.name,
+            prepared.train.len()
+        ));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+        let started = Instant::now();
+        let snapshot = plugin
+            .train(&prepared.train)
+            .with_context(|| format!("training {}", declaration.name))?;
+        let train_seconds = started.elapsed().as_secs_f64();
+        spinner.finish_and_clear();
+        plugin.install(ModelVersion {
+            version: 1,
+            snapshot: Arc::new(snapshot),
+            created_at: 0,
+        })?;
+        let metrics = score_users(&plugin, &prepared.cases, options)?;
+        scores.push(PluginScore {
+            plugin: declaration.name.clone(),
+            metrics: metrics.mean(),
+            train_seconds,
+            users: metrics.users(),
+        });
+    }
+    Ok(scores)
+}
+
+/// Asks `plugin` for every case, on as many threads as there are cores.
+fn score_users(
+    plugin: &PluginRuntime,
+    cases: &[(Request, HashSet<u32>)],
+    options: &EvalOptions,
+) -> anyhow::Result<MeanMetrics> {
+    let bar = if options.progress {
+        ProgressBar::new(cases.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} users ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(plugin.name().to_string());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let chunk = cases.len().div_ceil(threads).max(1);
+    let results: Vec<anyhow::Result<MeanMetrics>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = cases
+            .chunks(chunk)
+            .map(|part| {
+                let bar = bar.clone();
+                scope.spawn(move || -> anyhow::Result<MeanMetrics> {
+                    let mut mean = MeanMetrics::default();
+                    for (request, relevant) in part {
+                        let (scored, _) = plugin.recommend(request)?;
+                        let ranked: Vec<u32> = scored.iter().map(|s| s.item).collect();
+                        mean.add(metrics::score(&ranked, relevant, options.k));
+                        bar.inc(1);
+                    }
+                    Ok(mean)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("scoring thread panicked")))
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    let mut total = MeanMetrics::default();
+    for result in results {
+        total.merge(result?);
+    }
+    Ok(total)
+}
+
+/// The scores as a table for the terminal.
+pub fn table(scores: &[PluginScore], k: usize) -> String {
+    let mut out = format!(
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}\n",
+        "plugin",
+        format!("P@{k}"),
+        format!("R@{k}"),
+        format!("NDCG@{k}"),
+        format!("MAP@{k}"),
+        "train s",
+        "users"
+    );
+    for s in scores {
+        out.push_str(&format!(
+            "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>9.3} {:>6}\n",
+            s.plugin,
+            s.metrics.precision,
+            s.metrics.recall,
+            s.metrics.ndcg,
+            s.metrics.map,
+            s.train_seconds,
+            s.users
+        ));
+    }
+    out
+}
+
+/// The scores as one JSON object keyed by plugin name.
+pub fn json(scores: &[PluginScore], k: usize) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    for s in scores {
+        object.insert(
+            s.plugin.clone(),
+            serde_json::json!({
+                format!("precision@{k}"): s.metrics.precision,
+                format!("recall@{k}"): s.metrics.recall,
+                format!("ndcg@{k}"): s.metrics.ndcg,
+                format!("map@{k}"): s.metrics.map,
+                "train_seconds": s.train_seconds,
+                "users": s.users,
+            }),
+        );
+    }
+    serde_json::Value::Object(object)
+}

@@ -1,0 +1,165 @@
+//! `recohost eval`: the real binary, the real plugins, files in u.data format.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Command;
+
+use recohost_e2e::{PLUGINS, binary, config_text, movielens_100k};
+use serde_json::Value;
+
+fn eval(args: &[&str], config_dir: &Path) -> Value {
+    let config = config_dir.join("eval.toml");
+    std::fs::write(&config, config_text("")).unwrap();
+    let output = Command::new(binary())
+        .arg("eval")
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .arg("--json")
+        .env("RECOHOST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Two taste clusters: users 1-20 rate items 1-10, users 21-40 rate items 11-20, and everyone
+/// rates item 21, so popularity alone points across clusters.
+fn clustered_ratings(dir: &Path) -> (String, String) {
+    let (mut train, mut test) = (String::new(), String::new());
+    for user in 1..=40u32 {
+        let base = if user <= 20 { 1 } else { 11 };
+        for offset in 0..10u32 {
+            let item = base + (offset + user) % 10;
+            let line = format!("{user}\t{item}\t5\t{}\n", 1000 + offset);
+            // Each user's last two items (in their own order) are held out.
+            if offset >= 8 {
+                test.push_str(&line)
+            } else {
+                train.push_str(&line)
+            }
+        }
+        train.push_str(&format!("{user}\t21\t4\t999\n"));
+    }
+    // Item 22 is popular among a separate crowd.
+    for user in 41..=70u32 {
+        train.push_str(&format!("{user}\t22\t4\t999\n"));
+    }
+    let (train_path, test_path) = (dir.join("train.data"), dir.join("test.data"));
+    std::fs::write(&train_path, train).unwrap();
+    std::fs::write(&test_path, test).unwrap();
+    (
+        train_path.display().to_string(),
+        test_path.display().to_string(),
+    )
+}
+
+#[test]
+fn eval_reports_every_metric_per_plugin_and_collaborative_beats_popularity_on_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = clustered_ratings(dir.path());
+    let report = eval(
+        &["--train", &train, "--test", &test, "--k", "5"],
+        dir.path(),
+    );
+    for plugin in PLUGINS {
+        let scores = &report[plugin];
+        for metric in ["precision@5", "recall@5", "ndcg@5", "map@5"] {
+            let value = scores[metric]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{plugin} lacks {metric}: {report}"));
+            assert!((0.0..=1.0).contains(&value), "{plugin} {metric} = {value}");
+        }
+        assert!(scores["train_seconds"].as_f64().unwrap() >= 0.0);
+        assert_eq!(scores["users"], 40, "users with train and test items");
+    }
+    let ndcg = |plugin: &str| report[plugin]["ndcg@5"].as_f64().unwrap();
+    assert!(ndcg("collaborative") > 0.6, "{report}");
+    assert!(ndcg("collaborative") > ndcg("popularity") + 0.3, "{report}");
+}
+
+#[test]
+fn eval_refuses_bad_arguments_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = clustered_ratings(dir.path());
+    let config = dir.path().join("eval.toml");
+    std::fs::write(&config, config_text("")).unwrap();
+    for (args, expected) in [
+        (vec!["--train", train.as_str()], "--test FILE or --split"),
+        (
+            vec!["--train", "/no/such/file", "--split", "random"],
+            "/no/such/file",
+        ),
+        (
+            vec![
+                "--train",
+                train.as_str(),
+                "--split",
+                "random",
+                "--plugins",
+                "nope",
+            ],
+            "not declared",
+        ),
+    ] {
+        let output = Command::new(binary())
+            .arg("eval")
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn movielens_100k_quality_targets_on_a_random_split() {
+    let Some(dataset) = movielens_100k() else {
+        eprintln!("SKIPPED: ../shared/datasets/ml-100k is not on this machine");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ratings = dataset.join("u.data").display().to_string();
+    let items = dataset.join("u.item").display().to_string();
+    let report = eval(
+        &[
+            "--ratings",
+            &ratings,
+            "--split",
+            "random",
+            "--seed",
+            "42",
+            "--items",
+            &items,
+        ],
+        dir.path(),
+    );
+    let ndcg = |plugin: &str| report[plugin]["ndcg@10"].as_f64().unwrap();
+    eprintln!(
+        "NDCG@10: {}",
+        PLUGINS.map(|p| format!("{p} {:.4}", ndcg(p))).join(", ")
+    );
+    assert!(
+        (0.19..0.25).contains(&ndcg("popularity")),
+        "popularity is the metric's sanity check: {report}"
+    );
+    assert!(ndcg("collaborative") >= 0.40, "{report}");
+    assert!(
+        PLUGINS.iter().map(|p| ndcg(p)).fold(0.0, f64::max) >= 0.44,
+        "{report}"
+    );
+    assert!(
+        ndcg("hybrid") > ndcg("collaborative") && ndcg("hybrid") > ndcg("content"),
+        "{report}"
+    );
+}
