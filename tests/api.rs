@@ -35,13 +35,7 @@ fn the_readme_example_returns_five_titled_items_with_a_model_version_from_every_
     }
 
     // The user's own items are never recommended back.
-    let (_, user) = server.get("/users/123");
-    let seen: Vec<Value> = user["recent_events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["item_id"].clone())
-        .collect();
+    let seen = server.seen_items("123");
     for plugin in PLUGINS {
         let (status, body) = server.post(
             "/recommend",
@@ -155,6 +149,8 @@ fn bad_inputs_get_json_errors_and_the_server_keeps_serving() {
 
     let (status, body) = server.get("/items/999999");
     assert_eq!((status, error_code(&body).as_str()), (404, "unknown_item"));
+    let (status, body) = server.get("/users/1?limit=0");
+    assert_eq!((status, error_code(&body).as_str()), (400, "invalid_query"));
     let (status, body) = server.get("/users/nobody");
     assert_eq!((status, error_code(&body).as_str()), (404, "unknown_user"));
     let (status, body) = server.get("/no/such/route");
@@ -358,7 +354,6 @@ fn a_plugin_that_is_not_a_component_stops_start_up_with_a_clear_message() {
 #[test]
 fn movielens_100k_imports_and_serves_real_titles() {
     let Some(dataset) = movielens_100k() else {
-        eprintln!("SKIPPED: ../shared/datasets/ml-100k is not on this machine");
         return;
     };
     let temp = tempfile::tempdir().unwrap();

@@ -66,10 +66,16 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
-/// ML-100k, if this machine has it (tests must never copy it anywhere).
+/// ML-100k, if this machine has it (tests must never copy it anywhere); says so when it is
+/// absent, so a skipped test is visible in the output.
 pub fn movielens_100k() -> Option<PathBuf> {
     let dir = workspace_root().join("../shared/datasets/ml-100k");
-    dir.join("u.data").exists().then_some(dir)
+    if dir.join("u.data").exists() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: ../shared/datasets/ml-100k is not on this machine");
+        None
+    }
 }
 
 /// A config declaring the bundled plugins, with `top_level` TOML keys before the plugin tables.
@@ -179,6 +185,18 @@ impl Server {
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, &body.to_string())
+    }
+
+    /// The IDs of every item `user_id` interacted with, as JSON values.
+    pub fn seen_items(&self, user_id: &str) -> Vec<Value> {
+        let (status, user) = self.get(&format!("/users/{user_id}?limit=1000"));
+        assert_eq!(status, 200, "{user}");
+        user["recent_events"]
+            .as_array()
+            .expect("recent_events")
+            .iter()
+            .map(|event| event["item_id"].clone())
+            .collect()
     }
 
     /// Stops the server the hard way (SIGKILL).

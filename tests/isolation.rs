@@ -77,13 +77,7 @@ fn traps_are_contained_and_the_instance_is_rebuilt_from_the_snapshot() {
 #[test]
 fn garbage_answers_are_cleaned_before_any_client_sees_them() {
     let (server, _temp) = misbehaving_server();
-    let (_, user) = server.get("/users/5");
-    let seen: Vec<Value> = user["recent_events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["item_id"].clone())
-        .collect();
+    let seen = server.seen_items("5");
     let (status, body) = ask(&server, 23);
     assert_eq!(status, 200, "{body}");
     let items = body["recommendations"].as_array().unwrap();

@@ -1,14 +1,23 @@
 //! `GET /items/{id}` and `GET /users/{id}`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{AppState, ids};
 
-/// How many of a user's newest events `GET /users/{id}` lists.
+/// How many of a user's newest events `GET /users/{id}` lists by default, and at most.
 const RECENT_EVENTS: usize = 20;
+const MAX_RECENT_EVENTS: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuery {
+    /// Newest events to list (1-1000, default 20).
+    limit: Option<usize>,
+}
 
 pub async fn item(
     State(state): State<AppState>,
@@ -31,7 +40,16 @@ pub async fn item(
 pub async fn user(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(RECENT_EVENTS);
+    if !(1..=MAX_RECENT_EVENTS).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_RECENT_EVENTS}"),
+        ));
+    }
     let id = ids::from_text("user_id", &id)?;
     let users = state.users.read().unwrap_or_else(|p| p.into_inner());
     let index = users
@@ -41,7 +59,7 @@ pub async fn user(
     let recent: Vec<Value> = history
         .iter()
         .rev()
-        .take(RECENT_EVENTS)
+        .take(limit)
         .filter_map(|event| {
             let item = state.catalog.get(event.item)?;
             Some(json!({
