@@ -89,11 +89,13 @@ impl PluginInstance {
         ) -> wasmtime::Result<Result<R, StrategyError>>,
     ) -> Result<R, CallError> {
         self.store.set_epoch_deadline(PluginEngine::ticks(budget));
-        let plugin = self.store.data().plugin.to_string();
-        match run(&self.exports, &mut self.store) {
+        let result = run(&self.exports, &mut self.store);
+        // The plugin's name is only needed for an error: no allocation on the happy path.
+        let plugin = || self.store.data().plugin.to_string();
+        match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(CallError::Refused {
-                plugin,
+                plugin: plugin(),
                 call,
                 error,
             }),
@@ -108,7 +110,7 @@ impl PluginInstance {
                     _ => format!("{error:#}"),
                 };
                 Err(CallError::Trapped {
-                    plugin,
+                    plugin: plugin(),
                     call,
                     reason,
                 })

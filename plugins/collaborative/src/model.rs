@@ -54,6 +54,8 @@ pub struct Collaborative {
     config: CollaborativeConfig,
     catalog_len: usize,
     state: State,
+    /// Popularity scaled into [0, 1), derived from `state` after every change.
+    prior: Vec<f32>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -175,6 +177,11 @@ impl Collaborative {
         Ok(())
     }
 
+    /// Recomputes the popularity prior after the interactions changed.
+    fn refresh_prior(&mut self) {
+        self.prior = self.popularity();
+    }
+
     /// Popularity scaled into [0, 1): the cold-start answer and the tie-breaker.
     fn popularity(&self) -> Vec<f32> {
         let max = self
@@ -218,9 +225,9 @@ impl Collaborative {
         scores
     }
 
-    /// Popularity for the cold start of other models. Exposed for `hybrid`.
-    pub fn popularity_scores(&self) -> Vec<f32> {
-        self.popularity()
+    /// Popularity in [0, 1) for the cold start of other models. Exposed for `hybrid`.
+    pub fn popularity_scores(&self) -> &[f32] {
+        &self.prior
     }
 }
 
@@ -251,6 +258,7 @@ impl Strategy for Collaborative {
             config,
             catalog_len,
             state,
+            prior: vec![0.0; catalog_len],
         })
     }
 
@@ -263,6 +271,7 @@ impl Strategy for Collaborative {
             ..State::default()
         };
         let added = self.absorb(&events)?;
+        self.refresh_prior();
         self.state.pending_interactions = added;
         self.solve()?;
         Ok(TrainingReport {
@@ -273,6 +282,7 @@ impl Strategy for Collaborative {
 
     fn update(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
         let added = self.absorb(&events)?;
+        self.refresh_prior();
         self.state.pending_interactions += added;
         let threshold = self.config.refresh_fraction * self.state.solved_interactions as f64;
         let message = if self.state.pending_interactions > 0
@@ -294,7 +304,7 @@ impl Strategy for Collaborative {
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
         let mut scores = self.score_history(&request.history);
-        for (score, popularity) in scores.iter_mut().zip(self.popularity()) {
+        for (score, popularity) in scores.iter_mut().zip(&self.prior) {
             *score += 1e-6 * popularity;
         }
         Ok(topk::top_k(
@@ -320,6 +330,7 @@ impl Strategy for Collaborative {
             )));
         }
         self.state = state;
+        self.refresh_prior();
         Ok(())
     }
 }

@@ -37,6 +37,8 @@ pub struct Content {
     item_vectors: Vec<Vec<(u32, f32)>>,
     tag_count: usize,
     state: State,
+    /// `state.item_weights` scaled into [0, 1], derived after every change.
+    prior: Vec<f32>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -86,7 +88,15 @@ impl Content {
     }
 
     /// Interactions per item scaled into [0, 1]. Exposed for `hybrid`.
-    pub fn popularity_scores(&self) -> Vec<f32> {
+    pub fn popularity_scores(&self) -> &[f32] {
+        &self.prior
+    }
+
+    fn refresh_prior(&mut self) {
+        self.prior = self.scaled_weights();
+    }
+
+    fn scaled_weights(&self) -> Vec<f32> {
         let max = self
             .state
             .item_weights
@@ -106,6 +116,7 @@ impl Content {
         for event in events {
             self.state.item_weights[event.item as usize] += self.config.event_weights.weight(event);
         }
+        self.refresh_prior();
         Ok(())
     }
 }
@@ -178,6 +189,7 @@ impl Strategy for Content {
         }
         config.event_weights.validate()?;
         let (item_vectors, tag_count) = tag_vectors(&catalog);
+        let catalog_len = catalog.len();
         let state = State {
             item_weights: vec![0.0; catalog.len()],
         };
@@ -185,6 +197,7 @@ impl Strategy for Content {
             config,
             item_vectors,
             tag_count,
+            prior: vec![0.0; catalog_len],
             state,
         })
     }
@@ -217,7 +230,7 @@ impl Strategy for Content {
         let share = self.config.popularity_weight;
         let scores: Vec<f32> = taste
             .iter()
-            .zip(&popularity)
+            .zip(popularity)
             // A tiny popularity term orders items the profile cannot tell apart.
             .map(|(&t, &p)| (1.0 - share) * t + share * p + 1e-6 * p)
             .collect();
@@ -242,6 +255,7 @@ impl Strategy for Content {
             )));
         }
         self.state = state;
+        self.refresh_prior();
         Ok(())
     }
 }

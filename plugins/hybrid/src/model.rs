@@ -76,7 +76,7 @@ impl Hybrid {
         }
         let mut collaborative = self.collaborative.score_history(&request.history);
         let mut content = self.content.score_history(&request.history);
-        let mut popularity = self.collaborative.popularity_scores();
+        let mut popularity = self.collaborative.popularity_scores().to_vec();
         normalize(&mut collaborative, &allowed);
         normalize(&mut content, &allowed);
         normalize(&mut popularity, &allowed);

@@ -30,6 +30,8 @@ impl Default for PopularityConfig {
 pub struct Popularity {
     config: PopularityConfig,
     state: Counts,
+    /// `state.scores` as f32, kept in step so `recommend` allocates nothing for it.
+    ranking_scores: Vec<f32>,
 }
 
 /// The learned state; also the snapshot body.
@@ -43,6 +45,10 @@ struct Counts {
 }
 
 impl Popularity {
+    fn refresh(&mut self) {
+        self.ranking_scores = self.state.scores.iter().map(|&s| s as f32).collect();
+    }
+
     /// Current score of every item, indexed by item.
     pub fn scores(&self) -> &[f64] {
         &self.state.scores
@@ -79,6 +85,7 @@ impl Popularity {
             self.state.scores[event.item as usize] += weight;
         }
         self.state.events_seen += events.len() as u64;
+        self.refresh();
         Ok(TrainingReport {
             events_used: events.len() as u64,
             message: String::new(),
@@ -104,7 +111,12 @@ impl Strategy for Popularity {
             scores: vec![0.0; catalog.len()],
             ..Counts::default()
         };
-        Ok(Self { config, state })
+        let ranking_scores = vec![0.0; catalog.len()];
+        Ok(Self {
+            config,
+            state,
+            ranking_scores,
+        })
     }
 
     fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
@@ -121,9 +133,8 @@ impl Strategy for Popularity {
     }
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
-        let scores: Vec<f32> = self.state.scores.iter().map(|&s| s as f32).collect();
         Ok(topk::top_k(
-            &scores,
+            &self.ranking_scores,
             request.count as usize,
             &request.exclude,
         ))
@@ -143,6 +154,7 @@ impl Strategy for Popularity {
             )));
         }
         self.state = state;
+        self.refresh();
         Ok(())
     }
 }

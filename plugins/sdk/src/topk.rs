@@ -9,6 +9,8 @@ use crate::{ItemIndex, Scored};
 /// in `exclude` (any order) and items whose score is not finite. Ties go to the lower index, so
 /// the answer is deterministic.
 pub fn top_k(scores: &[f32], count: usize, exclude: &[ItemIndex]) -> Vec<Scored> {
+    // A mask: measured faster, natively and in WebAssembly, than walking the sorted
+    // `exclude` alongside the scores.
     let mut excluded = vec![false; scores.len()];
     for &item in exclude {
         if let Some(flag) = excluded.get_mut(item as usize) {
@@ -29,21 +31,26 @@ pub fn top_k_where(
     }
     // A min-heap of the best `count` seen so far: its top is the weakest kept candidate.
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(count + 1);
+    // Once the heap is full, only a score strictly above its weakest can enter (items come in
+    // ascending index order, so an equal score loses the tie): one float comparison rejects
+    // almost every item.
+    let mut floor = f32::NEG_INFINITY;
     for (index, &score) in scores.iter().enumerate() {
-        if !score.is_finite() || !allowed(index) {
+        let full = heap.len() == count;
+        if !score.is_finite() || (full && score <= floor) || !allowed(index) {
             continue;
         }
-        let candidate = Candidate {
+        heap.push(Candidate {
             score,
             index: index as ItemIndex,
-        };
-        if heap.len() < count {
-            heap.push(candidate);
-        } else if let Some(weakest) = heap.peek()
-            && candidate < *weakest
-        {
+        });
+        if heap.len() > count {
             heap.pop();
-            heap.push(candidate);
+        }
+        if heap.len() == count
+            && let Some(weakest) = heap.peek()
+        {
+            floor = weakest.score;
         }
     }
     let mut best = heap.into_vec();
@@ -98,6 +105,12 @@ mod tests {
     fn skips_excluded_and_non_finite() {
         let scores = [0.1, f32::NAN, 0.5, f32::INFINITY, 0.3];
         assert_eq!(items(&top_k(&scores, 10, &[2])), vec![4, 0]);
+    }
+
+    #[test]
+    fn unsorted_and_duplicate_exclusions_work_too() {
+        let scores = [0.1, 0.9, 0.5, 0.7, 0.3];
+        assert_eq!(items(&top_k(&scores, 3, &[3, 1, 1])), vec![2, 4, 0]);
     }
 
     #[test]
