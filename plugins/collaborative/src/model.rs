@@ -338,43 +338,9 @@ impl Strategy for Collaborative {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recohost_plugin_sdk::EventKind;
-
-    fn catalog(n: u32) -> Vec<Item> {
-        (0..n)
-            .map(|index| Item {
-                index,
-                title: format!("item {index}"),
-                tags: vec![],
-            })
-            .collect()
-    }
-
-    fn view(user: u32, item: u32) -> Feedback {
-        Feedback {
-            user,
-            item,
-            kind: EventKind::Click,
-            value: 1.0,
-            timestamp: 1,
-        }
-    }
-
-    fn recommend(model: &Collaborative, history_items: &[u32], count: u32) -> Vec<u32> {
-        let history: Vec<Feedback> = history_items.iter().map(|&i| view(99, i)).collect();
-        let request = Request {
-            user: Some(99),
-            count,
-            history,
-            exclude: history_items.to_vec(),
-        };
-        model
-            .recommend(&request)
-            .unwrap()
-            .iter()
-            .map(|s| s.item)
-            .collect()
-    }
+    use recohost_plugin_sdk::testing::{
+        catalog, click as view, recommend_after_clicks as recommend,
+    };
 
     /// Users 0-4 like items 0, 1, 2; users 5-9 like 3, 4. Item 5 is popular with everyone else.
     fn two_tastes() -> Vec<Feedback> {

@@ -263,6 +263,7 @@ impl Strategy for Content {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recohost_plugin_sdk::testing::recommend_for_history as recommend;
 
     /// Items 0-3 are "comedy", 4-7 "horror", 8 is both; item 9 has no tags.
     fn catalog() -> Vec<Item> {
@@ -291,22 +292,6 @@ mod tests {
             value,
             timestamp: 1,
         }
-    }
-
-    fn recommend(model: &Content, history: Vec<Feedback>, count: u32) -> Vec<u32> {
-        let exclude = history.iter().map(|e| e.item).collect();
-        let request = Request {
-            user: Some(0),
-            count,
-            history,
-            exclude,
-        };
-        model
-            .recommend(&request)
-            .unwrap()
-            .iter()
-            .map(|s| s.item)
-            .collect()
     }
 
     #[test]

@@ -177,7 +177,7 @@ fn prefixed(part: &str, error: StrategyError) -> StrategyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recohost_plugin_sdk::EventKind;
+    use recohost_plugin_sdk::testing::{click, recommend_after_clicks as recommend};
 
     /// Items 0-2 "drama", 3-5 "scifi", 6 "drama", 7 untagged and very popular.
     fn catalog() -> Vec<Item> {
@@ -197,16 +197,6 @@ mod tests {
             .collect()
     }
 
-    fn click(user: u32, item: u32) -> Feedback {
-        Feedback {
-            user,
-            item,
-            kind: EventKind::Click,
-            value: 1.0,
-            timestamp: 1,
-        }
-    }
-
     fn events() -> Vec<Feedback> {
         let mut events = Vec::new();
         for user in 0..6 {
@@ -219,22 +209,6 @@ mod tests {
             events.push(click(user, 7));
         }
         events
-    }
-
-    fn recommend(model: &Hybrid, history_items: &[u32], count: u32) -> Vec<u32> {
-        let history: Vec<Feedback> = history_items.iter().map(|&i| click(99, i)).collect();
-        let request = Request {
-            user: Some(99),
-            count,
-            history,
-            exclude: history_items.to_vec(),
-        };
-        model
-            .recommend(&request)
-            .unwrap()
-            .iter()
-            .map(|s| s.item)
-            .collect()
     }
 
     #[test]

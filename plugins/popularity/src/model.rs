@@ -163,16 +163,7 @@ impl Strategy for Popularity {
 mod tests {
     use super::*;
     use recohost_plugin_sdk::EventKind;
-
-    fn catalog(n: u32) -> Vec<Item> {
-        (0..n)
-            .map(|index| Item {
-                index,
-                title: format!("item {index}"),
-                tags: vec![],
-            })
-            .collect()
-    }
+    use recohost_plugin_sdk::testing::catalog;
 
     fn click(user: u32, item: u32, timestamp: u64) -> Feedback {
         Feedback {

@@ -35,6 +35,7 @@ pub use bindings::recohost::strategy::types::{
 pub mod config;
 pub mod snapshot;
 mod state;
+pub mod testing;
 pub mod topk;
 pub mod weights;
 
