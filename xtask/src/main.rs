@@ -136,7 +136,11 @@ fn demo(args: &[String]) -> Result<(), String> {
 }
 
 fn test(args: &[String]) -> Result<(), String> {
-    run(cargo().args(["build", "--release", "-p", "recohost"]))?;
+    // Build the server binary in the same cargo invocation as the test targets: with dev
+    // dependencies in play (tests, benches) cargo resolves features differently than for
+    // the binary alone, and a separate `cargo build -p recohost` would compile a second copy
+    // of wasmtime on a cold machine.
+    run(cargo().args(["build", "--release", "--workspace", "--bins", "--tests"]))?;
     run(cargo()
         .args(["test", "--release", "--workspace"])
         .env("RECOHOST_BIN", target_dir().join("release/recohost"))

@@ -47,20 +47,19 @@ struct Parts {
     content: Vec<u8>,
 }
 
-/// Min-max normalizes `scores` over the allowed items into [0, 1] (all 0 when they are equal).
-fn normalize(scores: &mut [f32], allowed: &[bool]) {
+/// The min-max normalization of `scores` over the allowed items, as `(offset, scale)` so that
+/// `(score - offset) * scale` lies in [0, 1]; scale 0 when the allowed scores are all equal.
+fn min_max(scores: &[f32], allowed: &[bool]) -> (f32, f32) {
     let (mut low, mut high) = (f32::INFINITY, f32::NEG_INFINITY);
-    for (score, _) in scores.iter().zip(allowed).filter(|(_, ok)| **ok) {
-        low = low.min(*score);
-        high = high.max(*score);
+    for (&score, _) in scores.iter().zip(allowed).filter(|(_, ok)| **ok) {
+        low = low.min(score);
+        high = high.max(score);
     }
     let range = high - low;
-    for score in scores.iter_mut() {
-        *score = if range > 0.0 && range.is_finite() {
-            (*score - low) / range
-        } else {
-            0.0
-        };
+    if range > 0.0 && range.is_finite() {
+        (low, 1.0 / range)
+    } else {
+        (0.0, 0.0)
     }
 }
 
@@ -74,26 +73,41 @@ impl Hybrid {
                 *flag = false;
             }
         }
-        let mut collaborative = self.collaborative.score_history(&request.history);
-        let mut content = self.content.score_history(&request.history);
-        let mut popularity = self.collaborative.popularity_scores().to_vec();
-        normalize(&mut collaborative, &allowed);
-        normalize(&mut content, &allowed);
-        normalize(&mut popularity, &allowed);
+        let collaborative = self.collaborative.score_history(&request.history);
+        let content = self.content.score_history(&request.history);
+        let popularity = self.collaborative.popularity_scores();
         let ramp = if self.config.cold_start_history == 0 {
             1.0
         } else {
             (request.history.len() as f32 / self.config.cold_start_history as f32).min(1.0)
         };
         let (wc, wt) = (self.config.collaborative_weight, self.config.content_weight);
-        (0..n)
-            .map(|i| {
-                ramp * wc * collaborative[i]
-                    + (1.0 - ramp) * wc * popularity[i]
-                    + wt * content[i]
-                    + 1e-6 * popularity[i]
-            })
-            .collect()
+        // Each part min-max normalized over the candidates, folded into one weight and offset
+        // per part so the blend is a single pass.
+        let parts = [
+            (
+                &collaborative[..],
+                ramp * wc,
+                min_max(&collaborative, &allowed),
+            ),
+            (&content[..], wt, min_max(&content, &allowed)),
+            (
+                popularity,
+                (1.0 - ramp) * wc + 1e-6,
+                min_max(popularity, &allowed),
+            ),
+        ];
+        let mut blended = vec![0.0f32; n];
+        for (scores, weight, (offset, scale)) in parts {
+            let factor = weight * scale;
+            if factor == 0.0 {
+                continue;
+            }
+            for (total, &score) in blended.iter_mut().zip(scores) {
+                *total += factor * (score - offset);
+            }
+        }
+        blended
     }
 }
 
