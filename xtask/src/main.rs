@@ -2,7 +2,8 @@
 //!
 //! - `plugins`: builds every bundled plugin for wasm32-wasip2 (adding the target with rustup
 //!   when missing) and copies the components to `dist/plugins/`.
-//! - `demo [ARGS]`: `plugins`, then the server with `recohost.toml` (bundled plugins, demo data).
+//! - `demo [ARGS]`: `plugins`, the release build, then the server with `recohost.toml` (bundled
+//!   plugins, demo data).
 //! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the workspace.
 //!
 //! Dependency-free on purpose: it must build in seconds on a fresh machine.
@@ -121,26 +122,23 @@ fn build_components(crates: &[&str], dist: &Path) -> Result<(), String> {
 }
 
 fn demo(args: &[String]) -> Result<(), String> {
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "recohost",
-            "--",
-            "serve",
-            "--config",
-            "recohost.toml",
-        ])
+    build_server_and_tests()?;
+    run(Command::new(target_dir().join("release/recohost"))
+        .current_dir(root())
+        .args(["serve", "--config", "recohost.toml"])
         .args(args))
 }
 
+/// Builds the server binary in the same cargo invocation as the test targets. With dev
+/// dependencies in play cargo resolves features differently than for the binary alone, and a
+/// separate `cargo build -p recohost` would compile a second copy of wasmtime (12 minutes on 2
+/// cores). The demo uses the same build, so `demo` then `test` (or the reverse) compiles it once.
+fn build_server_and_tests() -> Result<(), String> {
+    run(cargo().args(["build", "--release", "--workspace", "--bins", "--tests"]))
+}
+
 fn test(args: &[String]) -> Result<(), String> {
-    // Build the server binary in the same cargo invocation as the test targets: with dev
-    // dependencies in play (tests, benches) cargo resolves features differently than for
-    // the binary alone, and a separate `cargo build -p recohost` would compile a second copy
-    // of wasmtime on a cold machine.
-    run(cargo().args(["build", "--release", "--workspace", "--bins", "--tests"]))?;
+    build_server_and_tests()?;
     run(cargo()
         .args(["test", "--release", "--workspace"])
         .env("RECOHOST_BIN", target_dir().join("release/recohost"))
