@@ -1,7 +1,7 @@
 use recohost_plugin_sdk::weights::EventWeights;
 use recohost_plugin_sdk::{
     Feedback, Item, ItemIndex, PluginInfo, Request, Scored, Strategy, StrategyError,
-    TrainingReport, check_item, config, snapshot, topk,
+    TrainingReport, check_item, config, kernels, snapshot, topk,
 };
 use serde::{Deserialize, Serialize};
 
@@ -212,12 +212,7 @@ impl Collaborative {
         rows.sort_unstable();
         rows.dedup();
         let mut sums = vec![0.0f32; m];
-        for h in rows {
-            let row = &weights.matrix[h as usize * m..h as usize * m + m];
-            for (sum, weight) in sums.iter_mut().zip(row) {
-                *sum += weight;
-            }
-        }
+        kernels::sum_rows(&weights.matrix, m, &rows, &mut sums);
         let mut scores = vec![0.0f32; self.catalog_len];
         for (&item, sum) in weights.items.iter().zip(sums) {
             scores[item as usize] = sum;

@@ -33,6 +33,7 @@ pub use bindings::recohost::strategy::types::{
 };
 
 pub mod config;
+pub mod kernels;
 pub mod snapshot;
 mod state;
 pub mod testing;

@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use crate::{ItemIndex, Scored};
+use crate::{ItemIndex, Scored, kernels};
 
 /// Returns up to `count` items with the highest finite scores, best first, skipping the items
 /// in `exclude` (any order) and items whose score is not finite. Ties go to the lower index, so
@@ -35,22 +35,31 @@ pub fn top_k_where(
     // ascending index order, so an equal score loses the tie): one float comparison rejects
     // almost every item.
     let mut floor = f32::NEG_INFINITY;
-    for (index, &score) in scores.iter().enumerate() {
-        let full = heap.len() == count;
-        if !score.is_finite() || (full && score <= floor) || !allowed(index) {
+    // Blocks of scores: once the heap is full most blocks hold nothing above the floor and
+    // are skipped with one vectorized test (see `kernels`).
+    const BLOCK: usize = 64;
+    for (block, chunk) in scores.chunks(BLOCK).enumerate() {
+        if heap.len() == count && !kernels::any_above(chunk, floor) {
             continue;
         }
-        heap.push(Candidate {
-            score,
-            index: index as ItemIndex,
-        });
-        if heap.len() > count {
-            heap.pop();
-        }
-        if heap.len() == count
-            && let Some(weakest) = heap.peek()
-        {
-            floor = weakest.score;
+        for (offset, &score) in chunk.iter().enumerate() {
+            let index = block * BLOCK + offset;
+            let full = heap.len() == count;
+            if !score.is_finite() || (full && score <= floor) || !allowed(index) {
+                continue;
+            }
+            heap.push(Candidate {
+                score,
+                index: index as ItemIndex,
+            });
+            if heap.len() > count {
+                heap.pop();
+            }
+            if heap.len() == count
+                && let Some(weakest) = heap.peek()
+            {
+                floor = weakest.score;
+            }
         }
     }
     let mut best = heap.into_vec();
