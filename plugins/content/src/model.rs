@@ -34,7 +34,7 @@ impl Default for ContentConfig {
 pub struct Content {
     config: ContentConfig,
     /// Unit-length sparse tag vector of each item: (tag id, weight).
-    item_vectors: Vec<Vec<(u32, f32)>>,
+    item_vectors: TagVectors,
     tag_count: usize,
     state: State,
     /// `state.item_weights` scaled into [0, 1], derived after every change.
@@ -75,16 +75,17 @@ impl Content {
         if norm == 0.0 || !norm.is_finite() {
             return vec![0.0; self.item_vectors.len()];
         }
-        self.item_vectors
-            .iter()
-            .map(|vector| {
-                vector
-                    .iter()
-                    .map(|&(tag, w)| profile[tag as usize] * w)
-                    .sum::<f32>()
-                    / norm
-            })
-            .collect()
+        let mut scores = Vec::with_capacity(self.item_vectors.len());
+        let mut start = 0;
+        for &end in &self.item_vectors.ends {
+            let mut dot = 0.0f32;
+            for &(tag, w) in &self.item_vectors.entries[start..end] {
+                dot += profile[tag as usize] * w;
+            }
+            scores.push(dot / norm);
+            start = end;
+        }
+        scores
     }
 
     /// Interactions per item scaled into [0, 1]. Exposed for `hybrid`.
@@ -122,7 +123,7 @@ impl Content {
 }
 
 /// IDF-weighted, unit-length tag vectors, and the number of distinct tags.
-fn tag_vectors(catalog: &[Item]) -> (Vec<Vec<(u32, f32)>>, usize) {
+fn tag_vectors(catalog: &[Item]) -> (TagVectors, usize) {
     let mut ids: HashMap<&str, u32> = HashMap::new();
     let mut item_tags: Vec<Vec<u32>> = Vec::with_capacity(catalog.len());
     for item in catalog {
@@ -145,26 +146,47 @@ fn tag_vectors(catalog: &[Item]) -> (Vec<Vec<(u32, f32)>>, usize) {
         }
     }
     let items = catalog.len().max(1) as f32;
-    let vectors = item_tags
-        .into_iter()
-        .map(|tags| {
-            let weighted: Vec<(u32, f32)> = tags
-                .into_iter()
-                .map(|tag| {
-                    (
-                        tag,
-                        (1.0 + items / document_frequency[tag as usize] as f32).ln(),
-                    )
-                })
-                .collect();
-            let norm = weighted.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
-            weighted
-                .into_iter()
-                .map(|(tag, w)| (tag, w / norm))
-                .collect()
-        })
-        .collect();
+    let mut vectors = TagVectors {
+        ends: Vec::with_capacity(item_tags.len()),
+        entries: Vec::new(),
+    };
+    for tags in item_tags {
+        let weighted: Vec<(u32, f32)> = tags
+            .into_iter()
+            .map(|tag| {
+                (
+                    tag,
+                    (1.0 + items / document_frequency[tag as usize] as f32).ln(),
+                )
+            })
+            .collect();
+        let norm = weighted.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
+        vectors
+            .entries
+            .extend(weighted.into_iter().map(|(tag, w)| (tag, w / norm)));
+        vectors.ends.push(vectors.entries.len());
+    }
     (vectors, ids.len())
+}
+
+/// Every item's sparse tag vector, (tag id, weight) pairs, stored back to back: scoring walks
+/// one array instead of chasing a pointer per item.
+struct TagVectors {
+    /// `entries[ends[i - 1]..ends[i]]` is item `i`'s vector.
+    ends: Vec<usize>,
+    entries: Vec<(u32, f32)>,
+}
+
+impl TagVectors {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, item: usize) -> Option<&[(u32, f32)]> {
+        let end = *self.ends.get(item)?;
+        let start = if item == 0 { 0 } else { self.ends[item - 1] };
+        Some(&self.entries[start..end])
+    }
 }
 
 impl Strategy for Content {

@@ -47,14 +47,29 @@ struct Parts {
     content: Vec<u8>,
 }
 
-/// The min-max normalization of `scores` over the allowed items, as `(offset, scale)` so that
-/// `(score - offset) * scale` lies in [0, 1]; scale 0 when the allowed scores are all equal.
-fn min_max(scores: &[f32], allowed: &[bool]) -> (f32, f32) {
-    let (mut low, mut high) = (f32::INFINITY, f32::NEG_INFINITY);
-    for (&score, _) in scores.iter().zip(allowed).filter(|(_, ok)| **ok) {
-        low = low.min(score);
-        high = high.max(score);
+/// Lowest and highest of each of three score vectors over the allowed items, in one pass.
+fn ranges(parts: [&[f32]; 3], allowed: &[bool]) -> [(f32, f32); 3] {
+    let mut ranges = [(f32::INFINITY, f32::NEG_INFINITY); 3];
+    for (i, _) in allowed.iter().enumerate().filter(|(_, ok)| **ok) {
+        for (range, scores) in ranges.iter_mut().zip(parts) {
+            let score = scores[i];
+            // Comparisons, not `f32::min`/`max`: in WebAssembly those are calls to `fminf`
+            // and `fmaxf` (their NaN rules differ from the wasm instructions), which took a
+            // fifth of a hybrid request. A NaN fails both tests and is ignored, as with `min`.
+            if score < range.0 {
+                range.0 = score;
+            }
+            if score > range.1 {
+                range.1 = score;
+            }
+        }
     }
+    ranges
+}
+
+/// The min-max normalization of a range as `(offset, scale)` so that
+/// `(score - offset) * scale` lies in [0, 1]; scale 0 when the allowed scores are all equal.
+fn normalization((low, high): (f32, f32)) -> (f32, f32) {
     let range = high - low;
     if range > 0.0 && range.is_finite() {
         (low, 1.0 / range)
@@ -82,32 +97,22 @@ impl Hybrid {
             (request.history.len() as f32 / self.config.cold_start_history as f32).min(1.0)
         };
         let (wc, wt) = (self.config.collaborative_weight, self.config.content_weight);
-        // Each part min-max normalized over the candidates, folded into one weight and offset
+        // Each part min-max normalized over the candidates, folded into one factor and offset
         // per part so the blend is a single pass.
-        let parts = [
-            (
-                &collaborative[..],
-                ramp * wc,
-                min_max(&collaborative, &allowed),
-            ),
-            (&content[..], wt, min_max(&content, &allowed)),
-            (
-                popularity,
-                (1.0 - ramp) * wc + 1e-6,
-                min_max(popularity, &allowed),
-            ),
-        ];
-        let mut blended = vec![0.0f32; n];
-        for (scores, weight, (offset, scale)) in parts {
-            let factor = weight * scale;
-            if factor == 0.0 {
-                continue;
-            }
-            for (total, &score) in blended.iter_mut().zip(scores) {
-                *total += factor * (score - offset);
-            }
-        }
-        blended
+        let parts = [&collaborative[..], &content[..], popularity];
+        let weights = [ramp * wc, wt, (1.0 - ramp) * wc + 1e-6];
+        let ranges = ranges(parts, &allowed);
+        let [c, t, p]: [(f32, f32); 3] = std::array::from_fn(|i| {
+            let (offset, scale) = normalization(ranges[i]);
+            (weights[i] * scale, offset)
+        });
+        // A part with factor 0 adds exactly 0 (its scores are finite).
+        collaborative
+            .iter()
+            .zip(&content)
+            .zip(popularity)
+            .map(|((&cs, &ts), &ps)| c.0 * (cs - c.1) + t.0 * (ts - t.1) + p.0 * (ps - p.1))
+            .collect()
     }
 }
 
