@@ -184,6 +184,36 @@ fn bench(c: &mut Criterion) {
     }
     recommend.finish();
 
+    // What a call costs before any algorithm runs: popularity asked for nothing, with an empty
+    // request and with the typical user's request (51 history events copied in).
+    let mut floor = c.benchmark_group("call_floor");
+    let runtime = load(&engine, &dist, "popularity", &catalog);
+    let snapshot = runtime.train(&host_events).expect("train");
+    runtime
+        .install(ModelVersion {
+            version: 1,
+            snapshot: Arc::new(snapshot),
+            created_at: 0,
+        })
+        .expect("install");
+    let empty = host::Request {
+        user: None,
+        count: 0,
+        history: Vec::new(),
+        exclude: Vec::new(),
+    };
+    floor.bench_function("empty_request", |b| {
+        b.iter(|| runtime.recommend(&empty).expect("recommend"))
+    });
+    let typical = host::Request {
+        count: 0,
+        ..host_request.clone()
+    };
+    floor.bench_function("typical_request_count_0", |b| {
+        b.iter(|| runtime.recommend(&typical).expect("recommend"))
+    });
+    floor.finish();
+
     let mut train = c.benchmark_group("train_80000_ratings");
     train.sample_size(10);
     for name in PLUGINS {

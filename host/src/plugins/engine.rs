@@ -30,6 +30,17 @@ impl PluginEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `RECOHOST_WASM_PROFILER=perfmap|jitdump` makes compiled plugin code visible to
+        // `perf` (docs/benchmarks.md shows how to profile a plugin).
+        match std::env::var("RECOHOST_WASM_PROFILER").as_deref() {
+            Ok("perfmap") => {
+                config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
+            Ok("jitdump") => {
+                config.profiler(wasmtime::ProfilingStrategy::JitDump);
+            }
+            _ => {}
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let weak = engine.weak();
         std::thread::Builder::new()
