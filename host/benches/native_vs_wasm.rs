@@ -176,6 +176,7 @@ fn bench(c: &mut Criterion) {
                 version: 1,
                 snapshot: Arc::new(snapshot),
                 created_at: 0,
+                through_event: 0,
             })
             .expect("install");
         recommend.bench_function(BenchmarkId::new(name, "wasm"), |b| {
@@ -194,6 +195,7 @@ fn bench(c: &mut Criterion) {
             version: 1,
             snapshot: Arc::new(snapshot),
             created_at: 0,
+            through_event: 0,
         })
         .expect("install");
     let empty = host::Request {

@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
                 version: 1,
                 snapshot: Arc::new(snapshot.clone()),
                 created_at: 0,
+                through_event: 0,
             })
             .expect("install");
         trained.push((name, runtime, snapshot));

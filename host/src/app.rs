@@ -1,6 +1,6 @@
 //! Start-up: open the store (seeding demo data into an empty one), load the catalog and the
-//! plugins, and give every plugin a model, restoring its latest snapshot where it still fits
-//! and training otherwise.
+//! plugins, give every plugin a model (its latest snapshot where it still fits, else a fresh
+//! training), and put the events no model has learned yet back into the learning buffer.
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -8,13 +8,16 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::catalog::{Catalog, Users, to_feedback};
-use crate::config::Config;
+use crate::config::{Config, LearningConfig};
+use crate::events::EventWriter;
+use crate::learning::Learning;
+use crate::learning::job::save_snapshot;
 use crate::plugins::{ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
 use crate::recommend::Recommender;
-use crate::store::{EventRow, SnapshotRow, Store, unix_now};
+use crate::store::{Store, VersionRow, unix_now};
 
 /// Snapshots kept per plugin; older ones are deleted.
-const SNAPSHOTS_KEPT: u64 = 5;
+pub const SNAPSHOTS_KEPT: u64 = 5;
 
 /// Everything the API serves from.
 pub struct App {
@@ -24,6 +27,8 @@ pub struct App {
     pub users: Arc<RwLock<Users>>,
     pub plugins: Arc<PluginRegistry>,
     pub recommender: Recommender,
+    pub learning: Arc<Learning>,
+    pub events: EventWriter,
 }
 
 impl App {
@@ -35,10 +40,8 @@ impl App {
                 config.data_dir.display()
             )
         })?;
-        let store = Arc::new(
-            Store::open(&config.data_dir.join("recohost.db"))
-                .context("cannot open the database")?,
-        );
+        let database = config.data_dir.join("recohost.db");
+        let store = Arc::new(Store::open(&database).context("cannot open the database")?);
         if store.counts()?.items == 0 && config.demo_data {
             let started = Instant::now();
             let batch = crate::import::demo::generate(&crate::import::demo::DemoSize::default());
@@ -61,10 +64,15 @@ impl App {
 
         let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?;
         let plugins = Arc::new(load_plugins(&config, &engine, &catalog)?);
+        let versions = store.model_versions()?;
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let tasks: Vec<_> = plugins
                 .iter()
-                .map(|plugin| scope.spawn(|| restore_or_train(plugin, &store, &events)))
+                .map(|plugin| {
+                    let highest = versions.get(plugin.name()).map(|v| v.version).unwrap_or(0);
+                    let (store, learning) = (&store, &config.learning);
+                    scope.spawn(move || restore_or_train(plugin, store, learning, highest))
+                })
                 .collect();
             for task in tasks {
                 task.join()
@@ -72,6 +80,29 @@ impl App {
             }
             Ok(())
         })?;
+
+        // Every event some model has not learned goes back into the learning buffer.
+        let learned_through = plugins
+            .iter()
+            .map(|p| p.model().map(|m| m.through_event).unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let first_unlearned = events.partition_point(|e| e.id <= learned_through);
+        let unlearned = events[first_unlearned..].to_vec();
+        if !unlearned.is_empty() {
+            tracing::info!(
+                events = unlearned.len(),
+                "events not yet learned by every model are back in the learning buffer"
+            );
+        }
+        drop(events);
+        let learning = Arc::new(Learning::new(
+            config.learning.clone(),
+            store.clone(),
+            plugins.clone(),
+            unlearned,
+        )?);
+        let events = EventWriter::start(&database, users.clone(), learning.clone())?;
 
         let recommender = Recommender::new(
             catalog.clone(),
@@ -88,6 +119,8 @@ impl App {
             users,
             plugins,
             recommender,
+            learning,
+            events,
         })
     }
 }
@@ -132,94 +165,69 @@ fn load_plugins(
 }
 
 /// Gives `plugin` a serving model: its latest snapshot when it was made by the same .wasm,
-/// config and catalog (brought up to date with the events stored since), else a fresh training.
+/// config and catalog, else a fresh training over the training window. Events after the
+/// snapshot are not learned here: they go into the learning buffer, so that start-up does not
+/// wait for a backlog.
 fn restore_or_train(
     plugin: &PluginRuntime,
     store: &Store,
-    events: &[EventRow],
+    config: &LearningConfig,
+    highest_version: u64,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let through_event = events.last().map(|e| e.id).unwrap_or(0);
     let latest = store.latest_snapshot(plugin.name())?;
-    let next_version = latest.as_ref().map(|s| s.version + 1).unwrap_or(1);
+    let next_version = highest_version.max(latest.as_ref().map(|s| s.version).unwrap_or(0)) + 1;
     if let Some(snapshot) = latest.filter(|s| s.fingerprint == plugin.fingerprint()) {
-        match restore(plugin, store, snapshot, events, next_version, through_event) {
-            Ok(how) => {
-                tracing::info!(
-                    plugin = plugin.name(),
-                    how,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "model ready"
-                );
-                return Ok(());
-            }
-            Err(error) => {
-                tracing::warn!(plugin = plugin.name(), error = %format!("{error:#}"), "cannot restore the snapshot; retraining")
-            }
-        }
-    }
-    let feedback: Vec<_> = events.iter().map(to_feedback).collect();
-    let bytes = plugin.train(&feedback)?;
-    save_and_install(plugin, store, next_version, through_event, bytes)?;
-    tracing::info!(
-        plugin = plugin.name(),
-        events = feedback.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "trained model"
-    );
-    Ok(())
-}
-
-/// Installs a stored snapshot, first feeding it the events stored after it (if any).
-fn restore(
-    plugin: &PluginRuntime,
-    store: &Store,
-    snapshot: SnapshotRow,
-    events: &[EventRow],
-    next_version: u64,
-    through_event: i64,
-) -> anyhow::Result<&'static str> {
-    let newer: Vec<_> = events
-        .iter()
-        .filter(|e| e.id > snapshot.through_event)
-        .map(to_feedback)
-        .collect();
-    if newer.is_empty() {
         let model = ModelVersion {
             version: snapshot.version,
             snapshot: Arc::new(snapshot.bytes),
             created_at: snapshot.created_at,
+            through_event: snapshot.through_event,
         };
-        plugin.install(model)?;
-        return Ok("restored");
+        match plugin.install(model) {
+            Ok(()) => {
+                tracing::info!(
+                    plugin = plugin.name(),
+                    version = snapshot.version,
+                    through_event = snapshot.through_event,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "restored the latest snapshot"
+                );
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::warn!(plugin = plugin.name(), %error, "cannot restore the snapshot; retraining")
+            }
+        }
     }
-    let bytes = plugin.update(&snapshot.bytes, &newer)?;
-    save_and_install(plugin, store, next_version, through_event, bytes)?;
-    Ok("restored and updated with newer events")
-}
-
-fn save_and_install(
-    plugin: &PluginRuntime,
-    store: &Store,
-    version: u64,
-    through_event: i64,
-    bytes: Vec<u8>,
-) -> anyhow::Result<()> {
-    let created_at = unix_now();
-    let model = ModelVersion {
-        version,
+    let through_event = store.last_event_id()?;
+    let days = config.retrain_window_days;
+    let since = (days > 0).then(|| unix_now().saturating_sub(days * 86_400));
+    let last = (config.retrain_window_events > 0).then_some(config.retrain_window_events);
+    let mut window = store.training_window(since, last)?;
+    window.retain(|e| e.id <= through_event);
+    let feedback: Vec<_> = window.iter().map(to_feedback).collect();
+    let bytes = plugin.train(&feedback)?;
+    plugin.install(ModelVersion {
+        version: next_version,
         snapshot: Arc::new(bytes),
-        created_at,
-    };
-    plugin.install(model.clone())?;
-    let row = SnapshotRow {
-        plugin: plugin.name().to_string(),
-        version,
-        created_at,
-        fingerprint: plugin.fingerprint().to_string(),
+        created_at: unix_now(),
         through_event,
-        bytes: model.snapshot.to_vec(),
-    };
-    store.save_snapshot(&row, SNAPSHOTS_KEPT)?;
+    })?;
+    store.set_model_version(
+        plugin.name(),
+        VersionRow {
+            version: next_version,
+            through_event,
+        },
+    )?;
+    save_snapshot(store, plugin)?;
+    tracing::info!(
+        plugin = plugin.name(),
+        events = feedback.len(),
+        version = next_version,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "trained model"
+    );
     Ok(())
 }

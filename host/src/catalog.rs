@@ -84,6 +84,8 @@ pub struct Users {
     by_external_id: HashMap<String, u32>,
     /// Each user's events, oldest first.
     histories: Vec<Vec<Feedback>>,
+    /// Bumped by each of the user's new events: a cached answer for an older version is stale.
+    versions: Vec<u64>,
 }
 
 impl Users {
@@ -99,11 +101,38 @@ impl Users {
                 history.push(to_feedback(event));
             }
         }
+        let versions = vec![0; external_ids.len()];
         Self {
             external_ids,
             by_external_id,
             histories,
+            versions,
         }
+    }
+
+    /// Adds a user registered in the store under `index` (the next free one).
+    pub fn register(&mut self, index: u32, external_id: String) {
+        debug_assert_eq!(index as usize, self.external_ids.len());
+        self.by_external_id.insert(external_id.clone(), index);
+        self.external_ids.push(external_id);
+        self.histories.push(Vec::new());
+        self.versions.push(0);
+    }
+
+    /// Appends a stored event to its user's history.
+    pub fn record(&mut self, event: &EventRow) {
+        let user = event.user as usize;
+        if let (Some(history), Some(version)) =
+            (self.histories.get_mut(user), self.versions.get_mut(user))
+        {
+            history.push(to_feedback(event));
+            *version += 1;
+        }
+    }
+
+    /// How many events of the user this process has recorded since it started.
+    pub fn version(&self, user: u32) -> u64 {
+        self.versions.get(user as usize).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {

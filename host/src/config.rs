@@ -7,6 +7,20 @@
 //! history_limit = 500            # newest events of a user sent to plugins with each request
 //! max_recommendations = 100      # largest n_recommendations accepted
 //! demo_data = true               # fill an empty database with generated demo data
+//! admin_token = "..."            # RECOHOST_ADMIN_TOKEN; bearer token of operator actions
+//!
+//! [events]
+//! rating_min = 0.5               # ratings outside [rating_min, rating_max] are refused
+//! rating_max = 5.0
+//! max_batch = 10000              # most events in one POST /events/batch
+//!
+//! [learning]
+//! update_buffer_size = 1000      # update the models when this many events wait
+//! update_interval_secs = 60      # ...or when events have waited this long (0: off)
+//! snapshot_interval_secs = 60    # store model snapshots at most this often (0: every update)
+//! retrain_interval_secs = 0      # full retrain on a schedule (0: only on request)
+//! retrain_window_days = 0        # retrain on the last N days of events (0: all)
+//! retrain_window_events = 0      # ...and at most the newest N events (0: all)
 //!
 //! [[plugins]]
 //! name = "popularity"
@@ -33,7 +47,56 @@ pub struct Config {
     pub history_limit: usize,
     pub max_recommendations: u32,
     pub demo_data: bool,
+    /// Bearer token that operator actions (update, retrain) require. Without one, those
+    /// actions are allowed only when the server listens on a loopback address.
+    pub admin_token: Option<String>,
+    pub events: EventsConfig,
+    pub learning: LearningConfig,
     pub plugins: Vec<PluginDeclaration>,
+}
+
+/// `[events]`: what `POST /events` accepts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    pub rating_min: f32,
+    pub rating_max: f32,
+    pub max_batch: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            rating_min: 0.5,
+            rating_max: 5.0,
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// `[learning]`: when models learn from new events.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LearningConfig {
+    pub update_buffer_size: usize,
+    pub update_interval_secs: u64,
+    pub snapshot_interval_secs: u64,
+    pub retrain_interval_secs: u64,
+    pub retrain_window_days: u64,
+    pub retrain_window_events: u64,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        Self {
+            update_buffer_size: 1_000,
+            update_interval_secs: 60,
+            snapshot_interval_secs: 60,
+            retrain_interval_secs: 0,
+            retrain_window_days: 0,
+            retrain_window_events: 0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -45,6 +108,9 @@ impl Default for Config {
             history_limit: 500,
             max_recommendations: 100,
             demo_data: true,
+            admin_token: None,
+            events: EventsConfig::default(),
+            learning: LearningConfig::default(),
             plugins: Vec::new(),
         }
     }
@@ -105,6 +171,9 @@ impl Config {
         if let Some(model) = lookup("RECOHOST_DEFAULT_MODEL") {
             self.default_model = model;
         }
+        if let Some(token) = lookup("RECOHOST_ADMIN_TOKEN") {
+            self.admin_token = Some(token);
+        }
         if let Some(flag) = lookup("RECOHOST_DEMO_DATA") {
             self.demo_data = flag
                 .parse()
@@ -146,6 +215,22 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        let events = &self.events;
+        if !(events.rating_min.is_finite()
+            && events.rating_max.is_finite()
+            && events.rating_min < events.rating_max)
+        {
+            bail!("[events] rating_min must be below rating_max, both finite");
+        }
+        if events.max_batch == 0 {
+            bail!("[events] max_batch must be at least 1");
+        }
+        if self.learning.update_buffer_size == 0 {
+            bail!("[learning] update_buffer_size must be at least 1");
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            bail!("admin_token must be at least 16 characters");
         }
         if self.max_recommendations == 0 {
             bail!("max_recommendations must be at least 1");

@@ -6,6 +6,8 @@
 //! - [`catalog`]: the in-memory maps from external IDs to the dense indices plugins use.
 //! - [`plugins`]: the wasmtime host: engine, contract check, limits, instances, pools.
 //! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
+//! - [`events`]: validation and durable group-committed storage of live events.
+//! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
 //! - [`import`]: MovieLens readers and the demo-data generator.
 //! - [`eval`]: offline evaluation (splits, ranking metrics, the `eval` command).
 //! - [`app`]: start-up: store, catalog, plugins, restoring or training every model.
@@ -16,7 +18,9 @@ pub mod app;
 pub mod catalog;
 pub mod config;
 pub mod eval;
+pub mod events;
 pub mod import;
+pub mod learning;
 pub mod plugins;
 pub mod recommend;
 pub mod store;

@@ -214,6 +214,29 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ctrl-C or SIGTERM (what `docker stop` and systemd send).
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     let bind = config.bind.clone();
     let app = Arc::new(App::open(config)?);
@@ -228,12 +251,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, "recohost is listening");
         // Tests and scripts read this line to find the port when binding to port 0.
         println!("recohost listening on http://{address}");
-        axum::serve(listener, recohost::api::router(app))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
-            })
+        tokio::spawn(app.learning.clone().run_scheduler());
+        axum::serve(listener, recohost::api::router(app.clone()))
+            .with_graceful_shutdown(shutdown_signal())
             .await?;
+        // A clean stop stores every model, so the next start has nothing to catch up on.
+        let learning = app.learning.clone();
+        tokio::task::spawn_blocking(move || learning.save_snapshots()).await?;
+        tracing::info!("models saved; bye");
         anyhow::Ok(())
     })
 }

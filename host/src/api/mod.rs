@@ -6,12 +6,21 @@
 //! | `POST /recommend`     | [`recommend::recommend`] |
 //! | `GET /items/{id}`     | [`catalog::item`]        |
 //! | `GET /users/{id}`     | [`catalog::user`]        |
+//! | `POST /events`        | [`events::event`]        |
+//! | `POST /events/batch`  | [`events::batch`]        |
+//! | `GET /learning/stats` | [`learning::stats`]      |
+//! | `GET /learning/history` | [`learning::history`]  |
+//! | `POST /learning/trigger-update` | [`learning::trigger_update`] (operator) |
+//! | `POST /learning/retrain` | [`learning::retrain`] (operator) |
 //! | `GET /health`         | [`system::health`]       |
 //! | `GET /plugins`        | [`system::plugins`]      |
 
+mod auth;
 mod catalog;
 pub mod error;
+mod events;
 pub mod ids;
+mod learning;
 mod recommend;
 mod system;
 
@@ -26,12 +35,18 @@ use error::ApiError;
 
 pub type AppState = Arc<App>;
 
-/// Largest request body accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request body accepted, in bytes: room for a batch of 10,000 events.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/recommend", post(recommend::recommend))
+        .route("/events", post(events::event))
+        .route("/events/batch", post(events::batch))
+        .route("/learning/stats", get(learning::stats))
+        .route("/learning/history", get(learning::history))
+        .route("/learning/trigger-update", post(learning::trigger_update))
+        .route("/learning/retrain", post(learning::retrain))
         .route("/items/{id}", get(catalog::item))
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))

@@ -193,6 +193,7 @@ pub fn run(
             version: 1,
             snapshot: Arc::new(snapshot),
             created_at: 0,
+            through_event: 0,
         })?;
         let metrics = score_users(&plugin, &prepared.cases, options)?;
         scores.push(PluginScore {

@@ -51,6 +51,8 @@ pub struct ModelVersion {
     pub snapshot: Arc<Vec<u8>>,
     /// Unix seconds.
     pub created_at: u64,
+    /// Id of the newest stored event this model has learned (0: none).
+    pub through_event: i64,
 }
 
 /// Counters for `/plugins`.
@@ -90,6 +92,10 @@ pub struct PluginRuntime {
     catalog: Arc<Vec<Item>>,
     model: RwLock<Option<ModelVersion>>,
     idle: Mutex<Vec<PluginInstance>>,
+    /// The instance that applies updates, kept between them so that an update does not pay
+    /// for instantiating, configuring and loading the model again. Its `model_version` is
+    /// the version its state will be installed as.
+    learner: Mutex<Option<PluginInstance>>,
     max_idle: usize,
     stats: CallStats,
 }
@@ -175,6 +181,7 @@ impl PluginRuntime {
             catalog,
             model: RwLock::new(None),
             idle: Mutex::new(Vec::new()),
+            learner: Mutex::new(None),
             max_idle,
             stats: CallStats::default(),
         })
@@ -247,16 +254,47 @@ impl PluginRuntime {
         learner.save()
     }
 
-    /// Proves that `model` loads, then makes it the serving version. Instances holding older
-    /// versions are dropped when next seen; requests under way finish on the version they had.
+    /// Applies `events` to the model now serving and returns the snapshot to install as
+    /// `next_version`. Serving is not touched. Uses the kept learner when it holds the serving
+    /// model, else builds one from the serving snapshot. A learner whose call fails is
+    /// dropped: a refused update may have changed part of its state.
+    pub fn learn(&self, events: &[Feedback], next_version: u64) -> Result<Vec<u8>, CallError> {
+        let model = self.model().ok_or_else(|| CallError::Refused {
+            plugin: self.name.to_string(),
+            call: "update",
+            error: super::bindings::StrategyError::NotReady("no model to update yet".into()),
+        })?;
+        let mut kept = self.learner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut learner = match kept.take() {
+            Some(learner) if learner.model_version == model.version => learner,
+            _ => {
+                let mut learner = self.configured_instance()?;
+                learner.load(&model.snapshot)?;
+                learner
+            }
+        };
+        learner.update(events)?;
+        let snapshot = learner.save()?;
+        learner.model_version = next_version;
+        *kept = Some(learner);
+        Ok(snapshot)
+    }
+
+    /// Proves that `model` loads, builds a full pool of serving instances from it, then makes
+    /// it the serving version in one step: no request waits for an instance to be built, and
+    /// requests under way finish on the version they had (their instances are dropped at
+    /// check-in).
     pub fn install(&self, model: ModelVersion) -> Result<(), CallError> {
-        let mut instance = self.configured_instance()?;
-        instance.load(&model.snapshot)?;
-        instance.model_version = model.version;
-        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(model);
+        let mut pool = Vec::with_capacity(self.max_idle);
+        for _ in 0..self.max_idle {
+            let mut instance = self.configured_instance()?;
+            instance.load(&model.snapshot)?;
+            instance.model_version = model.version;
+            pool.push(instance);
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.clear();
-        idle.push(instance);
+        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(model);
+        *idle = pool;
         Ok(())
     }
 

@@ -37,6 +37,27 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (plugin, version)
     );
     "#,
+    // 2: online learning. One row per model update or retrain, and the newest model version
+    // each plugin has ever served (so versions never repeat, also after a crash).
+    r#"
+    CREATE TABLE learning_runs (
+        id             INTEGER PRIMARY KEY,       -- the update_id clients see
+        kind           TEXT NOT NULL CHECK (kind IN ('update', 'retrain')),
+        trigger        TEXT NOT NULL,             -- buffer_size, interval, manual, schedule
+        started_at_ms  INTEGER NOT NULL,          -- Unix milliseconds
+        duration_ms    REAL NOT NULL,
+        feedback_count INTEGER NOT NULL,          -- events in the batch (or training window)
+        through_event  INTEGER NOT NULL,          -- newest event id in it
+        models_updated INTEGER NOT NULL,
+        outcomes       TEXT NOT NULL              -- JSON object: plugin name -> outcome
+    );
+    CREATE TABLE model_versions (
+        plugin        TEXT PRIMARY KEY,
+        version       INTEGER NOT NULL,
+        through_event INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

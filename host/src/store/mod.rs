@@ -1,8 +1,14 @@
-//! Durable storage in SQLite: items, users, events, model snapshots.
+//! Durable storage in SQLite: items, users, events, model snapshots, the learning record.
 //!
-//! One connection behind a mutex: SQLite serializes writers anyway, and every statement here
-//! is short. WAL mode lets the `import` command read and write while a server runs.
+//! A `Store` is one connection behind a mutex: SQLite serializes writers anyway, and every
+//! statement here is short. The server opens two: one for the event writer (group commits of
+//! live events, `events.rs`) and one for everything else, so that reads and snapshot writes do
+//! not queue behind event ingestion. WAL mode lets readers, the other connection and the
+//! `import` command work while a server runs. `synchronous = FULL`: a commit is on disk before
+//! the client is told, so an acknowledged event survives a power cut, not just a crash.
 
+mod events;
+mod learning;
 mod migrations;
 
 use std::path::Path;
@@ -11,6 +17,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 
+pub use events::{Appended, NewEvent};
+pub use learning::{LearningRun, VersionRow};
 pub use migrations::latest_version as schema_version;
 
 #[derive(Debug, Error)]
@@ -105,7 +113,7 @@ impl Store {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let mut connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let found: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -356,6 +364,17 @@ impl Store {
             )
             .optional()?;
         Ok(row)
+    }
+
+    /// Version of the newest stored snapshot of `plugin`, if any.
+    pub fn latest_snapshot_version(&self, plugin: &str) -> StoreResult<Option<u64>> {
+        let connection = self.lock();
+        let version: Option<i64> = connection.query_row(
+            "SELECT MAX(version) FROM snapshots WHERE plugin = ?1",
+            [plugin],
+            |row| row.get(0),
+        )?;
+        Ok(version.map(|v| v as u64))
     }
 
     /// Stores a snapshot and keeps only the newest `keep` of its plugin.

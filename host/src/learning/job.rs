@@ -1,0 +1,261 @@
+//! Running one update or retrain across every plugin (blocking; the scheduler runs it on a
+//! blocking thread).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use super::{Job, JobKind, Learning};
+use crate::app::SNAPSHOTS_KEPT;
+use crate::catalog::to_feedback;
+use crate::plugins::{ModelVersion, PluginRuntime};
+use crate::store::{EventRow, LearningRun, SnapshotRow, Store, VersionRow, unix_now};
+
+impl Learning {
+    /// Runs `job` to the end and records it. Plugins run in parallel, each switching serving to
+    /// its new version as soon as it is ready; a plugin that fails keeps its previous version.
+    pub(super) fn run(&self, job: Job) {
+        let started = Instant::now();
+        let started_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let (events, through_event) = match self.job_events(job) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(update_id = job.id, %error, "cannot read the events to learn");
+                self.finish(job, None);
+                return;
+            }
+        };
+        // A version number is handed out only to a plugin that gets a new model.
+        let next_version = |plugin: &str| {
+            let mut state = self.lock();
+            let highest = state.versions.entry(plugin.to_string()).or_insert(0);
+            *highest += 1;
+            *highest
+        };
+        let outcomes: Vec<(String, Value)> = std::thread::scope(|scope| {
+            let tasks: Vec<_> = self
+                .plugins
+                .iter()
+                .map(|plugin| {
+                    let (events, next_version) = (&events, &next_version);
+                    scope.spawn(move || {
+                        let outcome =
+                            learn_one(job.kind, plugin, events, next_version, through_event);
+                        (plugin.name().to_string(), outcome)
+                    })
+                })
+                .collect();
+            tasks
+                .into_iter()
+                .map(|task| {
+                    task.join().unwrap_or_else(|_| {
+                        ("?".into(), json!({"status": "failed", "error": "panicked"}))
+                    })
+                })
+                .collect()
+        });
+        let models_updated = outcomes
+            .iter()
+            .filter(|(_, o)| o["status"] == "updated")
+            .count() as u64;
+        for (name, outcome) in &outcomes {
+            if outcome["status"] == "updated" {
+                let row = VersionRow {
+                    version: outcome["model_version"].as_u64().unwrap_or(0),
+                    through_event,
+                };
+                if let Err(error) = self.store.set_model_version(name, row) {
+                    tracing::error!(plugin = %name, %error, "cannot record the model version");
+                }
+            }
+        }
+        self.save_snapshots_if_due(job.kind == JobKind::Retrain);
+        let run = LearningRun {
+            update_id: job.id,
+            kind: job.kind.as_str().into(),
+            trigger: job.trigger.as_str().into(),
+            started_at_ms,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            feedback_count: events.len() as u64,
+            through_event,
+            models_updated,
+            outcomes: outcomes.into_iter().collect(),
+        };
+        tracing::info!(
+            update_id = run.update_id,
+            kind = %run.kind,
+            trigger = %run.trigger,
+            events = run.feedback_count,
+            models_updated,
+            duration_ms = format!("{:.1}", run.duration_ms),
+            "learning run finished"
+        );
+        if let Err(error) = self.store.record_learning_run(&run) {
+            tracing::error!(%error, "cannot record the learning run");
+        }
+        self.finish(job, Some(run));
+    }
+
+    /// The events a job learns, and the id of the newest.
+    fn job_events(&self, job: Job) -> crate::store::StoreResult<(Vec<EventRow>, i64)> {
+        match job.kind {
+            JobKind::Update => {
+                let mut state = self.lock();
+                state.in_flight = state.buffer.len();
+                let events = state.buffer.clone();
+                let through = events.last().map(|e| e.id).unwrap_or(0);
+                Ok((events, through))
+            }
+            JobKind::Retrain => {
+                // Read the newest id first: events stored while the window is read are learned
+                // by the next update instead.
+                let through = self.store.last_event_id()?;
+                self.lock().in_flight = 0;
+                let days = self.config.retrain_window_days;
+                let since = (days > 0).then(|| unix_now().saturating_sub(days * 86_400));
+                let last = (self.config.retrain_window_events > 0)
+                    .then_some(self.config.retrain_window_events);
+                let mut events = self.store.training_window(since, last)?;
+                events.retain(|e| e.id <= through);
+                Ok((events, through))
+            }
+        }
+    }
+
+    /// Drops the events every plugin has learned from the buffer and makes the next job runnable.
+    fn finish(&self, job: Job, run: Option<LearningRun>) {
+        let learned_through = self
+            .plugins
+            .iter()
+            .map(|p| p.model().map(|m| m.through_event).unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let mut state = self.lock();
+        let learned = state.buffer.partition_point(|e| e.id <= learned_through);
+        state.buffer.drain(..learned);
+        state.total_processed += learned as u64;
+        state.in_flight = 0;
+        state.running = None;
+        if state.buffer.is_empty() {
+            state.waiting_since = None;
+        } else if learned > 0 {
+            state.waiting_since = Some(Instant::now());
+        }
+        if job.kind == JobKind::Retrain {
+            state.last_retrain = Instant::now();
+        }
+        if let Some(run) = run {
+            state.runs += 1;
+            state.last_run = Some(run);
+        }
+    }
+
+    /// Stores every plugin's serving model when the snapshot interval has passed (or `now`).
+    fn save_snapshots_if_due(&self, now: bool) {
+        let interval = Duration::from_secs(self.config.snapshot_interval_secs);
+        {
+            let mut state = self.lock();
+            if !now && state.last_snapshot.elapsed() < interval {
+                return;
+            }
+            state.last_snapshot = Instant::now();
+        }
+        self.save_snapshots();
+    }
+
+    /// Stores every plugin's serving model as a snapshot (at shutdown, and when due).
+    pub fn save_snapshots(&self) {
+        for plugin in self.plugins.iter() {
+            if let Err(error) = save_snapshot(&self.store, plugin) {
+                tracing::error!(plugin = plugin.name(), error = %format!("{error:#}"), "cannot store the snapshot");
+            }
+        }
+    }
+}
+
+/// Stores `plugin`'s serving model unless that version is stored already.
+pub fn save_snapshot(store: &Store, plugin: &PluginRuntime) -> anyhow::Result<()> {
+    let Some(model) = plugin.model() else {
+        return Ok(());
+    };
+    if store
+        .latest_snapshot_version(plugin.name())?
+        .is_some_and(|v| v >= model.version)
+    {
+        return Ok(());
+    }
+    store.save_snapshot(
+        &SnapshotRow {
+            plugin: plugin.name().to_string(),
+            version: model.version,
+            created_at: model.created_at,
+            fingerprint: plugin.fingerprint().to_string(),
+            through_event: model.through_event,
+            bytes: model.snapshot.to_vec(),
+        },
+        SNAPSHOTS_KEPT,
+    )?;
+    Ok(())
+}
+
+/// Updates or retrains one plugin and installs the result; the outcome as JSON.
+fn learn_one(
+    kind: JobKind,
+    plugin: &Arc<PluginRuntime>,
+    events: &[EventRow],
+    next_version: &(dyn Fn(&str) -> u64 + Sync),
+    through_event: i64,
+) -> Value {
+    let started = Instant::now();
+    let current = plugin.model();
+    let learned_through = current.as_ref().map(|m| m.through_event).unwrap_or(0);
+    let feedback: Vec<_> = match kind {
+        // Only what this plugin has not learned: after a failed update it gets that batch again.
+        JobKind::Update => events
+            .iter()
+            .filter(|e| e.id > learned_through)
+            .map(to_feedback)
+            .collect(),
+        JobKind::Retrain => events.iter().map(to_feedback).collect(),
+    };
+    let current_version = current.as_ref().map(|m| m.version);
+    if kind == JobKind::Update && (feedback.is_empty() || current.is_none()) {
+        return json!({ "status": "unchanged", "model_version": current_version, "events": 0 });
+    }
+    let version = next_version(plugin.name());
+    let snapshot = match kind {
+        JobKind::Update => plugin.learn(&feedback, version),
+        JobKind::Retrain => plugin.train(&feedback),
+    };
+    let result = snapshot.and_then(|bytes| {
+        plugin.install(ModelVersion {
+            version,
+            snapshot: Arc::new(bytes),
+            created_at: unix_now(),
+            through_event,
+        })
+    });
+    let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    match result {
+        Ok(()) => json!({
+            "status": "updated",
+            "model_version": version,
+            "events": feedback.len(),
+            "duration_ms": duration_ms,
+        }),
+        Err(error) => {
+            tracing::warn!(plugin = plugin.name(), %error, "model update failed; the previous version keeps serving");
+            json!({
+                "status": "failed",
+                "model_version": current_version,
+                "events": feedback.len(),
+                "duration_ms": duration_ms,
+                "error": error.to_string(),
+            })
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The online-learning record: one row per model update or retrain, and the newest model
+//! version of each plugin.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+use super::{EventRow, Store, StoreError, StoreResult};
+
+/// One model update or retrain, as `GET /learning/history` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearningRun {
+    pub update_id: u64,
+    /// `update` (a batch of new events) or `retrain` (from scratch over the training window).
+    pub kind: String,
+    /// What started it: `buffer_size`, `interval`, `manual`, `schedule`.
+    pub trigger: String,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    pub duration_ms: f64,
+    pub feedback_count: u64,
+    pub through_event: i64,
+    pub models_updated: u64,
+    /// Plugin name → what happened to it.
+    pub outcomes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The newest version a plugin has served, and the newest event that version learned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VersionRow {
+    pub version: u64,
+    pub through_event: i64,
+}
+
+impl Store {
+    pub fn record_learning_run(&self, run: &LearningRun) -> StoreResult<()> {
+        let outcomes =
+            serde_json::to_string(&run.outcomes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.lock().execute(
+            "INSERT INTO learning_runs (id, kind, trigger, started_at_ms, duration_ms,
+                 feedback_count, through_event, models_updated, outcomes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                run.update_id as i64,
+                run.kind,
+                run.trigger,
+                run.started_at_ms as i64,
+                run.duration_ms,
+                run.feedback_count as i64,
+                run.through_event,
+                run.models_updated as i64,
+                outcomes
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest `limit` runs, newest first.
+    pub fn learning_runs(&self, limit: usize) -> StoreResult<Vec<LearningRun>> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT id, kind, trigger, started_at_ms, duration_ms, feedback_count,
+                    through_event, models_updated, outcomes
+             FROM learning_runs ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = statement.query_map([limit as i64], |row| {
+            Ok((
+                LearningRun {
+                    update_id: row.get::<_, i64>(0)? as u64,
+                    kind: row.get(1)?,
+                    trigger: row.get(2)?,
+                    started_at_ms: row.get::<_, i64>(3)? as u64,
+                    duration_ms: row.get(4)?,
+                    feedback_count: row.get::<_, i64>(5)? as u64,
+                    through_event: row.get(6)?,
+                    models_updated: row.get::<_, i64>(7)? as u64,
+                    outcomes: serde_json::Map::new(),
+                },
+                row.get::<_, String>(8)?,
+            ))
+        })?;
+        let mut runs = Vec::new();
+        for row in rows {
+            let (mut run, outcomes) = row?;
+            run.outcomes = serde_json::from_str(&outcomes).map_err(|e| {
+                StoreError::Corrupt(format!("outcomes of learning run {}: {e}", run.update_id))
+            })?;
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+
+    /// (number of runs, highest run id).
+    pub fn learning_run_counts(&self) -> StoreResult<(u64, u64)> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM learning_runs",
+            [],
+            |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    pub fn set_model_version(&self, plugin: &str, row: VersionRow) -> StoreResult<()> {
+        self.lock().execute(
+            "INSERT INTO model_versions (plugin, version, through_event, updated_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (plugin) DO UPDATE SET version = excluded.version,
+                 through_event = excluded.through_event, updated_at = excluded.updated_at
+             WHERE excluded.version > model_versions.version",
+            params![
+                plugin,
+                row.version as i64,
+                row.through_event,
+                super::unix_now() as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn model_versions(&self) -> StoreResult<HashMap<String, VersionRow>> {
+        let connection = self.lock();
+        let mut statement =
+            connection.prepare("SELECT plugin, version, through_event FROM model_versions")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                VersionRow {
+                    version: row.get::<_, i64>(1)? as u64,
+                    through_event: row.get(2)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many events have an id up to `through` (all events when `None`).
+    pub fn events_through(&self, through: Option<i64>) -> StoreResult<u64> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*) FROM events WHERE id <= ?1",
+            [through.unwrap_or(i64::MAX)],
+            |row| row.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// The training window of a retrain: events no older than `since_timestamp` (Unix
+    /// seconds, when given), of those the newest `last_events` (when given), oldest first.
+    pub fn training_window(
+        &self,
+        since_timestamp: Option<u64>,
+        last_events: Option<u64>,
+    ) -> StoreResult<Vec<EventRow>> {
+        let mut events = self.events_after(0)?;
+        if let Some(since) = since_timestamp {
+            events.retain(|e| e.timestamp >= since);
+        }
+        if let Some(last) = last_events {
+            let skip = events.len().saturating_sub(last as usize);
+            events.drain(..skip);
+        }
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: u64) -> LearningRun {
+        let mut outcomes = serde_json::Map::new();
+        outcomes.insert("p".into(), serde_json::json!({"status": "updated"}));
+        LearningRun {
+            update_id: id,
+            kind: "update".into(),
+            trigger: "manual".into(),
+            started_at_ms: 1_000 + id,
+            duration_ms: 2.5,
+            feedback_count: 10,
+            through_event: 42,
+            models_updated: 1,
+            outcomes,
+        }
+    }
+
+    #[test]
+    fn runs_come_back_newest_first_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            for id in 1..=3 {
+                store.record_learning_run(&run(id)).unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let runs = store.learning_runs(2).unwrap();
+        assert_eq!(runs, vec![run(3), run(2)]);
+        assert_eq!(store.learning_run_counts().unwrap(), (3, 3));
+    }
+
+    #[test]
+    fn model_versions_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let row = |version, through_event| VersionRow {
+            version,
+            through_event,
+        };
+        store.set_model_version("p", row(3, 30)).unwrap();
+        store.set_model_version("p", row(2, 20)).unwrap();
+        assert_eq!(store.model_versions().unwrap()["p"], row(3, 30));
+        store.set_model_version("p", row(4, 40)).unwrap();
+        assert_eq!(store.model_versions().unwrap()["p"], row(4, 40));
+    }
+}
