@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use recohost::catalog::{Catalog, Users, to_feedback};
 use recohost::import::demo::{DemoSize, generate};
 use recohost::plugins::bindings::Request;
@@ -86,13 +86,51 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    // The whole learner path of one update: instantiate, configure, load the snapshot,
-    // update with 1,000 events, save the new snapshot.
+    // The whole learner path of one update from scratch: instantiate, configure, load the
+    // snapshot, update with 1,000 events, save the new snapshot.
     let batch = &feedback[feedback.len() - 1_000..];
     let mut group = c.benchmark_group("learner_update_1000_events_wasm");
     for (name, runtime, snapshot) in &trained {
         group.bench_function(*name, |b| {
             b.iter(|| runtime.update(snapshot, batch).expect("update"))
+        });
+    }
+    group.finish();
+
+    // What the server's update does per plugin: `learn` in the kept learner (update with
+    // 1,000 events, save), then `install` (a pool of serving instances loaded from the new
+    // snapshot, swapped in).
+    let mut group = c.benchmark_group("server_update_1000_events_wasm");
+    for (name, runtime, _) in &trained {
+        let mut version = 1;
+        group.bench_function(BenchmarkId::new(*name, "learn_and_install"), |b| {
+            b.iter(|| {
+                version += 1;
+                let snapshot = runtime.learn(batch, version).expect("learn");
+                runtime
+                    .install(ModelVersion {
+                        version,
+                        snapshot: Arc::new(snapshot),
+                        created_at: 0,
+                        through_event: 0,
+                    })
+                    .expect("install")
+            })
+        });
+        version += 1;
+        let snapshot = Arc::new(runtime.learn(batch, version).expect("learn"));
+        group.bench_function(BenchmarkId::new(*name, "install"), |b| {
+            b.iter(|| {
+                version += 1;
+                runtime
+                    .install(ModelVersion {
+                        version,
+                        snapshot: snapshot.clone(),
+                        created_at: 0,
+                        through_event: 0,
+                    })
+                    .expect("install")
+            })
         });
     }
     group.finish();

@@ -58,33 +58,39 @@ impl Learning {
                 })
                 .collect()
         });
+        // The run's duration: until every plugin serves its new version. Bookkeeping after
+        // that does not delay anything a client sees.
+        let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         let models_updated = outcomes
             .iter()
             .filter(|(_, o)| o["status"] == "updated")
             .count() as u64;
-        for (name, outcome) in &outcomes {
-            if outcome["status"] == "updated" {
+        let versions: Vec<(String, VersionRow)> = outcomes
+            .iter()
+            .filter(|(_, outcome)| outcome["status"] == "updated")
+            .map(|(name, outcome)| {
                 let row = VersionRow {
                     version: outcome["model_version"].as_u64().unwrap_or(0),
                     through_event,
                 };
-                if let Err(error) = self.store.set_model_version(name, row) {
-                    tracing::error!(plugin = %name, %error, "cannot record the model version");
-                }
-            }
-        }
-        self.save_snapshots_if_due(job.kind == JobKind::Retrain);
+                (name.clone(), row)
+            })
+            .collect();
         let run = LearningRun {
             update_id: job.id,
             kind: job.kind.as_str().into(),
             trigger: job.trigger.as_str().into(),
             started_at_ms,
-            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            duration_ms,
             feedback_count: events.len() as u64,
             through_event,
             models_updated,
             outcomes: outcomes.into_iter().collect(),
         };
+        if let Err(error) = self.store.record_learning_run(&run, &versions) {
+            tracing::error!(%error, "cannot record the learning run");
+        }
+        self.save_snapshots_if_due(job.kind == JobKind::Retrain);
         tracing::info!(
             update_id = run.update_id,
             kind = %run.kind,
@@ -94,9 +100,6 @@ impl Learning {
             duration_ms = format!("{:.1}", run.duration_ms),
             "learning run finished"
         );
-        if let Err(error) = self.store.record_learning_run(&run) {
-            tracing::error!(%error, "cannot record the learning run");
-        }
         self.finish(job, Some(run));
     }
 

@@ -96,6 +96,10 @@ pub struct PluginRuntime {
     /// for instantiating, configuring and loading the model again. Its `model_version` is
     /// the version its state will be installed as.
     learner: Mutex<Option<PluginInstance>>,
+    /// Serving instances of replaced versions, reused by the next `install`: loading a model
+    /// into an instance whose memory is already grown and paged in costs a fraction of
+    /// building a new one (page faults dominated that).
+    spare: Mutex<Vec<PluginInstance>>,
     max_idle: usize,
     stats: CallStats,
 }
@@ -182,6 +186,7 @@ impl PluginRuntime {
             model: RwLock::new(None),
             idle: Mutex::new(Vec::new()),
             learner: Mutex::new(None),
+            spare: Mutex::new(Vec::new()),
             max_idle,
             stats: CallStats::default(),
         })
@@ -287,14 +292,22 @@ impl PluginRuntime {
     pub fn install(&self, model: ModelVersion) -> Result<(), CallError> {
         let mut pool = Vec::with_capacity(self.max_idle);
         for _ in 0..self.max_idle {
-            let mut instance = self.configured_instance()?;
+            let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut instance = match spare {
+                Some(instance) => instance,
+                None => self.configured_instance()?,
+            };
+            // An instance whose `load` fails is dropped here: its state is unknown.
             instance.load(&model.snapshot)?;
             instance.model_version = model.version;
             pool.push(instance);
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(model);
-        *idle = pool;
+        let replaced = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            *self.model.write().unwrap_or_else(|p| p.into_inner()) = Some(model);
+            std::mem::replace(&mut *idle, pool)
+        };
+        self.keep_spares(replaced);
         Ok(())
     }
 
@@ -346,9 +359,23 @@ impl PluginRuntime {
 
     fn checkin(&self, instance: PluginInstance) {
         let current = self.model().map(|m| m.version);
+        if Some(instance.model_version) != current {
+            self.keep_spares(vec![instance]);
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if Some(instance.model_version) == current && idle.len() < self.max_idle {
+        if idle.len() < self.max_idle {
             idle.push(instance);
+        }
+    }
+
+    /// Keeps healthy instances of replaced versions for reuse, up to one pool's worth.
+    fn keep_spares(&self, instances: Vec<PluginInstance>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        for instance in instances {
+            if spare.len() < self.max_idle {
+                spare.push(instance);
+            }
         }
     }
 }

@@ -34,10 +34,20 @@ pub struct VersionRow {
 }
 
 impl Store {
-    pub fn record_learning_run(&self, run: &LearningRun) -> StoreResult<()> {
+    /// Records a run and the model versions it installed, in one transaction.
+    pub fn record_learning_run(
+        &self,
+        run: &LearningRun,
+        versions: &[(String, VersionRow)],
+    ) -> StoreResult<()> {
         let outcomes =
             serde_json::to_string(&run.outcomes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.lock().execute(
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        for (plugin, row) in versions {
+            set_model_version(&transaction, plugin, *row)?;
+        }
+        transaction.execute(
             "INSERT INTO learning_runs (id, kind, trigger, started_at_ms, duration_ms,
                  feedback_count, through_event, models_updated, outcomes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -53,6 +63,7 @@ impl Store {
                 outcomes
             ],
         )?;
+        transaction.commit()?;
         Ok(())
     }
 
@@ -101,19 +112,7 @@ impl Store {
     }
 
     pub fn set_model_version(&self, plugin: &str, row: VersionRow) -> StoreResult<()> {
-        self.lock().execute(
-            "INSERT INTO model_versions (plugin, version, through_event, updated_at)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (plugin) DO UPDATE SET version = excluded.version,
-                 through_event = excluded.through_event, updated_at = excluded.updated_at
-             WHERE excluded.version > model_versions.version",
-            params![
-                plugin,
-                row.version as i64,
-                row.through_event,
-                super::unix_now() as i64
-            ],
-        )?;
+        set_model_version(&self.lock(), plugin, row)?;
         Ok(())
     }
 
@@ -161,6 +160,27 @@ impl Store {
     }
 }
 
+/// Raises `plugin`'s recorded version to `row` (never lowers it).
+fn set_model_version(
+    connection: &rusqlite::Connection,
+    plugin: &str,
+    row: VersionRow,
+) -> rusqlite::Result<usize> {
+    connection.execute(
+        "INSERT INTO model_versions (plugin, version, through_event, updated_at)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (plugin) DO UPDATE SET version = excluded.version,
+             through_event = excluded.through_event, updated_at = excluded.updated_at
+         WHERE excluded.version > model_versions.version",
+        params![
+            plugin,
+            row.version as i64,
+            row.through_event,
+            super::unix_now() as i64
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +208,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             for id in 1..=3 {
-                store.record_learning_run(&run(id)).unwrap();
+                store.record_learning_run(&run(id), &[]).unwrap();
             }
         }
         let store = Store::open(&path).unwrap();

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use faer::linalg::solvers::DenseSolveCore;
 
 const NAME: &str = "collaborative";
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: the weight matrix stored as one block of bytes.
+const SNAPSHOT_FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +47,7 @@ struct Weights {
     /// Column of each catalog item, `u32::MAX` when it is not modeled.
     column_of: Vec<u32>,
     /// `items.len()` squared entries.
+    #[serde(with = "snapshot::f32_blob")]
     matrix: Vec<f32>,
 }
 

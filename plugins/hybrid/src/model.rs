@@ -7,7 +7,8 @@ use recohost_plugin_sdk::{
 use serde::{Deserialize, Serialize};
 
 const NAME: &str = "hybrid";
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: the parts stored as blocks of bytes.
+const SNAPSHOT_FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -43,7 +44,9 @@ pub struct Hybrid {
 /// The snapshot: each part's own snapshot.
 #[derive(Serialize, Deserialize)]
 struct Parts {
+    #[serde(with = "snapshot::byte_blob")]
     collaborative: Vec<u8>,
+    #[serde(with = "snapshot::byte_blob")]
     content: Vec<u8>,
 }
 

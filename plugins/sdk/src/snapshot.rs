@@ -61,6 +61,71 @@ pub fn decode<T: DeserializeOwned>(
     postcard::from_bytes(body).map_err(|error| invalid(format!("corrupt body: {error}")))
 }
 
+/// Serde helpers for large numeric fields: `#[serde(with = "snapshot::f32_blob")]` on a
+/// `Vec<f32>` or `#[serde(with = "snapshot::byte_blob")]` on a `Vec<u8>` stores it as one
+/// length-prefixed block of bytes instead of element by element. For a 1,000 x 1,000 matrix
+/// that makes `save` and `load` inside WebAssembly several times faster, and `load` runs for
+/// every serving instance after every model update.
+pub mod f32_blob {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        serializer.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        let bytes = super::byte_blob::deserialize(deserializer)?;
+        if bytes.len() % 4 != 0 {
+            return Err(serde::de::Error::custom("f32 blob length is not a multiple of 4"));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+/// See [`f32_blob`].
+pub mod byte_blob {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a block of bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(bytes)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(byte) = seq.next_element()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
+        }
+    }
+}
+
 fn internal(message: &str) -> StrategyError {
     StrategyError::Internal(message.to_string())
 }
@@ -92,5 +157,25 @@ mod tests {
             decode::<Vec<f32>>("pop", 1, b"garbage"),
             Err(StrategyError::InvalidInput(_))
         ));
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Blobs {
+        #[serde(with = "f32_blob")]
+        floats: Vec<f32>,
+        #[serde(with = "byte_blob")]
+        bytes: Vec<u8>,
+    }
+
+    #[test]
+    fn blobs_round_trip_as_single_blocks() {
+        let blobs = Blobs {
+            floats: vec![1.5, -0.0, f32::MAX, 3e-9],
+            bytes: vec![0, 255, 7],
+        };
+        let encoded = encode("p", 1, &blobs).unwrap();
+        assert_eq!(decode::<Blobs>("p", 1, &encoded).unwrap(), blobs);
+        // Header (4 + 4 + 1 + 1) + length and 16 float bytes + length and 3 bytes.
+        assert_eq!(encoded.len(), 10 + 1 + 16 + 1 + 3);
     }
 }
