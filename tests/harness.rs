@@ -187,6 +187,31 @@ impl Server {
         self.post_raw(path, &body.to_string())
     }
 
+    /// POSTs an empty body with `Authorization: Bearer <token>` when a token is given.
+    pub fn post_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.post(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        decode(request.send().expect("POST succeeds"))
+    }
+
+    /// Polls `GET path` until `done` accepts the body; panics after `timeout`.
+    pub fn wait_for(&self, path: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(path);
+            if status == 200 && done(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gave up waiting on {path}; last answer: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The IDs of every item `user_id` interacted with, as JSON values.
     pub fn seen_items(&self, user_id: &str) -> Vec<Value> {
         let (status, user) = self.get(&format!("/users/{user_id}?limit=1000"));

@@ -29,22 +29,39 @@ impl Learning {
                 return;
             }
         };
-        // A version number is handed out only to a plugin that gets a new model.
-        let next_version = |plugin: &str| {
+        // Version numbers are reserved durably before any model is served under them, so a
+        // crash at any point cannot make a number serve two different models. A plugin that
+        // ends up unchanged leaves its number unused.
+        let reserved: Vec<(String, VersionRow)> = {
             let mut state = self.lock();
-            let highest = state.versions.entry(plugin.to_string()).or_insert(0);
-            *highest += 1;
-            *highest
+            self.plugins
+                .iter()
+                .map(|plugin| {
+                    let highest = state.versions.entry(plugin.name().to_string()).or_insert(0);
+                    *highest += 1;
+                    let row = VersionRow {
+                        version: *highest,
+                        through_event,
+                    };
+                    (plugin.name().to_string(), row)
+                })
+                .collect()
         };
+        if let Err(error) = self.store.reserve_model_versions(&reserved) {
+            tracing::error!(update_id = job.id, %error, "cannot reserve model versions; skipping the run");
+            self.finish(job, None);
+            return;
+        }
         let outcomes: Vec<(String, Value)> = std::thread::scope(|scope| {
             let tasks: Vec<_> = self
                 .plugins
                 .iter()
-                .map(|plugin| {
-                    let (events, next_version) = (&events, &next_version);
+                .zip(&reserved)
+                .map(|(plugin, (_, row))| {
+                    let events = &events;
                     scope.spawn(move || {
                         let outcome =
-                            learn_one(job.kind, plugin, events, next_version, through_event);
+                            learn_one(job.kind, plugin, events, row.version, through_event);
                         (plugin.name().to_string(), outcome)
                     })
                 })
@@ -65,17 +82,6 @@ impl Learning {
             .iter()
             .filter(|(_, o)| o["status"] == "updated")
             .count() as u64;
-        let versions: Vec<(String, VersionRow)> = outcomes
-            .iter()
-            .filter(|(_, outcome)| outcome["status"] == "updated")
-            .map(|(name, outcome)| {
-                let row = VersionRow {
-                    version: outcome["model_version"].as_u64().unwrap_or(0),
-                    through_event,
-                };
-                (name.clone(), row)
-            })
-            .collect();
         let run = LearningRun {
             update_id: job.id,
             kind: job.kind.as_str().into(),
@@ -87,7 +93,7 @@ impl Learning {
             models_updated,
             outcomes: outcomes.into_iter().collect(),
         };
-        if let Err(error) = self.store.record_learning_run(&run, &versions) {
+        if let Err(error) = self.store.record_learning_run(&run) {
             tracing::error!(%error, "cannot record the learning run");
         }
         self.save_snapshots_if_due(job.kind == JobKind::Retrain);
@@ -210,7 +216,7 @@ fn learn_one(
     kind: JobKind,
     plugin: &Arc<PluginRuntime>,
     events: &[EventRow],
-    next_version: &(dyn Fn(&str) -> u64 + Sync),
+    version: u64,
     through_event: i64,
 ) -> Value {
     let started = Instant::now();
@@ -229,7 +235,6 @@ fn learn_one(
     if kind == JobKind::Update && (feedback.is_empty() || current.is_none()) {
         return json!({ "status": "unchanged", "model_version": current_version, "events": 0 });
     }
-    let version = next_version(plugin.name());
     let snapshot = match kind {
         JobKind::Update => plugin.learn(&feedback, version),
         JobKind::Retrain => plugin.train(&feedback),

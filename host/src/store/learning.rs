@@ -34,19 +34,11 @@ pub struct VersionRow {
 }
 
 impl Store {
-    /// Records a run and the model versions it installed, in one transaction.
-    pub fn record_learning_run(
-        &self,
-        run: &LearningRun,
-        versions: &[(String, VersionRow)],
-    ) -> StoreResult<()> {
+    pub fn record_learning_run(&self, run: &LearningRun) -> StoreResult<()> {
         let outcomes =
             serde_json::to_string(&run.outcomes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
-        for (plugin, row) in versions {
-            set_model_version(&transaction, plugin, *row)?;
-        }
         transaction.execute(
             "INSERT INTO learning_runs (id, kind, trigger, started_at_ms, duration_ms,
                  feedback_count, through_event, models_updated, outcomes)
@@ -112,7 +104,17 @@ impl Store {
     }
 
     pub fn set_model_version(&self, plugin: &str, row: VersionRow) -> StoreResult<()> {
-        set_model_version(&self.lock(), plugin, row)?;
+        self.reserve_model_versions(&[(plugin.to_string(), row)])
+    }
+
+    /// Records the versions about to be served, in one transaction (never lowering one).
+    pub fn reserve_model_versions(&self, rows: &[(String, VersionRow)]) -> StoreResult<()> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        for (plugin, row) in rows {
+            set_model_version(&transaction, plugin, *row)?;
+        }
+        transaction.commit()?;
         Ok(())
     }
 
@@ -208,7 +210,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             for id in 1..=3 {
-                store.record_learning_run(&run(id), &[]).unwrap();
+                store.record_learning_run(&run(id)).unwrap();
             }
         }
         let store = Store::open(&path).unwrap();

@@ -77,7 +77,9 @@ pub mod f32_blob {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
         let bytes = super::byte_blob::deserialize(deserializer)?;
         if bytes.len() % 4 != 0 {
-            return Err(serde::de::Error::custom("f32 blob length is not a multiple of 4"));
+            return Err(serde::de::Error::custom(
+                "f32 blob length is not a multiple of 4",
+            ));
         }
         Ok(bytes
             .chunks_exact(4)

@@ -1,0 +1,564 @@
+//! Online learning over HTTP against the real server: events in, updates out, nothing lost.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use recohost_e2e::{Server, config_text, error_code};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn start(learning: &str) -> (tempfile::TempDir, Server) {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let server = Server::start_in(&data_dir, &config_text(learning)).unwrap();
+    (temp, server)
+}
+
+fn events_stored(server: &Server) -> u64 {
+    server.get("/health").1["events"].as_u64().unwrap()
+}
+
+fn versions(stats: &Value) -> Vec<u64> {
+    let models = stats["models"].as_object().unwrap();
+    models
+        .values()
+        .map(|m| m["model_version"].as_u64().unwrap())
+        .collect()
+}
+
+/// Waits until the learning run `update_id` is in the history and returns it.
+fn wait_for_run(server: &Server, update_id: u64) -> Value {
+    let history = server.wait_for("/learning/history?limit=50", WAIT, |body| {
+        body["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|run| run["update_id"] == update_id)
+    });
+    history["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|run| run["update_id"] == update_id)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn an_event_is_stored_registers_its_user_and_reports_the_buffer() {
+    let (_temp, server) = start("");
+    let before = events_stored(&server);
+    let (status, body) = server.post(
+        "/events",
+        &json!({"user_id": 990001, "item_id": 1, "event_type": "rate", "rating": 5.0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["online_learning"]["buffer_size"], 1);
+    assert_eq!(body["online_learning"]["should_update"], false);
+    assert!(body["online_learning"]["total_processed"].as_u64().unwrap() >= before);
+    assert!(body.get("model_update").is_none(), "{body}");
+    assert_eq!(events_stored(&server), before + 1);
+
+    // The new user exists, and the rated item is excluded from their recommendations at once.
+    let (status, user) = server.get("/users/990001");
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["event_count"], 1);
+    assert_eq!(user["recent_events"][0]["item_id"], 1);
+    let (_, answer) = server.post(
+        "/recommend",
+        &json!({"user_id": 990001, "n_recommendations": 50}),
+    );
+    let items: Vec<&Value> = answer["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["item_id"])
+        .collect();
+    assert!(!items.contains(&&json!(1)), "{answer}");
+
+    // Every event type, with and without a timestamp.
+    for event_type in ["click", "view", "purchase"] {
+        let (status, body) = server.post(
+            "/events",
+            &json!({"user_id": "u-990002", "item_id": 2, "event_type": event_type, "timestamp": 1_700_000_000}),
+        );
+        assert_eq!(status, 200, "{event_type}: {body}");
+    }
+    assert_eq!(events_stored(&server), before + 4);
+}
+
+#[test]
+fn bad_events_get_clear_errors_and_change_nothing() {
+    let (_temp, server) = start("");
+    let before = events_stored(&server);
+    let cases: Vec<(&str, u16, &str)> = vec![
+        ("{not json", 400, "invalid_json"),
+        (
+            r#"{"user_id": 1, "item_id": 999999, "event_type": "click"}"#,
+            404,
+            "unknown_item",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "rate"}"#,
+            400,
+            "invalid_rating",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "rate", "rating": 9}"#,
+            400,
+            "invalid_rating",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "rate", "rating": -1}"#,
+            400,
+            "invalid_rating",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "rate", "rating": "NaN"}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "rate", "rating": 1e999}"#,
+            400,
+            "invalid_json",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "click", "rating": 3}"#,
+            400,
+            "invalid_rating",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "like"}"#,
+            400,
+            "invalid_event_type",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "click", "timestamp": -5}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "click", "timestamp": 99999999999}"#,
+            400,
+            "invalid_timestamp",
+        ),
+        (
+            r#"{"user_id": 1, "item_id": 1, "event_type": "click", "extra": true}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"user_id": -1, "item_id": 1, "event_type": "click"}"#,
+            400,
+            "invalid_id",
+        ),
+        (
+            r#"{"user_id": "", "item_id": 1, "event_type": "click"}"#,
+            400,
+            "invalid_id",
+        ),
+        (
+            r#"{"item_id": 1, "event_type": "click"}"#,
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (body, status, code) in &cases {
+        let (got, answer) = server.post_raw("/events", body);
+        assert_eq!(
+            (got, error_code(&answer).as_str()),
+            (*status, *code),
+            "{body}: {answer}"
+        );
+    }
+    // A batch with one bad event stores none of them, and names the bad one.
+    let batch = json!({"events": [
+        {"user_id": 5, "item_id": 1, "event_type": "click"},
+        {"user_id": 5, "item_id": 424242, "event_type": "click"},
+    ]});
+    let (status, answer) = server.post("/events/batch", &batch);
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (404, "unknown_item")
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1]: "),
+        "{answer}"
+    );
+    let (status, answer) = server.post("/events/batch", &json!({"events": []}));
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (400, "invalid_batch")
+    );
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|_| json!({"user_id": 5, "item_id": 1, "event_type": "view"}))
+        .collect();
+    let (status, answer) = server.post("/events/batch", &json!({ "events": too_many }));
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (400, "invalid_batch")
+    );
+    let huge = format!(r#"{{"events": [{}]}}"#, "1,".repeat(2_000_000));
+    let (status, _) = server.post_raw("/events/batch", &huge);
+    assert_eq!(status, 413);
+
+    assert_eq!(events_stored(&server), before, "nothing was stored");
+    assert_eq!(
+        server.get("/users/5").0,
+        200,
+        "user 5 is from the demo data"
+    );
+    assert_eq!(server.get("/learning/stats").1["buffer_size"], 0);
+}
+
+#[test]
+fn updates_run_on_buffer_size_interval_and_request_and_keep_a_history() {
+    let (_temp, server) = start("[learning]\nupdate_buffer_size = 5\nupdate_interval_secs = 1\n");
+    let stats = server.get("/learning/stats").1;
+    let initial = versions(&stats);
+    assert_eq!(stats["triggers"]["update_buffer_size"], 5);
+
+    // Nothing waits: a manual update has nothing to do.
+    let (status, answer) = server.post_as("/learning/trigger-update", None);
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("nothing_to_learn"))
+    );
+
+    // Five events fill the buffer: the response names the update they triggered.
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({"user_id": 7, "item_id": 10 + i, "event_type": "click"}))
+        .collect();
+    let (status, answer) = server.post("/events/batch", &json!({ "events": events }));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["stored"], 5);
+    assert_eq!(answer["online_learning"]["should_update"], true);
+    assert_eq!(answer["model_update"]["scheduled"], true);
+    let update_id = answer["model_update"]["update_id"].as_u64().unwrap();
+    let run = wait_for_run(&server, update_id);
+    assert_eq!(run["trigger"], "buffer_size");
+    assert_eq!(run["kind"], "update");
+    assert_eq!(run["feedback_count"], 5);
+    assert_eq!(run["models_updated"], 4);
+    for outcome in run["outcomes"].as_object().unwrap().values() {
+        assert_eq!(outcome["status"], "updated", "{run}");
+    }
+    let stats = server.get("/learning/stats").1;
+    let after: Vec<u64> = versions(&stats);
+    assert!(
+        after.iter().zip(&initial).all(|(a, b)| a > b),
+        "{initial:?} -> {after:?}"
+    );
+    assert_eq!(stats["buffer_size"], 0);
+    assert_eq!(stats["total_processed"], stats["total_events_stored"]);
+    assert_eq!(stats["last_update"]["update_id"], update_id);
+    let (_, recommended) = server.post(
+        "/recommend",
+        &json!({"user_id": 7, "model_type": "popularity"}),
+    );
+    assert_eq!(
+        recommended["model_version"].as_u64().unwrap(),
+        stats["models"]["popularity"]["model_version"]
+            .as_u64()
+            .unwrap(),
+        "serving switched to the new version"
+    );
+
+    // One event waits; the interval trigger learns it within about a second.
+    server.post(
+        "/events",
+        &json!({"user_id": 7, "item_id": 30, "event_type": "view"}),
+    );
+    let stats = server.wait_for("/learning/stats", WAIT, |s| {
+        s["last_update"]["trigger"] == "interval"
+    });
+    assert_eq!(stats["last_update"]["feedback_count"], 1);
+
+    // A manual request (loopback bind, no token configured: allowed).
+    server.post(
+        "/events",
+        &json!({"user_id": 7, "item_id": 31, "event_type": "view"}),
+    );
+    let (status, answer) = server.post_as("/learning/trigger-update", None);
+    assert!(
+        status == 202 || answer["status"] == "nothing_to_learn",
+        "{status} {answer}"
+    );
+
+    let (status, history) = server.get("/learning/history?limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(history["updates"].as_array().unwrap().len(), 2);
+    for bad in ["0", "1001", "x"] {
+        let (status, answer) = server.get(&format!("/learning/history?limit={bad}"));
+        assert_eq!(
+            (status, error_code(&answer).as_str()),
+            (400, "invalid_query")
+        );
+    }
+}
+
+#[test]
+fn a_retrain_runs_in_the_background_and_swaps_every_model() {
+    let (_temp, server) = start("[learning]\nretrain_window_events = 50000\n");
+    let initial = versions(&server.get("/learning/stats").1);
+    let (status, answer) = server.post_as("/learning/retrain", None);
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("scheduled")),
+        "{answer}"
+    );
+    let run = wait_for_run(&server, answer["update_id"].as_u64().unwrap());
+    assert_eq!(run["kind"], "retrain");
+    assert_eq!(run["trigger"], "manual");
+    assert_eq!(run["feedback_count"], 50_000, "the training window");
+    assert_eq!(run["models_updated"], 4, "{run}");
+    let after = versions(&server.get("/learning/stats").1);
+    assert!(
+        after.iter().zip(&initial).all(|(a, b)| a > b),
+        "{initial:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn operator_actions_need_the_admin_token() {
+    let token = "test-admin-token-0123456789";
+    let (_temp, server) = start(&format!("admin_token = \"{token}\"\n"));
+    for path in ["/learning/trigger-update", "/learning/retrain"] {
+        let (status, answer) = server.post_as(path, None);
+        assert_eq!(
+            (status, error_code(&answer).as_str()),
+            (401, "unauthorized"),
+            "{path}"
+        );
+        let (status, _) = server.post_as(path, Some("wrong-token-wrong-token"));
+        assert_eq!(status, 401, "{path}");
+    }
+    let (status, answer) = server.post_as("/learning/trigger-update", Some(token));
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("nothing_to_learn"))
+    );
+    drop(server);
+
+    // No token, listening on every interface: operator actions are refused outright.
+    let temp = tempfile::tempdir().unwrap();
+    let public = config_text("").replace("bind = \"127.0.0.1:0\"", "bind = \"0.0.0.0:0\"");
+    let server = Server::start_in(&temp.path().join("data"), &public).unwrap();
+    let (status, answer) = server.post_as("/learning/retrain", None);
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (403, "operator_actions_disabled")
+    );
+}
+
+/// Items of the demo catalog that carry `tag`, among the first `scan` item IDs.
+fn items_tagged(server: &Server, tag: &str, scan: u64) -> Vec<u64> {
+    (1..=scan)
+        .filter(|id| {
+            let (_, item) = server.get(&format!("/items/{id}"));
+            item["tags"].as_array().unwrap().iter().any(|t| t == tag)
+        })
+        .collect()
+}
+
+fn share_tagged(server: &Server, answer: &Value, tag: &str) -> f64 {
+    let items = answer["recommendations"].as_array().unwrap();
+    let tagged = items
+        .iter()
+        .filter(|r| {
+            let (_, item) = server.get(&format!("/items/{}", r["item_id"]));
+            item["tags"].as_array().unwrap().iter().any(|t| t == tag)
+        })
+        .count();
+    tagged as f64 / items.len() as f64
+}
+
+#[test]
+fn recommendations_move_toward_what_a_new_user_liked() {
+    let (_temp, server) =
+        start("[learning]\nupdate_buffer_size = 1000000\nupdate_interval_secs = 0\n");
+    let tag = "documentary";
+    let liked: Vec<u64> = items_tagged(&server, tag, 300)
+        .into_iter()
+        .take(10)
+        .collect();
+    assert_eq!(liked.len(), 10, "the demo catalog has documentaries");
+    let user = "synthetic-documentary-fan";
+    for model in ["collaborative", "hybrid", "content"] {
+        let (_, cold) = server.post("/recommend", &json!({"user_id": user, "model_type": model}));
+        assert_eq!(cold["cold_start"], true);
+    }
+    let (_, cold) = server.post(
+        "/recommend",
+        &json!({"user_id": user, "model_type": "hybrid"}),
+    );
+    let cold_share = share_tagged(&server, &cold, tag);
+
+    let events: Vec<Value> = liked
+        .iter()
+        .map(|item| json!({"user_id": user, "item_id": item, "event_type": "rate", "rating": 5.0}))
+        .collect();
+    let (status, _) = server.post("/events/batch", &json!({ "events": events }));
+    assert_eq!(status, 200);
+    let (status, answer) = server.post_as("/learning/trigger-update", None);
+    assert_eq!(status, 202, "{answer}");
+    let run = wait_for_run(&server, answer["update_id"].as_u64().unwrap());
+    assert_eq!(run["models_updated"], 4, "{run}");
+
+    for model in ["collaborative", "hybrid", "content"] {
+        let (_, warm) = server.post(
+            "/recommend",
+            &json!({"user_id": user, "model_type": model, "n_recommendations": 10}),
+        );
+        assert_eq!(warm["cold_start"], false);
+        let items: Vec<u64> = warm["recommendations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["item_id"].as_u64().unwrap())
+            .collect();
+        assert!(
+            items.iter().all(|i| !liked.contains(i)),
+            "{model} recommends what the user rated: {warm}"
+        );
+        let share = share_tagged(&server, &warm, tag);
+        assert!(
+            share >= 0.5 && share > cold_share,
+            "{model}: {share:.1} of the list is {tag} (cold start: {cold_share:.1})"
+        );
+    }
+}
+
+#[test]
+fn kill_9_mid_update_loses_no_acknowledged_event_and_resumes_from_snapshots() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    // Small batches and a snapshot after every update: the kill lands among updates.
+    let config = config_text(
+        "[learning]\nupdate_buffer_size = 40\nupdate_interval_secs = 1\nsnapshot_interval_secs = 0\n",
+    );
+    let server = Server::start_in(&data_dir, &config).unwrap();
+    let before = events_stored(&server);
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4u64)
+        .map(|client| {
+            let (base, acknowledged, sent, stop) = (
+                server.base.clone(),
+                acknowledged.clone(),
+                sent.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let item = 1 + (client * 97 + n) % 1_000;
+                    let batch = n.is_multiple_of(5);
+                    let count = if batch { 7 } else { 1 };
+                    sent.fetch_add(count, Ordering::SeqCst);
+                    let response = if batch {
+                        let events: Vec<Value> = (0..count)
+                            .map(|k| json!({"user_id": format!("k{client}"), "item_id": item + k, "event_type": "click"}))
+                            .collect();
+                        try_post(&base, "/events/batch", &json!({ "events": events }))
+                    } else {
+                        try_post(&base, "/events", &json!({"user_id": format!("k{client}"), "item_id": item, "event_type": "view"}))
+                    };
+                    match response {
+                        Some(200) => {
+                            acknowledged.fetch_add(count, Ordering::SeqCst);
+                        }
+                        Some(other) => panic!("unexpected status {other}"),
+                        None => break, // the server is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let updates happen, then kill while events flow.
+    let mut highest_version_seen = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        let (_, stats) = server.get("/learning/stats");
+        highest_version_seen = highest_version_seen.max(*versions(&stats).iter().max().unwrap());
+    }
+    let (_, stats) = server.get("/learning/stats");
+    assert!(
+        stats["update_count"].as_u64().unwrap() >= 2,
+        "updates ran: {stats}"
+    );
+    server.kill();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let acknowledged = acknowledged.load(Ordering::SeqCst);
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(
+        acknowledged > 100,
+        "only {acknowledged} events acknowledged"
+    );
+
+    let server = Server::start_in(&data_dir, &config).unwrap();
+    let stored = events_stored(&server) - before;
+    eprintln!("sent {sent}, acknowledged {acknowledged}, stored {stored}");
+    assert!(
+        stored >= acknowledged,
+        "lost acknowledged events: {stored} < {acknowledged}"
+    );
+    assert!(stored <= sent);
+
+    // Every plugin resumed from a snapshot taken after updates (not retrained from scratch),
+    // and the events it had not learned are back in the buffer.
+    let stats = server.get("/learning/stats").1;
+    let restored = versions(&stats);
+    assert!(
+        restored.iter().all(|&v| v > 1),
+        "restored, not retrained: {stats}"
+    );
+    let learned_through = stats["models"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|m| m["through_event"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    let total = stats["total_events_stored"].as_u64().unwrap();
+    assert_eq!(
+        stats["unlearned_events"].as_u64().unwrap(),
+        total - learned_through,
+        "{stats}"
+    );
+
+    // The next update learns them all, under versions never served before.
+    let stats = server.wait_for("/learning/stats", WAIT, |s| {
+        s["unlearned_events"] == 0 && s["running"].is_null()
+    });
+    assert_eq!(stats["total_processed"], stats["total_events_stored"]);
+    assert!(
+        versions(&stats).iter().all(|&v| v > highest_version_seen),
+        "versions repeat after the crash: {stats} (seen {highest_version_seen})"
+    );
+}
+
+/// POSTs and returns the status, or `None` when the server cannot be reached.
+fn try_post(base: &str, path: &str, body: &Value) -> Option<u16> {
+    reqwest::blocking::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .ok()
+        .map(|response| response.status().as_u16())
+}
