@@ -107,14 +107,12 @@ impl Recommender {
         let request = self.request(user_id, count as u32);
         let cold_start = request.history.is_empty();
         let exclude = request.exclude.clone();
-        let (scored, model_version) =
-            tokio::task::spawn_blocking(move || plugin.recommend(&request))
-                .await
-                .map_err(|e| RecommendError::Internal(e.to_string()))?
-                .map_err(|source| RecommendError::PluginFailed {
-                    model: model.clone(),
-                    source,
-                })?;
+        let (scored, model_version) = plugin.recommend_async(request).await.map_err(|source| {
+            RecommendError::PluginFailed {
+                model: model.clone(),
+                source,
+            }
+        })?;
 
         // The plugin is untrusted: keep only known, allowed, distinct, finite entries.
         let received = scored.len();

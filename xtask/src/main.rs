@@ -5,6 +5,8 @@
 //! - `demo [ARGS]`: `plugins`, the release build, then the server with `recohost.toml` (bundled
 //!   plugins, demo data).
 //! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the workspace.
+//! - `loadtest`: `plugins`, the release build, then `tests/loadtest.rs` (wrk against the real
+//!   server; not part of `test` because it takes a minute and needs wrk).
 //!
 //! Dependency-free on purpose: it must build in seconds on a fresh machine.
 
@@ -24,8 +26,11 @@ fn main() -> ExitCode {
         Some("plugins") => build_plugins(),
         Some("demo") => build_plugins().and_then(|()| demo(&args[1..])),
         Some("test") => build_plugins().and_then(|()| test(&args[1..])),
+        Some("loadtest") => build_plugins().and_then(|()| loadtest()),
         _ => {
-            eprintln!("usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS]>");
+            eprintln!(
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -135,6 +140,14 @@ fn demo(args: &[String]) -> Result<(), String> {
 /// cores). The demo uses the same build, so `demo` then `test` (or the reverse) compiles it once.
 fn build_server_and_tests() -> Result<(), String> {
     run(cargo().args(["build", "--release", "--workspace", "--bins", "--tests"]))
+}
+
+fn loadtest() -> Result<(), String> {
+    build_server_and_tests()?;
+    run(Command::new(target_dir().join("release/loadtest"))
+        .current_dir(root())
+        .env("RECOHOST_BIN", target_dir().join("release/recohost"))
+        .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")))
 }
 
 fn test(args: &[String]) -> Result<(), String> {

@@ -101,6 +101,9 @@ pub struct PluginRuntime {
     /// building a new one (page faults dominated that).
     spare: Mutex<Vec<PluginInstance>>,
     max_idle: usize,
+    /// One permit per pooled serving instance: requests beyond that wait for an instance
+    /// instead of building one (configure + load, milliseconds) under load.
+    serving: Arc<tokio::sync::Semaphore>,
     stats: CallStats,
 }
 
@@ -188,6 +191,7 @@ impl PluginRuntime {
             learner: Mutex::new(None),
             spare: Mutex::new(Vec::new()),
             max_idle,
+            serving: Arc::new(tokio::sync::Semaphore::new(max_idle)),
             stats: CallStats::default(),
         })
     }
@@ -309,6 +313,33 @@ impl PluginRuntime {
         };
         self.keep_spares(replaced);
         Ok(())
+    }
+
+    /// [`Self::recommend`] from async code: waits for a free serving instance, then calls it
+    /// on a blocking thread.
+    pub async fn recommend_async(
+        self: &Arc<Self>,
+        request: Request,
+    ) -> Result<(Vec<Scored>, u64), RecommendCallError> {
+        let permit = self
+            .serving
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RecommendCallError::NotTrained(self.name.to_string()))?;
+        let plugin = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            plugin.recommend(&request)
+        })
+        .await
+        .unwrap_or_else(|error| {
+            Err(RecommendCallError::Call(CallError::Trapped {
+                plugin: self.name.to_string(),
+                call: "recommend",
+                reason: format!("the calling thread failed: {error}"),
+            }))
+        })
     }
 
     /// Asks the current model for recommendations. Blocking: run it off the async runtime.

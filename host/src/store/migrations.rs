@@ -58,6 +58,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at    INTEGER NOT NULL
     );
     "#,
+    // 3: no per-user index on events. Histories are served from memory (loaded in id order at
+    // start), so nothing reads it, and maintaining it was a third of the cost of storing an
+    // event (docs/benchmarks.md, event ingestion).
+    r#"
+    DROP INDEX events_by_user;
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

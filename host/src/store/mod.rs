@@ -115,6 +115,9 @@ impl Store {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
+        // 64 MiB of page cache (the default is 2 MiB): event ingestion otherwise re-reads the
+        // B-tree pages it just wrote once the database outgrows the cache.
+        connection.pragma_update(None, "cache_size", -65_536)?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let found: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         if found > migrations::latest_version() {

@@ -17,7 +17,10 @@ pub fn encode<T: Serialize>(
     format: u32,
     model: &T,
 ) -> Result<Vec<u8>, StrategyError> {
-    let mut bytes = Vec::with_capacity(64);
+    // Sized first: growing a multi-megabyte buffer by doubling copied it several times.
+    let body_len = postcard::serialize_with_flavor(model, postcard::ser_flavors::Size::default())
+        .map_err(|error| internal(&format!("cannot serialize the model: {error}")))?;
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 5 + plugin.len() + body_len);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&format.to_le_bytes());
     bytes.push(u8::try_from(plugin.len()).map_err(|_| internal("plugin name too long"))?);
@@ -67,24 +70,42 @@ pub fn decode<T: DeserializeOwned>(
 /// that makes `save` and `load` inside WebAssembly several times faster, and `load` runs for
 /// every serving instance after every model update.
 pub mod f32_blob {
+    use serde::de::{Error, SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
+    // The bytes are the floats' in-memory representation: little-endian in WebAssembly (and on
+    // x86 and ARM hosts, where the plugins' native tests run), copied in one block.
     pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        serializer.serialize_bytes(&bytes)
+        serializer.serialize_bytes(bytemuck::cast_slice(values))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
-        let bytes = super::byte_blob::deserialize(deserializer)?;
-        if bytes.len() % 4 != 0 {
-            return Err(serde::de::Error::custom(
-                "f32 blob length is not a multiple of 4",
-            ));
+        deserializer.deserialize_bytes(FloatsVisitor)
+    }
+
+    struct FloatsVisitor;
+
+    impl<'de> Visitor<'de> for FloatsVisitor {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a block of little-endian f32 bytes")
         }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
+            if bytes.len() % 4 != 0 {
+                return Err(E::custom("f32 blob length is not a multiple of 4"));
+            }
+            Ok(bytemuck::pod_collect_to_vec(bytes))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+            let mut bytes = Vec::new();
+            while let Some(byte) = seq.next_element::<u8>()? {
+                bytes.push(byte);
+            }
+            self.visit_bytes(&bytes)
+        }
     }
 }
 

@@ -1,0 +1,233 @@
+//! Load test of the real server with wrk: event ingestion, and `/recommend` latency with and
+//! without continuous model updates, measured in the same run.
+//!
+//!     cargo xtask loadtest          (needs `wrk`: apt-get install wrk)
+//!
+//! Scenarios, each against a server started for it on a fresh data directory with demo data:
+//! 1. `POST /events`, one event per request, 64 connections.
+//! 2. `POST /events/batch`, 1,000 events per request, 8 connections.
+//! 3. `POST /recommend` with no events arriving (the baseline).
+//! 4. `POST /recommend` while a client posts a 1,000-event batch every 100 ms, each of which
+//!    triggers a model update of every plugin (`update_buffer_size = 1000`).
+//!
+//! Learning stays on in 1 and 2 (default triggers), as in production.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use recohost_e2e::{Server, config_text};
+use serde_json::{Value, json};
+
+const DURATION: &str = "10s";
+/// Demo data: users "1".."2000", items "1".."1200".
+const USERS: u32 = 2_000;
+const ITEMS: u32 = 1_200;
+
+const EVENTS_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local kinds = {"click", "view", "purchase"}
+request = function()
+  local body = string.format('{"user_id":%d,"item_id":%d,"event_type":"%s"}',
+    math.random(1, USERS), math.random(1, ITEMS), kinds[math.random(1, 3)])
+  return wrk.format(nil, "/events", nil, body)
+end
+"#;
+
+const BATCH_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {}
+for b = 1, 16 do
+  local events = {}
+  for i = 1, 1000 do
+    events[i] = string.format('{"user_id":%d,"item_id":%d,"event_type":"view"}',
+      math.random(1, USERS), math.random(1, ITEMS))
+  end
+  bodies[b] = '{"events":[' .. table.concat(events, ",") .. ']}'
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/events/batch", nil, bodies[(n % 16) + 1])
+end
+"#;
+
+const RECOMMEND_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local body = string.format('{"user_id":%d,"n_recommendations":10}', math.random(1, USERS))
+  return wrk.format(nil, "/recommend", nil, body)
+end
+"#;
+
+/// Appended to every script: one JSON line with the figures.
+const REPORT_LUA: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"#;
+
+fn wrk(base: &str, script: &str, connections: u32, dir: &Path) -> Value {
+    let path = dir.join("script.lua");
+    let header = format!("local USERS = {USERS}\nlocal ITEMS = {ITEMS}\n");
+    std::fs::write(&path, format!("{header}{script}{REPORT_LUA}")).unwrap();
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{DURATION}")])
+        .arg("-s")
+        .arg(&path)
+        .arg(base)
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK_JSON "))
+        .unwrap_or_else(|| panic!("no report from wrk: {stdout}"));
+    let mut report: Value = serde_json::from_str(line).unwrap();
+    let seconds = report["duration_us"].as_f64().unwrap() / 1e6;
+    report["requests_per_second"] = json!(report["requests"].as_f64().unwrap() / seconds);
+    report
+}
+
+fn start(dir: &Path, name: &str, learning: &str) -> Server {
+    Server::start_in(&dir.join(name), &config_text(learning)).unwrap()
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let mut results = serde_json::Map::new();
+
+    eprintln!("1/4 POST /events (64 connections, {DURATION})");
+    let server = start(dir, "events", "");
+    let events = wrk(&server.base, EVENTS_LUA, 64, dir);
+    assert_eq!(events["non_2xx"], 0, "{events}");
+    results.insert("events".into(), events);
+    drop(server);
+
+    eprintln!("2/4 POST /events/batch, 1,000 events per request (8 connections, {DURATION})");
+    let server = start(dir, "batch", "");
+    let mut batch = wrk(&server.base, BATCH_LUA, 8, dir);
+    assert_eq!(batch["non_2xx"], 0, "{batch}");
+    batch["events_per_second"] = json!(batch["requests_per_second"].as_f64().unwrap() * 1000.0);
+    results.insert("events_batch".into(), batch);
+    drop(server);
+
+    let learning = "[learning]\nupdate_buffer_size = 1000\nupdate_interval_secs = 0\n";
+    let server = start(dir, "recommend", learning);
+    eprintln!("3/4 POST /recommend, no updates (64 connections, {DURATION})");
+    let quiet = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(quiet["non_2xx"], 0, "{quiet}");
+
+    eprintln!("4/4 POST /recommend while 1,000-event updates run back to back");
+    let updates_before = server.get("/learning/stats").1["update_count"]
+        .as_u64()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (base, stop) = (server.base.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            let mut n: u32 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let events: Vec<Value> = (0..1000)
+                    .map(|i| {
+                        n = n.wrapping_add(7919);
+                        json!({"user_id": 1 + (n + i) % USERS, "item_id": 1 + (n * 31 + i) % ITEMS, "event_type": "click"})
+                    })
+                    .collect();
+                let response = client
+                    .post(format!("{base}/events/batch"))
+                    .json(&json!({ "events": events }))
+                    .send()
+                    .unwrap();
+                assert!(response.status().is_success());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    assert_eq!(busy["non_2xx"], 0, "{busy}");
+    let stats = server.get("/learning/stats").1;
+    let updates = stats["update_count"].as_u64().unwrap() - updates_before;
+    let history = server.get("/learning/history?limit=1000").1;
+    let mut durations: Vec<f64> = history["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|run| run["kind"] == "update" && run["feedback_count"].as_u64().unwrap() >= 1000)
+        .map(|run| run["duration_ms"].as_f64().unwrap())
+        .collect();
+    assert!(!durations.is_empty(), "no update ran: {stats}");
+    let ratio = busy["p99_us"].as_f64().unwrap() / quiet["p99_us"].as_f64().unwrap();
+    results.insert("recommend_quiet".into(), quiet);
+    results.insert("recommend_during_updates".into(), busy);
+    results.insert(
+        "updates_during_scenario_4".into(),
+        json!({
+            "count": updates,
+            "median_ms": percentile(&mut durations, 0.5),
+            "p95_ms": percentile(&mut durations, 0.95),
+            "max_ms": percentile(&mut durations, 1.0),
+        }),
+    );
+    results.insert("p99_ratio_during_updates".into(), json!(ratio));
+    drop(server);
+
+    let report = Value::Object(results);
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let r = &report;
+    println!();
+    println!("| scenario | throughput | p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!(
+        "| POST /events (1 event per request) | {:.0} events/s | {:.2} ms | {:.2} ms |",
+        r["events"]["requests_per_second"].as_f64().unwrap(),
+        r["events"]["p50_us"].as_f64().unwrap() / 1e3,
+        r["events"]["p99_us"].as_f64().unwrap() / 1e3
+    );
+    println!(
+        "| POST /events/batch (1,000 per request) | {:.0} events/s | {:.2} ms | {:.2} ms |",
+        r["events_batch"]["events_per_second"].as_f64().unwrap(),
+        r["events_batch"]["p50_us"].as_f64().unwrap() / 1e3,
+        r["events_batch"]["p99_us"].as_f64().unwrap() / 1e3
+    );
+    for (key, label) in [
+        ("recommend_quiet", "POST /recommend, no updates"),
+        (
+            "recommend_during_updates",
+            "POST /recommend, updates running",
+        ),
+    ] {
+        println!(
+            "| {label} | {:.0} requests/s | {:.2} ms | {:.2} ms |",
+            r[key]["requests_per_second"].as_f64().unwrap(),
+            r[key]["p50_us"].as_f64().unwrap() / 1e3,
+            r[key]["p99_us"].as_f64().unwrap() / 1e3
+        );
+    }
+    let updates = &r["updates_during_scenario_4"];
+    println!(
+        "\n/recommend p99 during updates / without: {ratio:.2}x; {} updates of >= 1,000 events ran, median {:.1} ms, p95 {:.1} ms (until every plugin serves the new version)",
+        updates["count"],
+        updates["median_ms"].as_f64().unwrap(),
+        updates["p95_ms"].as_f64().unwrap()
+    );
+}
