@@ -180,7 +180,7 @@ fn health_plugins_items_and_users_describe_the_server() {
     let (status, health) = server.get("/health");
     assert_eq!(status, 200);
     assert_eq!(health["status"], "ok");
-    assert_eq!(health["plugins"], 4);
+    assert_eq!(health["plugins"], PLUGINS.len());
     assert!(
         health["items"].as_u64().unwrap() >= 1000 && health["events"].as_u64().unwrap() > 10_000,
         "{health}"
@@ -190,7 +190,7 @@ fn health_plugins_items_and_users_describe_the_server() {
     assert_eq!(status, 200);
     assert_eq!(plugins["default_model"], "hybrid");
     let list = plugins["plugins"].as_array().unwrap();
-    assert_eq!(list.len(), 4);
+    assert_eq!(list.len(), PLUGINS.len());
     for plugin in list {
         assert_eq!(plugin["wit_version"], "1.0.0", "{plugin}");
         assert_eq!(plugin["status"], "ready", "{plugin}");
@@ -269,7 +269,7 @@ fn a_restart_restores_models_from_snapshots_and_compiled_code_from_the_cache() {
     let cached = std::fs::read_dir(data_dir.join("compiled"))
         .unwrap()
         .count();
-    assert_eq!(cached, 4, "one compiled component per plugin");
+    assert_eq!(cached, PLUGINS.len(), "one compiled component per plugin");
 
     let second = Server::start_in(&data_dir, &config_text("")).unwrap();
     let (_, after) = second.post("/recommend", &request);
@@ -282,7 +282,7 @@ fn a_restart_restores_models_from_snapshots_and_compiled_code_from_the_cache() {
         std::fs::read_dir(data_dir.join("compiled"))
             .unwrap()
             .count(),
-        4
+        PLUGINS.len()
     );
 }
 

@@ -162,3 +162,36 @@ fn movielens_100k_quality_targets_on_a_random_split() {
         "{report}"
     );
 }
+
+#[test]
+fn movielens_100k_prequential_replay_learns_online() {
+    let Some(dataset) = movielens_100k() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ratings = dataset.join("u.data").display().to_string();
+    let items = dataset.join("u.item").display().to_string();
+    let report = eval(
+        &["--ratings", &ratings, "--items", &items, "--prequential"],
+        dir.path(),
+    );
+    eprintln!("{report}");
+    let online = |plugin: &str, metric: &str| report[plugin]["online"][metric].as_f64().unwrap();
+    let frozen = |plugin: &str, metric: &str| report[plugin]["frozen"][metric].as_f64().unwrap();
+    assert_eq!(report["popularity"]["replayed_events"], 20_000);
+    // Incremental popularity is the reference (about 0.076 on this replay).
+    assert!(
+        (0.06..0.09).contains(&online("popularity", "recall")),
+        "{report}"
+    );
+    assert!(online("collaborative", "recall") >= 0.08, "{report}");
+    assert!(online("ratings", "rmse") <= 0.96, "{report}");
+    assert!(
+        frozen("ratings", "rmse") > online("ratings", "rmse") + 0.03,
+        "{report}"
+    );
+    assert!(
+        report["collaborative"]["online"]["rmse"].is_null(),
+        "ranking-only: no RMSE"
+    );
+}

@@ -12,7 +12,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub const PLUGINS: [&str; 4] = ["popularity", "collaborative", "content", "hybrid"];
+pub const PLUGINS: [&str; 5] = [
+    "popularity",
+    "collaborative",
+    "content",
+    "hybrid",
+    "ratings",
+];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use recohost_e2e::{Server, config_text, error_code};
+use recohost_e2e::{PLUGINS, Server, config_text, error_code};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -247,7 +247,7 @@ fn updates_run_on_buffer_size_interval_and_request_and_keep_a_history() {
     assert_eq!(run["trigger"], "buffer_size");
     assert_eq!(run["kind"], "update");
     assert_eq!(run["feedback_count"], 5);
-    assert_eq!(run["models_updated"], 4);
+    assert_eq!(run["models_updated"], PLUGINS.len());
     for outcome in run["outcomes"].as_object().unwrap().values() {
         assert_eq!(outcome["status"], "updated", "{run}");
     }
@@ -319,7 +319,7 @@ fn a_retrain_runs_in_the_background_and_swaps_every_model() {
     assert_eq!(run["kind"], "retrain");
     assert_eq!(run["trigger"], "manual");
     assert_eq!(run["feedback_count"], 50_000, "the training window");
-    assert_eq!(run["models_updated"], 4, "{run}");
+    assert_eq!(run["models_updated"], PLUGINS.len(), "{run}");
     let after = versions(&server.get("/learning/stats").1);
     assert!(
         after.iter().zip(&initial).all(|(a, b)| a > b),
@@ -411,7 +411,7 @@ fn recommendations_move_toward_what_a_new_user_liked() {
     let (status, answer) = server.post_as("/learning/trigger-update", None);
     assert_eq!(status, 202, "{answer}");
     let run = wait_for_run(&server, answer["update_id"].as_u64().unwrap());
-    assert_eq!(run["models_updated"], 4, "{run}");
+    assert_eq!(run["models_updated"], PLUGINS.len(), "{run}");
 
     for model in ["collaborative", "hybrid", "content"] {
         let (_, warm) = server.post(

@@ -161,14 +161,19 @@ pub fn to_feedback(event: &EventRow) -> Feedback {
     Feedback {
         user: event.user,
         item: event.item,
-        kind: match event.kind {
-            EventKind::Rate => WitEventKind::Rate,
-            EventKind::Click => WitEventKind::Click,
-            EventKind::View => WitEventKind::View,
-            EventKind::Purchase => WitEventKind::Purchase,
-        },
+        kind: wit_kind(event.kind),
         value: event.value,
         timestamp: event.timestamp,
+    }
+}
+
+/// The plugin-facing form of an event kind.
+pub fn wit_kind(kind: EventKind) -> WitEventKind {
+    match kind {
+        EventKind::Rate => WitEventKind::Rate,
+        EventKind::Click => WitEventKind::Click,
+        EventKind::View => WitEventKind::View,
+        EventKind::Purchase => WitEventKind::Purchase,
     }
 }
 

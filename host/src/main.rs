@@ -87,6 +87,14 @@ struct EvalArgs {
     /// Evaluate only these plugins (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     plugins: Vec<String>,
+    /// Prequential replay instead: train on the oldest ratings, then replay the newest
+    /// --test-fraction in time order, scoring each event before learning it (online) and
+    /// beside a model that never learns (frozen).
+    #[arg(long, conflicts_with_all = ["test", "split"])]
+    prequential: bool,
+    /// Events per model update in the prequential replay.
+    #[arg(long, default_value_t = 1, requires = "prequential")]
+    batch: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -182,6 +190,34 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         anyhow::bail!("--test-fraction must be between 0 and 1");
     }
     let ratings = recohost::import::movielens::read_ratings(&args.train, true)?;
+    let items = match &args.items {
+        Some(path) => recohost::import::movielens::read_100k_items(path)?,
+        None => Vec::new(),
+    };
+    if args.prequential {
+        if args.batch == 0 {
+            anyhow::bail!("--batch must be at least 1");
+        }
+        let options = recohost::eval::prequential::PrequentialOptions {
+            k: args.k,
+            replay_fraction: args.test_fraction,
+            batch: args.batch,
+            plugins: args.plugins,
+            rating_scale: (config.events.rating_min, config.events.rating_max),
+            progress: true,
+        };
+        let scores = recohost::eval::prequential::run(&config, items, ratings, &options)?;
+        if args.json {
+            let keyed: serde_json::Map<String, serde_json::Value> = scores
+                .iter()
+                .map(|s| Ok((s.plugin.clone(), serde_json::to_value(s)?)))
+                .collect::<Result<_, serde_json::Error>>()?;
+            println!("{}", serde_json::to_string_pretty(&keyed)?);
+        } else {
+            print!("{}", recohost::eval::prequential::table(&scores, args.k));
+        }
+        return Ok(());
+    }
     let (train, test) = match (args.test, args.split) {
         (Some(test), None) => (
             ratings,
@@ -191,10 +227,6 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             recohost::eval::split::split(ratings, kind, args.test_fraction, args.seed)
         }
         _ => anyhow::bail!("give either --test FILE or --split random|temporal"),
-    };
-    let items = match &args.items {
-        Some(path) => recohost::import::movielens::read_100k_items(path)?,
-        None => Vec::new(),
     };
     let options = recohost::eval::EvalOptions {
         k: args.k,

@@ -14,7 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// The bundled plugins, each a crate under `plugins/`.
-const PLUGINS: [&str; 4] = ["popularity", "collaborative", "content", "hybrid"];
+const PLUGINS: [&str; 5] = [
+    "popularity",
+    "collaborative",
+    "content",
+    "hybrid",
+    "ratings",
+];
 /// Test fixtures built like plugins, each a crate under `tests/fixtures/`, copied to
 /// `dist/fixtures/`.
 const FIXTURES: [&str; 2] = ["misbehaving", "wrong_major"];

@@ -7,6 +7,7 @@
 //! history, as in the server); users without train items are skipped. See [`metrics`].
 
 pub mod metrics;
+pub mod prequential;
 pub mod split;
 
 use std::collections::{HashMap, HashSet};
@@ -19,9 +20,9 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::plugins::bindings::{Feedback, Request, WitEventKind};
+use crate::plugins::bindings::{Feedback, Request};
 use crate::plugins::{ModelVersion, PluginEngine, PluginRuntime};
-use crate::store::{EventKind, ImportEvent, ItemRow};
+use crate::store::{ImportEvent, ItemRow};
 use metrics::{MeanMetrics, UserMetrics};
 
 /// What to evaluate on.
@@ -86,12 +87,7 @@ fn prepare(data: EvalData, k: usize, history_limit: usize) -> Prepared {
         let feedback = Feedback {
             user,
             item: item_index[&rating.item],
-            kind: match rating.kind {
-                EventKind::Rate => WitEventKind::Rate,
-                EventKind::Click => WitEventKind::Click,
-                EventKind::View => WitEventKind::View,
-                EventKind::Purchase => WitEventKind::Purchase,
-            },
+            kind: crate::catalog::wit_kind(rating.kind),
             value: rating.value,
             timestamp: rating.timestamp,
         };

@@ -160,6 +160,13 @@ impl PluginInstance {
         })
     }
 
+    pub fn predict(&mut self, user: u32, items: &[u32]) -> Result<Vec<f32>, CallError> {
+        let budget = self.limits.recommend();
+        self.call("predict", budget, |e, s| {
+            e.recohost_strategy_plugin().call_predict(s, user, items)
+        })
+    }
+
     pub fn save(&mut self) -> Result<Vec<u8>, CallError> {
         let budget = self.limits.train();
         self.call("save", budget, |e, s| {

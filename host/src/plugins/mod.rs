@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 pub use engine::PluginEngine;
 pub use limits::PluginLimits;
-pub use runtime::{ModelVersion, PluginLoadError, PluginRuntime, PluginStatus, RecommendCallError};
+pub use runtime::{
+    ModelVersion, PluginLoadError, PluginRuntime, PluginStatus, RecommendCallError, Session,
+};
 
 /// The loaded plugins, by name.
 #[derive(Default)]

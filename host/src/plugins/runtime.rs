@@ -248,6 +248,19 @@ impl PluginRuntime {
         Ok(instance)
     }
 
+    /// Whether the plugin says its `predict` returns rating estimates.
+    pub fn predicts_ratings(&self) -> bool {
+        self.info.predicts_ratings
+    }
+
+    /// A private instance trained on `events`, for replaying a stream against one model
+    /// (prequential evaluation): no pool, no snapshots, every call on the same instance.
+    pub fn session(&self, events: &[Feedback]) -> Result<Session, CallError> {
+        let mut instance = self.configured_instance()?;
+        instance.train(events)?;
+        Ok(Session { instance })
+    }
+
     /// Trains a new model on `events` in a learner instance and returns its snapshot.
     pub fn train(&self, events: &[Feedback]) -> Result<Vec<u8>, CallError> {
         let mut learner = self.configured_instance()?;
@@ -408,6 +421,25 @@ impl PluginRuntime {
                 spare.push(instance);
             }
         }
+    }
+}
+
+/// See [`PluginRuntime::session`].
+pub struct Session {
+    instance: PluginInstance,
+}
+
+impl Session {
+    pub fn recommend(&mut self, request: &Request) -> Result<Vec<Scored>, CallError> {
+        self.instance.recommend(request)
+    }
+
+    pub fn update(&mut self, events: &[Feedback]) -> Result<(), CallError> {
+        self.instance.update(events).map(|_| ())
+    }
+
+    pub fn predict(&mut self, user: u32, items: &[u32]) -> Result<Vec<f32>, CallError> {
+        self.instance.predict(user, items)
     }
 }
 

@@ -93,7 +93,7 @@ pub mod f32_blob {
         }
 
         fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
-            if bytes.len() % 4 != 0 {
+            if !bytes.len().is_multiple_of(4) {
                 return Err(E::custom("f32 blob length is not a multiple of 4"));
             }
             Ok(bytemuck::pod_collect_to_vec(bytes))
