@@ -86,11 +86,12 @@ fn algorithm(name: &str) -> Box<dyn Native> {
         "popularity" => Box::new(Algorithm::<popularity::Popularity>(Default::default())),
         "collaborative" => Box::new(Algorithm::<collaborative::Collaborative>(Default::default())),
         "content" => Box::new(Algorithm::<content::Content>(Default::default())),
+        "ratings" => Box::new(Algorithm::<ratings::Ratings>(Default::default())),
         _ => Box::new(Algorithm::<hybrid::Hybrid>(Default::default())),
     }
 }
 
-const PLUGINS: [&str; 4] = ["popularity", "collaborative", "content", "hybrid"];
+const PLUGINS: [&str; 5] = ["popularity", "collaborative", "content", "hybrid", "ratings"];
 
 fn bench(c: &mut Criterion) {
     let (items, ratings) = dataset();

@@ -43,13 +43,7 @@ pub async fn user(
     query: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(RECENT_EVENTS);
-    if !(1..=MAX_RECENT_EVENTS).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_RECENT_EVENTS}"),
-        ));
-    }
+    let limit = super::limit(query.limit, RECENT_EVENTS, MAX_RECENT_EVENTS)?;
     let id = ids::from_text("user_id", &id)?;
     let users = state.users.read().unwrap_or_else(|p| p.into_inner());
     let index = users

@@ -37,13 +37,7 @@ pub async fn history(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(DEFAULT_HISTORY);
-    if !(1..=MAX_HISTORY).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_HISTORY}"),
-        ));
-    }
+    let limit = super::limit(query.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
     let learning = state.learning.clone();
     let updates = tokio::task::spawn_blocking(move || learning.history(limit))
         .await

@@ -35,6 +35,19 @@ use error::ApiError;
 
 pub type AppState = Arc<App>;
 
+/// A `?limit=N` query value: `default` when absent, else it must lie in 1..=`max`.
+pub fn limit(given: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = given.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        ))
+    }
+}
+
 /// Largest request body accepted, in bytes: room for a batch of 10,000 events.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 

@@ -202,23 +202,30 @@ pub fn run(
     Ok(scores)
 }
 
+/// A progress bar over `len` `unit`s labelled `name` (hidden unless `shown`).
+fn progress_bar(shown: bool, len: usize, unit: &str, name: &str) -> ProgressBar {
+    let bar = if shown {
+        ProgressBar::new(len as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    let template = format!("{{msg:>14}} [{{bar:40}}] {{pos}}/{{len}} {unit} ({{eta}})");
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(name.to_string());
+    bar
+}
+
 /// Asks `plugin` for every case, on as many threads as there are cores.
 fn score_users(
     plugin: &PluginRuntime,
     cases: &[(Request, HashSet<u32>)],
     options: &EvalOptions,
 ) -> anyhow::Result<MeanMetrics> {
-    let bar = if options.progress {
-        ProgressBar::new(cases.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} users ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(plugin.name().to_string());
+    let bar = progress_bar(options.progress, cases.len(), "users", plugin.name());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);

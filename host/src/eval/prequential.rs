@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::catalog::{Catalog, wit_kind};
@@ -186,17 +185,7 @@ fn replay_one(
     for event in train {
         histories.entry(event.user).or_default().push(*event);
     }
-    let bar = if options.progress {
-        ProgressBar::new(replay.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} events ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(plugin.name().to_string());
+    let bar = super::progress_bar(options.progress, replay.len(), "events", plugin.name());
     let (mut frozen_tally, mut online_tally) = (Tally::default(), Tally::default());
     let mut pending = Vec::with_capacity(options.batch);
     for event in replay {

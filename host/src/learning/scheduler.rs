@@ -2,9 +2,10 @@
 //! waited `update_interval_secs`, and every `retrain_interval_secs`.
 
 use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
 use std::time::Duration;
 
-use super::{JobKind, Learning, Trigger};
+use super::{Job, JobKind, Learning, Trigger};
 
 /// How often the time-based triggers are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -12,6 +13,13 @@ const TICK: Duration = Duration::from_millis(250);
 impl Learning {
     /// Runs jobs until the process ends. Spawn it once on the async runtime.
     pub async fn run_scheduler(self: Arc<Self>) {
+        let worker = match start_worker(self.clone()) {
+            Ok(worker) => worker,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the learning thread; models will not learn");
+                return;
+            }
+        };
         loop {
             let job = {
                 let mut state = self.lock();
@@ -22,11 +30,11 @@ impl Learning {
             };
             match job {
                 Some(job) => {
-                    let learning = self.clone();
-                    if let Err(error) = tokio::task::spawn_blocking(move || learning.run(job)).await
-                    {
-                        tracing::error!(%error, update_id = job.id, "a learning job panicked");
+                    let (done, finished) = tokio::sync::oneshot::channel();
+                    if worker.send((job, done)).is_err() || finished.await.is_err() {
+                        tracing::error!(update_id = job.id, "the learning thread stopped");
                         self.lock().running = None;
+                        return;
                     }
                 }
                 None => {
@@ -56,3 +64,47 @@ impl Learning {
         }
     }
 }
+
+type JobRequest = (Job, tokio::sync::oneshot::Sender<()>);
+
+/// The thread that runs every job, at a lower CPU priority than serving: under load an update
+/// takes longer instead of delaying requests (docs/benchmarks.md has the figures).
+fn start_worker(learning: Arc<Learning>) -> std::io::Result<Sender<JobRequest>> {
+    let (jobs, queue) = channel::<JobRequest>();
+    std::thread::Builder::new()
+        .name("learning".into())
+        .spawn(move || {
+            lower_priority();
+            for (job, done) in queue {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    learning.run(job);
+                }));
+                if outcome.is_err() {
+                    tracing::error!(update_id = job.id, "a learning job panicked");
+                    learning.lock().running = None;
+                }
+                let _ = done.send(());
+            }
+        })?;
+    Ok(jobs)
+}
+
+/// Niceness of the learning thread: 10 gives it about a tenth of a core's share when serving
+/// threads compete for the CPU, and all of an idle one.
+const LEARNING_NICENESS: libc::c_int = 10;
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: both calls only read or set scheduling attributes of the calling thread (Linux
+    // threads are tasks with their own nice value); no memory is passed.
+    let result = unsafe {
+        let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread, LEARNING_NICENESS)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the learning thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}

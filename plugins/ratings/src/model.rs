@@ -28,7 +28,9 @@ impl Default for RatingsConfig {
             neighbors: 30,
             shrinkage: 100.0,
             knn_weight: 0.7,
-            max_items: 1000,
+            // 500 items: RMSE 0.9525 vs 0.9486 with 1,000, for a quarter of the similarity
+            // matrix that every update saves and every serving instance loads.
+            max_items: 500,
             refresh_fraction: 0.1,
         }
     }
@@ -50,7 +52,7 @@ struct State {
     total: f64,
     count: u64,
     similarities: Similarities,
-    /// Ratings when the similarities were computed, and added since.
+    /// Ratings when the similarities were computed, and new ratings since.
     solved: u64,
     pending: u64,
 }
@@ -87,8 +89,9 @@ impl Ratings {
         sum / (ratings.len() as f64 + self.config.user_damping)
     }
 
-    /// Adds rate events; returns how many were used.
-    fn absorb(&mut self, events: &[Feedback]) -> Result<u64, StrategyError> {
+    /// Adds rate events; returns how many were used and how many of those were new ratings
+    /// (not re-ratings).
+    fn absorb(&mut self, events: &[Feedback]) -> Result<(u64, u64), StrategyError> {
         for event in events {
             check_item(event.item, self.catalog_len)?;
             if event.kind == EventKind::Rate && !event.value.is_finite() {
@@ -98,7 +101,7 @@ impl Ratings {
                 )));
             }
         }
-        let mut used = 0;
+        let (mut used, mut new) = (0, 0);
         for event in events.iter().filter(|e| e.kind == EventKind::Rate) {
             let user = event.user as usize;
             if user >= self.state.users.len() {
@@ -121,11 +124,12 @@ impl Ratings {
                     self.state.item_counts[item] += 1;
                     self.state.total += rating;
                     self.state.count += 1;
+                    new += 1;
                 }
             }
             used += 1;
         }
-        Ok(used)
+        Ok((used, new))
     }
 
     /// Recomputes the residual similarities between the most-rated items.
@@ -268,7 +272,7 @@ impl Strategy for Ratings {
             item_counts: vec![0; self.catalog_len],
             ..State::default()
         };
-        let used = self.absorb(&events)?;
+        let (used, _) = self.absorb(&events)?;
         self.solve();
         Ok(TrainingReport {
             events_used: used,
@@ -277,8 +281,8 @@ impl Strategy for Ratings {
     }
 
     fn update(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
-        let used = self.absorb(&events)?;
-        self.state.pending += used;
+        let (used, new) = self.absorb(&events)?;
+        self.state.pending += new;
         let refreshed = self.state.pending as f64
             > self.config.refresh_fraction * self.state.solved.max(1) as f64;
         if refreshed {
