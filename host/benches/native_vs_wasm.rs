@@ -91,7 +91,13 @@ fn algorithm(name: &str) -> Box<dyn Native> {
     }
 }
 
-const PLUGINS: [&str; 5] = ["popularity", "collaborative", "content", "hybrid", "ratings"];
+const PLUGINS: [&str; 5] = [
+    "popularity",
+    "collaborative",
+    "content",
+    "hybrid",
+    "ratings",
+];
 
 fn bench(c: &mut Criterion) {
     let (items, ratings) = dataset();

@@ -14,7 +14,13 @@ use recohost::plugins::bindings::Request;
 use recohost::plugins::{ModelVersion, PluginEngine, PluginLimits, PluginRuntime};
 use recohost::store::Store;
 
-const PLUGINS: [&str; 5] = ["popularity", "collaborative", "content", "hybrid", "ratings"];
+const PLUGINS: [&str; 5] = [
+    "popularity",
+    "collaborative",
+    "content",
+    "hybrid",
+    "ratings",
+];
 
 fn plugins_dir() -> PathBuf {
     std::env::var_os("RECOHOST_PLUGINS_DIR")
