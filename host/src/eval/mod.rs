@@ -147,27 +147,10 @@ pub fn run(
 ) -> anyhow::Result<Vec<PluginScore>> {
     let prepared = prepare(data, options.k, config.history_limit);
     let engine = PluginEngine::new(None)?;
-    let declared: Vec<_> = config
-        .plugins
-        .iter()
-        .filter(|p| options.plugins.is_empty() || options.plugins.contains(&p.name))
-        .collect();
-    for wanted in &options.plugins {
-        if !config.plugins.iter().any(|p| &p.name == wanted) {
-            anyhow::bail!("plugin {wanted:?} is not declared in the config");
-        }
-    }
+    let declared = declared_plugins(config, &options.plugins)?;
     let mut scores = Vec::new();
     for declaration in declared {
-        let plugin = PluginRuntime::load(
-            &engine,
-            &declaration.name,
-            &declaration.path,
-            declaration.config_json(),
-            declaration.limits.clone(),
-            prepared.catalog.plugin_items(),
-            prepared.catalog.fingerprint(),
-        )?;
+        let plugin = load(&engine, declaration, &prepared.catalog)?;
         let spinner = if options.progress {
             ProgressBar::new_spinner()
         } else {
@@ -200,6 +183,40 @@ pub fn run(
         });
     }
     Ok(scores)
+}
+
+/// The declared plugins to evaluate: those named in `wanted`, or all when it is empty.
+fn declared_plugins<'a>(
+    config: &'a Config,
+    wanted: &[String],
+) -> anyhow::Result<Vec<&'a crate::config::PluginDeclaration>> {
+    for name in wanted {
+        if !config.plugins.iter().any(|p| &p.name == name) {
+            anyhow::bail!("plugin {name:?} is not declared in the config");
+        }
+    }
+    Ok(config
+        .plugins
+        .iter()
+        .filter(|p| wanted.is_empty() || wanted.contains(&p.name))
+        .collect())
+}
+
+/// Loads a declared plugin for `catalog`, outside any server.
+fn load(
+    engine: &PluginEngine,
+    declaration: &crate::config::PluginDeclaration,
+    catalog: &Catalog,
+) -> anyhow::Result<PluginRuntime> {
+    Ok(PluginRuntime::load(
+        engine,
+        &declaration.name,
+        &declaration.path,
+        declaration.config_json(),
+        declaration.limits.clone(),
+        catalog.plugin_items(),
+        catalog.fingerprint(),
+    )?)
 }
 
 /// A progress bar over `len` `unit`s labelled `name` (hidden unless `shown`).

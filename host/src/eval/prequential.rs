@@ -136,26 +136,9 @@ pub fn run(
     let warmup = ((1.0 - options.replay_fraction) * stream.events.len() as f64).round() as usize;
     let (train, replay) = stream.events.split_at(warmup.min(stream.events.len()));
     let engine = PluginEngine::new(None)?;
-    for wanted in &options.plugins {
-        if !config.plugins.iter().any(|p| &p.name == wanted) {
-            anyhow::bail!("plugin {wanted:?} is not declared in the config");
-        }
-    }
     let mut scores = Vec::new();
-    for declaration in config
-        .plugins
-        .iter()
-        .filter(|p| options.plugins.is_empty() || options.plugins.contains(&p.name))
-    {
-        let plugin = PluginRuntime::load(
-            &engine,
-            &declaration.name,
-            &declaration.path,
-            declaration.config_json(),
-            declaration.limits.clone(),
-            stream.catalog.plugin_items(),
-            stream.catalog.fingerprint(),
-        )?;
+    for declaration in super::declared_plugins(config, &options.plugins)? {
+        let plugin = super::load(&engine, declaration, &stream.catalog)?;
         let started = Instant::now();
         let score = replay_one(&plugin, train, replay, config.history_limit, options)?;
         scores.push(PrequentialScore {
