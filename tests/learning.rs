@@ -29,8 +29,12 @@ fn versions(stats: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// Waits until the learning run `update_id` is in the history and returns it.
+/// Waits until the learning run `update_id` has finished (its record is in the history and
+/// the buffer bookkeeping is done) and returns it.
 fn wait_for_run(server: &Server, update_id: u64) -> Value {
+    server.wait_for("/learning/stats", WAIT, |stats| {
+        stats["last_update"]["update_id"].as_u64() >= Some(update_id) && stats["running"].is_null()
+    });
     let history = server.wait_for("/learning/history?limit=50", WAIT, |body| {
         body["updates"]
             .as_array()
