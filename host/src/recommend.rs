@@ -24,8 +24,6 @@ pub enum RecommendError {
         model: String,
         source: RecommendCallError,
     },
-    #[error("the recommendation task failed: {0}")]
-    Internal(String),
 }
 
 /// One recommended item.

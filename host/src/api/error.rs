@@ -103,7 +103,6 @@ impl From<RecommendError> for ApiError {
                     error.to_string(),
                 )
             }
-            RecommendError::Internal(_) => Self::internal(error),
         }
     }
 }
