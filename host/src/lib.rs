@@ -8,6 +8,7 @@
 //! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
 //! - [`events`]: validation and durable group-committed storage of live events.
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
+//! - [`experiments`]: GrowthBook-compatible assignment of users to experiment arms.
 //! - [`import`]: MovieLens readers and the demo-data generator.
 //! - [`eval`]: offline evaluation (splits, ranking metrics, the `eval` command).
 //! - [`app`]: start-up: store, catalog, plugins, restoring or training every model.
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod config;
 pub mod eval;
 pub mod events;
+pub mod experiments;
 pub mod import;
 pub mod learning;
 pub mod plugins;
