@@ -1,0 +1,385 @@
+//! Experiment definitions: one TOML file per experiment in the experiments directory.
+//!
+//! ```toml
+//! id = "model_comparison"            # letters, digits, - and _; unique across files
+//! name = "Hybrid vs Collaborative Filtering"
+//! description = "..."
+//! status = "running"                 # draft | running | paused | stopped
+//! seed = "model_comparison"          # hashing seed; default: the id
+//! coverage = 1.0                     # share of users in the experiment, 0 to 1
+//! priority = 0                       # higher wins when several running experiments match
+//! [namespace]                        # optional: experiments with disjoint ranges of one
+//! name = "ranking"                   # namespace never share a user
+//! range = [0.0, 0.5]
+//! [[groups]]
+//! name = "control"
+//! plugin = "collaborative"
+//! weight = 0.5                       # fractions summing to 1, or relative integers
+//! ```
+//!
+//! Every problem is reported with the file, the field and the reason; nothing half-valid is
+//! ever used.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Draft,
+    Running,
+    Paused,
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    pub start: f64,
+    pub end: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Group {
+    pub name: String,
+    pub plugin: String,
+    /// Normalized: the weights of an experiment sum to 1.
+    pub weight: f64,
+}
+
+/// A validated experiment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Experiment {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub status: Status,
+    pub seed: String,
+    pub coverage: f64,
+    pub priority: i64,
+    pub namespace: Option<Namespace>,
+    pub groups: Vec<Group>,
+    /// The file it came from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Error, PartialEq)]
+#[error("{path}: {field}: {reason}")]
+pub struct DefinitionError {
+    pub path: String,
+    pub field: String,
+    pub reason: String,
+}
+
+/// The file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    id: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+    status: Status,
+    seed: Option<String>,
+    coverage: Option<f64>,
+    #[serde(default)]
+    priority: i64,
+    namespace: Option<RawNamespace>,
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamespace {
+    name: String,
+    range: [f64; 2],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: String,
+    plugin: String,
+    weight: f64,
+}
+
+fn valid_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Experiment {
+    /// Parses and validates one file's text; `plugins` are the declared plugin names.
+    pub fn parse(path: &Path, text: &str, plugins: &[String]) -> Result<Self, DefinitionError> {
+        let fail = |field: &str, reason: String| DefinitionError {
+            path: path.display().to_string(),
+            field: field.to_string(),
+            reason,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            fail(
+                "(file)",
+                e.to_string().lines().collect::<Vec<_>>().join(" "),
+            )
+        })?;
+        if !valid_id(&raw.id) {
+            return Err(fail("id", "use 1-64 letters, digits, '-' or '_'".into()));
+        }
+        if raw.name.trim().is_empty() {
+            return Err(fail("name", "must not be empty".into()));
+        }
+        let coverage = raw.coverage.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&coverage) {
+            return Err(fail(
+                "coverage",
+                format!("must be between 0 and 1, got {coverage}"),
+            ));
+        }
+        let namespace = match raw.namespace {
+            None => None,
+            Some(ns) => {
+                let [start, end] = ns.range;
+                if !valid_id(&ns.name) {
+                    return Err(fail(
+                        "namespace.name",
+                        "use 1-64 letters, digits, '-' or '_'".into(),
+                    ));
+                }
+                if !(0.0 <= start && start < end && end <= 1.0) {
+                    return Err(fail(
+                        "namespace.range",
+                        format!(
+                            "must be [start, end] with 0 <= start < end <= 1, got [{start}, {end}]"
+                        ),
+                    ));
+                }
+                Some(Namespace {
+                    name: ns.name,
+                    start,
+                    end,
+                })
+            }
+        };
+        if raw.groups.is_empty() {
+            return Err(fail(
+                "groups",
+                "an experiment needs at least one group".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, group) in raw.groups.iter().enumerate() {
+            let field = format!("groups[{i}]");
+            if group.name.trim().is_empty() || !names.insert(group.name.as_str()) {
+                return Err(fail(
+                    &format!("{field}.name"),
+                    format!("{:?} is empty or repeated", group.name),
+                ));
+            }
+            if !plugins.contains(&group.plugin) {
+                return Err(fail(
+                    &format!("{field}.plugin"),
+                    format!(
+                        "unknown plugin {:?}; declared: {}",
+                        group.plugin,
+                        plugins.join(", ")
+                    ),
+                ));
+            }
+            if !(group.weight.is_finite() && group.weight > 0.0) {
+                return Err(fail(
+                    &format!("{field}.weight"),
+                    format!("must be positive, got {}", group.weight),
+                ));
+            }
+        }
+        let weights: Vec<f64> = raw.groups.iter().map(|g| g.weight).collect();
+        let total: f64 = weights.iter().sum();
+        let integers = weights.iter().all(|w| w.fract() == 0.0);
+        let fractions = (total - 1.0).abs() <= 1e-6;
+        if !fractions && !integers {
+            return Err(fail(
+                "groups.weight",
+                format!(
+                    "fractions must sum to 1 (these sum to {total}); or give relative integers"
+                ),
+            ));
+        }
+        let groups = raw
+            .groups
+            .into_iter()
+            .map(|g| Group {
+                weight: g.weight / total,
+                name: g.name,
+                plugin: g.plugin,
+            })
+            .collect();
+        Ok(Self {
+            seed: raw.seed.unwrap_or_else(|| raw.id.clone()),
+            id: raw.id,
+            name: raw.name,
+            description: raw.description,
+            status: raw.status,
+            coverage,
+            priority: raw.priority,
+            namespace,
+            groups,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Every `*.toml` file of `dir`, validated, in file-name order. Ids must be unique.
+pub fn load_dir(dir: &Path, plugins: &[String]) -> Result<Vec<Experiment>, DefinitionError> {
+    let fail = |path: &Path, field: &str, reason: String| DefinitionError {
+        path: path.display().to_string(),
+        field: field.into(),
+        reason,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| fail(dir, "(directory)", e.to_string()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    paths.sort();
+    let mut experiments: Vec<Experiment> = Vec::new();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| fail(&path, "(file)", e.to_string()))?;
+        let experiment = Experiment::parse(&path, &text, plugins)?;
+        if let Some(other) = experiments.iter().find(|e| e.id == experiment.id) {
+            return Err(fail(
+                &path,
+                "id",
+                format!(
+                    "{:?} is also the id of {}",
+                    experiment.id,
+                    other.path.display()
+                ),
+            ));
+        }
+        experiments.push(experiment);
+    }
+    Ok(experiments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugins() -> Vec<String> {
+        vec!["collaborative".into(), "hybrid".into()]
+    }
+
+    fn parse(text: &str) -> Result<Experiment, DefinitionError> {
+        Experiment::parse(Path::new("x.toml"), text, &plugins())
+    }
+
+    const VALID: &str = r#"
+        id = "model_comparison"
+        name = "Hybrid vs Collaborative Filtering"
+        status = "running"
+        [[groups]]
+        name = "control"
+        plugin = "collaborative"
+        weight = 0.5
+        [[groups]]
+        name = "treatment"
+        plugin = "hybrid"
+        weight = 0.5
+    "#;
+
+    #[test]
+    fn the_shipped_experiment_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+        let experiments = load_dir(&path, &plugins()).unwrap();
+        let comparison = experiments
+            .iter()
+            .find(|e| e.id == "model_comparison")
+            .unwrap();
+        assert_eq!(comparison.name, "Hybrid vs Collaborative Filtering");
+        assert_eq!(comparison.groups[0].plugin, "collaborative");
+        assert_eq!(comparison.groups[1].plugin, "hybrid");
+        assert_eq!(comparison.groups[0].weight, 0.5);
+    }
+
+    #[test]
+    fn defaults_and_relative_weights() {
+        let experiment = parse(VALID).unwrap();
+        assert_eq!(
+            (experiment.seed.as_str(), experiment.coverage),
+            ("model_comparison", 1.0)
+        );
+        let relative =
+            VALID
+                .replace("weight = 0.5", "weight = 1")
+                .replacen("weight = 1", "weight = 3", 1);
+        let weights: Vec<f64> = parse(&relative)
+            .unwrap()
+            .groups
+            .iter()
+            .map(|g| g.weight)
+            .collect();
+        assert_eq!(weights, vec![0.75, 0.25]);
+    }
+
+    #[test]
+    fn errors_name_the_file_field_and_reason() {
+        let cases = [
+            (
+                VALID.replace("weight = 0.5", "weight = 0.4"),
+                "groups.weight",
+            ),
+            (
+                VALID.replacen("plugin = \"hybrid\"", "plugin = \"nope\"", 1),
+                "groups[1].plugin",
+            ),
+            (
+                VALID.replace("name = \"treatment\"", "name = \"control\""),
+                "groups[1].name",
+            ),
+            (
+                VALID.replace("id = \"model_comparison\"", "id = \"bad id\""),
+                "id",
+            ),
+            (
+                VALID.replace("status = \"running\"", "status = \"live\""),
+                "(file)",
+            ),
+            (format!("coverage = 1.5\n{VALID}"), "coverage"),
+            (
+                format!("{VALID}\n[namespace]\nname = \"n\"\nrange = [0.6, 0.2]\n"),
+                "namespace.range",
+            ),
+            (
+                VALID.replace("weight = 0.5", "weight = -1"),
+                "groups[0].weight",
+            ),
+            ("id = [".to_string(), "(file)"),
+        ];
+        for (text, field) in cases {
+            let error = parse(&text).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.to_string().starts_with("x.toml: "), "{error}");
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_across_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), VALID).unwrap();
+        std::fs::write(dir.path().join("b.toml"), VALID).unwrap();
+        let error = load_dir(dir.path(), &plugins()).unwrap_err();
+        assert_eq!(error.field, "id");
+        assert!(
+            error.path.ends_with("b.toml") && error.reason.contains("a.toml"),
+            "{error}"
+        );
+    }
+}
