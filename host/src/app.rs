@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::catalog::{Catalog, Users, to_feedback};
-use crate::config::{Config, LearningConfig};
+use crate::config::{Config, LearningConfig, PluginDeclaration};
 use crate::events::EventWriter;
 use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
@@ -125,6 +125,23 @@ impl App {
     }
 }
 
+/// Loads one `[[plugins]]` entry for `catalog` (compiles, checks the contract, configures).
+pub fn load_declared(
+    engine: &PluginEngine,
+    declaration: &PluginDeclaration,
+    catalog: &Catalog,
+) -> anyhow::Result<PluginRuntime> {
+    Ok(PluginRuntime::load(
+        engine,
+        &declaration.name,
+        &declaration.path,
+        declaration.config_json(),
+        declaration.limits.clone(),
+        catalog.plugin_items(),
+        catalog.fingerprint(),
+    )?)
+}
+
 fn load_plugins(
     config: &Config,
     engine: &PluginEngine,
@@ -134,20 +151,7 @@ fn load_plugins(
         let tasks: Vec<_> = config
             .plugins
             .iter()
-            .map(|declaration| {
-                scope.spawn(move || {
-                    PluginRuntime::load(
-                        engine,
-                        &declaration.name,
-                        &declaration.path,
-                        declaration.config_json(),
-                        declaration.limits.clone(),
-                        catalog.plugin_items(),
-                        catalog.fingerprint(),
-                    )
-                    .map_err(anyhow::Error::from)
-                })
-            })
+            .map(|declaration| scope.spawn(move || load_declared(engine, declaration, catalog)))
             .collect();
         tasks
             .into_iter()

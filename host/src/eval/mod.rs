@@ -150,7 +150,7 @@ pub fn run(
     let declared = declared_plugins(config, &options.plugins)?;
     let mut scores = Vec::new();
     for declaration in declared {
-        let plugin = load(&engine, declaration, &prepared.catalog)?;
+        let plugin = crate::app::load_declared(&engine, declaration, &prepared.catalog)?;
         let spinner = if options.progress {
             ProgressBar::new_spinner()
         } else {
@@ -200,23 +200,6 @@ fn declared_plugins<'a>(
         .iter()
         .filter(|p| wanted.is_empty() || wanted.contains(&p.name))
         .collect())
-}
-
-/// Loads a declared plugin for `catalog`, outside any server.
-fn load(
-    engine: &PluginEngine,
-    declaration: &crate::config::PluginDeclaration,
-    catalog: &Catalog,
-) -> anyhow::Result<PluginRuntime> {
-    Ok(PluginRuntime::load(
-        engine,
-        &declaration.name,
-        &declaration.path,
-        declaration.config_json(),
-        declaration.limits.clone(),
-        catalog.plugin_items(),
-        catalog.fingerprint(),
-    )?)
 }
 
 /// A progress bar over `len` `unit`s labelled `name` (hidden unless `shown`).

@@ -138,7 +138,7 @@ pub fn run(
     let engine = PluginEngine::new(None)?;
     let mut scores = Vec::new();
     for declaration in super::declared_plugins(config, &options.plugins)? {
-        let plugin = super::load(&engine, declaration, &stream.catalog)?;
+        let plugin = crate::app::load_declared(&engine, declaration, &stream.catalog)?;
         let started = Instant::now();
         let score = replay_one(&plugin, train, replay, config.history_limit, options)?;
         scores.push(PrequentialScore {
