@@ -204,12 +204,7 @@ fn restore_or_train(
             }
         }
     }
-    let through_event = store.last_event_id()?;
-    let days = config.retrain_window_days;
-    let since = (days > 0).then(|| unix_now().saturating_sub(days * 86_400));
-    let last = (config.retrain_window_events > 0).then_some(config.retrain_window_events);
-    let mut window = store.training_window(since, last)?;
-    window.retain(|e| e.id <= through_event);
+    let (window, through_event) = crate::learning::training_window(store, config)?;
     let feedback: Vec<_> = window.iter().map(to_feedback).collect();
     let bytes = plugin.train(&feedback)?;
     plugin.install(ModelVersion {

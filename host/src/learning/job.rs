@@ -109,16 +109,8 @@ impl Learning {
                 Ok((events, through))
             }
             JobKind::Retrain => {
-                // Read the newest id first: events stored while the window is read are learned
-                // by the next update instead.
-                let through = self.store.last_event_id()?;
                 self.lock().in_flight = 0;
-                let days = self.config.retrain_window_days;
-                let since = (days > 0).then(|| unix_now().saturating_sub(days * 86_400));
-                let last = (self.config.retrain_window_events > 0)
-                    .then_some(self.config.retrain_window_events);
-                let mut events = self.store.training_window(since, last)?;
-                events.retain(|e| e.id <= through);
+                let (events, through) = super::training_window(&self.store, &self.config)?;
                 Ok((events, through))
             }
         }

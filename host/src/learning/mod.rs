@@ -176,6 +176,21 @@ impl From<Job> for RunningJob {
     }
 }
 
+/// The events a full training learns: every stored event up to the newest (whose id is
+/// returned too), limited to the configured window (`retrain_window_days`,
+/// `retrain_window_events`). Read the newest id first, so that events stored meanwhile are
+/// left to the next update.
+pub fn training_window(
+    store: &Store,
+    config: &LearningConfig,
+) -> StoreResult<(Vec<EventRow>, i64)> {
+    let through = store.last_event_id()?;
+    let days = config.retrain_window_days;
+    let since = (days > 0).then(|| crate::store::unix_now().saturating_sub(days * 86_400));
+    let last = (config.retrain_window_events > 0).then_some(config.retrain_window_events);
+    Ok((store.training_window(through, since, last)?, through))
+}
+
 impl Learning {
     /// `unlearned` are the stored events that some plugin's serving model has not learned;
     /// they go back into the buffer (after a restart, the events since the last snapshot).
@@ -235,10 +250,6 @@ impl Learning {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn config(&self) -> &LearningConfig {
-        &self.config
     }
 
     /// Adds newly stored events to the buffer. Returns the buffer's status and, when these

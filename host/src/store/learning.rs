@@ -143,14 +143,17 @@ impl Store {
         )? as u64)
     }
 
-    /// The training window of a retrain: events no older than `since_timestamp` (Unix
-    /// seconds, when given), of those the newest `last_events` (when given), oldest first.
+    /// The training window of a retrain: events up to id `through_event`, no older than
+    /// `since_timestamp` (Unix seconds, when given), of those the newest `last_events` (when
+    /// given), oldest first.
     pub fn training_window(
         &self,
+        through_event: i64,
         since_timestamp: Option<u64>,
         last_events: Option<u64>,
     ) -> StoreResult<Vec<EventRow>> {
         let mut events = self.events_after(0)?;
+        events.retain(|e| e.id <= through_event);
         if let Some(since) = since_timestamp {
             events.retain(|e| e.timestamp >= since);
         }
