@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::catalog::{Catalog, Users, to_feedback};
 use crate::config::{Config, LearningConfig, PluginDeclaration};
 use crate::events::EventWriter;
+use crate::experiments::Experiments;
 use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
 use crate::plugins::{ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
@@ -29,6 +30,7 @@ pub struct App {
     pub recommender: Recommender,
     pub learning: Arc<Learning>,
     pub events: EventWriter,
+    pub experiments: Arc<Experiments>,
 }
 
 impl App {
@@ -104,14 +106,32 @@ impl App {
         )?);
         let events = EventWriter::start(&database, users.clone(), learning.clone())?;
 
-        let recommender = Recommender::new(
-            catalog.clone(),
-            users.clone(),
-            plugins.clone(),
-            config.default_model.clone(),
-            config.history_limit,
-            config.max_recommendations,
+        if let Some(dir) = &config.experiments_dir
+            && !dir.is_dir()
+        {
+            anyhow::bail!("the experiments directory {} does not exist", dir.display());
+        }
+        let experiments = Arc::new(
+            Experiments::open(
+                config.experiments_dir.clone(),
+                plugins.names(),
+                store.clone(),
+                &database,
+            )
+            .context("cannot load the experiments")?,
         );
+        let running = experiments.current().experiments.len();
+        tracing::info!(experiments = running, "loaded the experiments");
+
+        let recommender = Recommender {
+            catalog: catalog.clone(),
+            users: users.clone(),
+            plugins: plugins.clone(),
+            experiments: experiments.clone(),
+            default_model: config.default_model.clone(),
+            history_limit: config.history_limit,
+            max_recommendations: config.max_recommendations,
+        };
         Ok(Self {
             config,
             store,
@@ -121,6 +141,7 @@ impl App {
             recommender,
             learning,
             events,
+            experiments,
         })
     }
 }

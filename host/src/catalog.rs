@@ -86,6 +86,9 @@ pub struct Users {
     histories: Vec<Vec<Feedback>>,
     /// Bumped by each of the user's new events: a cached answer for an older version is stale.
     versions: Vec<u64>,
+    /// Id of the newest event recorded: an experiment exposure served now is answered by the
+    /// user's events after it.
+    last_event_id: i64,
 }
 
 impl Users {
@@ -107,6 +110,7 @@ impl Users {
             by_external_id,
             histories,
             versions,
+            last_event_id: events.last().map(|e| e.id).unwrap_or(0),
         }
     }
 
@@ -128,6 +132,12 @@ impl Users {
             history.push(to_feedback(event));
             *version += 1;
         }
+        self.last_event_id = self.last_event_id.max(event.id);
+    }
+
+    /// Id of the newest event recorded so far.
+    pub fn last_event_id(&self) -> i64 {
+        self.last_event_id
     }
 
     /// How many events of the user this process has recorded since it started.

@@ -8,6 +8,7 @@
 //! max_recommendations = 100      # largest n_recommendations accepted
 //! demo_data = true               # fill an empty database with generated demo data
 //! admin_token = "..."            # RECOHOST_ADMIN_TOKEN; bearer token of operator actions
+//! experiments_dir = "experiments" # RECOHOST_EXPERIMENTS_DIR; default ./experiments if present
 //!
 //! [events]
 //! rating_min = 0.5               # ratings outside [rating_min, rating_max] are refused
@@ -50,6 +51,9 @@ pub struct Config {
     /// Bearer token that operator actions (update, retrain) require. Without one, those
     /// actions are allowed only when the server listens on a loopback address.
     pub admin_token: Option<String>,
+    /// Experiment definitions, one TOML file each, watched for changes. Unset: `experiments`
+    /// in the working directory if it exists, else no experiments.
+    pub experiments_dir: Option<PathBuf>,
     pub events: EventsConfig,
     pub learning: LearningConfig,
     pub plugins: Vec<PluginDeclaration>,
@@ -109,6 +113,7 @@ impl Default for Config {
             max_recommendations: 100,
             demo_data: true,
             admin_token: None,
+            experiments_dir: None,
             events: EventsConfig::default(),
             learning: LearningConfig::default(),
             plugins: Vec::new(),
@@ -153,6 +158,11 @@ impl Config {
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
+        if let Some(dir) = config.experiments_dir.as_mut()
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
         config.apply_env(|key| std::env::var(key).ok())?;
         config
             .validate()
@@ -170,6 +180,9 @@ impl Config {
         }
         if let Some(model) = lookup("RECOHOST_DEFAULT_MODEL") {
             self.default_model = model;
+        }
+        if let Some(dir) = lookup("RECOHOST_EXPERIMENTS_DIR") {
+            self.experiments_dir = Some(PathBuf::from(dir));
         }
         if let Some(token) = lookup("RECOHOST_ADMIN_TOKEN") {
             self.admin_token = Some(token);

@@ -35,6 +35,10 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:8080. Overrides the config.
         #[arg(long)]
         bind: Option<String>,
+        /// Experiments directory (one TOML file per experiment, watched for changes).
+        /// Overrides the config; default: ./experiments if it exists.
+        #[arg(long)]
+        experiments: Option<PathBuf>,
     },
     /// Import a dataset into the data directory's database.
     Import {
@@ -134,10 +138,18 @@ fn main() -> anyhow::Result<()> {
             config,
             data_dir,
             bind,
+            experiments,
         } => {
             let mut config = load_config(config, data_dir)?;
             if let Some(bind) = bind {
                 config.bind = bind;
+            }
+            if experiments.is_some() {
+                config.experiments_dir = experiments;
+            } else if config.experiments_dir.is_none()
+                && std::path::Path::new("experiments").is_dir()
+            {
+                config.experiments_dir = Some(PathBuf::from("experiments"));
             }
             if config.plugins.is_empty() {
                 anyhow::bail!(
@@ -284,12 +296,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Tests and scripts read this line to find the port when binding to port 0.
         println!("recohost listening on http://{address}");
         tokio::spawn(app.learning.clone().run_scheduler());
+        // Dropping the watcher stops it: keep it for as long as the server runs.
+        let _watcher = recohost::experiments::watcher::watch(app.experiments.clone())
+            .context("cannot watch the experiments directory")?;
         axum::serve(listener, recohost::api::router(app.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         // A clean stop stores every model, so the next start has nothing to catch up on.
         let learning = app.learning.clone();
         tokio::task::spawn_blocking(move || learning.save_snapshots()).await?;
+        let experiments = app.experiments.clone();
+        tokio::task::spawn_blocking(move || experiments.flush()).await?;
         tracing::info!("models saved; bye");
         anyhow::Ok(())
     })

@@ -1,5 +1,6 @@
-//! The recommendation service: resolves the model and the user, asks the plugin, and checks
-//! its answer before anyone sees it. Knows nothing about HTTP.
+//! The recommendation service: places the user in an experiment arm (or takes the requested
+//! model), asks the plugin, checks its answer before anyone sees it, and logs the exposure.
+//! Knows nothing about HTTP.
 
 use std::sync::{Arc, RwLock};
 
@@ -7,6 +8,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::catalog::{Catalog, Users};
+use crate::experiments::{ExperimentError, Experiments};
 use crate::plugins::bindings::Request;
 use crate::plugins::{PluginRegistry, RecommendCallError};
 
@@ -19,6 +21,8 @@ pub enum RecommendError {
     },
     #[error("n_recommendations must be between 1 and {max}, got {requested}")]
     InvalidCount { requested: u64, max: u32 },
+    #[error(transparent)]
+    Experiment(#[from] ExperimentError),
     #[error("model `{model}` is unavailable: {source}")]
     PluginFailed {
         model: String,
@@ -34,11 +38,36 @@ pub struct RecommendedItem {
     pub score: f32,
 }
 
+/// What a client asks for.
+#[derive(Clone, Debug, Default)]
+pub struct RecommendQuery<'a> {
+    /// External user ID; an unknown user is a cold start, not an error.
+    pub user_id: &'a str,
+    pub count: u64,
+    /// Plugin to use outside experiments (default: the configured default model).
+    pub model: Option<&'a str>,
+    /// Experiment to place the user in (default: the highest-priority running one that
+    /// includes the user).
+    pub experiment_id: Option<&'a str>,
+    /// Ignore experiments: serve `model`, log no exposure (operators' previews).
+    pub bypass_experiments: bool,
+}
+
+/// The experiment arm that served a recommendation.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServedArm {
+    pub experiment_id: String,
+    pub experiment_name: String,
+    pub group: String,
+}
+
 /// A plugin's answer, checked and mapped back to external IDs.
 #[derive(Clone, Debug, Serialize)]
 pub struct Recommendation {
     pub model: String,
     pub model_version: u64,
+    /// The experiment and group that chose the model, if any.
+    pub experiment: Option<ServedArm>,
     /// True when the user has no history, so the answer cannot be personal.
     pub cold_start: bool,
     pub items: Vec<RecommendedItem>,
@@ -48,52 +77,43 @@ pub struct Recommendation {
 }
 
 pub struct Recommender {
-    catalog: Arc<Catalog>,
-    users: Arc<RwLock<Users>>,
-    plugins: Arc<PluginRegistry>,
-    default_model: String,
-    history_limit: usize,
-    max_recommendations: u32,
+    pub catalog: Arc<Catalog>,
+    pub users: Arc<RwLock<Users>>,
+    pub plugins: Arc<PluginRegistry>,
+    pub experiments: Arc<Experiments>,
+    pub default_model: String,
+    /// Newest events of a user sent with each request.
+    pub history_limit: usize,
+    pub max_recommendations: u32,
 }
 
 impl Recommender {
-    pub fn new(
-        catalog: Arc<Catalog>,
-        users: Arc<RwLock<Users>>,
-        plugins: Arc<PluginRegistry>,
-        default_model: String,
-        history_limit: usize,
-        max_recommendations: u32,
-    ) -> Self {
-        Self {
-            catalog,
-            users,
-            plugins,
-            default_model,
-            history_limit,
-            max_recommendations,
-        }
-    }
-
     pub fn default_model(&self) -> &str {
         &self.default_model
     }
 
-    /// Recommends `count` items for the user with external ID `user_id` from `model` (or the
-    /// default model). An unknown user is a cold start, not an error.
+    /// Recommends `query.count` items. A user in an experiment gets their group's plugin,
+    /// whatever `query.model` says.
     pub async fn recommend(
         &self,
-        user_id: &str,
-        count: u64,
-        model: Option<&str>,
+        query: &RecommendQuery<'_>,
     ) -> Result<Recommendation, RecommendError> {
+        let (user_id, count) = (query.user_id, query.count);
         if count == 0 || count > u64::from(self.max_recommendations) {
             return Err(RecommendError::InvalidCount {
                 requested: count,
                 max: self.max_recommendations,
             });
         }
-        let model = model.unwrap_or(&self.default_model).to_string();
+        let assignment = if query.bypass_experiments {
+            None
+        } else {
+            self.experiments.assign(user_id, query.experiment_id)?
+        };
+        let model = match &assignment {
+            Some(assignment) => assignment.group().plugin.clone(),
+            None => query.model.unwrap_or(&self.default_model).to_string(),
+        };
         let plugin =
             self.plugins
                 .get(&model)
@@ -102,7 +122,7 @@ impl Recommender {
                     requested: model.clone(),
                     available: self.plugins.names(),
                 })?;
-        let request = self.request(user_id, count as u32);
+        let (request, after_event) = self.request(user_id, count as u32);
         let cold_start = request.history.is_empty();
         let exclude = request.exclude.clone();
         let (scored, model_version) = plugin.recommend_async(request).await.map_err(|source| {
@@ -140,25 +160,39 @@ impl Recommender {
                 "dropped malformed entries from a plugin's answer"
             );
         }
+        let experiment = assignment.map(|assignment| {
+            self.experiments
+                .record_exposure(&assignment, user_id, model_version, after_event);
+            let definition = &assignment.experiment.definition;
+            ServedArm {
+                experiment_id: definition.id.clone(),
+                experiment_name: definition.name.clone(),
+                group: assignment.group().name.clone(),
+            }
+        });
         Ok(Recommendation {
             model,
             model_version,
+            experiment,
             cold_start,
             items,
             dropped,
         })
     }
 
-    /// The plugin request for a user: newest history first (capped), all seen items excluded.
-    fn request(&self, user_id: &str, count: u32) -> Request {
+    /// The plugin request for a user (newest history first, capped; all seen items
+    /// excluded), and the id of the newest event stored when it was made.
+    fn request(&self, user_id: &str, count: u32) -> (Request, i64) {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let after_event = users.last_event_id();
         let Some(user) = users.index_of(user_id) else {
-            return Request {
+            let request = Request {
                 user: None,
                 count,
                 history: Vec::new(),
                 exclude: Vec::new(),
             };
+            return (request, after_event);
         };
         let full = users.history(user);
         let history = full
@@ -170,11 +204,12 @@ impl Recommender {
         let mut exclude: Vec<u32> = full.iter().map(|event| event.item).collect();
         exclude.sort_unstable();
         exclude.dedup();
-        Request {
+        let request = Request {
             user: Some(user),
             count,
             history,
             exclude,
-        }
+        };
+        (request, after_event)
     }
 }

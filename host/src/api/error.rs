@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::experiments::ExperimentError;
 use crate::recommend::RecommendError;
 
 #[derive(Debug)]
@@ -86,21 +87,36 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<ExperimentError> for ApiError {
+    fn from(error: ExperimentError) -> Self {
+        match &error {
+            ExperimentError::Unknown(_) => Self::not_found("unknown_experiment", error.to_string()),
+            ExperimentError::Disabled => Self::not_found("experiments_disabled", error.to_string()),
+            ExperimentError::Definition(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_experiment",
+                error.to_string(),
+            ),
+            ExperimentError::Store(_) => Self::internal(error),
+        }
+    }
+}
+
 impl From<RecommendError> for ApiError {
     fn from(error: RecommendError) -> Self {
-        match &error {
-            RecommendError::UnknownModel { .. } => {
-                Self::not_found("unknown_model", error.to_string())
-            }
+        let message = error.to_string();
+        match error {
+            RecommendError::Experiment(error) => error.into(),
+            RecommendError::UnknownModel { .. } => Self::not_found("unknown_model", message),
             RecommendError::InvalidCount { .. } => {
-                Self::bad_request("invalid_n_recommendations", error.to_string())
+                Self::bad_request("invalid_n_recommendations", message)
             }
             RecommendError::PluginFailed { .. } => {
-                tracing::warn!(%error, "recommendation failed");
+                tracing::warn!(error = %message, "recommendation failed");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "model_unavailable",
-                    error.to_string(),
+                    message,
                 )
             }
         }

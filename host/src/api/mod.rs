@@ -12,6 +12,11 @@
 //! | `GET /learning/history` | [`learning::history`]  |
 //! | `POST /learning/trigger-update` | [`learning::trigger_update`] (operator) |
 //! | `POST /learning/retrain` | [`learning::retrain`] (operator) |
+//! | `GET /experiments`    | [`experiments::list`]    |
+//! | `GET /experiments/{id}` | [`experiments::show`]  |
+//! | `GET /experiments/{id}/results` | [`experiments::results`] |
+//! | `GET /users/{id}/experiment-group` | [`experiments::user_group`] |
+//! | `POST /admin/reload`  | [`experiments::reload`] (operator) |
 //! | `GET /health`         | [`system::health`]       |
 //! | `GET /plugins`        | [`system::plugins`]      |
 
@@ -19,6 +24,7 @@ mod auth;
 mod catalog;
 pub mod error;
 mod events;
+mod experiments;
 pub mod ids;
 mod learning;
 mod recommend;
@@ -60,6 +66,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/learning/history", get(learning::history))
         .route("/learning/trigger-update", post(learning::trigger_update))
         .route("/learning/retrain", post(learning::retrain))
+        .route("/experiments", get(experiments::list))
+        .route("/experiments/{id}", get(experiments::show))
+        .route("/experiments/{id}/results", get(experiments::results))
+        .route("/users/{id}/experiment-group", get(experiments::user_group))
+        .route("/admin/reload", post(experiments::reload))
         .route("/items/{id}", get(catalog::item))
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{AppState, ids};
+use crate::recommend::RecommendQuery;
 
 /// The request body. Unknown fields are refused, so a misspelt option is not silently ignored.
 #[derive(Debug, Deserialize)]
@@ -18,6 +19,12 @@ pub struct RecommendBody {
     pub n_recommendations: Option<Value>,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// Place the user in this experiment (default: the highest-priority running one).
+    #[serde(default)]
+    pub experiment_id: Option<String>,
+    /// Serve `model_type` even to users in a running experiment; no exposure is logged.
+    #[serde(default)]
+    pub bypass_experiments: bool,
 }
 
 /// Used when the request does not say how many.
@@ -38,10 +45,23 @@ pub async fn recommend(
             )
         })?,
     };
-    let recommendation = state
-        .recommender
-        .recommend(&user_id, count, body.model_type.as_deref())
-        .await?;
+    if body.bypass_experiments && body.experiment_id.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "give either experiment_id or bypass_experiments, not both",
+        ));
+    }
+    let query = RecommendQuery {
+        user_id: &user_id,
+        count,
+        model: body.model_type.as_deref(),
+        experiment_id: body.experiment_id.as_deref(),
+        bypass_experiments: body.bypass_experiments,
+    };
+    let recommendation = state.recommender.recommend(&query).await?;
+    let experiment = recommendation.experiment.as_ref().map(
+        |arm| json!({ "id": arm.experiment_id, "name": arm.experiment_name, "group": arm.group }),
+    );
     let items: Vec<Value> = recommendation
         .items
         .iter()
@@ -52,6 +72,7 @@ pub async fn recommend(
         "recommendations": items,
         "model": recommendation.model,
         "model_version": recommendation.model_version,
+        "experiment": experiment,
         "cold_start": recommendation.cold_start,
     })))
 }

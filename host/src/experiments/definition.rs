@@ -8,6 +8,8 @@
 //! seed = "model_comparison"          # hashing seed; default: the id
 //! coverage = 1.0                     # share of users in the experiment, 0 to 1
 //! priority = 0                       # higher wins when several running experiments match
+//! sticky = false                     # keep each user's first group when weights change
+//! bucket_version = 1                 # sticky only: raise it to re-bucket everyone
 //! [namespace]                        # optional: experiments with disjoint ranges of one
 //! name = "ranking"                   # namespace never share a user
 //! range = [0.0, 0.5]
@@ -61,10 +63,21 @@ pub struct Experiment {
     pub coverage: f64,
     pub priority: i64,
     pub namespace: Option<Namespace>,
+    /// Sticky assignment: a user keeps the group first served to them (stored in SQLite)
+    /// while `bucket_version` stays the same, even when weights or coverage change.
+    pub sticky: bool,
+    pub bucket_version: u32,
     pub groups: Vec<Group>,
     /// The file it came from.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+impl Experiment {
+    /// The index of the group called `name`.
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g.name == name)
+    }
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -89,6 +102,9 @@ struct Raw {
     #[serde(default)]
     priority: i64,
     namespace: Option<RawNamespace>,
+    #[serde(default)]
+    sticky: bool,
+    bucket_version: Option<u32>,
     groups: Vec<RawGroup>,
 }
 
@@ -199,6 +215,16 @@ impl Experiment {
                 ));
             }
         }
+        let bucket_version = raw.bucket_version.unwrap_or(1);
+        if bucket_version == 0 {
+            return Err(fail("bucket_version", "must be at least 1".into()));
+        }
+        if raw.bucket_version.is_some() && !raw.sticky {
+            return Err(fail(
+                "bucket_version",
+                "only sticky experiments have a bucket version; set sticky = true".into(),
+            ));
+        }
         let weights: Vec<f64> = raw.groups.iter().map(|g| g.weight).collect();
         let total: f64 = weights.iter().sum();
         let integers = weights.iter().all(|w| w.fract() == 0.0);
@@ -229,6 +255,8 @@ impl Experiment {
             coverage,
             priority: raw.priority,
             namespace,
+            sticky: raw.sticky,
+            bucket_version,
             groups,
             path: path.to_path_buf(),
         })

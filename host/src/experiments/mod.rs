@@ -1,11 +1,19 @@
-//! Experiments: which arm (plugin) serves which user.
+//! Experiments: which arm (plugin) serves which user, and how each arm does.
 //!
 //! - [`definition`]: the TOML files, validated (file, field and reason for every error).
 //! - [`assignment`]: GrowthBook's published assignment algorithm (hash, bucket ranges,
 //!   namespaces), checked against GrowthBook's own conformance cases.
-//!
-//! Serving by assignment, hot reload and the endpoints come with the
-//! experiments milestone.
+//! - [`live`]: the set in force (swapped atomically on reload), assignment of a user,
+//!   sticky groups, exposure logging and results.
+//! - [`exposures`]: the batched exposure writer.
+//! - [`results`]: per-arm statistics (confidence intervals, sample-ratio mismatch).
+//! - [`watcher`]: reloads the directory when a file changes.
 
 pub mod assignment;
 pub mod definition;
+pub mod exposures;
+pub mod live;
+pub mod results;
+pub mod watcher;
+
+pub use live::{Assignment, Decision, ExperimentError, Experiments, LiveExperiment, Placement};

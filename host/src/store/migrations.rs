@@ -64,6 +64,30 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX events_by_user;
     "#,
+    // 4: experiments. One row per recommendation served under an experiment, and the group
+    // each user of a sticky experiment keeps.
+    r#"
+    CREATE TABLE exposures (
+        id            INTEGER PRIMARY KEY,
+        experiment_id TEXT NOT NULL,
+        group_name    TEXT NOT NULL,
+        user_id       TEXT NOT NULL,              -- external ID, as the client sent it
+        plugin        TEXT NOT NULL,
+        model_version INTEGER NOT NULL,
+        after_event   INTEGER NOT NULL,           -- newest stored event id when it was served:
+                                                  -- the user's later events are its feedback
+        at_ms         INTEGER NOT NULL            -- Unix milliseconds
+    );
+    CREATE INDEX exposures_by_experiment ON exposures(experiment_id, group_name, user_id);
+    CREATE TABLE sticky_assignments (
+        experiment_id  TEXT NOT NULL,
+        user_id        TEXT NOT NULL,
+        group_name     TEXT NOT NULL,
+        bucket_version INTEGER NOT NULL,
+        assigned_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (experiment_id, user_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

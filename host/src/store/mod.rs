@@ -8,6 +8,7 @@
 //! the client is told, so an acknowledged event survives a power cut, not just a crash.
 
 mod events;
+mod experiments;
 mod learning;
 mod migrations;
 
@@ -18,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 
 pub use events::{Appended, NewEvent};
+pub use experiments::{ExposureKey, ExposureRow, GroupCounts, StickyRow};
 pub use learning::{LearningRun, VersionRow};
 pub use migrations::latest_version as schema_version;
 
@@ -419,6 +421,14 @@ pub struct ImportEvent {
     pub kind: EventKind,
     pub value: f32,
     pub timestamp: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.

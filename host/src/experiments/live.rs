@@ -1,0 +1,683 @@
+//! The experiments in force, who is in which arm, and reloading them without a restart.
+//!
+//! The validated set is swapped atomically ([`arc_swap`]): a request reads one consistent set
+//! and never waits for a reload, and a reload that fails validation changes nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use thiserror::Error;
+
+use super::assignment::{bucket_ranges, choose_variation, hash, in_namespace};
+use super::definition::{DefinitionError, Experiment, Group, Status, load_dir};
+use super::exposures::ExposureLog;
+use super::results::{Results, Tally};
+use crate::store::{ExposureRow, GroupCounts, StickyRow, Store, StoreError, unix_now_ms};
+
+/// GrowthBook's hash version used for assignment.
+const HASH_VERSION: u32 = 2;
+
+/// An experiment in force, with its groups' hash ranges.
+#[derive(Debug)]
+pub struct LiveExperiment {
+    pub definition: Experiment,
+    /// Each group's `[start, end)` range of the hash, at the experiment's coverage.
+    pub ranges: Vec<(f64, f64)>,
+}
+
+impl LiveExperiment {
+    fn new(definition: Experiment) -> Self {
+        let weights: Vec<f64> = definition.groups.iter().map(|g| g.weight).collect();
+        let ranges = bucket_ranges(weights.len() as i64, definition.coverage, Some(&weights));
+        Self { definition, ranges }
+    }
+}
+
+/// Why a user is or is not in an experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// In the group with this index, by the hash.
+    Hashed(usize),
+    /// In the group with this index, kept from an earlier assignment (sticky experiments).
+    Kept(usize),
+    NotRunning,
+    OutsideNamespace,
+    OutsideCoverage,
+}
+
+impl Placement {
+    pub fn group(self) -> Option<usize> {
+        match self {
+            Self::Hashed(group) | Self::Kept(group) => Some(group),
+            _ => None,
+        }
+    }
+
+    /// Why the user is not in the experiment (`None` when they are).
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Self::Hashed(_) | Self::Kept(_) => None,
+            Self::NotRunning => Some("not_running"),
+            Self::OutsideNamespace => Some("outside_namespace"),
+            Self::OutsideCoverage => Some("outside_coverage"),
+        }
+    }
+}
+
+/// Where one user stands in one experiment.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub experiment: Arc<LiveExperiment>,
+    /// GrowthBook's hash of the user under the experiment's seed, in [0, 1).
+    pub hash: f64,
+    pub placement: Placement,
+}
+
+/// A user placed in a group: what serves them.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    pub experiment: Arc<LiveExperiment>,
+    pub group: usize,
+}
+
+impl Assignment {
+    pub fn group(&self) -> &Group {
+        &self.experiment.definition.groups[self.group]
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ExperimentError {
+    #[error("unknown experiment `{0}`")]
+    Unknown(String),
+    #[error("experiments are off: the server was started without an experiments directory")]
+    Disabled,
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A validated set of experiments, highest priority first (ties by id).
+#[derive(Debug, Default)]
+pub struct ExperimentSet {
+    pub experiments: Vec<Arc<LiveExperiment>>,
+    pub loaded_at_ms: u64,
+}
+
+impl ExperimentSet {
+    fn new(definitions: Vec<Experiment>) -> Self {
+        let mut experiments: Vec<Arc<LiveExperiment>> = definitions
+            .into_iter()
+            .map(|d| Arc::new(LiveExperiment::new(d)))
+            .collect();
+        experiments.sort_by(|a, b| {
+            (b.definition.priority, &a.definition.id)
+                .cmp(&(a.definition.priority, &b.definition.id))
+        });
+        Self {
+            experiments,
+            loaded_at_ms: unix_now_ms(),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<LiveExperiment>> {
+        self.experiments.iter().find(|e| e.definition.id == id)
+    }
+}
+
+/// The outcome of the latest reload attempt.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Successful loads since start (the first load counts).
+    pub reloads: u64,
+    pub loaded_at_ms: u64,
+    /// The last attempt's error, while the previous set stays in force; cleared by a
+    /// successful reload.
+    pub error: Option<ReloadFailure>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReloadFailure {
+    pub at_ms: u64,
+    pub message: String,
+}
+
+/// The user's stored group in each sticky experiment: experiment id -> user id -> entry.
+type StickyMap = HashMap<String, HashMap<String, StickyEntry>>;
+
+#[derive(Clone, Debug)]
+struct StickyEntry {
+    group: String,
+    bucket_version: u32,
+}
+
+/// Experiments service: the set in force, assignment, exposures, results.
+pub struct Experiments {
+    dir: Option<PathBuf>,
+    plugins: Vec<String>,
+    current: ArcSwap<ExperimentSet>,
+    status: Mutex<ReloadStatus>,
+    sticky: RwLock<StickyMap>,
+    store: Arc<Store>,
+    log: ExposureLog,
+}
+
+impl Experiments {
+    /// Loads the experiments of `dir` (none when `None`), validating groups against the
+    /// declared `plugins`. A bad file stops start-up: there is no earlier set to fall back to.
+    pub fn open(
+        dir: Option<PathBuf>,
+        plugins: Vec<String>,
+        store: Arc<Store>,
+        database: &Path,
+    ) -> Result<Self, ExperimentError> {
+        let definitions = match &dir {
+            Some(dir) => load_dir(dir, &plugins)?,
+            None => Vec::new(),
+        };
+        let mut sticky = StickyMap::new();
+        for row in store.sticky_assignments()? {
+            sticky.entry(row.experiment_id).or_default().insert(
+                row.user_id,
+                StickyEntry {
+                    group: row.group_name,
+                    bucket_version: row.bucket_version,
+                },
+            );
+        }
+        let set = ExperimentSet::new(definitions);
+        let status = ReloadStatus {
+            reloads: 1,
+            loaded_at_ms: set.loaded_at_ms,
+            error: None,
+        };
+        Ok(Self {
+            dir,
+            plugins,
+            current: ArcSwap::from_pointee(set),
+            status: Mutex::new(status),
+            sticky: RwLock::new(sticky),
+            store,
+            log: ExposureLog::start(database)?,
+        })
+    }
+
+    /// The watched directory, if experiments are on.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The set in force now.
+    pub fn current(&self) -> Arc<ExperimentSet> {
+        self.current.load_full()
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the directory. On success the new set replaces the old one at once; on
+    /// failure the old set stays in force and the error is kept for the API.
+    pub fn reload(&self) -> Result<Arc<ExperimentSet>, ExperimentError> {
+        let dir = self.dir.as_ref().ok_or(ExperimentError::Disabled)?;
+        // One reload at a time, so an older read of the directory never replaces a newer one.
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match load_dir(dir, &self.plugins) {
+            Ok(definitions) => {
+                let set = Arc::new(ExperimentSet::new(definitions));
+                self.current.store(set.clone());
+                status.reloads += 1;
+                status.loaded_at_ms = set.loaded_at_ms;
+                status.error = None;
+                tracing::info!(
+                    experiments = set.experiments.len(),
+                    "reloaded the experiments"
+                );
+                Ok(set)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "experiment files rejected; the previous set stays in force");
+                status.error = Some(ReloadFailure {
+                    at_ms: unix_now_ms(),
+                    message: error.to_string(),
+                });
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Where `user_id` stands in `experiment`.
+    pub fn decide(&self, experiment: &Arc<LiveExperiment>, user_id: &str) -> Decision {
+        let definition = &experiment.definition;
+        let hash = hash(&definition.seed, user_id, HASH_VERSION).unwrap_or(0.0);
+        let decision = |placement| Decision {
+            experiment: experiment.clone(),
+            hash,
+            placement,
+        };
+        if definition.status != Status::Running {
+            return decision(Placement::NotRunning);
+        }
+        if definition.sticky
+            && let Some(group) = self.kept_group(definition, user_id)
+        {
+            return decision(Placement::Kept(group));
+        }
+        if let Some(ns) = &definition.namespace
+            && !in_namespace(user_id, (&ns.name, ns.start, ns.end))
+        {
+            return decision(Placement::OutsideNamespace);
+        }
+        match choose_variation(hash, &experiment.ranges) {
+            Some(group) => decision(Placement::Hashed(group)),
+            None => decision(Placement::OutsideCoverage),
+        }
+    }
+
+    /// The group serving `user_id`: in `experiment_id` when given, else in the
+    /// highest-priority running experiment that includes the user. `None`: no experiment.
+    pub fn assign(
+        &self,
+        user_id: &str,
+        experiment_id: Option<&str>,
+    ) -> Result<Option<Assignment>, ExperimentError> {
+        let set = self.current.load();
+        let assignment = |decision: Decision| {
+            decision.placement.group().map(|group| Assignment {
+                experiment: decision.experiment,
+                group,
+            })
+        };
+        match experiment_id {
+            Some(id) => {
+                let experiment = set
+                    .get(id)
+                    .ok_or_else(|| ExperimentError::Unknown(id.to_string()))?;
+                Ok(assignment(self.decide(experiment, user_id)))
+            }
+            None => Ok(set
+                .experiments
+                .iter()
+                .filter(|e| e.definition.status == Status::Running)
+                .find_map(|e| assignment(self.decide(e, user_id)))),
+        }
+    }
+
+    /// Looks up an experiment of the set in force.
+    pub fn get(&self, id: &str) -> Result<Arc<LiveExperiment>, ExperimentError> {
+        self.current
+            .load()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ExperimentError::Unknown(id.to_string()))
+    }
+
+    /// Logs that `assignment`'s plugin served `user_id` (model `model_version`, with
+    /// `after_event` the newest event stored then), and keeps a sticky user's group.
+    pub fn record_exposure(
+        &self,
+        assignment: &Assignment,
+        user_id: &str,
+        model_version: u64,
+        after_event: i64,
+    ) {
+        let definition = &assignment.experiment.definition;
+        let group = assignment.group();
+        let now = unix_now_ms();
+        let sticky = definition
+            .sticky
+            .then(|| self.keep_group(definition, user_id, &group.name, now))
+            .flatten();
+        self.log.record(
+            ExposureRow {
+                experiment_id: definition.id.clone(),
+                group_name: group.name.clone(),
+                user_id: user_id.to_string(),
+                plugin: group.plugin.clone(),
+                model_version,
+                after_event,
+                at_ms: now,
+            },
+            sticky,
+        );
+    }
+
+    /// Exposures and users per group so far (everything queued is stored first).
+    pub fn counts(&self, id: &str) -> Result<Vec<GroupCounts>, ExperimentError> {
+        self.log.flush();
+        Ok(self.store.exposure_counts(id)?)
+    }
+
+    /// Per-group outcomes of `experiment` (everything queued is stored first).
+    pub fn results(&self, experiment: &LiveExperiment) -> Result<Results, ExperimentError> {
+        self.log.flush();
+        let exposures = self.store.exposures_of(&experiment.definition.id)?;
+        let mut tally = Tally::new(&experiment.definition, exposures);
+        let after = tally.events_after();
+        if after < i64::MAX {
+            self.store
+                .for_each_event_after(after, |id, user, kind, value| {
+                    tally.event(id, user, kind, value)
+                })?;
+        }
+        Ok(tally.finish())
+    }
+
+    /// Waits until every queued exposure is stored (shutdown).
+    pub fn flush(&self) {
+        self.log.flush();
+    }
+
+    /// (stored, failed) exposures since start.
+    pub fn exposure_log_counts(&self) -> (u64, u64) {
+        self.log.counts()
+    }
+
+    fn kept_group(&self, definition: &Experiment, user_id: &str) -> Option<usize> {
+        let sticky = self.sticky.read().unwrap_or_else(|p| p.into_inner());
+        let entry = sticky.get(&definition.id)?.get(user_id)?;
+        if entry.bucket_version != definition.bucket_version {
+            return None;
+        }
+        definition.group_index(&entry.group)
+    }
+
+    /// Stores `group` as the user's kept group; the row to persist when it changed.
+    fn keep_group(
+        &self,
+        definition: &Experiment,
+        user_id: &str,
+        group: &str,
+        now: u64,
+    ) -> Option<StickyRow> {
+        let unchanged = |entry: &StickyEntry| {
+            entry.group == group && entry.bucket_version == definition.bucket_version
+        };
+        {
+            // The common case, a user already kept in this group, needs only the read lock.
+            let sticky = self.sticky.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = sticky.get(&definition.id).and_then(|u| u.get(user_id))
+                && unchanged(entry)
+            {
+                return None;
+            }
+        }
+        let mut sticky = self.sticky.write().unwrap_or_else(|p| p.into_inner());
+        let users = sticky.entry(definition.id.clone()).or_default();
+        if users.get(user_id).is_some_and(unchanged) {
+            return None;
+        }
+        users.insert(
+            user_id.to_string(),
+            StickyEntry {
+                group: group.to_string(),
+                bucket_version: definition.bucket_version,
+            },
+        );
+        Some(StickyRow {
+            experiment_id: definition.id.clone(),
+            user_id: user_id.to_string(),
+            group_name: group.to_string(),
+            bucket_version: definition.bucket_version,
+            assigned_at_ms: now,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::results::sample_ratio;
+
+    const TWO_ARMS: &str = r#"
+        id = "cmp"
+        name = "Comparison"
+        status = "running"
+        [[groups]]
+        name = "control"
+        plugin = "collaborative"
+        weight = 0.5
+        [[groups]]
+        name = "treatment"
+        plugin = "hybrid"
+        weight = 0.5
+    "#;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        experiments: Experiments,
+    }
+
+    fn open_with(files: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let experiments_dir = dir.path().join("experiments");
+        std::fs::create_dir(&experiments_dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(experiments_dir.join(name), text).unwrap();
+        }
+        let database = dir.path().join("db");
+        let store = Arc::new(Store::open(&database).unwrap());
+        let plugins = vec!["collaborative".into(), "hybrid".into(), "popularity".into()];
+        let experiments =
+            Experiments::open(Some(experiments_dir), plugins, store, &database).unwrap();
+        Fixture { dir, experiments }
+    }
+
+    impl Fixture {
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.dir.path().join("experiments").join(name), text).unwrap();
+        }
+
+        fn group(&self, user: &str) -> Option<String> {
+            self.experiments
+                .assign(user, None)
+                .unwrap()
+                .map(|a| a.group().name.clone())
+        }
+    }
+
+    #[test]
+    fn shares_of_100000_users_follow_the_weights_without_srm() {
+        for weights in [[0.5, 0.5], [0.2, 0.8]] {
+            let text = TWO_ARMS
+                .replacen("weight = 0.5", &format!("weight = {}", weights[0]), 1)
+                .replacen("weight = 0.5", &format!("weight = {}", weights[1]), 1);
+            let fixture = open_with(&[("cmp.toml", &text)]);
+            let mut counts = [0u64; 2];
+            for user in 0..100_000 {
+                let assignment = fixture
+                    .experiments
+                    .assign(&format!("user-{user}"), None)
+                    .unwrap()
+                    .unwrap();
+                counts[assignment.group] += 1;
+            }
+            for (count, weight) in counts.iter().zip(weights) {
+                let share = *count as f64 / 100_000.0;
+                assert!((share - weight).abs() < 0.01, "{counts:?} vs {weights:?}");
+            }
+            let srm = sample_ratio(&counts, &weights).unwrap();
+            assert!(!srm.flagged, "{srm:?}");
+        }
+    }
+
+    #[test]
+    fn assignment_is_growthbooks() {
+        let fixture = open_with(&[("cmp.toml", TWO_ARMS)]);
+        for user in ["1", "42", "alice", "ünïcødé"] {
+            let expected_hash = hash("cmp", user, 2).unwrap();
+            let decision = fixture
+                .experiments
+                .decide(&fixture.experiments.get("cmp").unwrap(), user);
+            assert_eq!(decision.hash, expected_hash);
+            let expected = if expected_hash < 0.5 {
+                "control"
+            } else {
+                "treatment"
+            };
+            assert_eq!(fixture.group(user).as_deref(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn coverage_namespace_status_and_priority() {
+        let low = TWO_ARMS.replace("id = \"cmp\"", "id = \"low\"");
+        let high = TWO_ARMS
+            .replace(
+                "id = \"cmp\"",
+                "id = \"high\"\npriority = 5\ncoverage = 0.0",
+            )
+            .replace("plugin = \"hybrid\"", "plugin = \"popularity\"");
+        let fixture = open_with(&[("low.toml", &low), ("high.toml", &high)]);
+        // `high` wins on priority but covers nobody, so everyone falls through to `low`.
+        let assignment = fixture.experiments.assign("u1", None).unwrap().unwrap();
+        assert_eq!(assignment.experiment.definition.id, "low");
+        let decision = fixture
+            .experiments
+            .decide(&fixture.experiments.get("high").unwrap(), "u1");
+        assert_eq!(decision.placement, Placement::OutsideCoverage);
+        assert!(
+            fixture
+                .experiments
+                .assign("u1", Some("high"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            fixture.experiments.assign("u1", Some("nope")),
+            Err(ExperimentError::Unknown(_))
+        ));
+
+        // Two experiments splitting one namespace never share a user.
+        let half = |id: &str, range: &str| {
+            format!(
+                "{}\n[namespace]\nname = \"ranking\"\nrange = {range}\n",
+                TWO_ARMS.replace("id = \"cmp\"", &format!("id = \"{id}\""))
+            )
+        };
+        let fixture = open_with(&[
+            ("a.toml", &half("a", "[0.0, 0.5]")),
+            ("b.toml", &half("b", "[0.5, 1.0]")),
+        ]);
+        let mut seen = [0; 2];
+        for user in 0..2000 {
+            let user = user.to_string();
+            let in_a = fixture
+                .experiments
+                .assign(&user, Some("a"))
+                .unwrap()
+                .is_some();
+            let in_b = fixture
+                .experiments
+                .assign(&user, Some("b"))
+                .unwrap()
+                .is_some();
+            assert!(in_a != in_b, "user {user} in both or neither");
+            seen[usize::from(in_b)] += 1;
+        }
+        assert!(seen[0] > 800 && seen[1] > 800, "{seen:?}");
+
+        let paused = TWO_ARMS.replace("\"running\"", "\"paused\"");
+        let fixture = open_with(&[("cmp.toml", &paused)]);
+        assert_eq!(fixture.group("u1"), None);
+        let decision = fixture
+            .experiments
+            .decide(&fixture.experiments.get("cmp").unwrap(), "u1");
+        assert_eq!(decision.placement.reason(), Some("not_running"));
+    }
+
+    #[test]
+    fn a_rejected_reload_keeps_the_set_in_force() {
+        let fixture = open_with(&[("cmp.toml", TWO_ARMS)]);
+        let before = fixture.group("u1");
+        fixture.write(
+            "cmp.toml",
+            &TWO_ARMS.replace("weight = 0.5", "weight = 0.7"),
+        );
+        let error = fixture.experiments.reload().unwrap_err();
+        assert!(error.to_string().contains("groups.weight"), "{error}");
+        assert_eq!(fixture.group("u1"), before);
+        let status = fixture.experiments.reload_status();
+        assert!(status.error.unwrap().message.contains("cmp.toml"));
+
+        fixture.write(
+            "cmp.toml",
+            &TWO_ARMS.replace("plugin = \"hybrid\"", "plugin = \"popularity\""),
+        );
+        fixture.experiments.reload().unwrap();
+        assert!(fixture.experiments.reload_status().error.is_none());
+        let plugins: Vec<String> = (0..50)
+            .filter_map(|u| fixture.experiments.assign(&u.to_string(), None).unwrap())
+            .map(|a| a.group().plugin.clone())
+            .collect();
+        assert!(plugins.contains(&"popularity".to_string()));
+        assert!(!plugins.contains(&"hybrid".to_string()));
+    }
+
+    #[test]
+    fn sticky_users_keep_their_group_until_the_bucket_version_rises() {
+        let sticky = TWO_ARMS.replace(
+            "status = \"running\"",
+            "status = \"running\"\nsticky = true",
+        );
+        let fixture = open_with(&[("cmp.toml", &sticky)]);
+        let users: Vec<String> = (0..200).map(|u| format!("u{u}")).collect();
+        let first: Vec<Option<String>> = users
+            .iter()
+            .map(|u| {
+                let assignment = fixture.experiments.assign(u, None).unwrap().unwrap();
+                fixture.experiments.record_exposure(&assignment, u, 1, 0);
+                Some(assignment.group().name.clone())
+            })
+            .collect();
+        // Everyone to control by weight: sticky users stay where they were.
+        let shifted = sticky
+            .replacen("weight = 0.5", "weight = 0.99", 1)
+            .replacen("weight = 0.5", "weight = 0.01", 1);
+        fixture.write("cmp.toml", &shifted);
+        fixture.experiments.reload().unwrap();
+        let kept: Vec<Option<String>> = users.iter().map(|u| fixture.group(u)).collect();
+        assert_eq!(kept, first);
+
+        // Kept across a restart too (the assignments are in SQLite).
+        fixture.experiments.flush();
+        let database = fixture.dir.path().join("db");
+        let reopened = Experiments::open(
+            Some(fixture.dir.path().join("experiments")),
+            vec!["collaborative".into(), "hybrid".into()],
+            Arc::new(Store::open(&database).unwrap()),
+            &database,
+        )
+        .unwrap();
+        let after_restart: Vec<Option<String>> = users
+            .iter()
+            .map(|u| {
+                reopened
+                    .assign(u, None)
+                    .unwrap()
+                    .map(|a| a.group().name.clone())
+            })
+            .collect();
+        assert_eq!(after_restart, first);
+
+        // A new bucket version re-buckets by the new weights.
+        fixture.write(
+            "cmp.toml",
+            &shifted.replace("sticky = true", "sticky = true\nbucket_version = 2"),
+        );
+        fixture.experiments.reload().unwrap();
+        let control = users
+            .iter()
+            .filter(|u| fixture.group(u).as_deref() == Some("control"))
+            .count();
+        assert!(control > 190, "{control}");
+    }
+}
