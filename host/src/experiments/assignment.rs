@@ -16,26 +16,52 @@
 //!    `start <= hash("__" + name, user_id, 1) < end`; experiments whose namespace ranges do
 //!    not overlap never share a user.
 
-/// FNV-1a, 32 bits, over UTF-16 code units (JavaScript's `charCodeAt`).
-fn fnv1a32(text: &str) -> u32 {
+/// FNV-1a, 32 bits, over UTF-16 code units (JavaScript's `charCodeAt`) of the
+/// concatenation of `parts`. Hashing the parts in turn avoids building the string: this runs
+/// on every request.
+fn fnv1a32(parts: &[&str]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for unit in text.encode_utf16() {
-        hash ^= u32::from(unit);
-        hash = hash.wrapping_mul(0x0100_0193);
+    for part in parts {
+        for unit in part.encode_utf16() {
+            hash ^= u32::from(unit);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
     }
     hash
 }
 
-/// GrowthBook's hash of `value` under `seed`, in [0, 1); `None` for an unknown version.
-pub fn hash(seed: &str, value: &str, version: u32) -> Option<f64> {
+/// The decimal digits of `n` (JavaScript's `String(n)` for an unsigned integer).
+fn decimal(mut n: u32, buffer: &mut [u8; 10]) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[start..]).unwrap_or("0")
+}
+
+/// GrowthBook's hash of `value` under the seed `seed_prefix + seed`, in [0, 1); `None` for an
+/// unknown version.
+fn hash_prefixed(seed_prefix: &str, seed: &str, value: &str, version: u32) -> Option<f64> {
     match version {
-        1 => Some(f64::from(fnv1a32(&format!("{value}{seed}")) % 1000) / 1000.0),
+        1 => Some(f64::from(fnv1a32(&[value, seed_prefix, seed]) % 1000) / 1000.0),
         2 => {
-            let first = fnv1a32(&format!("{seed}{value}"));
-            Some(f64::from(fnv1a32(&first.to_string()) % 10_000) / 10_000.0)
+            let first = fnv1a32(&[seed_prefix, seed, value]);
+            let mut digits = [0; 10];
+            let second = fnv1a32(&[decimal(first, &mut digits)]);
+            Some(f64::from(second % 10_000) / 10_000.0)
         }
         _ => None,
     }
+}
+
+/// GrowthBook's hash of `value` under `seed`, in [0, 1); `None` for an unknown version.
+pub fn hash(seed: &str, value: &str, version: u32) -> Option<f64> {
+    hash_prefixed("", seed, value, version)
 }
 
 /// `n` equal weights summing to 1 (none for `n` ≤ 0).
@@ -78,7 +104,7 @@ pub fn choose_variation(hash: f64, ranges: &[(f64, f64)]) -> Option<usize> {
 
 /// Whether `user_id` falls in the namespace `(name, start, end)`.
 pub fn in_namespace(user_id: &str, (name, start, end): (&str, f64, f64)) -> bool {
-    hash(&format!("__{name}"), user_id, 1).is_some_and(|n| n >= start && n < end)
+    hash_prefixed("__", name, user_id, 1).is_some_and(|n| n >= start && n < end)
 }
 
 #[cfg(test)]

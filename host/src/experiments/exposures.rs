@@ -12,7 +12,35 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::live::LiveExperiment;
 use crate::store::{ExposureRow, StickyRow, Store, StoreError};
+
+/// An exposure as the request path queues it: cheap to build (one `Arc` and the user ID);
+/// the writer thread turns it into an [`ExposureRow`].
+pub struct PendingExposure {
+    pub experiment: Arc<LiveExperiment>,
+    pub group: usize,
+    pub user_id: String,
+    pub model_version: u64,
+    pub after_event: i64,
+    pub at_ms: u64,
+}
+
+impl PendingExposure {
+    fn into_row(self) -> ExposureRow {
+        let definition = &self.experiment.definition;
+        let group = &definition.groups[self.group];
+        ExposureRow {
+            experiment_id: definition.id.clone(),
+            group_name: group.name.clone(),
+            user_id: self.user_id,
+            plugin: group.plugin.clone(),
+            model_version: self.model_version,
+            after_event: self.after_event,
+            at_ms: self.at_ms,
+        }
+    }
+}
 
 /// Most records one transaction stores.
 const MAX_BATCH: usize = 10_000;
@@ -20,7 +48,7 @@ const MAX_BATCH: usize = 10_000;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Message {
-    Record(ExposureRow, Option<StickyRow>),
+    Record(PendingExposure, Option<StickyRow>),
     Flush(SyncSender<()>),
 }
 
@@ -56,7 +84,7 @@ impl ExposureLog {
     }
 
     /// Queues an exposure (and the sticky assignment it made, if any).
-    pub fn record(&self, exposure: ExposureRow, sticky: Option<StickyRow>) {
+    pub fn record(&self, exposure: PendingExposure, sticky: Option<StickyRow>) {
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if queue.send(Message::Record(exposure, sticky)).is_err() {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +124,7 @@ impl Batch {
     fn take(&mut self, message: Message) {
         match message {
             Message::Record(exposure, sticky) => {
-                self.exposures.push(exposure);
+                self.exposures.push(exposure.into_row());
                 self.sticky.extend(sticky);
             }
             Message::Flush(done) => self.waiters.push(done),

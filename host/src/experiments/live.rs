@@ -13,9 +13,9 @@ use thiserror::Error;
 
 use super::assignment::{bucket_ranges, choose_variation, hash, in_namespace};
 use super::definition::{DefinitionError, Experiment, Group, Status, load_dir};
-use super::exposures::ExposureLog;
+use super::exposures::{ExposureLog, PendingExposure};
 use super::results::{Results, Tally};
-use crate::store::{ExposureRow, GroupCounts, StickyRow, Store, StoreError, unix_now_ms};
+use crate::store::{GroupCounts, StickyRow, Store, StoreError, unix_now_ms};
 
 /// GrowthBook's hash version used for assignment.
 const HASH_VERSION: u32 = 2;
@@ -337,11 +337,10 @@ impl Experiments {
             .then(|| self.keep_group(definition, user_id, &group.name, now))
             .flatten();
         self.log.record(
-            ExposureRow {
-                experiment_id: definition.id.clone(),
-                group_name: group.name.clone(),
+            PendingExposure {
+                experiment: assignment.experiment.clone(),
+                group: assignment.group,
                 user_id: user_id.to_string(),
-                plugin: group.plugin.clone(),
                 model_version,
                 after_event,
                 at_ms: now,
