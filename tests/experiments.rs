@@ -373,3 +373,120 @@ fn the_shipped_experiment_is_served() {
     assert_eq!(body["groups"][0]["plugin"], "collaborative");
     assert_eq!(body["groups"][1]["plugin"], "hybrid");
 }
+
+/// The `/plugins` entry named `name`, if it serves.
+fn plugin_status(server: &Server, name: &str) -> Option<Value> {
+    let (status, body) = server.get("/plugins");
+    assert_eq!(status, 200, "{body}");
+    body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+}
+
+#[test]
+fn plugins_added_or_replaced_in_the_config_serve_without_a_restart() {
+    let setup = Setup::new(&[("model_comparison.toml", COMPARISON)]);
+    let arms = setup.temp.path().join("arms");
+    std::fs::create_dir(&arms).unwrap();
+    let bundled = recohost_e2e::plugins_dir();
+    let install = |plugin: &str| {
+        let staging = arms.join("arm.wasm.partial");
+        std::fs::copy(bundled.join(format!("{plugin}.wasm")), &staging).unwrap();
+        std::fs::rename(&staging, arms.join("arm.wasm")).unwrap();
+    };
+    install("popularity");
+    let server = setup.start();
+    let (status, body) = server.post(
+        "/recommend",
+        &json!({"user_id": 1, "model_type": "arm", "bypass_experiments": true}),
+    );
+    assert_eq!((status, error_code(&body).as_str()), (404, "unknown_model"));
+
+    // Add a [[plugins]] entry: the watcher loads and trains it.
+    let config_path = setup.temp.path().join("data.toml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config.push_str(&format!(
+        "\n[[plugins]]\nname = \"arm\"\npath = {:?}\n",
+        arms.join("arm.wasm").display().to_string()
+    ));
+    let staging = setup.temp.path().join("data.toml.partial");
+    std::fs::write(&staging, &config).unwrap();
+    std::fs::rename(&staging, &config_path).unwrap();
+    server.wait_for("/plugins", Duration::from_secs(30), |body| {
+        body["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "arm")
+    });
+    let first = plugin_status(&server, "arm").unwrap();
+    let body = recommend(
+        &server,
+        json!({"user_id": 1, "model_type": "arm", "bypass_experiments": true}),
+    );
+    assert_eq!(body["model"], "arm");
+    assert_eq!(body["model_version"], first["model_version"]);
+
+    // An experiment can use it at once.
+    setup.write(
+        "model_comparison.toml",
+        &COMPARISON.replace("plugin = \"hybrid\"", "plugin = \"arm\""),
+    );
+    server.wait_for("/experiments", Duration::from_secs(10), |body| {
+        body["experiments"][0]["groups"][1]["plugin"] == "arm"
+    });
+    let user = (0..100)
+        .map(|u| u.to_string())
+        .find(|u| group_of(&server, u)["model"] == "arm")
+        .expect("the new arm serves once the file is reloaded");
+    assert_eq!(recommend(&server, json!({"user_id": user}))["model"], "arm");
+
+    // Replace the .wasm: a new model version of the new code serves under the same name.
+    install("content");
+    let replaced = server.wait_for("/plugins", Duration::from_secs(30), |body| {
+        body["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "arm" && p["description"] != first["description"])
+    });
+    let arm = replaced["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "arm")
+        .unwrap()
+        .clone();
+    assert!(
+        arm["model_version"].as_u64() > first["model_version"].as_u64(),
+        "{arm}"
+    );
+    assert_eq!(
+        replaced["reload"]["last_changes"]["replaced"],
+        json!(["arm"])
+    );
+    let body = recommend(&server, json!({"user_id": user}));
+    assert_eq!(
+        (body["model"].as_str(), &body["model_version"]),
+        (Some("arm"), &arm["model_version"])
+    );
+
+    // A broken .wasm is rejected and the working one keeps serving.
+    std::fs::write(arms.join("arm.wasm.partial"), b"not a component").unwrap();
+    std::fs::rename(arms.join("arm.wasm.partial"), arms.join("arm.wasm")).unwrap();
+    let rejected = server.wait_for("/plugins", Duration::from_secs(30), |body| {
+        !body["reload"]["error"].is_null()
+    });
+    assert!(
+        rejected["reload"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("arm"),
+        "{rejected}"
+    );
+    let body = recommend(&server, json!({"user_id": user}));
+    assert_eq!(body["model_version"], arm["model_version"]);
+}

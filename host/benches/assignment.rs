@@ -49,8 +49,9 @@ fn service(files: &[(&str, String)]) -> (tempfile::TempDir, Experiments) {
     }
     let database = temp.path().join("db");
     let store = Arc::new(Store::open(&database).expect("store"));
-    let plugins = vec!["collaborative".to_string(), "hybrid".to_string()];
-    let experiments = Experiments::open(Some(dir), plugins, store, &database).expect("open");
+    let plugins = || vec!["collaborative".to_string(), "hybrid".to_string()];
+    let experiments =
+        Experiments::open(Some(dir), Box::new(plugins), store, &database).expect("open");
     (temp, experiments)
 }
 

@@ -13,7 +13,7 @@ use crate::events::EventWriter;
 use crate::experiments::Experiments;
 use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
-use crate::plugins::{ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
+use crate::plugins::{LivePlugins, ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
 use crate::recommend::Recommender;
 use crate::store::{Store, VersionRow, unix_now};
 
@@ -26,11 +26,15 @@ pub struct App {
     pub store: Arc<Store>,
     pub catalog: Arc<Catalog>,
     pub users: Arc<RwLock<Users>>,
-    pub plugins: Arc<PluginRegistry>,
+    pub plugins: Arc<LivePlugins>,
+    /// Compiles plugins added or replaced while the server runs.
+    pub engine: PluginEngine,
     pub recommender: Recommender,
     pub learning: Arc<Learning>,
     pub events: EventWriter,
     pub experiments: Arc<Experiments>,
+    /// Serializes plugin reloads and keeps the last outcome (`reload.rs`).
+    pub(crate) plugin_reload: std::sync::Mutex<crate::reload::PluginReloadStatus>,
 }
 
 impl App {
@@ -65,10 +69,10 @@ impl App {
         );
 
         let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?;
-        let plugins = Arc::new(load_plugins(&config, &engine, &catalog)?);
+        let registry = load_plugins(&config, &engine, &catalog)?;
         let versions = store.model_versions()?;
         std::thread::scope(|scope| -> anyhow::Result<()> {
-            let tasks: Vec<_> = plugins
+            let tasks: Vec<_> = registry
                 .iter()
                 .map(|plugin| {
                     let highest = versions.get(plugin.name()).map(|v| v.version).unwrap_or(0);
@@ -84,7 +88,7 @@ impl App {
         })?;
 
         // Every event some model has not learned goes back into the learning buffer.
-        let learned_through = plugins
+        let learned_through = registry
             .iter()
             .map(|p| p.model().map(|m| m.through_event).unwrap_or(0))
             .min()
@@ -98,6 +102,7 @@ impl App {
             );
         }
         drop(events);
+        let plugins = Arc::new(LivePlugins::new(registry));
         let learning = Arc::new(Learning::new(
             config.learning.clone(),
             store.clone(),
@@ -114,7 +119,10 @@ impl App {
         let experiments = Arc::new(
             Experiments::open(
                 config.experiments_dir.clone(),
-                plugins.names(),
+                {
+                    let plugins = plugins.clone();
+                    Box::new(move || plugins.names())
+                },
                 store.clone(),
                 &database,
             )
@@ -138,10 +146,12 @@ impl App {
             catalog,
             users,
             plugins,
+            engine,
             recommender,
             learning,
             events,
             experiments,
+            plugin_reload: Default::default(),
         })
     }
 }
@@ -193,7 +203,7 @@ fn load_plugins(
 /// config and catalog, else a fresh training over the training window. Events after the
 /// snapshot are not learned here: they go into the learning buffer, so that start-up does not
 /// wait for a backlog.
-fn restore_or_train(
+pub(crate) fn restore_or_train(
     plugin: &PluginRuntime,
     store: &Store,
     config: &LearningConfig,

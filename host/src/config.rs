@@ -57,6 +57,9 @@ pub struct Config {
     pub events: EventsConfig,
     pub learning: LearningConfig,
     pub plugins: Vec<PluginDeclaration>,
+    /// The file this was read from; its `[[plugins]]` are re-read on reload.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[events]`: what `POST /events` accepts.
@@ -117,6 +120,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             learning: LearningConfig::default(),
             plugins: Vec::new(),
+            source: None,
         }
     }
 }
@@ -163,6 +167,7 @@ impl Config {
         {
             *dir = base.join(&*dir);
         }
+        config.source = Some(path.to_path_buf());
         config.apply_env(|key| std::env::var(key).ok())?;
         config
             .validate()

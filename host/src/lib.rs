@@ -8,7 +8,8 @@
 //! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
 //! - [`events`]: validation and durable group-committed storage of live events.
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
-//! - [`experiments`]: GrowthBook-compatible assignment of users to experiment arms.
+//! - [`experiments`]: experiment files, GrowthBook-compatible assignment, exposures, results.
+//! - [`reload`]: plugins and experiments changed without a restart (file watchers, reload).
 //! - [`import`]: MovieLens readers and the demo-data generator.
 //! - [`eval`]: offline evaluation (splits, ranking metrics, the `eval` command).
 //! - [`app`]: start-up: store, catalog, plugins, restoring or training every model.
@@ -25,4 +26,5 @@ pub mod import;
 pub mod learning;
 pub mod plugins;
 pub mod recommend;
+pub mod reload;
 pub mod store;

@@ -296,9 +296,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Tests and scripts read this line to find the port when binding to port 0.
         println!("recohost listening on http://{address}");
         tokio::spawn(app.learning.clone().run_scheduler());
-        // Dropping the watcher stops it: keep it for as long as the server runs.
-        let _watcher = recohost::experiments::watcher::watch(app.experiments.clone())
-            .context("cannot watch the experiments directory")?;
+        recohost::reload::watch(&app)?;
         axum::serve(listener, recohost::api::router(app.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await?;

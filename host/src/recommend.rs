@@ -10,7 +10,7 @@ use thiserror::Error;
 use crate::catalog::{Catalog, Users};
 use crate::experiments::{ExperimentError, Experiments};
 use crate::plugins::bindings::Request;
-use crate::plugins::{PluginRegistry, RecommendCallError};
+use crate::plugins::{LivePlugins, RecommendCallError};
 
 #[derive(Debug, Error)]
 pub enum RecommendError {
@@ -79,7 +79,7 @@ pub struct Recommendation {
 pub struct Recommender {
     pub catalog: Arc<Catalog>,
     pub users: Arc<RwLock<Users>>,
-    pub plugins: Arc<PluginRegistry>,
+    pub plugins: Arc<LivePlugins>,
     pub experiments: Arc<Experiments>,
     pub default_model: String,
     /// Newest events of a user sent with each request.
@@ -114,14 +114,13 @@ impl Recommender {
             Some(assignment) => assignment.group().plugin.clone(),
             None => query.model.unwrap_or(&self.default_model).to_string(),
         };
-        let plugin =
-            self.plugins
-                .get(&model)
-                .cloned()
-                .ok_or_else(|| RecommendError::UnknownModel {
-                    requested: model.clone(),
-                    available: self.plugins.names(),
-                })?;
+        let plugin = self
+            .plugins
+            .get(&model)
+            .ok_or_else(|| RecommendError::UnknownModel {
+                requested: model.clone(),
+                available: self.plugins.names(),
+            })?;
         let (request, after_event) = self.request(user_id, count as u32);
         let cold_start = request.history.is_empty();
         let exclude = request.exclude.clone();

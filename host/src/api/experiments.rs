@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -140,19 +141,41 @@ pub async fn user_group(
     })))
 }
 
-/// Re-reads the experiments directory now. A rejected set is a 422 naming the file, field
-/// and reason; the set in force stays.
+/// Re-reads the plugins of the config file, then the experiments directory. A rejected plugin
+/// list or experiment set is a 422 naming the file, field or plugin and the reason; what was
+/// in force stays.
 pub async fn reload(
     _operator: Operator,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
+    let app = state.clone();
+    let plugins = if app.config.source.is_some() {
+        let changes = tokio::task::spawn_blocking(move || app.reload_plugins())
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_plugins",
+                    format!("{e:#}"),
+                )
+            })?;
+        Some(changes)
+    } else {
+        None
+    };
     let experiments = state.experiments.clone();
-    let set = tokio::task::spawn_blocking(move || experiments.reload())
-        .await
-        .map_err(ApiError::internal)??;
+    let set = match experiments.dir() {
+        Some(_) => Some(
+            tokio::task::spawn_blocking(move || experiments.reload())
+                .await
+                .map_err(ApiError::internal)??,
+        ),
+        None => None,
+    };
     Ok(Json(json!({
         "status": "reloaded",
-        "experiments": set.experiments.iter().map(|e| e.definition.id.clone()).collect::<Vec<_>>(),
-        "loaded_at_ms": set.loaded_at_ms,
+        "plugins": plugins,
+        "experiments": set.map(|set| set.experiments.iter().map(|e| e.definition.id.clone()).collect::<Vec<_>>()),
     })))
 }

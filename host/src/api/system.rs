@@ -9,13 +9,14 @@ use super::error::ApiError;
 
 pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.store.counts().map_err(ApiError::internal)?;
-    let ready = state.plugins.iter().filter(|p| p.model().is_some()).count();
+    let plugins = state.plugins.current();
+    let ready = plugins.iter().filter(|p| p.model().is_some()).count();
     Ok(Json(json!({
-        "status": if ready == state.plugins.len() { "ok" } else { "degraded" },
+        "status": if ready == plugins.len() { "ok" } else { "degraded" },
         "items": counts.items,
         "users": counts.users,
         "events": counts.events,
-        "plugins": state.plugins.len(),
+        "plugins": plugins.len(),
         "plugins_ready": ready,
         "schema_version": crate::store::schema_version(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -23,6 +24,10 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 }
 
 pub async fn plugins(State(state): State<AppState>) -> Json<Value> {
-    let plugins: Vec<_> = state.plugins.iter().map(|p| p.status()).collect();
-    Json(json!({ "default_model": state.recommender.default_model(), "plugins": plugins }))
+    let plugins: Vec<_> = state.plugins.current().iter().map(|p| p.status()).collect();
+    Json(json!({
+        "default_model": state.recommender.default_model(),
+        "plugins": plugins,
+        "reload": state.plugin_reload_status(),
+    }))
 }

@@ -156,10 +156,13 @@ struct StickyEntry {
     bucket_version: u32,
 }
 
+/// The names of the plugins serving now (they change when plugins are reloaded).
+pub type PluginNames = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Experiments service: the set in force, assignment, exposures, results.
 pub struct Experiments {
     dir: Option<PathBuf>,
-    plugins: Vec<String>,
+    plugins: PluginNames,
     current: ArcSwap<ExperimentSet>,
     status: Mutex<ReloadStatus>,
     sticky: RwLock<StickyMap>,
@@ -169,15 +172,16 @@ pub struct Experiments {
 
 impl Experiments {
     /// Loads the experiments of `dir` (none when `None`), validating groups against the
-    /// declared `plugins`. A bad file stops start-up: there is no earlier set to fall back to.
+    /// names `plugins` gives. A bad file stops start-up: there is no earlier set to fall back
+    /// to.
     pub fn open(
         dir: Option<PathBuf>,
-        plugins: Vec<String>,
+        plugins: PluginNames,
         store: Arc<Store>,
         database: &Path,
     ) -> Result<Self, ExperimentError> {
         let definitions = match &dir {
-            Some(dir) => load_dir(dir, &plugins)?,
+            Some(dir) => load_dir(dir, &plugins())?,
             None => Vec::new(),
         };
         let mut sticky = StickyMap::new();
@@ -230,7 +234,7 @@ impl Experiments {
         let dir = self.dir.as_ref().ok_or(ExperimentError::Disabled)?;
         // One reload at a time, so an older read of the directory never replaces a newer one.
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match load_dir(dir, &self.plugins) {
+        match load_dir(dir, &(self.plugins)()) {
             Ok(definitions) => {
                 let set = Arc::new(ExperimentSet::new(definitions));
                 self.current.store(set.clone());
@@ -464,9 +468,9 @@ mod tests {
         }
         let database = dir.path().join("db");
         let store = Arc::new(Store::open(&database).unwrap());
-        let plugins = vec!["collaborative".into(), "hybrid".into(), "popularity".into()];
+        let plugins = || vec!["collaborative".into(), "hybrid".into(), "popularity".into()];
         let experiments =
-            Experiments::open(Some(experiments_dir), plugins, store, &database).unwrap();
+            Experiments::open(Some(experiments_dir), Box::new(plugins), store, &database).unwrap();
         Fixture { dir, experiments }
     }
 
@@ -651,7 +655,7 @@ mod tests {
         let database = fixture.dir.path().join("db");
         let reopened = Experiments::open(
             Some(fixture.dir.path().join("experiments")),
-            vec!["collaborative".into(), "hybrid".into()],
+            Box::new(|| vec!["collaborative".into(), "hybrid".into()]),
             Arc::new(Store::open(&database).unwrap()),
             &database,
         )

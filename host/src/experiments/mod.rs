@@ -4,16 +4,15 @@
 //! - [`assignment`]: GrowthBook's published assignment algorithm (hash, bucket ranges,
 //!   namespaces), checked against GrowthBook's own conformance cases.
 //! - [`live`]: the set in force (swapped atomically on reload), assignment of a user,
-//!   sticky groups, exposure logging and results.
+//!   sticky groups, exposure logging and results. The file watcher that reloads it is in
+//!   [`crate::reload`].
 //! - [`exposures`]: the batched exposure writer.
 //! - [`results`]: per-arm statistics (confidence intervals, sample-ratio mismatch).
-//! - [`watcher`]: reloads the directory when a file changes.
 
 pub mod assignment;
 pub mod definition;
 pub mod exposures;
 pub mod live;
 pub mod results;
-pub mod watcher;
 
 pub use live::{Assignment, Decision, ExperimentError, Experiments, LiveExperiment, Placement};

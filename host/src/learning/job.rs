@@ -2,7 +2,7 @@
 //! blocking thread).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -10,17 +10,16 @@ use super::{Job, JobKind, Learning};
 use crate::app::SNAPSHOTS_KEPT;
 use crate::catalog::to_feedback;
 use crate::plugins::{ModelVersion, PluginRuntime};
-use crate::store::{EventRow, LearningRun, SnapshotRow, Store, VersionRow, unix_now};
+use crate::store::{EventRow, LearningRun, SnapshotRow, Store, VersionRow, unix_now, unix_now_ms};
 
 impl Learning {
     /// Runs `job` to the end and records it. Each plugin switches serving to its new version
     /// as soon as it is ready; a plugin that fails keeps its previous version.
     pub(super) fn run(&self, job: Job) {
         let started = Instant::now();
-        let started_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let started_at_ms = unix_now_ms();
+        // The plugins serving when the run starts; one added meanwhile learns next time.
+        let plugins = self.plugins.current();
         let (events, through_event) = match self.job_events(job) {
             Ok(found) => found,
             Err(error) => {
@@ -34,7 +33,7 @@ impl Learning {
         // ends up unchanged leaves its number unused.
         let reserved: Vec<(String, VersionRow)> = {
             let mut state = self.lock();
-            self.plugins
+            plugins
                 .iter()
                 .map(|plugin| {
                     let highest = state.versions.entry(plugin.name().to_string()).or_insert(0);
@@ -55,8 +54,7 @@ impl Learning {
         // Plugins learn one after another, on this one thread: an update then takes at most
         // one core from serving. Learning them in parallel made updates ~40% shorter but
         // doubled their effect on `/recommend` tail latency (docs/benchmarks.md).
-        let outcomes: Vec<(String, Value)> = self
-            .plugins
+        let outcomes: Vec<(String, Value)> = plugins
             .iter()
             .zip(&reserved)
             .map(|(plugin, (_, row))| {
@@ -120,6 +118,7 @@ impl Learning {
     fn finish(&self, job: Job, run: Option<LearningRun>) {
         let learned_through = self
             .plugins
+            .current()
             .iter()
             .map(|p| p.model().map(|m| m.through_event).unwrap_or(0))
             .min()
@@ -159,7 +158,7 @@ impl Learning {
 
     /// Stores every plugin's serving model as a snapshot (at shutdown, and when due).
     pub fn save_snapshots(&self) {
-        for plugin in self.plugins.iter() {
+        for plugin in self.plugins.current().iter() {
             if let Err(error) = save_snapshot(&self.store, plugin) {
                 tracing::error!(plugin = plugin.name(), error = %format!("{error:#}"), "cannot store the snapshot");
             }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::LearningConfig;
-use crate::plugins::PluginRegistry;
+use crate::plugins::LivePlugins;
 use crate::store::{EventRow, LearningRun, Store, StoreResult};
 
 /// What kind of job.
@@ -138,7 +138,7 @@ impl State {
 pub struct Learning {
     config: LearningConfig,
     store: Arc<Store>,
-    plugins: Arc<PluginRegistry>,
+    plugins: Arc<LivePlugins>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
 }
@@ -197,7 +197,7 @@ impl Learning {
     pub fn new(
         config: LearningConfig,
         store: Arc<Store>,
-        plugins: Arc<PluginRegistry>,
+        plugins: Arc<LivePlugins>,
         unlearned: Vec<EventRow>,
     ) -> StoreResult<Self> {
         let (runs, highest_id) = store.learning_run_counts()?;
@@ -226,7 +226,7 @@ impl Learning {
             versions,
         };
         // Include the versions of models restored or trained at start-up.
-        for plugin in plugins.iter() {
+        for plugin in plugins.current().iter() {
             if let Some(model) = plugin.model() {
                 let highest = state.versions.entry(plugin.name().to_string()).or_insert(0);
                 *highest = (*highest).max(model.version);
@@ -246,6 +246,23 @@ impl Learning {
         }
         drop(state);
         Ok(learning)
+    }
+
+    /// Hands out the next model version of `plugin` for a model made outside a learning run
+    /// (a plugin added or replaced while the server runs), durably, like a run does.
+    pub fn reserve_version(&self, plugin: &str) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let highest = state.versions.entry(plugin.to_string()).or_insert(0);
+        *highest += 1;
+        let version = *highest;
+        self.store.reserve_model_versions(&[(
+            plugin.to_string(),
+            crate::store::VersionRow {
+                version,
+                through_event: 0,
+            },
+        )])?;
+        Ok(version)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -292,7 +309,7 @@ impl Learning {
         let total_events_stored = self.store.counts()?.events;
         let state = self.lock();
         let mut models = serde_json::Map::new();
-        for plugin in self.plugins.iter() {
+        for plugin in self.plugins.current().iter() {
             let model = plugin.model();
             models.insert(
                 plugin.name().to_string(),

@@ -5,7 +5,8 @@
 //! - [`contract`]: which WIT versions this host runs.
 //! - [`instance`]: one sandboxed instance and its typed, budgeted calls.
 //! - [`runtime`]: one plugin: current model version and its pool of serving instances.
-//! - [`PluginRegistry`]: every loaded plugin by name.
+//! - [`PluginRegistry`]: every loaded plugin by name; [`LivePlugins`]: the registry serving
+//!   now, replaced as a whole when plugins are added or replaced without a restart.
 
 pub mod bindings;
 pub mod contract;
@@ -21,18 +22,22 @@ pub use engine::PluginEngine;
 pub use limits::PluginLimits;
 pub use runtime::{
     ModelVersion, PluginLoadError, PluginRuntime, PluginStatus, RecommendCallError, Session,
+    fingerprint,
 };
 
 /// The loaded plugins, by name.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct PluginRegistry {
     plugins: BTreeMap<String, Arc<PluginRuntime>>,
 }
 
 impl PluginRegistry {
     pub fn insert(&mut self, plugin: PluginRuntime) {
-        self.plugins
-            .insert(plugin.name().to_string(), Arc::new(plugin));
+        self.insert_shared(Arc::new(plugin));
+    }
+
+    pub fn insert_shared(&mut self, plugin: Arc<PluginRuntime>) {
+        self.plugins.insert(plugin.name().to_string(), plugin);
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<PluginRuntime>> {
@@ -53,5 +58,37 @@ impl PluginRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
+    }
+}
+
+/// The registry serving now. Readers take a consistent snapshot without waiting; a reload
+/// builds a new registry and swaps it in at once, so a request never sees half of one.
+pub struct LivePlugins {
+    current: arc_swap::ArcSwap<PluginRegistry>,
+}
+
+impl LivePlugins {
+    pub fn new(registry: PluginRegistry) -> Self {
+        Self {
+            current: arc_swap::ArcSwap::from_pointee(registry),
+        }
+    }
+
+    /// The registry serving now.
+    pub fn current(&self) -> Arc<PluginRegistry> {
+        self.current.load_full()
+    }
+
+    /// The plugin serving under `name` now.
+    pub fn get(&self, name: &str) -> Option<Arc<PluginRuntime>> {
+        self.current.load().get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.current.load().names()
+    }
+
+    pub fn replace(&self, registry: PluginRegistry) {
+        self.current.store(Arc::new(registry));
     }
 }

@@ -165,10 +165,7 @@ impl PluginRuntime {
                 source,
             })?;
 
-        let mut digest = Sha256::new();
-        digest.update(&wasm);
-        digest.update(config_json.as_bytes());
-        digest.update(catalog_fingerprint.as_bytes());
+        let fingerprint = fingerprint(&wasm, &config_json, catalog_fingerprint);
         let max_idle = match limits.serving_instances {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -180,7 +177,7 @@ impl PluginRuntime {
             path: path.into(),
             info,
             wit_version,
-            fingerprint: hex(&digest.finalize()),
+            fingerprint,
             engine: engine.clone(),
             pre,
             limits,
@@ -203,6 +200,15 @@ impl PluginRuntime {
     /// Hash of the .wasm, its config and the catalog: a snapshot is reusable only if it matches.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The .wasm file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
     }
 
     /// The model version now serving, if any.
@@ -449,4 +455,14 @@ pub enum RecommendCallError {
     NotTrained(String),
     #[error(transparent)]
     Call(#[from] CallError),
+}
+
+/// Hash of a plugin's .wasm, its config and the catalog it serves: a snapshot is reusable,
+/// and a loaded plugin unchanged, only while it matches.
+pub fn fingerprint(wasm: &[u8], config_json: &str, catalog_fingerprint: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(wasm);
+    digest.update(config_json.as_bytes());
+    digest.update(catalog_fingerprint.as_bytes());
+    hex(&digest.finalize())
 }
