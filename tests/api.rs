@@ -164,7 +164,7 @@ fn bad_inputs_get_json_errors_and_the_server_keeps_serving() {
         r#"{{"user_id": 1, "model_type": "{}"}}"#,
         "a".repeat(2 * 1024 * 1024)
     );
-    let (status, body) = server.post_raw("/recommend", &oversized);
+    let (status, body) = server.post_oversized("/recommend", &oversized);
     assert_eq!((status, error_code(&body).as_str()), (413, "invalid_body"));
 
     // Still serving, and nothing was stored by the bad requests.

@@ -211,8 +211,11 @@ fn bad_events_get_clear_errors_and_change_nothing() {
         (400, "invalid_batch")
     );
     let huge = format!(r#"{{"events": [{}]}}"#, "1,".repeat(2_000_000));
-    let (status, _) = server.post_raw("/events/batch", &huge);
-    assert_eq!(status, 413);
+    let (status, answer) = server.post_oversized("/events/batch", &huge);
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (413, "invalid_body")
+    );
 
     assert_eq!(events_stored(&server), before, "nothing was stored");
     assert_eq!(

@@ -162,5 +162,19 @@ fn test(args: &[String]) -> Result<(), String> {
         .args(["test", "--release", "--workspace"])
         .env("RECOHOST_BIN", target_dir().join("release/recohost"))
         .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins"))
-        .args(args))
+        .args(args))?;
+    if args.is_empty() {
+        // Show how many of GrowthBook's conformance cases ran (cargo hides a passing test's
+        // output). Same flags as above, so nothing is rebuilt.
+        run(cargo().args([
+            "test",
+            "--release",
+            "--workspace",
+            "--lib",
+            "growthbook_conformance",
+            "--",
+            "--nocapture",
+        ]))?;
+    }
+    Ok(())
 }
