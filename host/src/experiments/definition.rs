@@ -298,7 +298,7 @@ pub fn load_dir(dir: &Path, plugins: &[String]) -> Result<Vec<Experiment>, Defin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn plugins() -> Vec<String> {
@@ -309,7 +309,8 @@ mod tests {
         Experiment::parse(Path::new("x.toml"), text, &plugins())
     }
 
-    const VALID: &str = r#"
+    /// A valid two-group experiment, for tests here and in `live.rs`.
+    pub(crate) const VALID: &str = r#"
         id = "model_comparison"
         name = "Hybrid vs Collaborative Filtering"
         status = "running"

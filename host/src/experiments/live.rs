@@ -440,19 +440,8 @@ mod tests {
     use super::*;
     use crate::experiments::results::sample_ratio;
 
-    const TWO_ARMS: &str = r#"
-        id = "cmp"
-        name = "Comparison"
-        status = "running"
-        [[groups]]
-        name = "control"
-        plugin = "collaborative"
-        weight = 0.5
-        [[groups]]
-        name = "treatment"
-        plugin = "hybrid"
-        weight = 0.5
-    "#;
+    /// id "model_comparison", 50/50 collaborative (control) vs hybrid (treatment).
+    use crate::experiments::definition::tests::VALID as TWO_ARMS;
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -516,10 +505,10 @@ mod tests {
     fn assignment_is_growthbooks() {
         let fixture = open_with(&[("cmp.toml", TWO_ARMS)]);
         for user in ["1", "42", "alice", "ünïcødé"] {
-            let expected_hash = hash("cmp", user, 2).unwrap();
+            let expected_hash = hash("model_comparison", user, 2).unwrap();
             let decision = fixture
                 .experiments
-                .decide(&fixture.experiments.get("cmp").unwrap(), user);
+                .decide(&fixture.experiments.get("model_comparison").unwrap(), user);
             assert_eq!(decision.hash, expected_hash);
             let expected = if expected_hash < 0.5 {
                 "control"
@@ -532,10 +521,10 @@ mod tests {
 
     #[test]
     fn coverage_namespace_status_and_priority() {
-        let low = TWO_ARMS.replace("id = \"cmp\"", "id = \"low\"");
+        let low = TWO_ARMS.replace("id = \"model_comparison\"", "id = \"low\"");
         let high = TWO_ARMS
             .replace(
-                "id = \"cmp\"",
+                "id = \"model_comparison\"",
                 "id = \"high\"\npriority = 5\ncoverage = 0.0",
             )
             .replace("plugin = \"hybrid\"", "plugin = \"popularity\"");
@@ -563,7 +552,7 @@ mod tests {
         let half = |id: &str, range: &str| {
             format!(
                 "{}\n[namespace]\nname = \"ranking\"\nrange = {range}\n",
-                TWO_ARMS.replace("id = \"cmp\"", &format!("id = \"{id}\""))
+                TWO_ARMS.replace("id = \"model_comparison\"", &format!("id = \"{id}\""))
             )
         };
         let fixture = open_with(&[
@@ -593,7 +582,7 @@ mod tests {
         assert_eq!(fixture.group("u1"), None);
         let decision = fixture
             .experiments
-            .decide(&fixture.experiments.get("cmp").unwrap(), "u1");
+            .decide(&fixture.experiments.get("model_comparison").unwrap(), "u1");
         assert_eq!(decision.placement.reason(), Some("not_running"));
     }
 
