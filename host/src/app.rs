@@ -136,6 +136,7 @@ impl App {
             users: users.clone(),
             plugins: plugins.clone(),
             experiments: experiments.clone(),
+            cache: crate::cache::from_config(&config.cache)?,
             default_model: config.default_model.clone(),
             history_limit: config.history_limit,
             max_recommendations: config.max_recommendations,

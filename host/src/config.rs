@@ -15,6 +15,14 @@
 //! rating_max = 5.0
 //! max_batch = 10000              # most events in one POST /events/batch
 //!
+//! [cache]
+//! backend = "memory"             # RECOHOST_CACHE; memory | redis | off (REDIS_URL implies redis)
+//! redis_url = "redis://127.0.0.1:6379"   # REDIS_URL
+//! max_entries = 100000           # memory: most entries kept
+//! ttl_secs = 600                 # entries expire after this long
+//! timeout_ms = 50                # redis: a slower command is a fault (served uncached)
+//! retry_after_ms = 1000          # redis: after a fault, skip the cache this long
+//!
 //! [learning]
 //! update_buffer_size = 1000      # update the models when this many events wait
 //! update_interval_secs = 60      # ...or when events have waited this long (0: off)
@@ -55,6 +63,7 @@ pub struct Config {
     /// in the working directory if it exists, else no experiments.
     pub experiments_dir: Option<PathBuf>,
     pub events: EventsConfig,
+    pub cache: CacheConfig,
     pub learning: LearningConfig,
     pub plugins: Vec<PluginDeclaration>,
     /// The file this was read from; its `[[plugins]]` are re-read on reload.
@@ -77,6 +86,40 @@ impl Default for EventsConfig {
             rating_min: 0.5,
             rating_max: 5.0,
             max_batch: 10_000,
+        }
+    }
+}
+
+/// Where recommendation lists are cached.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    Memory,
+    Redis,
+    Off,
+}
+
+/// `[cache]`: the recommendation cache.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub backend: CacheBackend,
+    pub redis_url: String,
+    pub max_entries: u64,
+    pub ttl_secs: u64,
+    pub timeout_ms: u64,
+    pub retry_after_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            backend: CacheBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            max_entries: 100_000,
+            ttl_secs: 600,
+            timeout_ms: 50,
+            retry_after_ms: 1_000,
         }
     }
 }
@@ -118,6 +161,7 @@ impl Default for Config {
             admin_token: None,
             experiments_dir: None,
             events: EventsConfig::default(),
+            cache: CacheConfig::default(),
             learning: LearningConfig::default(),
             plugins: Vec::new(),
             source: None,
@@ -189,6 +233,18 @@ impl Config {
         if let Some(dir) = lookup("RECOHOST_EXPERIMENTS_DIR") {
             self.experiments_dir = Some(PathBuf::from(dir));
         }
+        if let Some(url) = lookup("REDIS_URL").filter(|u| !u.is_empty()) {
+            self.cache.redis_url = url;
+            self.cache.backend = CacheBackend::Redis;
+        }
+        if let Some(backend) = lookup("RECOHOST_CACHE") {
+            self.cache.backend = match backend.as_str() {
+                "memory" => CacheBackend::Memory,
+                "redis" => CacheBackend::Redis,
+                "off" => CacheBackend::Off,
+                other => bail!("RECOHOST_CACHE={other:?}: expected memory, redis or off"),
+            };
+        }
         if let Some(token) = lookup("RECOHOST_ADMIN_TOKEN") {
             self.admin_token = Some(token);
         }
@@ -249,6 +305,10 @@ impl Config {
         }
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             bail!("admin_token must be at least 16 characters");
+        }
+        let cache = &self.cache;
+        if cache.ttl_secs == 0 || cache.timeout_ms == 0 || cache.max_entries == 0 {
+            bail!("[cache] ttl_secs, timeout_ms and max_entries must be at least 1");
         }
         if self.max_recommendations == 0 {
             bail!("max_recommendations must be at least 1");

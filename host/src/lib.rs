@@ -6,6 +6,7 @@
 //! - [`catalog`]: the in-memory maps from external IDs to the dense indices plugins use.
 //! - [`plugins`]: the wasmtime host: engine, contract check, limits, instances, pools.
 //! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
+//! - [`cache`]: the recommendation cache (in-process or Redis) and its keys.
 //! - [`events`]: validation and durable group-committed storage of live events.
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
 //! - [`experiments`]: experiment files, GrowthBook-compatible assignment, exposures, results.
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod eval;

@@ -7,9 +7,10 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::cache::{self, RecommendationCache};
 use crate::catalog::{Catalog, Users};
 use crate::experiments::{ExperimentError, Experiments};
-use crate::plugins::bindings::Request;
+use crate::plugins::bindings::{Request, Scored};
 use crate::plugins::{LivePlugins, RecommendCallError};
 
 #[derive(Debug, Error)]
@@ -70,6 +71,8 @@ pub struct Recommendation {
     pub experiment: Option<ServedArm>,
     /// True when the user has no history, so the answer cannot be personal.
     pub cold_start: bool,
+    /// Served from the cache (the same model version once answered this user and count).
+    pub cached: bool,
     pub items: Vec<RecommendedItem>,
     /// Entries of the plugin's answer that were dropped (unknown, excluded, duplicate, not
     /// finite or past the count). Zero for a well-behaved plugin.
@@ -81,6 +84,7 @@ pub struct Recommender {
     pub users: Arc<RwLock<Users>>,
     pub plugins: Arc<LivePlugins>,
     pub experiments: Arc<Experiments>,
+    pub cache: Arc<dyn RecommendationCache>,
     pub default_model: String,
     /// Newest events of a user sent with each request.
     pub history_limit: usize,
@@ -121,44 +125,73 @@ impl Recommender {
                 requested: model.clone(),
                 available: self.plugins.names(),
             })?;
-        let (request, after_event) = self.request(user_id, count as u32);
-        let cold_start = request.history.is_empty();
-        let exclude = request.exclude.clone();
-        let (scored, model_version) = plugin.recommend_async(request).await.map_err(|source| {
-            RecommendError::PluginFailed {
-                model: model.clone(),
-                source,
+        // The cache key names the plugin's serving model version and the user's version
+        // (their event count): an update or the user's feedback moves it.
+        let (user, user_version, after_event) = {
+            let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+            let user = users.index_of(user_id);
+            let version = user.map(|u| users.history(u).len()).unwrap_or(0);
+            (user, version, users.last_event_id())
+        };
+        let serving_version = plugin.model_version();
+        let key = serving_version.map(|version| {
+            let user = user.map(|_| (user_id, user_version as u64));
+            cache::key(&model, version, count as u32, user)
+        });
+        let cached = match &key {
+            Some(key) => self.cache.get(key).await.and_then(|b| cache::decode(&b)),
+            None => None,
+        };
+        let (entries, model_version, dropped, from_cache) = match cached {
+            Some(entries) => (entries, serving_version.unwrap_or_default(), 0, true),
+            None => {
+                let (request, history_len) = self.request(user_id, count as u32);
+                let exclude = request.exclude.clone();
+                let (scored, model_version) =
+                    plugin.recommend_async(request).await.map_err(|source| {
+                        RecommendError::PluginFailed {
+                            model: model.clone(),
+                            source,
+                        }
+                    })?;
+                let received = scored.len();
+                let entries = self.check(scored, &exclude, count as usize);
+                let dropped = received - entries.len();
+                if dropped > 0 {
+                    tracing::warn!(
+                        model,
+                        dropped,
+                        "dropped malformed entries from a plugin's answer"
+                    );
+                }
+                // Store only what the key describes: the same model and user versions.
+                if let Some(key) = key
+                    && key
+                        == cache::key(
+                            &model,
+                            model_version,
+                            count as u32,
+                            user.map(|_| (user_id, history_len as u64)),
+                        )
+                {
+                    let cache = self.cache.clone();
+                    let bytes = cache::encode(&entries);
+                    tokio::spawn(async move { cache.put(key, bytes).await });
+                }
+                (entries, model_version, dropped, false)
             }
-        })?;
-
-        // The plugin is untrusted: keep only known, allowed, distinct, finite entries.
-        let received = scored.len();
-        let mut seen = std::collections::HashSet::new();
-        let items: Vec<RecommendedItem> = scored
-            .into_iter()
-            .filter(|s| {
-                s.score.is_finite()
-                    && exclude.binary_search(&s.item).is_err()
-                    && seen.insert(s.item)
-            })
-            .filter_map(|s| {
-                let item = self.catalog.get(s.item)?;
+        };
+        let items = entries
+            .iter()
+            .filter_map(|&(index, score)| {
+                let item = self.catalog.get(index)?;
                 Some(RecommendedItem {
                     item_id: item.external_id.clone(),
                     title: item.title.clone(),
-                    score: s.score,
+                    score,
                 })
             })
-            .take(count as usize)
             .collect();
-        let dropped = received - items.len();
-        if dropped > 0 {
-            tracing::warn!(
-                model,
-                dropped,
-                "dropped malformed entries from a plugin's answer"
-            );
-        }
         let experiment = assignment.map(|assignment| {
             self.experiments
                 .record_exposure(&assignment, user_id, model_version, after_event);
@@ -173,17 +206,34 @@ impl Recommender {
             model,
             model_version,
             experiment,
-            cold_start,
+            cold_start: user_version == 0,
+            cached: from_cache,
             items,
             dropped,
         })
     }
 
+    /// The plugin is untrusted: keeps only known, allowed, distinct, finite entries, at most
+    /// `count` of them.
+    fn check(&self, scored: Vec<Scored>, exclude: &[u32], count: usize) -> Vec<(u32, f32)> {
+        let mut seen = std::collections::HashSet::new();
+        scored
+            .into_iter()
+            .filter(|s| {
+                s.score.is_finite()
+                    && exclude.binary_search(&s.item).is_err()
+                    && self.catalog.get(s.item).is_some()
+                    && seen.insert(s.item)
+            })
+            .map(|s| (s.item, s.score))
+            .take(count)
+            .collect()
+    }
+
     /// The plugin request for a user (newest history first, capped; all seen items
-    /// excluded), and the id of the newest event stored when it was made.
-    fn request(&self, user_id: &str, count: u32) -> (Request, i64) {
+    /// excluded), and the length of the user's whole history.
+    fn request(&self, user_id: &str, count: u32) -> (Request, usize) {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-        let after_event = users.last_event_id();
         let Some(user) = users.index_of(user_id) else {
             let request = Request {
                 user: None,
@@ -191,7 +241,7 @@ impl Recommender {
                 history: Vec::new(),
                 exclude: Vec::new(),
             };
-            return (request, after_event);
+            return (request, 0);
         };
         let full = users.history(user);
         let history = full
@@ -209,6 +259,6 @@ impl Recommender {
             history,
             exclude,
         };
-        (request, after_event)
+        (request, full.len())
     }
 }

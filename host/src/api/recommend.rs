@@ -74,5 +74,6 @@ pub async fn recommend(
         "model_version": recommendation.model_version,
         "experiment": experiment,
         "cold_start": recommendation.cold_start,
+        "cached": recommendation.cached,
     })))
 }

@@ -18,6 +18,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "events": counts.events,
         "plugins": plugins.len(),
         "plugins_ready": ready,
+        "cache": state.recommender.cache.stats().report(state.recommender.cache.backend()),
         "schema_version": crate::store::schema_version(),
         "version": env!("CARGO_PKG_VERSION"),
     })))

@@ -216,6 +216,15 @@ impl PluginRuntime {
         self.model.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The version number of the model now serving, if any (cheaper than [`Self::model`]).
+    pub fn model_version(&self) -> Option<u64> {
+        self.model
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.version)
+    }
+
     pub fn status(&self) -> PluginStatus {
         let model = self.model();
         PluginStatus {
