@@ -219,8 +219,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies `RECOHOST_*` overrides from `lookup`.
+    /// Applies `RECOHOST_*` overrides from `lookup`. An empty variable counts as unset (as
+    /// docker-compose's `${VAR:-}` passes it).
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let lookup = |key: &str| lookup(key).filter(|value| !value.is_empty());
         if let Some(bind) = lookup("RECOHOST_BIND") {
             self.bind = bind;
         }
@@ -233,7 +235,7 @@ impl Config {
         if let Some(dir) = lookup("RECOHOST_EXPERIMENTS_DIR") {
             self.experiments_dir = Some(PathBuf::from(dir));
         }
-        if let Some(url) = lookup("REDIS_URL").filter(|u| !u.is_empty()) {
+        if let Some(url) = lookup("REDIS_URL") {
             self.cache.redis_url = url;
             self.cache.backend = CacheBackend::Redis;
         }

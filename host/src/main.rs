@@ -56,6 +56,13 @@ enum Command {
     },
     /// Evaluate the declared plugins offline: P@k, R@k, NDCG@k, MAP@k and training time.
     Eval(EvalArgs),
+    /// Exit 0 when the server answers `GET /health` with 200 (for container health checks;
+    /// images need no curl).
+    Healthcheck {
+        /// Default: the port of RECOHOST_BIND on 127.0.0.1, else 8080.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -159,6 +166,7 @@ fn main() -> anyhow::Result<()> {
             serve(config)
         }
         Command::Eval(args) => eval(args),
+        Command::Healthcheck { url } => healthcheck(url),
         Command::Import {
             format: Format::Movielens,
             path,
@@ -256,6 +264,41 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         print!("{}", recohost::eval::table(&scores, args.k));
     }
     Ok(())
+}
+
+/// `GET /health` over plain HTTP/1.0 with a short timeout.
+fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let address = match url {
+        Some(url) => url
+            .trim_start_matches("http://")
+            .trim_end_matches("/health")
+            .trim_end_matches('/')
+            .to_string(),
+        None => {
+            let port = std::env::var("RECOHOST_BIND")
+                .ok()
+                .and_then(|bind| bind.rsplit(':').next().map(str::to_string))
+                .unwrap_or_else(|| "8080".into());
+            format!("127.0.0.1:{port}")
+        }
+    };
+    let timeout = std::time::Duration::from_secs(2);
+    let socket = std::net::ToSocketAddrs::to_socket_addrs(&address)?
+        .next()
+        .with_context(|| format!("cannot resolve {address}"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout)
+        .with_context(|| format!("cannot connect to {address}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET /health HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        anyhow::bail!("unhealthy: {status}")
+    }
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and systemd send).

@@ -8,7 +8,12 @@
 //! - `loadtest`: `plugins`, the release build, then `tests/loadtest.rs` (wrk against the real
 //!   server; not part of `test` because it takes a minute and needs wrk).
 //!
+//! - `container-test`: builds the Docker image and checks the docker-compose stack
+//!   (`container.rs`; slow, needs Docker, not part of `test`).
+//!
 //! Dependency-free on purpose: it must build in seconds on a fresh machine.
+
+mod container;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -33,9 +38,10 @@ fn main() -> ExitCode {
         Some("demo") => build_plugins().and_then(|()| demo(&args[1..])),
         Some("test") => build_plugins().and_then(|()| test(&args[1..])),
         Some("loadtest") => build_plugins().and_then(|()| loadtest()),
+        Some("container-test") => container::container_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest | container-test>"
             );
             return ExitCode::from(2);
         }

@@ -57,6 +57,29 @@ pub fn limit(given: Option<usize>, default: usize, max: usize) -> Result<usize, 
 /// Largest request body accepted, in bytes: room for a batch of 10,000 events.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Refuses a body whose declared `Content-Length` is over [`MAX_BODY_BYTES`] before reading
+/// any of it. A client that waits for `100 Continue` (curl does for large bodies) then gets
+/// the 413 without uploading, instead of having the connection closed mid-upload. Bodies
+/// without a length are still cut at the limit by `DefaultBodyLimit`.
+async fn refuse_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_body",
+            format!("the request body is over the {MAX_BODY_BYTES}-byte limit"),
+        ));
+    }
+    next.run(request).await
+}
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/recommend", post(recommend::recommend))
@@ -86,6 +109,7 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }
