@@ -9,6 +9,10 @@
 //! 3. `POST /recommend` with no events arriving (the baseline).
 //! 4. `POST /recommend` while a client posts a 1,000-event batch every 100 ms, each of which
 //!    triggers a model update of every plugin (`update_buffer_size = 1000`).
+//!    (3 and 4 run with the cache off, so every request reaches a plugin.)
+//! 5. The cache: `GET /health` (the ceiling: routing, no work), then `POST /recommend` over the
+//!    2,000 demo users with the in-process cache (warmed by a first pass), with Redis (a real
+//!    redis-server started here), and with the cache off, each as a share of `/health`.
 //!
 //! Learning stays on in 1 and 2 (default triggers), as in production.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
@@ -66,6 +70,13 @@ request = function()
 end
 "#;
 
+const HEALTH_LUA: &str = r#"
+wrk.method = "GET"
+request = function()
+  return wrk.format(nil, "/health")
+end
+"#;
+
 /// Appended to every script: one JSON line with the figures.
 const REPORT_LUA: &str = r#"
 done = function(summary, latency, requests)
@@ -112,14 +123,14 @@ fn main() {
     let dir = temp.path();
     let mut results = serde_json::Map::new();
 
-    eprintln!("1/4 POST /events (64 connections, {DURATION})");
+    eprintln!("1/5 POST /events (64 connections, {DURATION})");
     let server = start(dir, "events", "");
     let events = wrk(&server.base, EVENTS_LUA, 64, dir);
     assert_eq!(events["non_2xx"], 0, "{events}");
     results.insert("events".into(), events);
     drop(server);
 
-    eprintln!("2/4 POST /events/batch, 1,000 events per request (8 connections, {DURATION})");
+    eprintln!("2/5 POST /events/batch, 1,000 events per request (8 connections, {DURATION})");
     let server = start(dir, "batch", "");
     let mut batch = wrk(&server.base, BATCH_LUA, 8, dir);
     assert_eq!(batch["non_2xx"], 0, "{batch}");
@@ -127,13 +138,13 @@ fn main() {
     results.insert("events_batch".into(), batch);
     drop(server);
 
-    let learning = "[learning]\nupdate_buffer_size = 1000\nupdate_interval_secs = 0\n";
+    let learning = "[learning]\nupdate_buffer_size = 1000\nupdate_interval_secs = 0\n[cache]\nbackend = \"off\"\n";
     let server = start(dir, "recommend", learning);
-    eprintln!("3/4 POST /recommend, no updates (64 connections, {DURATION})");
+    eprintln!("3/5 POST /recommend, no updates (64 connections, {DURATION})");
     let quiet = wrk(&server.base, RECOMMEND_LUA, 64, dir);
     assert_eq!(quiet["non_2xx"], 0, "{quiet}");
 
-    eprintln!("4/4 POST /recommend while 1,000-event updates run back to back");
+    eprintln!("4/5 POST /recommend while 1,000-event updates run back to back");
     let updates_before = server.get("/learning/stats").1["update_count"]
         .as_u64()
         .unwrap();
@@ -191,6 +202,42 @@ fn main() {
     results.insert("p99_ratio_during_updates".into(), json!(ratio));
     drop(server);
 
+    eprintln!("5/5 the cache: /health, then /recommend cached (memory, Redis) and uncached");
+    let mut cache = serde_json::Map::new();
+    let server = start(dir, "cache-memory", "");
+    cache.insert("health".into(), wrk(&server.base, HEALTH_LUA, 64, dir));
+    wrk(&server.base, RECOMMEND_LUA, 64, dir); // warm-up pass: fills the cache
+    let cached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(cached["non_2xx"], 0, "{cached}");
+    cache.insert("recommend_memory_cache".into(), cached);
+    cache.insert(
+        "memory_cache_stats".into(),
+        server.get("/health").1["cache"].clone(),
+    );
+    drop(server);
+    let redis = recohost_e2e::Redis::start();
+    let redis_config = format!(
+        "[cache]\nbackend = \"redis\"\nredis_url = {:?}\n",
+        redis.url()
+    );
+    let server = start(dir, "cache-redis", &redis_config);
+    wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    let cached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(cached["non_2xx"], 0, "{cached}");
+    cache.insert("recommend_redis_cache".into(), cached);
+    cache.insert(
+        "redis_cache_stats".into(),
+        server.get("/health").1["cache"].clone(),
+    );
+    drop(server);
+    drop(redis);
+    let server = start(dir, "cache-off", "[cache]\nbackend = \"off\"\n");
+    let uncached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(uncached["non_2xx"], 0, "{uncached}");
+    cache.insert("recommend_uncached".into(), uncached);
+    drop(server);
+    results.insert("cache".into(), Value::Object(cache));
+
     let report = Value::Object(results);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let r = &report;
@@ -221,6 +268,27 @@ fn main() {
             r[key]["requests_per_second"].as_f64().unwrap(),
             r[key]["p50_us"].as_f64().unwrap() / 1e3,
             r[key]["p99_us"].as_f64().unwrap() / 1e3
+        );
+    }
+    let c = &r["cache"];
+    let health = c["health"]["requests_per_second"].as_f64().unwrap();
+    println!("\n| cache scenario | requests/s | share of /health | p50 | p99 |");
+    println!("|---|---|---|---|---|");
+    for (key, label) in [
+        ("health", "GET /health"),
+        (
+            "recommend_memory_cache",
+            "POST /recommend, in-process cache",
+        ),
+        ("recommend_redis_cache", "POST /recommend, Redis cache"),
+        ("recommend_uncached", "POST /recommend, cache off"),
+    ] {
+        let rps = c[key]["requests_per_second"].as_f64().unwrap();
+        println!(
+            "| {label} | {rps:.0} | {:.0}% | {:.2} ms | {:.2} ms |",
+            100.0 * rps / health,
+            c[key]["p50_us"].as_f64().unwrap() / 1e3,
+            c[key]["p99_us"].as_f64().unwrap() / 1e3
         );
     }
     let updates = &r["updates_during_scenario_4"];

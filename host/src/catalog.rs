@@ -84,8 +84,6 @@ pub struct Users {
     by_external_id: HashMap<String, u32>,
     /// Each user's events, oldest first.
     histories: Vec<Vec<Feedback>>,
-    /// Bumped by each of the user's new events: a cached answer for an older version is stale.
-    versions: Vec<u64>,
     /// Id of the newest event recorded: an experiment exposure served now is answered by the
     /// user's events after it.
     last_event_id: i64,
@@ -104,12 +102,10 @@ impl Users {
                 history.push(to_feedback(event));
             }
         }
-        let versions = vec![0; external_ids.len()];
         Self {
             external_ids,
             by_external_id,
             histories,
-            versions,
             last_event_id: events.last().map(|e| e.id).unwrap_or(0),
         }
     }
@@ -120,17 +116,12 @@ impl Users {
         self.by_external_id.insert(external_id.clone(), index);
         self.external_ids.push(external_id);
         self.histories.push(Vec::new());
-        self.versions.push(0);
     }
 
     /// Appends a stored event to its user's history.
     pub fn record(&mut self, event: &EventRow) {
-        let user = event.user as usize;
-        if let (Some(history), Some(version)) =
-            (self.histories.get_mut(user), self.versions.get_mut(user))
-        {
+        if let Some(history) = self.histories.get_mut(event.user as usize) {
             history.push(to_feedback(event));
-            *version += 1;
         }
         self.last_event_id = self.last_event_id.max(event.id);
     }
@@ -140,9 +131,11 @@ impl Users {
         self.last_event_id
     }
 
-    /// How many events of the user this process has recorded since it started.
+    /// The user's version: how many events they have. Every new event changes it, and it is
+    /// the same after a restart (events are never deleted), so cache keys built on it can
+    /// outlive the process (Redis) without ever naming a stale answer.
     pub fn version(&self, user: u32) -> u64 {
-        self.versions.get(user as usize).copied().unwrap_or(0)
+        self.history(user).len() as u64
     }
 
     pub fn len(&self) -> usize {

@@ -130,12 +130,12 @@ impl Recommender {
         let (user, user_version, after_event) = {
             let users = self.users.read().unwrap_or_else(|p| p.into_inner());
             let user = users.index_of(user_id);
-            let version = user.map(|u| users.history(u).len()).unwrap_or(0);
+            let version = user.map(|u| users.version(u)).unwrap_or(0);
             (user, version, users.last_event_id())
         };
         let serving_version = plugin.model_version();
         let key = serving_version.map(|version| {
-            let user = user.map(|_| (user_id, user_version as u64));
+            let user = user.map(|_| (user_id, user_version));
             cache::key(&model, version, count as u32, user)
         });
         let cached = match &key {

@@ -165,6 +165,17 @@ fn ensure_base_images() -> Result<(), String> {
             let _ = std::fs::create_dir_all(&path);
         }
         let _ = std::fs::create_dir_all(rootfs.join("var/lib/apt/lists/partial"));
+        // The machine's own extra certificate authorities (e.g. of a TLS-inspecting egress
+        // proxy) go along, so that images built from this stand-in can fetch over HTTPS the
+        // way the machine does; `ca-certificates`, once installed, picks them up.
+        let local_cas = Path::new("/usr/local/share/ca-certificates");
+        if let Ok(entries) = std::fs::read_dir(local_cas) {
+            let target = rootfs.join("usr/local/share/ca-certificates");
+            std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+            for entry in entries.flatten() {
+                let _ = std::fs::copy(entry.path(), target.join(entry.file_name()));
+            }
+        }
         run(Command::new("sh").arg("-c").arg(format!(
             "tar -C {} -c . | docker import --change 'CMD [\"bash\"]' - {DEBIAN}",
             rootfs.display()
