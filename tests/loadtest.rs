@@ -10,9 +10,11 @@
 //! 4. `POST /recommend` while a client posts a 1,000-event batch every 100 ms, each of which
 //!    triggers a model update of every plugin (`update_buffer_size = 1000`).
 //!    (3 and 4 run with the cache off, so every request reaches a plugin.)
-//! 5. The cache: `GET /health` (the ceiling: routing, no work), then `POST /recommend` over the
-//!    2,000 demo users with the in-process cache (warmed by a first pass), with Redis (a real
-//!    redis-server started here), and with the cache off, each as a share of `/health`.
+//! 5. The cache: `GET /health` (the ceiling: routing, answered from memory), then
+//!    `POST /recommend` over the 2,000 demo users with the in-process cache (warmed by a first
+//!    pass), with Redis (a real redis-server started here), with the in-process cache and no
+//!    experiment running (no exposure to log), and with the cache off, each as a share of
+//!    `/health`.
 //!
 //! Learning stays on in 1 and 2 (default triggers), as in production.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
@@ -206,30 +208,33 @@ fn main() {
     let mut cache = serde_json::Map::new();
     let server = start(dir, "cache-memory", "");
     cache.insert("health".into(), wrk(&server.base, HEALTH_LUA, 64, dir));
-    wrk(&server.base, RECOMMEND_LUA, 64, dir); // warm-up pass: fills the cache
-    let cached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
-    assert_eq!(cached["non_2xx"], 0, "{cached}");
-    cache.insert("recommend_memory_cache".into(), cached);
-    cache.insert(
-        "memory_cache_stats".into(),
-        server.get("/health").1["cache"].clone(),
-    );
     drop(server);
     let redis = recohost_e2e::Redis::start();
     let redis_config = format!(
         "[cache]\nbackend = \"redis\"\nredis_url = {:?}\n",
         redis.url()
     );
-    let server = start(dir, "cache-redis", &redis_config);
-    wrk(&server.base, RECOMMEND_LUA, 64, dir);
-    let cached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
-    assert_eq!(cached["non_2xx"], 0, "{cached}");
-    cache.insert("recommend_redis_cache".into(), cached);
-    cache.insert(
-        "redis_cache_stats".into(),
-        server.get("/health").1["cache"].clone(),
+    // The shipped experiment (./experiments) is running in every scenario, so each request
+    // also logs an exposure; the last one shows the cache without that work.
+    let no_experiments = dir.join("no-experiments");
+    std::fs::create_dir_all(&no_experiments).unwrap();
+    let memory_alone = format!(
+        "experiments_dir = {:?}\n",
+        no_experiments.display().to_string()
     );
-    drop(server);
+    for (name, config) in [
+        ("memory", String::new()),
+        ("redis", redis_config),
+        ("memory_no_experiment", memory_alone),
+    ] {
+        let server = start(dir, &format!("cache-{name}"), &config);
+        wrk(&server.base, RECOMMEND_LUA, 64, dir); // warm-up pass: fills the cache
+        let cached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+        assert_eq!(cached["non_2xx"], 0, "{cached}");
+        cache.insert(format!("recommend_{name}_cache"), cached);
+        let stats = server.get("/health").1["cache"].clone();
+        cache.insert(format!("{name}_cache_stats"), stats);
+    }
     drop(redis);
     let server = start(dir, "cache-off", "[cache]\nbackend = \"off\"\n");
     let uncached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
@@ -281,6 +286,10 @@ fn main() {
             "POST /recommend, in-process cache",
         ),
         ("recommend_redis_cache", "POST /recommend, Redis cache"),
+        (
+            "recommend_memory_no_experiment_cache",
+            "POST /recommend, in-process cache, no experiment running",
+        ),
         ("recommend_uncached", "POST /recommend, cache off"),
     ] {
         let rps = c[key]["requests_per_second"].as_f64().unwrap();

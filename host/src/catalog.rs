@@ -87,6 +87,8 @@ pub struct Users {
     /// Id of the newest event recorded: an experiment exposure served now is answered by the
     /// user's events after it.
     last_event_id: i64,
+    /// Events recorded, all users together (the same as the store's count).
+    event_count: u64,
 }
 
 impl Users {
@@ -107,6 +109,7 @@ impl Users {
             by_external_id,
             histories,
             last_event_id: events.last().map(|e| e.id).unwrap_or(0),
+            event_count: events.len() as u64,
         }
     }
 
@@ -122,8 +125,14 @@ impl Users {
     pub fn record(&mut self, event: &EventRow) {
         if let Some(history) = self.histories.get_mut(event.user as usize) {
             history.push(to_feedback(event));
+            self.event_count += 1;
         }
         self.last_event_id = self.last_event_id.max(event.id);
+    }
+
+    /// Events recorded, all users together.
+    pub fn event_count(&self) -> u64 {
+        self.event_count
     }
 
     /// Id of the newest event recorded so far.

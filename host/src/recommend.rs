@@ -31,11 +31,11 @@ pub enum RecommendError {
     },
 }
 
-/// One recommended item.
-#[derive(Clone, Debug, Serialize)]
+/// One recommended item: its catalog index (known to the catalog: answers are checked) and
+/// score. Callers look up the external ID and title in the catalog, without copying them.
+#[derive(Clone, Copy, Debug, Serialize)]
 pub struct RecommendedItem {
-    pub item_id: String,
-    pub title: String,
+    pub item: u32,
     pub score: f32,
 }
 
@@ -183,14 +183,8 @@ impl Recommender {
         };
         let items = entries
             .iter()
-            .filter_map(|&(index, score)| {
-                let item = self.catalog.get(index)?;
-                Some(RecommendedItem {
-                    item_id: item.external_id.clone(),
-                    title: item.title.clone(),
-                    score,
-                })
-            })
+            .filter(|&&(index, _)| self.catalog.get(index).is_some())
+            .map(|&(item, score)| RecommendedItem { item, score })
             .collect();
         let experiment = assignment.map(|assignment| {
             self.experiments

@@ -3,8 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::{AppState, ids};
@@ -33,7 +34,7 @@ pub const DEFAULT_COUNT: u64 = 10;
 pub async fn recommend(
     State(state): State<AppState>,
     body: Result<Json<RecommendBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(body) = body?;
     let user_id = ids::from_json("user_id", &body.user_id)?;
     let count = match &body.n_recommendations {
@@ -59,21 +60,58 @@ pub async fn recommend(
         bypass_experiments: body.bypass_experiments,
     };
     let recommendation = state.recommender.recommend(&query).await?;
-    let experiment = recommendation.experiment.as_ref().map(
-        |arm| json!({ "id": arm.experiment_id, "name": arm.experiment_name, "group": arm.group }),
-    );
-    let items: Vec<Value> = recommendation
+    // Typed rather than `json!`: this is the hottest response, and building a `Value` tree
+    // (a map per item) was a visible share of a cached request's time.
+    let experiment = recommendation.experiment.as_ref().map(|arm| ArmBody {
+        id: &arm.experiment_id,
+        name: &arm.experiment_name,
+        group: &arm.group,
+    });
+    let recommendations = recommendation
         .items
         .iter()
-        .map(|item| json!({ "item_id": ids::to_json(&item.item_id), "title": item.title, "score": item.score }))
+        .filter_map(|recommended| {
+            let item = state.catalog.get(recommended.item)?;
+            Some(ItemBody {
+                item_id: ids::to_json(&item.external_id),
+                title: &item.title,
+                score: recommended.score,
+            })
+        })
         .collect();
-    Ok(Json(json!({
-        "user_id": ids::to_json(&user_id),
-        "recommendations": items,
-        "model": recommendation.model,
-        "model_version": recommendation.model_version,
-        "experiment": experiment,
-        "cold_start": recommendation.cold_start,
-        "cached": recommendation.cached,
-    })))
+    Ok(Json(ResponseBody {
+        user_id: ids::to_json(&user_id),
+        recommendations,
+        model: &recommendation.model,
+        model_version: recommendation.model_version,
+        experiment,
+        cold_start: recommendation.cold_start,
+        cached: recommendation.cached,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct ResponseBody<'a> {
+    user_id: Value,
+    recommendations: Vec<ItemBody<'a>>,
+    model: &'a str,
+    model_version: u64,
+    experiment: Option<ArmBody<'a>>,
+    cold_start: bool,
+    cached: bool,
+}
+
+#[derive(Serialize)]
+struct ItemBody<'a> {
+    item_id: Value,
+    title: &'a str,
+    score: f32,
+}
+
+#[derive(Serialize)]
+struct ArmBody<'a> {
+    id: &'a str,
+    name: &'a str,
+    group: &'a str,
 }

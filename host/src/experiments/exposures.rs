@@ -69,7 +69,10 @@ struct Counters {
 impl ExposureLog {
     /// Starts the writer thread on its own connection to the database at `path`.
     pub fn start(path: &Path) -> Result<Self, StoreError> {
-        let store = Store::open(path)?;
+        // Exposures are measurements nobody was promised: in WAL mode, NORMAL keeps them safe
+        // from a crash of the process and only a power cut can lose the last batches, and it
+        // saves a disk sync per batch (the writer used a fifth of the server's CPU under load).
+        let store = Store::open_with_synchronous(path, "NORMAL")?;
         let (queue, messages) = channel();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();

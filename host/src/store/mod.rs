@@ -113,9 +113,15 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        Self::open_with_synchronous(path, "FULL")
+    }
+
+    /// [`Store::open`] with another `PRAGMA synchronous` for this connection (`FULL` is what
+    /// acknowledged data needs).
+    pub fn open_with_synchronous(path: &Path, synchronous: &str) -> StoreResult<Self> {
         let mut connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "synchronous", synchronous)?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         // 64 MiB of page cache (the default is 2 MiB): event ingestion otherwise re-reads the
         // B-tree pages it just wrote once the database outgrows the cache.
