@@ -174,9 +174,9 @@ impl Recommender {
                             user.map(|_| (user_id, history_len as u64)),
                         )
                 {
-                    let cache = self.cache.clone();
-                    let bytes = cache::encode(&entries);
-                    tokio::spawn(async move { cache.put(key, bytes).await });
+                    // Awaited, not spawned: the next request of this user must find it (a
+                    // miss already paid for a plugin call; Redis adds one round trip).
+                    self.cache.put(key, cache::encode(&entries)).await;
                 }
                 (entries, model_version, dropped, false)
             }

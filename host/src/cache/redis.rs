@@ -120,30 +120,38 @@ impl RedisCache {
     }
 }
 
+impl RedisCache {
+    /// Runs one command under the deadline; an error or a timeout is a fault.
+    async fn command<T>(
+        &self,
+        name: &str,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.fault(&error.to_string());
+                None
+            }
+            Err(_) => {
+                self.fault(&format!("{name} timed out"));
+                None
+            }
+        }
+    }
+}
+
 impl RecommendationCache for RedisCache {
     fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
             let mut connection = self.connection(true).await?;
-            let answer: Result<Result<Option<Vec<u8>>, _>, _> =
-                tokio::time::timeout(self.timeout, connection.get(key)).await;
-            match answer {
-                Ok(Ok(found)) => {
-                    CacheStats::count(if found.is_some() {
-                        &self.stats.hits
-                    } else {
-                        &self.stats.misses
-                    });
-                    found
-                }
-                Ok(Err(error)) => {
-                    self.fault(&error.to_string());
-                    None
-                }
-                Err(_) => {
-                    self.fault("GET timed out");
-                    None
-                }
-            }
+            let found: Option<Vec<u8>> = self.command("GET", connection.get(key)).await?;
+            CacheStats::count(if found.is_some() {
+                &self.stats.hits
+            } else {
+                &self.stats.misses
+            });
+            found
         })
     }
 
@@ -152,13 +160,9 @@ impl RecommendationCache for RedisCache {
             let Some(mut connection) = self.connection(false).await else {
                 return;
             };
-            let stored: Result<Result<(), _>, _> =
-                tokio::time::timeout(self.timeout, connection.set_ex(key, value, self.ttl_secs))
-                    .await;
-            match stored {
-                Ok(Ok(())) => CacheStats::count(&self.stats.stores),
-                Ok(Err(error)) => self.fault(&error.to_string()),
-                Err(_) => self.fault("SET timed out"),
+            let set = connection.set_ex::<_, _, ()>(key, value, self.ttl_secs);
+            if self.command("SET", set).await.is_some() {
+                CacheStats::count(&self.stats.stores);
             }
         })
     }
