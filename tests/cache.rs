@@ -143,3 +143,21 @@ fn the_server_starts_and_serves_while_redis_is_down() {
     }
     assert!(cache_stats(&server)["faults"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn servers_sharing_one_redis_never_serve_each_others_models() {
+    // Model versions count per database: two servers can both serve "collaborative v1" built
+    // from different events. Their cache keys carry their database's id.
+    let redis = Redis::start();
+    let config = format!(
+        "[cache]\nbackend = \"redis\"\nredis_url = {:?}\n",
+        redis.url()
+    );
+    let (_a_dir, a) = start(&config);
+    let (_b_dir, b) = start(&config);
+    assert_eq!(recommend(&a, 42)["cached"], false);
+    assert_eq!(recommend(&a, 42)["cached"], true);
+    let on_b = recommend(&b, 42);
+    assert_eq!(on_b["model_version"], 1);
+    assert_eq!(on_b["cached"], false, "{on_b}");
+}

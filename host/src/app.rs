@@ -137,6 +137,7 @@ impl App {
             plugins: plugins.clone(),
             experiments: experiments.clone(),
             cache: crate::cache::from_config(&config.cache)?,
+            store_id: store.store_id()?,
             default_model: config.default_model.clone(),
             history_limit: config.history_limit,
             max_recommendations: config.max_recommendations,

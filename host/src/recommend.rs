@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::cache::{self, RecommendationCache};
+use crate::cache::{self, KeyScope, RecommendationCache};
 use crate::catalog::{Catalog, Users};
 use crate::experiments::{ExperimentError, Experiments};
 use crate::plugins::bindings::{Request, Scored};
@@ -85,6 +85,8 @@ pub struct Recommender {
     pub plugins: Arc<LivePlugins>,
     pub experiments: Arc<Experiments>,
     pub cache: Arc<dyn RecommendationCache>,
+    /// The database's id, part of every cache key (`Store::store_id`).
+    pub store_id: String,
     pub default_model: String,
     /// Newest events of a user sent with each request.
     pub history_limit: usize,
@@ -134,9 +136,14 @@ impl Recommender {
             (user, version, users.last_event_id())
         };
         let serving_version = plugin.model_version();
+        let scope = |model_version| KeyScope {
+            store_id: &self.store_id,
+            plugin: &model,
+            model_version,
+        };
         let key = serving_version.map(|version| {
             let user = user.map(|_| (user_id, user_version));
-            cache::key(&model, version, count as u32, user)
+            cache::key(scope(version), count as u32, user)
         });
         let cached = match &key {
             Some(key) => self.cache.get(key).await.and_then(|b| cache::decode(&b)),
@@ -168,8 +175,7 @@ impl Recommender {
                 if let Some(key) = key
                     && key
                         == cache::key(
-                            &model,
-                            model_version,
+                            scope(model_version),
                             count as u32,
                             user.map(|_| (user_id, history_len as u64)),
                         )

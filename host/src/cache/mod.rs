@@ -1,9 +1,10 @@
 //! The recommendation cache: in-process ([`memory`], moka) by default, Redis ([`redis`]) when
 //! configured, behind one trait.
 //!
-//! Keys name everything an answer depends on: the plugin, its model version, the request's
-//! count, the user's version (how many events the user has; durable, so it never repeats
-//! across restarts) and the user. A model update or the user's own feedback therefore moves
+//! Keys name everything an answer depends on: the database (its `store_id`: model versions
+//! count per database, and one Redis may serve several servers), the plugin, its model
+//! version, the request's count, the user's version (how many events the user has; durable,
+//! so it never repeats across restarts) and the user. A model update or the user's own feedback therefore moves
 //! the key: nothing is ever invalidated by scanning, and a stale answer cannot be found.
 //! Users without history share one entry per plugin, model version and count.
 //!
@@ -115,14 +116,26 @@ pub fn from_config(config: &CacheConfig) -> anyhow::Result<Arc<dyn Recommendatio
     })
 }
 
+/// Where a key's answer came from: this database's id, the plugin and its model version.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyScope<'a> {
+    pub store_id: &'a str,
+    pub plugin: &'a str,
+    pub model_version: u64,
+}
+
 /// The key of a recommendation list. Every part before the user ID is free of `:`, so keys
 /// of different requests never collide.
-pub fn key(plugin: &str, model_version: u64, count: u32, user: Option<(&str, u64)>) -> String {
+pub fn key(scope: KeyScope<'_>, count: u32, user: Option<(&str, u64)>) -> String {
+    let KeyScope {
+        store_id,
+        plugin,
+        model_version,
+    } = scope;
+    let prefix = format!("rh:1:{store_id}:{plugin}:{model_version}:{count}");
     match user {
-        Some((user_id, user_version)) => {
-            format!("rh:1:{plugin}:{model_version}:{count}:{user_version}:{user_id}")
-        }
-        None => format!("rh:1:{plugin}:{model_version}:{count}:cold"),
+        Some((user_id, user_version)) => format!("{prefix}:{user_version}:{user_id}"),
+        None => format!("{prefix}:cold"),
     }
 }
 
@@ -165,12 +178,24 @@ mod tests {
     }
 
     #[test]
-    fn keys_move_with_the_model_and_the_user() {
-        let base = key("hybrid", 3, 10, Some(("u1", 7)));
-        assert_ne!(base, key("hybrid", 4, 10, Some(("u1", 7))));
-        assert_ne!(base, key("hybrid", 3, 10, Some(("u1", 8))));
-        assert_ne!(base, key("hybrid", 3, 5, Some(("u1", 7))));
-        assert_ne!(base, key("collaborative", 3, 10, Some(("u1", 7))));
-        assert_ne!(key("p", 1, 1, Some(("cold", 0))), key("p", 1, 1, None));
+    fn keys_move_with_the_database_the_model_and_the_user() {
+        let scope = |store_id, plugin, model_version| KeyScope {
+            store_id,
+            plugin,
+            model_version,
+        };
+        let base = key(scope("db1", "hybrid", 3), 10, Some(("u1", 7)));
+        assert_ne!(base, key(scope("db2", "hybrid", 3), 10, Some(("u1", 7))));
+        assert_ne!(base, key(scope("db1", "hybrid", 4), 10, Some(("u1", 7))));
+        assert_ne!(base, key(scope("db1", "hybrid", 3), 10, Some(("u1", 8))));
+        assert_ne!(base, key(scope("db1", "hybrid", 3), 5, Some(("u1", 7))));
+        assert_ne!(
+            base,
+            key(scope("db1", "collaborative", 3), 10, Some(("u1", 7)))
+        );
+        assert_ne!(
+            key(scope("db1", "p", 1), 1, Some(("cold", 0))),
+            key(scope("db1", "p", 1), 1, None)
+        );
     }
 }

@@ -88,6 +88,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (experiment_id, user_id)
     ) WITHOUT ROWID;
     "#,
+    // 5: facts about the database itself; `store_id` (random, made on first use) names it in
+    // keys shared with other servers (the Redis cache), whose model versions are their own.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

@@ -148,6 +148,23 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// This database's random identity, made on first use and kept for its life: model
+    /// versions count per database, so a cache shared by several servers (Redis) must tell
+    /// their entries apart by it.
+    pub fn store_id(&self) -> StoreResult<String> {
+        let connection = self.lock();
+        let fresh: u128 = rand::random();
+        connection.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+            [format!("{fresh:032x}")],
+        )?;
+        Ok(
+            connection.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |row| {
+                row.get(0)
+            })?,
+        )
+    }
+
     pub fn counts(&self) -> StoreResult<StoreCounts> {
         let connection = self.lock();
         let count = |table: &str| -> rusqlite::Result<u64> {
@@ -541,6 +558,20 @@ mod tests {
         let latest = store.latest_snapshot("p").unwrap().unwrap();
         assert_eq!((latest.version, latest.bytes.clone()), (5, vec![5]));
         assert!(store.latest_snapshot("q").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_store_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let first = Store::open(&path).unwrap().store_id().unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(Store::open(&path).unwrap().store_id().unwrap(), first);
+        let other = Store::open(&dir.path().join("other"))
+            .unwrap()
+            .store_id()
+            .unwrap();
+        assert_ne!(other, first);
     }
 
     #[test]
