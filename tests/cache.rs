@@ -161,3 +161,51 @@ fn servers_sharing_one_redis_never_serve_each_others_models() {
     assert_eq!(on_b["model_version"], 1);
     assert_eq!(on_b["cached"], false, "{on_b}");
 }
+
+/// The value of the sample `name{labels}` in a Prometheus text page.
+fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+}
+
+#[test]
+fn metrics_count_plugin_calls_and_cache_faults_in_prometheus_text() {
+    let mut redis = Redis::start();
+    let (_temp, server) = start(&format!(
+        "[cache]\nbackend = \"redis\"\nredis_url = {:?}\n",
+        redis.url()
+    ));
+    let (status, content_type, before) = server.get_text("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    assert!(
+        before.contains("# TYPE recohost_cache_faults_total counter"),
+        "{before}"
+    );
+    let calls = sample(
+        &before,
+        "recohost_plugin_calls_total{plugin=\"collaborative\"}",
+    );
+
+    recommend(&server, 3);
+    recommend(&server, 3);
+    redis.kill();
+    recommend(&server, 4);
+    let (_, _, after) = server.get_text("/metrics");
+    let series = |name: &str| format!("{name}{{backend=\"redis\"}}");
+    assert_eq!(
+        sample(
+            &after,
+            "recohost_plugin_calls_total{plugin=\"collaborative\"}"
+        ),
+        calls + 2.0,
+        "one call for the miss, none for the hit, one while Redis is down"
+    );
+    assert_eq!(sample(&after, &series("recohost_cache_hits_total")), 1.0);
+    assert!(sample(&after, &series("recohost_cache_faults_total")) >= 1.0);
+    assert!(sample(&after, "recohost_items") > 0.0);
+}

@@ -177,6 +177,23 @@ impl Server {
         decode(response)
     }
 
+    /// GETs a non-JSON resource: (status, content type, body).
+    pub fn get_text(&self, path: &str) -> (u16, String, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .expect("GET succeeds");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (status, content_type, response.text().expect("body"))
+    }
+
     /// POSTs a raw body with `Content-Type: application/json`.
     pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
         let response = self

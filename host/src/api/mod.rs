@@ -19,6 +19,7 @@
 //! | `POST /admin/reload`  | [`experiments::reload`] (operator) |
 //! | `GET /health`         | [`system::health`]       |
 //! | `GET /plugins`        | [`system::plugins`]      |
+//! | `GET /metrics`        | [`metrics::metrics`]     |
 
 mod auth;
 mod catalog;
@@ -27,6 +28,7 @@ mod events;
 mod experiments;
 pub mod ids;
 mod learning;
+mod metrics;
 mod recommend;
 mod system;
 
@@ -98,6 +100,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))
         .route("/plugins", get(system::plugins))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see the README for the API")
         })
