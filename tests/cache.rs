@@ -208,4 +208,35 @@ fn metrics_count_plugin_calls_and_cache_faults_in_prometheus_text() {
     assert_eq!(sample(&after, &series("recohost_cache_hits_total")), 1.0);
     assert!(sample(&after, &series("recohost_cache_faults_total")) >= 1.0);
     assert!(sample(&after, "recohost_items") > 0.0);
+
+    // Requests by route pattern, method and status, with a latency histogram.
+    assert_eq!(server.get("/users/3").0, 200);
+    assert_eq!(server.get("/no/such/route").0, 404);
+    let (_, _, page) = server.get_text("/metrics");
+    let requests =
+        |labels: &str| sample(&page, &format!("recohost_http_requests_total{{{labels}}}"));
+    assert_eq!(
+        requests("route=\"/recommend\",method=\"POST\",status=\"200\""),
+        3.0
+    );
+    assert_eq!(
+        requests("route=\"/users/{id}\",method=\"GET\",status=\"200\""),
+        1.0
+    );
+    assert_eq!(
+        requests("route=\"unmatched\",method=\"GET\",status=\"404\""),
+        1.0
+    );
+    let histogram = "recohost_http_request_duration_seconds";
+    assert_eq!(
+        sample(&page, &format!("{histogram}_count{{route=\"/recommend\"}}")),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &page,
+            &format!("{histogram}_bucket{{route=\"/recommend\",le=\"+Inf\"}}")
+        ),
+        3.0
+    );
 }

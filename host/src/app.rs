@@ -35,6 +35,8 @@ pub struct App {
     pub experiments: Arc<Experiments>,
     /// Serializes plugin reloads and keeps the last outcome (`reload.rs`).
     pub(crate) plugin_reload: std::sync::Mutex<crate::reload::PluginReloadStatus>,
+    /// Request counts and latency by route (`GET /metrics`).
+    pub http_metrics: crate::api::http_metrics::HttpMetrics,
 }
 
 impl App {
@@ -154,6 +156,7 @@ impl App {
             events,
             experiments,
             plugin_reload: Default::default(),
+            http_metrics: Default::default(),
         })
     }
 }

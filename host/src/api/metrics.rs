@@ -2,8 +2,9 @@
 //! plugins (calls, failures, traps, model version), the cache, experiment exposures, learning
 //! and the data. Rendered on scrape from the live counters; nothing is kept twice.
 //!
-//! Request latency histograms by route, plugin call latency and shed requests come with the
-//! hardening milestone.
+//! Requests by route, method and status and their latency histogram come from
+//! [`super::http_metrics`]. Plugin call latency and shed requests come with the hardening
+//! milestone.
 
 use std::fmt::Write;
 
@@ -39,6 +40,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let mut out = String::new();
+    state.http_metrics.render(&mut out);
 
     let plugins: Vec<_> = state.plugins.current().iter().map(|p| p.status()).collect();
     let per_plugin = |value: &dyn Fn(&crate::plugins::PluginStatus) -> f64| -> Vec<(String, f64)> {

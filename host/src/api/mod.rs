@@ -26,6 +26,7 @@ mod catalog;
 pub mod error;
 mod events;
 mod experiments;
+pub mod http_metrics;
 pub mod ids;
 mod learning;
 mod metrics;
@@ -113,6 +114,10 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            http_metrics::track,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }
