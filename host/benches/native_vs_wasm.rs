@@ -91,13 +91,9 @@ fn algorithm(name: &str) -> Box<dyn Native> {
     }
 }
 
-const PLUGINS: [&str; 5] = [
-    "popularity",
-    "collaborative",
-    "content",
-    "hybrid",
-    "ratings",
-];
+mod common;
+
+use common::{PLUGINS, plugins_dir};
 
 fn bench(c: &mut Criterion) {
     let (items, ratings) = dataset();
@@ -169,7 +165,7 @@ fn bench(c: &mut Criterion) {
     );
 
     let engine = PluginEngine::new(None).expect("engine");
-    let dist = workspace().join("dist/plugins");
+    let dist = plugins_dir();
     let mut recommend = c.benchmark_group("recommend_top10_1682_items");
     for name in PLUGINS {
         let native = algorithm(name).train(&sdk_catalog, &sdk_events);

@@ -4,7 +4,6 @@
 //! Needs the built plugins: `cargo xtask plugins`, then
 //! `cargo bench -p recohost --bench plugin_calls`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -14,19 +13,9 @@ use recohost::plugins::bindings::Request;
 use recohost::plugins::{ModelVersion, PluginEngine, PluginLimits, PluginRuntime};
 use recohost::store::Store;
 
-const PLUGINS: [&str; 5] = [
-    "popularity",
-    "collaborative",
-    "content",
-    "hybrid",
-    "ratings",
-];
+mod common;
 
-fn plugins_dir() -> PathBuf {
-    std::env::var_os("RECOHOST_PLUGINS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/plugins"))
-}
+use common::{PLUGINS, plugins_dir};
 
 fn bench(c: &mut Criterion) {
     let temp = tempfile::tempdir().expect("temp dir");
