@@ -90,7 +90,9 @@ impl From<JsonRejection> for ApiError {
 impl From<ExperimentError> for ApiError {
     fn from(error: ExperimentError) -> Self {
         match &error {
-            ExperimentError::Unknown(_) => Self::not_found("unknown_experiment", error.to_string()),
+            ExperimentError::Unknown { .. } => {
+                Self::not_found("unknown_experiment", error.to_string())
+            }
             ExperimentError::Disabled => Self::not_found("experiments_disabled", error.to_string()),
             ExperimentError::Definition(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

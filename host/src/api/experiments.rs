@@ -108,13 +108,9 @@ pub async fn user_group(
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let user_id = ids::from_text("user_id", &user_id)?;
-    let experiments = &state.experiments;
-    let decision = match &query.experiment_id {
-        Some(id) => Some(experiments.decide(&experiments.get(id)?, &user_id)),
-        None => experiments
-            .assign(&user_id, None)?
-            .map(|a| experiments.decide(&a.experiment, &user_id)),
-    };
+    let decision = state
+        .experiments
+        .decision(&user_id, query.experiment_id.as_deref())?;
     let Some(decision) = decision else {
         return Ok(Json(json!({
             "user_id": ids::to_json(&user_id),

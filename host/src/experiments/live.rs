@@ -92,8 +92,11 @@ impl Assignment {
 
 #[derive(Debug, Error)]
 pub enum ExperimentError {
-    #[error("unknown experiment `{0}`")]
-    Unknown(String),
+    #[error("unknown experiment `{requested}`; experiments in force: {}", in_force.join(", "))]
+    Unknown {
+        requested: String,
+        in_force: Vec<String>,
+    },
     #[error("experiments are off: the server was started without an experiments directory")]
     Disabled,
     #[error(transparent)]
@@ -125,8 +128,19 @@ impl ExperimentSet {
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<&Arc<LiveExperiment>> {
-        self.experiments.iter().find(|e| e.definition.id == id)
+    /// The experiment `id`, or an error naming the ones in force.
+    pub fn get(&self, id: &str) -> Result<&Arc<LiveExperiment>, ExperimentError> {
+        self.experiments
+            .iter()
+            .find(|e| e.definition.id == id)
+            .ok_or_else(|| ExperimentError::Unknown {
+                requested: id.to_string(),
+                in_force: self
+                    .experiments
+                    .iter()
+                    .map(|e| e.definition.id.clone())
+                    .collect(),
+            })
     }
 }
 
@@ -286,42 +300,42 @@ impl Experiments {
         }
     }
 
-    /// The group serving `user_id`: in `experiment_id` when given, else in the
-    /// highest-priority running experiment that includes the user. `None`: no experiment.
+    /// Where `user_id` stands: in `experiment_id` when given (placed or not), else in the
+    /// highest-priority running experiment that includes the user (`None`: no such one).
+    pub fn decision(
+        &self,
+        user_id: &str,
+        experiment_id: Option<&str>,
+    ) -> Result<Option<Decision>, ExperimentError> {
+        let set = self.current.load();
+        Ok(match experiment_id {
+            Some(id) => Some(self.decide(set.get(id)?, user_id)),
+            None => set
+                .experiments
+                .iter()
+                .filter(|e| e.definition.status == Status::Running)
+                .map(|e| self.decide(e, user_id))
+                .find(|d| d.placement.group().is_some()),
+        })
+    }
+
+    /// The group serving `user_id` (see [`Self::decision`]); `None`: no experiment.
     pub fn assign(
         &self,
         user_id: &str,
         experiment_id: Option<&str>,
     ) -> Result<Option<Assignment>, ExperimentError> {
-        let set = self.current.load();
-        let assignment = |decision: Decision| {
-            decision.placement.group().map(|group| Assignment {
-                experiment: decision.experiment,
+        Ok(self.decision(user_id, experiment_id)?.and_then(|d| {
+            d.placement.group().map(|group| Assignment {
+                experiment: d.experiment,
                 group,
             })
-        };
-        match experiment_id {
-            Some(id) => {
-                let experiment = set
-                    .get(id)
-                    .ok_or_else(|| ExperimentError::Unknown(id.to_string()))?;
-                Ok(assignment(self.decide(experiment, user_id)))
-            }
-            None => Ok(set
-                .experiments
-                .iter()
-                .filter(|e| e.definition.status == Status::Running)
-                .find_map(|e| assignment(self.decide(e, user_id)))),
-        }
+        }))
     }
 
     /// Looks up an experiment of the set in force.
     pub fn get(&self, id: &str) -> Result<Arc<LiveExperiment>, ExperimentError> {
-        self.current
-            .load()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ExperimentError::Unknown(id.to_string()))
+        self.current.load().get(id).cloned()
     }
 
     /// Logs that `assignment`'s plugin served `user_id` (model `model_version`, with
@@ -545,7 +559,7 @@ mod tests {
         );
         assert!(matches!(
             fixture.experiments.assign("u1", Some("nope")),
-            Err(ExperimentError::Unknown(_))
+            Err(ExperimentError::Unknown { .. })
         ));
 
         // Two experiments splitting one namespace never share a user.
