@@ -7,9 +7,9 @@
 //! counts call it first, and shutdown calls it last.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::live::LiveExperiment;
@@ -54,8 +54,7 @@ enum Message {
 
 /// Handle to the writer thread.
 pub struct ExposureLog {
-    // A `Mutex` only to make the handle `Sync` on every supported toolchain; sending is cheap.
-    queue: Mutex<Sender<Message>>,
+    queue: Sender<Message>,
     counters: Arc<Counters>,
 }
 
@@ -80,16 +79,12 @@ impl ExposureLog {
             .name("exposure-log".into())
             .spawn(move || write_loop(&store, &messages, &thread_counters))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the exposure log: {e}")))?;
-        Ok(Self {
-            queue: Mutex::new(queue),
-            counters,
-        })
+        Ok(Self { queue, counters })
     }
 
     /// Queues an exposure (and the sticky assignment it made, if any).
     pub fn record(&self, exposure: PendingExposure, sticky: Option<StickyRow>) {
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if queue.send(Message::Record(exposure, sticky)).is_err() {
+        if self.queue.send(Message::Record(exposure, sticky)).is_err() {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -97,10 +92,7 @@ impl ExposureLog {
     /// Blocks until every record queued before this call is stored (or failed).
     pub fn flush(&self) {
         let (done, wait) = sync_channel(1);
-        let sent = {
-            let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.send(Message::Flush(done)).is_ok()
-        };
+        let sent = self.queue.send(Message::Flush(done)).is_ok();
         if sent && wait.recv_timeout(FLUSH_TIMEOUT).is_err() {
             tracing::warn!("the exposure log did not flush in time");
         }
