@@ -8,6 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -104,6 +105,9 @@ pub struct Server {
     pub base: String,
     pub data_dir: PathBuf,
     client: reqwest::blocking::Client,
+    /// Everything the server has written to stderr (its log), drained by a thread so a
+    /// chatty server never blocks on a full pipe.
+    stderr: Arc<Mutex<String>>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -134,6 +138,18 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary().display()))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_reader = {
+            let pipe = child.stderr.take().expect("piped stderr");
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut text = stderr.lock().unwrap_or_else(|p| p.into_inner());
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            })
+        };
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
@@ -145,11 +161,9 @@ impl Server {
                 }
                 _ => {
                     let _ = child.wait();
-                    let mut stderr = String::new();
-                    if let Some(mut pipe) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-                    }
-                    return Err(stderr);
+                    let _ = stderr_reader.join();
+                    let text = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    return Err(text);
                 }
             }
         };
@@ -164,8 +178,17 @@ impl Server {
             base,
             data_dir: data_dir.to_path_buf(),
             client,
+            stderr,
             _temp: None,
         })
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
@@ -253,6 +276,15 @@ impl Server {
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, &body.to_string())
+    }
+
+    /// POSTs JSON and returns the whole response (for headers).
+    pub fn post_response(&self, path: &str, body: &Value) -> reqwest::blocking::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .expect("POST succeeds")
     }
 
     /// POSTs an empty body with `Authorization: Bearer <token>` when a token is given.

@@ -37,6 +37,8 @@ pub struct App {
     pub(crate) plugin_reload: std::sync::Mutex<crate::reload::PluginReloadStatus>,
     /// Request counts and latency by route (`GET /metrics`).
     pub http_metrics: crate::api::http_metrics::HttpMetrics,
+    /// In-flight limit, request timeout and shed counters (`[http]`).
+    pub overload: crate::api::overload::Overload,
 }
 
 impl App {
@@ -141,9 +143,11 @@ impl App {
             cache: crate::cache::from_config(&config.cache)?,
             store_id: store.store_id()?,
             default_model: config.default_model.clone(),
+            fallback_model: config.fallback_model.clone(),
             history_limit: config.history_limit,
             max_recommendations: config.max_recommendations,
         };
+        let overload = crate::api::overload::Overload::new(&config.http);
         Ok(Self {
             config,
             store,
@@ -157,6 +161,7 @@ impl App {
             experiments,
             plugin_reload: Default::default(),
             http_metrics: Default::default(),
+            overload,
         })
     }
 }

@@ -9,6 +9,12 @@
 //! demo_data = true               # fill an empty database with generated demo data
 //! admin_token = "..."            # RECOHOST_ADMIN_TOKEN; bearer token of operator actions
 //! experiments_dir = "experiments" # RECOHOST_EXPERIMENTS_DIR; default ./experiments if present
+//! fallback_model = "popularity"  # RECOHOST_FALLBACK_MODEL; answers when a plugin fails (unset: 503)
+//!
+//! [http]
+//! max_in_flight = 256            # requests handled at once; more are shed with 503 + Retry-After
+//! request_timeout_ms = 10000     # a request still unanswered after this gets 503
+//! retry_after_secs = 1           # the Retry-After sent with a shed or timed-out request
 //!
 //! [events]
 //! rating_min = 0.5               # ratings outside [rating_min, rating_max] are refused
@@ -62,6 +68,10 @@ pub struct Config {
     /// Experiment definitions, one TOML file each, watched for changes. Unset: `experiments`
     /// in the working directory if it exists, else no experiments.
     pub experiments_dir: Option<PathBuf>,
+    /// Plugin whose answer is served, marked as a fallback, when the chosen plugin fails or
+    /// is unhealthy. Unset: such requests get 503.
+    pub fallback_model: Option<String>,
+    pub http: HttpConfig,
     pub events: EventsConfig,
     pub cache: CacheConfig,
     pub learning: LearningConfig,
@@ -69,6 +79,29 @@ pub struct Config {
     /// The file this was read from; its `[[plugins]]` are re-read on reload.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[http]`: how much load the server takes before it sheds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Requests handled at once (`/health` and `/metrics` excepted); more get 503 with
+    /// `Retry-After` at once instead of queueing without bound.
+    pub max_in_flight: usize,
+    /// A request not answered within this gets 503 (the work it started is bounded by the
+    /// plugins' own time budgets).
+    pub request_timeout_ms: u64,
+    pub retry_after_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            request_timeout_ms: 10_000,
+            retry_after_secs: 1,
+        }
+    }
 }
 
 /// `[events]`: what `POST /events` accepts.
@@ -160,6 +193,8 @@ impl Default for Config {
             demo_data: true,
             admin_token: None,
             experiments_dir: None,
+            fallback_model: None,
+            http: HttpConfig::default(),
             events: EventsConfig::default(),
             cache: CacheConfig::default(),
             learning: LearningConfig::default(),
@@ -232,6 +267,9 @@ impl Config {
         if let Some(model) = lookup("RECOHOST_DEFAULT_MODEL") {
             self.default_model = model;
         }
+        if let Some(model) = lookup("RECOHOST_FALLBACK_MODEL") {
+            self.fallback_model = Some(model);
+        }
         if let Some(dir) = lookup("RECOHOST_EXPERIMENTS_DIR") {
             self.experiments_dir = Some(PathBuf::from(dir));
         }
@@ -291,6 +329,15 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        if let Some(fallback) = &self.fallback_model
+            && !names.contains(fallback)
+        {
+            bail!("fallback_model {fallback:?} is not a declared plugin");
+        }
+        let http = &self.http;
+        if http.max_in_flight == 0 || http.request_timeout_ms == 0 {
+            bail!("[http] max_in_flight and request_timeout_ms must be positive");
         }
         let events = &self.events;
         if !(events.rating_min.is_finite()

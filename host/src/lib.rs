@@ -10,6 +10,7 @@
 //! - [`events`]: validation and durable group-committed storage of live events.
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
 //! - [`experiments`]: experiment files, GrowthBook-compatible assignment, exposures, results.
+//! - [`histogram`]: the latency histogram behind `/metrics`.
 //! - [`reload`]: plugins and experiments changed without a restart (file watchers, reload).
 //! - [`import`]: MovieLens readers and the demo-data generator.
 //! - [`eval`]: offline evaluation (splits, ranking metrics, the `eval` command).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod eval;
 pub mod events;
 pub mod experiments;
+pub mod histogram;
 pub mod import;
 pub mod learning;
 pub mod plugins;

@@ -11,7 +11,7 @@ use crate::cache::{self, KeyScope, RecommendationCache};
 use crate::catalog::{Catalog, Users};
 use crate::experiments::{ExperimentError, Experiments};
 use crate::plugins::bindings::{Request, Scored};
-use crate::plugins::{LivePlugins, RecommendCallError};
+use crate::plugins::{LivePlugins, PluginRuntime, RecommendCallError};
 
 #[derive(Debug, Error)]
 pub enum RecommendError {
@@ -62,13 +62,24 @@ pub struct ServedArm {
     pub group: String,
 }
 
+/// Why the fallback plugin answered instead of the chosen one.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fallback {
+    /// The plugin that was chosen and failed.
+    pub from: String,
+    pub reason: String,
+}
+
 /// A plugin's answer, checked and mapped back to external IDs.
 #[derive(Clone, Debug, Serialize)]
 pub struct Recommendation {
+    /// The plugin that answered (the fallback's name when `fallback` is set).
     pub model: String,
     pub model_version: u64,
     /// The experiment and group that chose the model, if any.
     pub experiment: Option<ServedArm>,
+    /// Set when the chosen plugin failed and the fallback plugin answered.
+    pub fallback: Option<Fallback>,
     /// True when the user has no history, so the answer cannot be personal.
     pub cold_start: bool,
     /// Served from the cache (the same model version once answered this user and count).
@@ -77,6 +88,22 @@ pub struct Recommendation {
     /// Entries of the plugin's answer that were dropped (unknown, excluded, duplicate, not
     /// finite or past the count). Zero for a well-behaved plugin.
     pub dropped: usize,
+}
+
+/// One plugin's checked answer to one user.
+struct Answer {
+    entries: Vec<(u32, f32)>,
+    model_version: u64,
+    dropped: usize,
+    cached: bool,
+}
+
+/// The user as the cache key and the plugin request see them.
+struct UserView<'a> {
+    id: &'a str,
+    index: Option<u32>,
+    /// Their event count: part of the cache key.
+    version: u64,
 }
 
 pub struct Recommender {
@@ -88,6 +115,8 @@ pub struct Recommender {
     /// The database's id, part of every cache key (`Store::store_id`).
     pub store_id: String,
     pub default_model: String,
+    /// Answers when the chosen plugin fails or is unhealthy (`None`: 503).
+    pub fallback_model: Option<String>,
     /// Newest events of a user sent with each request.
     pub history_limit: usize,
     pub max_recommendations: u32,
@@ -99,7 +128,8 @@ impl Recommender {
     }
 
     /// Recommends `query.count` items. A user in an experiment gets their group's plugin,
-    /// whatever `query.model` says.
+    /// whatever `query.model` says. When that plugin fails, the fallback plugin answers
+    /// (marked as such) if one is configured.
     pub async fn recommend(
         &self,
         query: &RecommendQuery<'_>,
@@ -127,74 +157,65 @@ impl Recommender {
                 requested: model.clone(),
                 available: self.plugins.names(),
             })?;
-        // The cache key names the plugin's serving model version and the user's version
-        // (their event count): an update or the user's feedback moves it.
-        let (user, user_version, after_event) = {
+        let (user, after_event) = {
             let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-            let user = users.index_of(user_id);
-            let version = user.map(|u| users.version(u)).unwrap_or(0);
-            (user, version, users.last_event_id())
+            let index = users.index_of(user_id);
+            let version = index.map(|u| users.version(u)).unwrap_or(0);
+            let user = UserView {
+                id: user_id,
+                index,
+                version,
+            };
+            (user, users.last_event_id())
         };
-        let serving_version = plugin.model_version();
-        let scope = |model_version| KeyScope {
-            store_id: &self.store_id,
-            plugin: &model,
-            model_version,
-        };
-        let key = serving_version.map(|version| {
-            let user = user.map(|_| (user_id, user_version));
-            cache::key(scope(version), count as u32, user)
-        });
-        let cached = match &key {
-            Some(key) => self.cache.get(key).await.and_then(|b| cache::decode(&b)),
-            None => None,
-        };
-        let (entries, model_version, dropped, from_cache) = match cached {
-            Some(entries) => (entries, serving_version.unwrap_or_default(), 0, true),
-            None => {
-                let (request, history_len) = self.request(user_id, count as u32);
-                let exclude = request.exclude.clone();
-                let (scored, model_version) =
-                    plugin.recommend_async(request).await.map_err(|source| {
-                        RecommendError::PluginFailed {
-                            model: model.clone(),
-                            source,
-                        }
+        let count = count as u32;
+        let (model, answer, fallback) = match self.answer(&model, &plugin, &user, count).await {
+            Ok(answer) => (model, answer, None),
+            Err(source) => {
+                let fallback = self
+                    .fallback_model
+                    .as_ref()
+                    .filter(|name| **name != model)
+                    .and_then(|name| Some((name, self.plugins.get(name)?)));
+                let Some((fallback_name, fallback_plugin)) = fallback else {
+                    return Err(RecommendError::PluginFailed { model, source });
+                };
+                tracing::warn!(model, fallback = %fallback_name, error = %source, "serving the fallback plugin's answer");
+                let answer = self
+                    .answer(fallback_name, &fallback_plugin, &user, count)
+                    .await
+                    .map_err(|fallback_error| RecommendError::PluginFailed {
+                        model: model.clone(),
+                        source: RecommendCallError::FallbackFailed {
+                            first: source.to_string(),
+                            fallback: fallback_name.clone(),
+                            second: fallback_error.to_string(),
+                        },
                     })?;
-                let received = scored.len();
-                let entries = self.check(scored, &exclude, count as usize);
-                let dropped = received - entries.len();
-                if dropped > 0 {
-                    tracing::warn!(
-                        model,
-                        dropped,
-                        "dropped malformed entries from a plugin's answer"
-                    );
-                }
-                // Store only what the key describes: the same model and user versions.
-                if let Some(key) = key
-                    && key
-                        == cache::key(
-                            scope(model_version),
-                            count as u32,
-                            user.map(|_| (user_id, history_len as u64)),
-                        )
-                {
-                    // Awaited, not spawned: the next request of this user must find it (a
-                    // miss already paid for a plugin call; Redis adds one round trip).
-                    self.cache.put(key, cache::encode(&entries)).await;
-                }
-                (entries, model_version, dropped, false)
+                plugin.count_fallback();
+                let fallback = Fallback {
+                    from: model,
+                    reason: source.to_string(),
+                };
+                (fallback_name.clone(), answer, Some(fallback))
             }
         };
-        let items = entries
+        let items = answer
+            .entries
             .iter()
             .filter(|&&(index, _)| self.catalog.get(index).is_some())
             .map(|&(item, score)| RecommendedItem { item, score })
             .collect();
+        // Exposures count the group the user was placed in, whichever plugin answered
+        // (intent to treat): fallbacks are part of what the arm costs.
         let experiment = assignment.map(|assignment| {
+            let version = if fallback.is_some() {
+                plugin.model_version().unwrap_or(0)
+            } else {
+                answer.model_version
+            };
             self.experiments
-                .record_exposure(&assignment, user_id, model_version, after_event);
+                .record_exposure(&assignment, user_id, version, after_event);
             let definition = &assignment.experiment.definition;
             ServedArm {
                 experiment_id: definition.id.clone(),
@@ -204,12 +225,80 @@ impl Recommender {
         });
         Ok(Recommendation {
             model,
-            model_version,
+            model_version: answer.model_version,
             experiment,
-            cold_start: user_version == 0,
-            cached: from_cache,
+            fallback,
+            cold_start: user.version == 0,
+            cached: answer.cached,
             items,
+            dropped: answer.dropped,
+        })
+    }
+
+    /// `plugin`'s checked answer for `user`: from the cache when the same model version
+    /// answered the same user version, else from the plugin (then cached).
+    async fn answer(
+        &self,
+        model: &str,
+        plugin: &Arc<PluginRuntime>,
+        user: &UserView<'_>,
+        count: u32,
+    ) -> Result<Answer, RecommendCallError> {
+        // The cache key names the plugin's serving model version and the user's version
+        // (their event count): an update or the user's feedback moves it.
+        let serving_version = plugin.model_version();
+        let scope = |model_version| KeyScope {
+            store_id: &self.store_id,
+            plugin: model,
+            model_version,
+        };
+        let key = serving_version.map(|version| {
+            let user_key = user.index.map(|_| (user.id, user.version));
+            cache::key(scope(version), count, user_key)
+        });
+        let cached = match &key {
+            Some(key) => self.cache.get(key).await.and_then(|b| cache::decode(&b)),
+            None => None,
+        };
+        if let Some(entries) = cached {
+            return Ok(Answer {
+                entries,
+                model_version: serving_version.unwrap_or_default(),
+                dropped: 0,
+                cached: true,
+            });
+        }
+        let (request, history_len) = self.request(user.id, count);
+        let exclude = request.exclude.clone();
+        let (scored, model_version) = plugin.recommend_async(request).await?;
+        let received = scored.len();
+        let entries = self.check(scored, &exclude, count as usize);
+        let dropped = received - entries.len();
+        if dropped > 0 {
+            tracing::warn!(
+                model,
+                dropped,
+                "dropped malformed entries from a plugin's answer"
+            );
+        }
+        // Store only what the key describes: the same model and user versions.
+        if let Some(key) = key
+            && key
+                == cache::key(
+                    scope(model_version),
+                    count,
+                    user.index.map(|_| (user.id, history_len as u64)),
+                )
+        {
+            // Awaited, not spawned: the next request of this user must find it (a miss
+            // already paid for a plugin call; Redis adds one round trip).
+            self.cache.put(key, cache::encode(&entries)).await;
+        }
+        Ok(Answer {
+            entries,
+            model_version,
             dropped,
+            cached: false,
         })
     }
 

@@ -16,6 +16,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (503s the client should retry).
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -24,7 +26,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    /// Adds `Retry-After: secs` to the response.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -57,6 +66,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -113,13 +128,16 @@ impl From<RecommendError> for ApiError {
             RecommendError::InvalidCount { .. } => {
                 Self::bad_request("invalid_n_recommendations", message)
             }
-            RecommendError::PluginFailed { .. } => {
+            RecommendError::PluginFailed { source, .. } => {
                 tracing::warn!(error = %message, "recommendation failed");
+                // An unhealthy plugin says when it will be tried again; else a second.
+                let retry_ms = source.retry_after_ms().unwrap_or(1_000);
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "model_unavailable",
                     message,
                 )
+                .retry_after(retry_ms.div_ceil(1_000).max(1))
             }
         }
     }

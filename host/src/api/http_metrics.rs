@@ -4,27 +4,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
-
-/// Upper bounds of the latency buckets, in seconds (plus +Inf).
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+use crate::histogram::LatencyHistogram;
 
 #[derive(Default)]
 struct RouteStats {
-    /// Requests at or under each bound (cumulative, as the format wants).
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+    latency: LatencyHistogram,
     /// (method, status) -> requests.
     statuses: Mutex<BTreeMap<(String, u16), u64>>,
 }
@@ -53,17 +45,9 @@ impl HttpMetrics {
             .clone()
     }
 
-    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    fn record(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         let stats = self.route(route);
-        for (bound, bucket) in BUCKETS.iter().zip(&stats.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        stats.count.fetch_add(1, Ordering::Relaxed);
-        stats
-            .sum_nanos
-            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        stats.latency.record(elapsed);
         *stats
             .statuses
             .lock()
@@ -103,28 +87,10 @@ impl HttpMetrics {
             "# TYPE recohost_http_request_duration_seconds histogram"
         );
         for name in &names {
-            let stats = &routes[*name];
-            for (bound, bucket) in BUCKETS.iter().zip(&stats.buckets) {
-                let _ = writeln!(
-                    out,
-                    "recohost_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"{bound}\"}} {}",
-                    bucket.load(Ordering::Relaxed)
-                );
-            }
-            let count = stats.count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "recohost_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {count}"
-            );
-            let sum = stats.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            let _ = writeln!(
-                out,
-                "recohost_http_request_duration_seconds_sum{{route=\"{name}\"}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "recohost_http_request_duration_seconds_count{{route=\"{name}\"}} {count}"
-            );
+            let labels = format!("route=\"{name}\"");
+            routes[*name]
+                .latency
+                .render(out, "recohost_http_request_duration_seconds", &labels);
         }
     }
 }
@@ -143,7 +109,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         &route,
         &method,
         response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
+        started.elapsed(),
     );
     response
 }

@@ -3,8 +3,7 @@
 //! and the data. Rendered on scrape from the live counters; nothing is kept twice.
 //!
 //! Requests by route, method and status and their latency histogram come from
-//! [`super::http_metrics`]. Plugin call latency and shed requests come with the hardening
-//! milestone.
+//! [`super::http_metrics`]; shed and timed-out requests from [`super::overload`].
 
 use std::fmt::Write;
 
@@ -42,7 +41,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let mut out = String::new();
     state.http_metrics.render(&mut out);
 
-    let plugins: Vec<_> = state.plugins.current().iter().map(|p| p.status()).collect();
+    let registry = state.plugins.current();
+    let plugins: Vec<_> = registry.iter().map(|p| p.status()).collect();
     let per_plugin = |value: &dyn Fn(&crate::plugins::PluginStatus) -> f64| -> Vec<(String, f64)> {
         plugins
             .iter()
@@ -70,6 +70,43 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "Plugin calls that trapped (the instance was rebuilt).",
         &per_plugin(&|p| p.traps as f64),
     );
+    family(
+        &mut out,
+        "recohost_plugin_skipped_total",
+        "counter",
+        "Requests not sent to the plugin because it was unhealthy.",
+        &per_plugin(&|p| p.skipped as f64),
+    );
+    family(
+        &mut out,
+        "recohost_plugin_fallbacks_total",
+        "counter",
+        "Requests the plugin failed that the fallback plugin answered.",
+        &per_plugin(&|p| p.fallbacks as f64),
+    );
+    family(
+        &mut out,
+        "recohost_plugin_healthy",
+        "gauge",
+        "1 while the plugin is healthy, 0 while it is skipped after repeated failures.",
+        &per_plugin(&|p| f64::from(u8::from(p.health.healthy))),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP recohost_plugin_recommend_duration_seconds Time of a recommend call, from taking an instance to its answer."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE recohost_plugin_recommend_duration_seconds histogram"
+    );
+    for plugin in registry.iter() {
+        let labels = label("plugin", plugin.name());
+        plugin.recommend_latency().render(
+            &mut out,
+            "recohost_plugin_recommend_duration_seconds",
+            labels.trim_start_matches('{').trim_end_matches('}'),
+        );
+    }
     family(
         &mut out,
         "recohost_plugin_model_version",
@@ -116,6 +153,29 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
             &[(backend.clone(), value as f64)],
         );
     }
+
+    let overload = state.overload.report();
+    family(
+        &mut out,
+        "recohost_http_shed_total",
+        "counter",
+        "Requests refused with 503 because max_in_flight requests were being handled.",
+        &[(String::new(), overload.shed as f64)],
+    );
+    family(
+        &mut out,
+        "recohost_http_timeouts_total",
+        "counter",
+        "Requests answered 503 after request_timeout_ms.",
+        &[(String::new(), overload.timed_out as f64)],
+    );
+    family(
+        &mut out,
+        "recohost_http_in_flight",
+        "gauge",
+        "Requests being handled now (/health and /metrics not counted).",
+        &[(String::new(), overload.in_flight as f64)],
+    );
 
     let (stored, failed) = state.experiments.exposure_log_counts();
     family(

@@ -30,6 +30,7 @@ pub mod http_metrics;
 pub mod ids;
 mod learning;
 mod metrics;
+pub mod overload;
 mod recommend;
 mod system;
 
@@ -114,6 +115,10 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            overload::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             http_metrics::track,

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::{AppState, ids};
-use crate::recommend::RecommendQuery;
+use crate::recommend::{Fallback, RecommendQuery};
 
 /// The request body. Unknown fields are refused, so a misspelt option is not silently ignored.
 #[derive(Debug, Deserialize)]
@@ -85,6 +85,7 @@ pub async fn recommend(
         model: &recommendation.model,
         model_version: recommendation.model_version,
         experiment,
+        fallback: recommendation.fallback.as_ref(),
         cold_start: recommendation.cold_start,
         cached: recommendation.cached,
     })
@@ -98,6 +99,9 @@ struct ResponseBody<'a> {
     model: &'a str,
     model_version: u64,
     experiment: Option<ArmBody<'a>>,
+    /// Present when the chosen plugin failed and the fallback plugin answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<&'a Fallback>,
     cold_start: bool,
     cached: bool,
 }

@@ -26,6 +26,8 @@ pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
+    /// Bytes of log messages the current call may still send (reset before each call).
+    pub log_budget: usize,
 }
 
 impl InstanceState {
@@ -38,6 +40,7 @@ impl InstanceState {
             wasi,
             table: ResourceTable::new(),
             limits,
+            log_budget: 0,
         }
     }
 }
@@ -56,9 +59,22 @@ impl recohost::strategy::types::Host for InstanceState {}
 impl recohost::strategy::host_log::Host for InstanceState {
     fn log(&mut self, level: recohost::strategy::host_log::Level, message: String) {
         use recohost::strategy::host_log::Level;
-        // Bounded so a chatty plugin cannot flood the log with one call.
-        let message: String = message.chars().take(2000).collect();
+        // Bounded so a chatty plugin cannot flood the log: each message is cut to 2,000
+        // characters, and a call may log `max_log_bytes_per_call` in all.
         let plugin = &*self.plugin;
+        if self.log_budget == 0 {
+            return;
+        }
+        let message: String = message.chars().take(2000).collect();
+        if message.len() >= self.log_budget {
+            self.log_budget = 0;
+            tracing::warn!(
+                plugin,
+                "the plugin reached its log limit for this call; dropping the rest"
+            );
+            return;
+        }
+        self.log_budget -= message.len();
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
             Level::Debug => tracing::debug!(plugin, "{message}"),

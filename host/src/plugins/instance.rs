@@ -27,6 +27,14 @@ pub enum CallError {
         call: &'static str,
         error: StrategyError,
     },
+    /// The answer broke a limit or a check (too many items, snapshot too large, wrong
+    /// length): the instance is still usable, the answer is not.
+    #[error("plugin `{plugin}` answered `{call}` out of bounds: {reason}")]
+    OverLimit {
+        plugin: String,
+        call: &'static str,
+        reason: String,
+    },
     /// The instance trapped and must be discarded.
     #[error("plugin `{plugin}` trapped in `{call}`: {reason}")]
     Trapped {
@@ -89,6 +97,7 @@ impl PluginInstance {
         ) -> wasmtime::Result<Result<R, StrategyError>>,
     ) -> Result<R, CallError> {
         self.store.set_epoch_deadline(PluginEngine::ticks(budget));
+        self.store.data_mut().log_budget = self.limits.max_log_bytes_per_call;
         let result = run(&self.exports, &mut self.store);
         // The plugin's name is only needed for an error: no allocation on the happy path.
         let plugin = || self.store.data().plugin.to_string();
@@ -153,25 +162,70 @@ impl PluginInstance {
         })
     }
 
-    pub fn recommend(&mut self, request: &Request) -> Result<Vec<Scored>, CallError> {
-        let budget = self.limits.recommend();
-        self.call("recommend", budget, |e, s| {
-            e.recohost_strategy_plugin().call_recommend(s, request)
-        })
+    /// An [`CallError::OverLimit`] for `call`.
+    fn over_limit(&self, call: &'static str, reason: String) -> CallError {
+        CallError::OverLimit {
+            plugin: self.store.data().plugin.to_string(),
+            call,
+            reason,
+        }
     }
 
+    /// The plugin's answer, refused whole when it is longer than `limits.max_result_items`.
+    /// (The guest's memory cap bounds what the host copies out before this check.)
+    pub fn recommend(&mut self, request: &Request) -> Result<Vec<Scored>, CallError> {
+        let budget = self.limits.recommend();
+        let scored = self.call("recommend", budget, |e, s| {
+            e.recohost_strategy_plugin().call_recommend(s, request)
+        })?;
+        let cap = self.limits.max_result_items;
+        if scored.len() > cap {
+            return Err(self.over_limit(
+                "recommend",
+                format!(
+                    "returned {} items, over its limit of {cap} (limits.max_result_items)",
+                    scored.len()
+                ),
+            ));
+        }
+        Ok(scored)
+    }
+
+    /// One estimate per item asked about, or an error.
     pub fn predict(&mut self, user: u32, items: &[u32]) -> Result<Vec<f32>, CallError> {
         let budget = self.limits.recommend();
-        self.call("predict", budget, |e, s| {
+        let estimates = self.call("predict", budget, |e, s| {
             e.recohost_strategy_plugin().call_predict(s, user, items)
-        })
+        })?;
+        if estimates.len() != items.len() {
+            return Err(self.over_limit(
+                "predict",
+                format!(
+                    "returned {} estimates for {} items",
+                    estimates.len(),
+                    items.len()
+                ),
+            ));
+        }
+        Ok(estimates)
     }
 
     pub fn save(&mut self) -> Result<Vec<u8>, CallError> {
         let budget = self.limits.train();
-        self.call("save", budget, |e, s| {
+        let snapshot = self.call("save", budget, |e, s| {
             e.recohost_strategy_plugin().call_save(s)
-        })
+        })?;
+        if snapshot.len() > self.limits.max_snapshot_bytes() {
+            return Err(self.over_limit(
+                "save",
+                format!(
+                    "returned a {} MiB snapshot, over its limit of {} MiB (limits.max_snapshot_mb)",
+                    snapshot.len() / (1024 * 1024),
+                    self.limits.max_snapshot_mb
+                ),
+            ));
+        }
+        Ok(snapshot)
     }
 
     pub fn load(&mut self, snapshot: &[u8]) -> Result<(), CallError> {

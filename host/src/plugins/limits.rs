@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 /// Limits enforced on every instance of one plugin. Defaults suit the bundled plugins on
 /// catalogs of a few thousand items; raise them for bigger models.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginLimits {
     /// Linear memory an instance may grow to, in MiB. Growing past it traps.
@@ -19,6 +19,19 @@ pub struct PluginLimits {
     pub train_ms: u64,
     /// Idle serving instances kept warm (0 = one per CPU core).
     pub serving_instances: usize,
+    /// Most entries a `recommend` answer may hold; a longer answer is refused whole (a
+    /// plugin that returns more than it was asked for, within this, is cut to the count).
+    pub max_result_items: usize,
+    /// Largest model snapshot `save` may return, in MiB.
+    pub max_snapshot_mb: u64,
+    /// Log messages (`host-log`) one call may send, in bytes; the rest are dropped.
+    pub max_log_bytes_per_call: usize,
+    /// Serving failures in a row after which the plugin is unhealthy and skipped.
+    pub failures_before_unhealthy: u32,
+    /// How long an unhealthy plugin is skipped before one request probes it, in
+    /// milliseconds; doubled after each failed probe, up to `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
 }
 
 impl Default for PluginLimits {
@@ -29,6 +42,12 @@ impl Default for PluginLimits {
             update_ms: 60_000,
             train_ms: 300_000,
             serving_instances: 0,
+            max_result_items: 10_000,
+            max_snapshot_mb: 256,
+            max_log_bytes_per_call: 64 * 1024,
+            failures_before_unhealthy: 3,
+            backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
         }
     }
 }
@@ -50,15 +69,30 @@ impl PluginLimits {
         Duration::from_millis(self.train_ms)
     }
 
+    pub fn max_snapshot_bytes(&self) -> usize {
+        usize::try_from(self.max_snapshot_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if self.memory_mb == 0
-            || self.recommend_ms == 0
-            || self.update_ms == 0
-            || self.train_ms == 0
-        {
-            return Err(
-                "limits must be positive: memory_mb, recommend_ms, update_ms and train_ms".into(),
-            );
+        let positive = [
+            ("memory_mb", self.memory_mb),
+            ("recommend_ms", self.recommend_ms),
+            ("update_ms", self.update_ms),
+            ("train_ms", self.train_ms),
+            ("max_result_items", self.max_result_items as u64),
+            ("max_snapshot_mb", self.max_snapshot_mb),
+            (
+                "failures_before_unhealthy",
+                u64::from(self.failures_before_unhealthy),
+            ),
+            ("backoff_ms", self.backoff_ms),
+            ("max_backoff_ms", self.max_backoff_ms),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("limits.{name} must be positive"));
+        }
+        if self.max_backoff_ms < self.backoff_ms {
+            return Err("limits.max_backoff_ms must be at least limits.backoff_ms".into());
         }
         Ok(())
     }

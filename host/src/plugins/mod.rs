@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: the process-wide engine, epoch ticker (time limits), compiled-code cache.
 //! - [`contract`]: which WIT versions this host runs.
+//! - [`health`]: the circuit breaker that marks a failing plugin unhealthy, with backoff.
 //! - [`instance`]: one sandboxed instance and its typed, budgeted calls.
 //! - [`runtime`]: one plugin: current model version and its pool of serving instances.
 //! - [`PluginRegistry`]: every loaded plugin by name; [`LivePlugins`]: the registry serving
@@ -11,6 +12,7 @@
 pub mod bindings;
 pub mod contract;
 pub mod engine;
+pub mod health;
 pub mod instance;
 pub mod limits;
 pub mod runtime;

@@ -12,11 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest, Sha256};
+
+use crate::histogram::LatencyHistogram;
 use thiserror::Error;
 
 use super::bindings::{Feedback, InstanceState, Item, PluginInfo, Request, Scored, StrategyPre};
 use super::contract::{self, ContractError};
 use super::engine::{PluginEngine, hex};
+use super::health::{Admission, Health, HealthReport};
 use super::instance::{CallError, PluginInstance, export_names};
 use super::limits::PluginLimits;
 
@@ -55,12 +58,18 @@ pub struct ModelVersion {
     pub through_event: i64,
 }
 
-/// Counters for `/plugins`.
+/// Counters for `/plugins` and `/metrics`.
 #[derive(Default)]
 struct CallStats {
     calls: AtomicU64,
     failures: AtomicU64,
     traps: AtomicU64,
+    /// Requests not sent to the plugin because it was unhealthy.
+    skipped: AtomicU64,
+    /// Requests it failed that the fallback plugin answered.
+    fallbacks: AtomicU64,
+    /// Time of each `recommend` call, from checkout to answer.
+    recommend_latency: LatencyHistogram,
 }
 
 /// How the plugin is doing, for `/plugins`.
@@ -73,10 +82,19 @@ pub struct PluginStatus {
     pub path: String,
     pub model_version: Option<u64>,
     pub model_created_at: Option<u64>,
+    /// `ready`, `unhealthy` (skipped until its backoff ends) or `not_trained`.
     pub status: &'static str,
     pub calls: u64,
     pub failures: u64,
     pub traps: u64,
+    /// Requests not sent to it while unhealthy.
+    pub skipped: u64,
+    /// Requests it failed that the fallback plugin answered.
+    pub fallbacks: u64,
+    /// Mean `recommend` latency in microseconds.
+    pub mean_recommend_us: u64,
+    pub health: HealthReport,
+    pub limits: PluginLimits,
 }
 
 pub struct PluginRuntime {
@@ -105,6 +123,7 @@ pub struct PluginRuntime {
     /// instead of building one (configure + load, milliseconds) under load.
     serving: Arc<tokio::sync::Semaphore>,
     stats: CallStats,
+    health: Health,
 }
 
 impl PluginRuntime {
@@ -153,6 +172,7 @@ impl PluginRuntime {
             ))
         })?;
         let pre = StrategyPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
+        let health = Health::new(&limits);
         let limits = Arc::new(limits);
         let plugin: Arc<str> = Arc::from(name);
         let mut probe = PluginInstance::new(engine, &pre, plugin.clone(), limits.clone())
@@ -190,6 +210,7 @@ impl PluginRuntime {
             max_idle,
             serving: Arc::new(tokio::sync::Semaphore::new(max_idle)),
             stats: CallStats::default(),
+            health,
         })
     }
 
@@ -227,6 +248,7 @@ impl PluginRuntime {
 
     pub fn status(&self) -> PluginStatus {
         let model = self.model();
+        let health = self.health.report();
         PluginStatus {
             name: self.name.to_string(),
             version: self.info.version.clone(),
@@ -235,15 +257,30 @@ impl PluginRuntime {
             path: self.path.display().to_string(),
             model_version: model.as_ref().map(|m| m.version),
             model_created_at: model.as_ref().map(|m| m.created_at),
-            status: if model.is_some() {
-                "ready"
-            } else {
-                "not_trained"
+            status: match (&model, health.healthy) {
+                (None, _) => "not_trained",
+                (Some(_), true) => "ready",
+                (Some(_), false) => "unhealthy",
             },
             calls: self.stats.calls.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),
             traps: self.stats.traps.load(Ordering::Relaxed),
+            skipped: self.stats.skipped.load(Ordering::Relaxed),
+            fallbacks: self.stats.fallbacks.load(Ordering::Relaxed),
+            mean_recommend_us: self.stats.recommend_latency.mean().as_micros() as u64,
+            health,
+            limits: (*self.limits).clone(),
         }
+    }
+
+    /// Counts a request this plugin failed that the fallback plugin answered.
+    pub fn count_fallback(&self) {
+        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `recommend` latency histogram, for `/metrics`.
+    pub fn recommend_latency(&self) -> &LatencyHistogram {
+        &self.stats.recommend_latency
     }
 
     /// A configured instance with no model.
@@ -343,12 +380,20 @@ impl PluginRuntime {
         Ok(())
     }
 
-    /// [`Self::recommend`] from async code: waits for a free serving instance, then calls it
-    /// on a blocking thread.
+    /// [`Self::recommend`] from async code: unless the plugin is unhealthy (then it fails at
+    /// once), waits for a free serving instance and calls it on a blocking thread.
     pub async fn recommend_async(
         self: &Arc<Self>,
         request: Request,
     ) -> Result<(Vec<Scored>, u64), RecommendCallError> {
+        if let Admission::Skip { retry_in } = self.health.admit() {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(RecommendCallError::Unhealthy {
+                plugin: self.name.to_string(),
+                retry_in_ms: retry_in.as_millis() as u64,
+                last_error: self.health.report().last_error.unwrap_or_default(),
+            });
+        }
         let permit = self
             .serving
             .clone()
@@ -376,28 +421,37 @@ impl PluginRuntime {
             .model()
             .ok_or_else(|| RecommendCallError::NotTrained(self.name.to_string()))?;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let mut instance = self
             .checkout(&model)
-            .inspect_err(|_| self.record_failure(true))?;
+            .inspect_err(|error| self.record_failure(error))?;
         let result = instance.recommend(request);
+        self.stats.recommend_latency.record(started.elapsed());
         match &result {
             Err(error) if error.is_trap() => {
-                self.record_failure(true);
+                self.record_failure(error);
                 tracing::error!(plugin = %self.name, %error, "discarding the instance; the next request gets a fresh one from the snapshot");
             }
-            Err(_) => {
-                self.record_failure(false);
+            Err(error) => {
+                self.record_failure(error);
                 self.checkin(instance);
             }
-            Ok(_) => self.checkin(instance),
+            Ok(_) => {
+                self.health.succeeded();
+                self.checkin(instance);
+            }
         }
         Ok((result?, model.version))
     }
 
-    fn record_failure(&self, trapped: bool) {
+    fn record_failure(&self, error: &CallError) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        if trapped {
+        if error.is_trap() {
             self.stats.traps.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.health.failed(&error.to_string()) {
+            let report = self.health.report();
+            tracing::error!(plugin = %self.name, %error, retry_in_ms = report.retry_in_ms, "plugin marked unhealthy: requests skip it until one probe succeeds");
         }
     }
 
@@ -462,8 +516,32 @@ impl Session {
 pub enum RecommendCallError {
     #[error("plugin `{0}` has no trained model yet")]
     NotTrained(String),
+    #[error(
+        "plugin `{plugin}` is unhealthy after repeated failures (last: {last_error}); next probe in {retry_in_ms} ms"
+    )]
+    Unhealthy {
+        plugin: String,
+        retry_in_ms: u64,
+        last_error: String,
+    },
     #[error(transparent)]
     Call(#[from] CallError),
+    #[error("{first}; the fallback plugin `{fallback}` failed too: {second}")]
+    FallbackFailed {
+        first: String,
+        fallback: String,
+        second: String,
+    },
+}
+
+impl RecommendCallError {
+    /// How long a client should wait before asking again, when the plugin is backing off.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::Unhealthy { retry_in_ms, .. } => Some(*retry_in_ms),
+            _ => None,
+        }
+    }
 }
 
 /// Hash of a plugin's .wasm, its config and the catalog it serves: a snapshot is reusable,
