@@ -20,18 +20,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use recohost_e2e::{Server, config_text};
-use serde_json::{Value, json};
 
-const DURATION: &str = "10s";
-/// Demo data: users "1".."2000", items "1".."1200".
-const USERS: u32 = 2_000;
-const ITEMS: u32 = 1_200;
+#[path = "wrk.rs"]
+#[allow(dead_code)] // shared by the load test binaries; each uses part of it
+mod wrk;
+use serde_json::{Value, json};
+use wrk::{DURATION, ITEMS, USERS, wrk};
 
 const EVENTS_LUA: &str = r#"
 wrk.method = "POST"
@@ -78,38 +77,6 @@ request = function()
   return wrk.format(nil, "/health")
 end
 "#;
-
-/// Appended to every script: one JSON line with the figures.
-const REPORT_LUA: &str = r#"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-"#;
-
-fn wrk(base: &str, script: &str, connections: u32, dir: &Path) -> Value {
-    let path = dir.join("script.lua");
-    let header = format!("local USERS = {USERS}\nlocal ITEMS = {ITEMS}\n");
-    std::fs::write(&path, format!("{header}{script}{REPORT_LUA}")).unwrap();
-    let output = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{DURATION}")])
-        .arg("-s")
-        .arg(&path)
-        .arg(base)
-        .output()
-        .expect("wrk is installed (apt-get install wrk)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("WRK_JSON "))
-        .unwrap_or_else(|| panic!("no report from wrk: {stdout}"));
-    let mut report: Value = serde_json::from_str(line).unwrap();
-    let seconds = report["duration_us"].as_f64().unwrap() / 1e6;
-    report["requests_per_second"] = json!(report["requests"].as_f64().unwrap() / seconds);
-    report
-}
 
 fn start(dir: &Path, name: &str, learning: &str) -> Server {
     Server::start_in(&dir.join(name), &config_text(learning)).unwrap()

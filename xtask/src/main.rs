@@ -37,11 +37,13 @@ fn main() -> ExitCode {
         Some("plugins") => build_plugins(),
         Some("demo") => build_plugins().and_then(|()| demo(&args[1..])),
         Some("test") => build_plugins().and_then(|()| test(&args[1..])),
-        Some("loadtest") => build_plugins().and_then(|()| loadtest()),
+        Some("loadtest") => {
+            build_plugins().and_then(|()| loadtest(args.get(1).map(String::as_str)))
+        }
         Some("container-test") => container::container_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest | container-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening] | container-test>"
             );
             return ExitCode::from(2);
         }
@@ -154,12 +156,22 @@ fn build_server_and_tests() -> Result<(), String> {
     run(cargo().args(["build", "--release", "--workspace", "--bins", "--tests"]))
 }
 
-fn loadtest() -> Result<(), String> {
+/// `loadtest` runs both load tests; `loadtest main` or `loadtest hardening` one of them.
+fn loadtest(which: Option<&str>) -> Result<(), String> {
+    let binaries: &[&str] = match which {
+        None => &["loadtest", "hardening-load"],
+        Some("main") => &["loadtest"],
+        Some("hardening") => &["hardening-load"],
+        Some(other) => return Err(format!("unknown load test {other:?}: main or hardening")),
+    };
     build_server_and_tests()?;
-    run(Command::new(target_dir().join("release/loadtest"))
-        .current_dir(root())
-        .env("RECOHOST_BIN", target_dir().join("release/recohost"))
-        .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")))
+    for binary in binaries {
+        run(Command::new(target_dir().join("release").join(binary))
+            .current_dir(root())
+            .env("RECOHOST_BIN", target_dir().join("release/recohost"))
+            .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")))?;
+    }
+    Ok(())
 }
 
 fn test(args: &[String]) -> Result<(), String> {

@@ -123,6 +123,13 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             http_metrics::track,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Failed responses are counted in /metrics, and 500s are logged where they happen:
+        // logging every 5xx here at ERROR would write a line per shed request under overload
+        // (log volume growing with the very load being shed).
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(app)
 }

@@ -10,7 +10,7 @@
 //! The healthy path is two relaxed atomic loads: the lock is only taken on failures.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -48,7 +48,11 @@ pub struct Health {
     consecutive_failures: AtomicU32,
     /// Milliseconds since `born` before which calls are skipped (0: healthy).
     open_until_ms: AtomicU64,
-    probing: AtomicBool,
+    /// When the probe under way started, in milliseconds since `born` plus one (0: none).
+    /// A probe whose request was abandoned (client gone, request timeout) never reports
+    /// back: after `probe_expires` another request may probe.
+    probing: AtomicU64,
+    probe_expires: Duration,
     times_unhealthy: AtomicU64,
     /// Backoff to apply at the next opening, and the last failure's message.
     slow: Mutex<(Duration, Option<String>)>,
@@ -64,7 +68,8 @@ impl Health {
             born: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probing: AtomicU64::new(0),
+            probe_expires: limits.recommend() * 2 + Duration::from_secs(1),
             times_unhealthy: AtomicU64::new(0),
             slow: Mutex::new((first_backoff, None)),
         }
@@ -86,10 +91,13 @@ impl Health {
             };
         }
         // Backoff over: exactly one caller probes; the others keep skipping until it is done.
-        if self
-            .probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        let probing = self.probing.load(Ordering::Acquire);
+        let expired = probing != 0 && now + 1 - probing > self.probe_expires.as_millis() as u64;
+        if (probing == 0 || expired)
+            && self
+                .probing
+                .compare_exchange(probing, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
         {
             Admission::Probe
         } else {
@@ -108,7 +116,7 @@ impl Health {
         let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.open_until_ms.store(0, Ordering::Relaxed);
-        self.probing.store(false, Ordering::Release);
+        self.probing.store(0, Ordering::Release);
         slow.0 = self.first_backoff;
     }
 
@@ -117,7 +125,7 @@ impl Health {
         let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
         slow.1 = Some(error.chars().take(500).collect());
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let was_probe = self.probing.load(Ordering::Acquire);
+        let was_probe = self.probing.load(Ordering::Acquire) != 0;
         if failures < self.threshold && !was_probe {
             return false;
         }
@@ -127,7 +135,7 @@ impl Health {
             self.now_ms() + backoff.as_millis().max(1) as u64,
             Ordering::Relaxed,
         );
-        self.probing.store(false, Ordering::Release);
+        self.probing.store(0, Ordering::Release);
         self.times_unhealthy.fetch_add(1, Ordering::Relaxed);
         true
     }

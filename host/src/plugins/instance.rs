@@ -174,7 +174,15 @@ impl PluginInstance {
     /// The plugin's answer, refused whole when it is longer than `limits.max_result_items`.
     /// (The guest's memory cap bounds what the host copies out before this check.)
     pub fn recommend(&mut self, request: &Request) -> Result<Vec<Scored>, CallError> {
-        let budget = self.limits.recommend();
+        self.recommend_within(request, self.limits.recommend())
+    }
+
+    /// [`Self::recommend`] under a budget shorter than the plugin's own (health probes).
+    pub fn recommend_within(
+        &mut self,
+        request: &Request,
+        budget: Duration,
+    ) -> Result<Vec<Scored>, CallError> {
         let scored = self.call("recommend", budget, |e, s| {
             e.recohost_strategy_plugin().call_recommend(s, request)
         })?;

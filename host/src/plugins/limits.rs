@@ -38,7 +38,9 @@ impl Default for PluginLimits {
     fn default() -> Self {
         Self {
             memory_mb: 512,
-            recommend_ms: 1_000,
+            // Thousands of times a typical call (tens of microseconds to a few ms), and short
+            // enough that a looping plugin's failures cost little before its breaker opens.
+            recommend_ms: 250,
             update_ms: 60_000,
             train_ms: 300_000,
             serving_instances: 0,

@@ -70,6 +70,8 @@ struct CallStats {
     fallbacks: AtomicU64,
     /// Time of each `recommend` call, from checkout to answer.
     recommend_latency: LatencyHistogram,
+    /// Moving average of successful `recommend` calls, in microseconds (probe budgets).
+    ok_latency_us: AtomicU64,
 }
 
 /// How the plugin is doing, for `/plugins`.
@@ -386,14 +388,18 @@ impl PluginRuntime {
         self: &Arc<Self>,
         request: Request,
     ) -> Result<(Vec<Scored>, u64), RecommendCallError> {
-        if let Admission::Skip { retry_in } = self.health.admit() {
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            return Err(RecommendCallError::Unhealthy {
-                plugin: self.name.to_string(),
-                retry_in_ms: retry_in.as_millis() as u64,
-                last_error: self.health.report().last_error.unwrap_or_default(),
-            });
-        }
+        let probe = match self.health.admit() {
+            Admission::Call => false,
+            Admission::Probe => true,
+            Admission::Skip { retry_in } => {
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                return Err(RecommendCallError::Unhealthy {
+                    plugin: self.name.to_string(),
+                    retry_in_ms: retry_in.as_millis() as u64,
+                    last_error: self.health.report().last_error.unwrap_or_default(),
+                });
+            }
+        };
         let permit = self
             .serving
             .clone()
@@ -403,7 +409,7 @@ impl PluginRuntime {
         let plugin = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            plugin.recommend(&request)
+            plugin.call_recommend(&request, probe)
         })
         .await
         .unwrap_or_else(|error| {
@@ -417,6 +423,25 @@ impl PluginRuntime {
 
     /// Asks the current model for recommendations. Blocking: run it off the async runtime.
     pub fn recommend(&self, request: &Request) -> Result<(Vec<Scored>, u64), RecommendCallError> {
+        self.call_recommend(request, false)
+    }
+
+    /// A health probe gets a budget of four times the plugin's usual successful call (at
+    /// least 10 ms, at most `recommend_ms`): enough for a plugin that has recovered, while a
+    /// plugin that still loops costs the other plugins a few milliseconds of CPU per probe
+    /// instead of a whole budget.
+    fn probe_budget(&self) -> std::time::Duration {
+        let usual = self.stats.ok_latency_us.load(Ordering::Relaxed);
+        std::time::Duration::from_micros(usual.saturating_mul(4))
+            .max(std::time::Duration::from_millis(10))
+            .min(self.limits.recommend())
+    }
+
+    fn call_recommend(
+        &self,
+        request: &Request,
+        probe: bool,
+    ) -> Result<(Vec<Scored>, u64), RecommendCallError> {
         let model = self
             .model()
             .ok_or_else(|| RecommendCallError::NotTrained(self.name.to_string()))?;
@@ -425,8 +450,13 @@ impl PluginRuntime {
         let mut instance = self
             .checkout(&model)
             .inspect_err(|error| self.record_failure(error))?;
-        let result = instance.recommend(request);
-        self.stats.recommend_latency.record(started.elapsed());
+        let result = if probe {
+            instance.recommend_within(request, self.probe_budget())
+        } else {
+            instance.recommend(request)
+        };
+        let elapsed = started.elapsed();
+        self.stats.recommend_latency.record(elapsed);
         match &result {
             Err(error) if error.is_trap() => {
                 self.record_failure(error);
@@ -439,6 +469,19 @@ impl PluginRuntime {
             Ok(_) => {
                 self.health.succeeded();
                 self.checkin(instance);
+                // Exponential moving average, weight 1/16 (the first call seeds it).
+                let sample = elapsed.as_micros() as u64;
+                let _ = self.stats.ok_latency_us.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |old| {
+                        Some(if old == 0 {
+                            sample
+                        } else {
+                            old - old / 16 + sample / 16
+                        })
+                    },
+                );
             }
         }
         Ok((result?, model.version))

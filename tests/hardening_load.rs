@@ -1,0 +1,267 @@
+//! Load tests of the hardening: a looping plugin must not hurt the others, and twice the
+//! saturation rate must be shed, not collapse the server.
+//!
+//!     cargo xtask loadtest hardening     (needs `wrk`: apt-get install wrk)
+//!
+//! 1. **A looping plugin.** `/recommend` over the four bundled ranking plugins (cache off, so
+//!    every request runs a plugin), alone, then while four clients keep asking a plugin that
+//!    loops until its 1 s time budget traps it (20 requests/s each). Run twice: with the default circuit breaker,
+//!    and with the breaker off and the looping plugin held to one serving instance (what
+//!    the sandbox alone guarantees). Reported: p99 while it loops / p99 alone.
+//! 2. **Twice saturation.** The saturation rate is the closed-loop throughput of uncached
+//!    `/recommend` (64 connections). Then 1,024 connections, each pausing between requests
+//!    so that together they offer about twice that rate, with the default `[http]` limits
+//!    (the achieved offered rate is reported: wrk shares the 2 cores and waits for answers);
+//!    then the same offered load with the in-flight limit off, for contrast; then the
+//!    baseline again on the limited server (recovery).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use recohost_e2e::{Server, config_text, fixture};
+use serde_json::{Value, json};
+
+#[path = "wrk.rs"]
+mod wrk;
+use wrk::{COUNT_STATUSES_LUA, wrk};
+
+const OTHERS_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local models = {"popularity", "collaborative", "content", "hybrid"}
+request = function()
+  local body = string.format('{"user_id":%d,"n_recommendations":10,"model_type":"%s"}',
+    math.random(1, USERS), models[math.random(1, 4)])
+  return wrk.format(nil, "/recommend", nil, body)
+end
+"#;
+
+const RECOMMEND_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local body = string.format('{"user_id":%d,"n_recommendations":10}', math.random(1, USERS))
+  return wrk.format(nil, "/recommend", nil, body)
+end
+"#;
+
+/// A server over demo data with the cache off, no experiment, `top_level` settings, and the
+/// looping fixture as plugin `looper` with `looper_limits`.
+fn start(dir: &Path, name: &str, top_level: &str, looper_limits: &str) -> Server {
+    let experiments = dir.join("no-experiments");
+    std::fs::create_dir_all(&experiments).unwrap();
+    let config = format!(
+        "{}\n[[plugins]]\nname = \"looper\"\npath = {:?}\n[plugins.limits]\n{looper_limits}",
+        config_text(&format!(
+            "experiments_dir = {:?}\n{top_level}\n[cache]\nbackend = \"off\"\n",
+            experiments.display().to_string()
+        )),
+        fixture("misbehaving").display().to_string()
+    );
+    Server::start_in(&dir.join(name), &config).unwrap()
+}
+
+fn p99(report: &Value) -> f64 {
+    report["p99_us"].as_f64().unwrap()
+}
+
+fn loop_isolation(dir: &Path) -> Value {
+    let mut runs = serde_json::Map::new();
+    for (name, limits) in [
+        ("breaker", ""),
+        (
+            "no_breaker_one_instance",
+            "failures_before_unhealthy = 1000000\nserving_instances = 1\n",
+        ),
+    ] {
+        eprintln!("looping plugin ({name}): the others alone, then while it loops");
+        let server = start(dir, &format!("loop-{name}"), "", limits);
+        let alone = wrk(&server.base, OTHERS_LUA, 16, dir);
+        assert_eq!(alone["non_2xx"], 0, "{alone}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let loopers: Vec<_> = (0..4)
+            .map(|_| {
+                let (base, stop) = (server.base.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::new();
+                    let body =
+                        json!({"user_id": 5, "n_recommendations": 17, "model_type": "looper"});
+                    let mut asked = 0u64;
+                    // 20 requests/s each: a steady share of traffic for the looping plugin.
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        let status = client
+                            .post(format!("{base}/recommend"))
+                            .json(&body)
+                            .send()
+                            .unwrap()
+                            .status();
+                        assert_eq!(status.as_u16(), 503);
+                        asked += 1;
+                    }
+                    asked
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1_500));
+        let looping = wrk(&server.base, OTHERS_LUA, 16, dir);
+        stop.store(true, Ordering::Relaxed);
+        let asked: u64 = loopers.into_iter().map(|l| l.join().unwrap()).sum();
+        assert_eq!(looping["non_2xx"], 0, "{looping}");
+        let plugins = server.get("/plugins").1;
+        let looper = plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "looper")
+            .unwrap()
+            .clone();
+        runs.insert(
+            name.into(),
+            json!({
+                "alone": alone,
+                "while_looping": looping,
+                "p99_ratio": p99(&looping) / p99(&alone),
+                "looper_requests": asked,
+                "looper_calls": looper["calls"],
+                "looper_traps": looper["traps"],
+                "looper_skipped": looper["skipped"],
+            }),
+        );
+    }
+    Value::Object(runs)
+}
+
+/// `COUNT_STATUSES_LUA` + `RECOMMEND_LUA` with each connection pausing `delay_ms` between
+/// requests.
+fn paced(delay_ms: f64) -> String {
+    format!("{COUNT_STATUSES_LUA}\nfunction delay() return {delay_ms:.0} end\n{RECOMMEND_LUA}")
+}
+
+fn twice_saturation(dir: &Path) -> Value {
+    eprintln!("saturation: uncached /recommend, 64 connections");
+    let server = start(dir, "saturation", "", "");
+    let saturation = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(saturation["non_2xx"], 0, "{saturation}");
+    let rate = saturation["requests_per_second"].as_f64().unwrap();
+    // 1,024 connections offering 2 x rate together: a connection sends one request per
+    // 1024 / (2 rate) seconds, pausing that long minus about 10 ms for the answer. (Each
+    // waits for its answer, so a server that slows down is offered less: see the report.)
+    let connections = 1_024;
+    let delay_ms = (1_000.0 * f64::from(connections) / (2.0 * rate) - 10.0).max(1.0);
+    eprintln!(
+        "twice saturation: {connections} connections, {delay_ms:.0} ms apart each (default [http] limits)"
+    );
+    let limited = wrk(&server.base, &paced(delay_ms), connections, dir);
+    assert_eq!(limited["socket_errors"], 0, "{limited}");
+    assert_eq!(limited["status_other"], 0, "{limited}");
+    assert_eq!(
+        limited["status_503"], limited["status_503_retry_after"],
+        "every 503 carries Retry-After: {limited}"
+    );
+    let (_, _, metrics) = server.get_text("/metrics");
+    let shed_metric = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("recohost_http_shed_total "))
+        .map(str::to_string);
+    eprintln!("recovery: the baseline again");
+    let after = wrk(&server.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(after["non_2xx"], 0, "{after}");
+    assert_eq!(server.get("/health").0, 200);
+    drop(server);
+
+    eprintln!("the same offered load with the in-flight limit off");
+    let server = start(
+        dir,
+        "unlimited",
+        "[http]\nmax_in_flight = 1000000\nrequest_timeout_ms = 60000\n",
+        "",
+    );
+    let unlimited = wrk(&server.base, &paced(delay_ms), connections, dir);
+    drop(server);
+
+    let offered = |r: &Value| r["requests_per_second"].as_f64().unwrap() / rate;
+    json!({
+        "saturation": saturation,
+        "twice_saturation_limited": limited,
+        "offered_over_saturation_limited": offered(&limited),
+        "served_per_second_limited": limited["status_200"].as_f64().unwrap() / (limited["duration_us"].as_f64().unwrap() / 1e6),
+        "shed_total_metric": shed_metric,
+        "after": after,
+        "throughput_after_over_before": after["requests_per_second"].as_f64().unwrap() / rate,
+        "p99_after_over_before": p99(&after) / p99(&saturation),
+        "twice_saturation_unlimited": unlimited,
+        "offered_over_saturation_unlimited": offered(&unlimited),
+    })
+}
+
+fn main() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let report = json!({
+        "loop_isolation": loop_isolation(dir),
+        "twice_saturation": twice_saturation(dir),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+
+    println!(
+        "\n| looping plugin | others' p99 alone | while it loops | ratio | looper calls / requests |"
+    );
+    println!("|---|---|---|---|---|");
+    for (key, label) in [
+        ("breaker", "circuit breaker (default)"),
+        ("no_breaker_one_instance", "breaker off, 1 serving instance"),
+    ] {
+        let run = &report["loop_isolation"][key];
+        println!(
+            "| {label} | {:.2} ms | {:.2} ms | {:.2}x | {} / {} |",
+            p99(&run["alone"]) / 1e3,
+            p99(&run["while_looping"]) / 1e3,
+            run["p99_ratio"].as_f64().unwrap(),
+            run["looper_calls"],
+            run["looper_requests"],
+        );
+    }
+    let t = &report["twice_saturation"];
+    let row = |label: &str, r: &Value| {
+        let seconds = r["duration_us"].as_f64().unwrap() / 1e6;
+        let per_second = |key: &str| r[key].as_f64().map(|v| v / seconds).unwrap_or(0.0);
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            r["requests_per_second"].as_f64().unwrap(),
+            per_second("status_200").max(if r["status_200"] == -1 {
+                r["requests_per_second"].as_f64().unwrap()
+            } else {
+                0.0
+            }),
+            per_second("status_503"),
+            r["p50_us"].as_f64().unwrap() / 1e3,
+            r["p99_us"].as_f64().unwrap() / 1e3,
+            r["socket_errors"],
+        );
+    };
+    println!(
+        "\n| /recommend, cache off | offered req/s | 200/s | 503/s | p50 | p99 | socket errors |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    row("saturation (64 connections, closed loop)", &t["saturation"]);
+    row(
+        "2x saturation, default limits",
+        &t["twice_saturation_limited"],
+    );
+    row(
+        "2x saturation, in-flight limit off",
+        &t["twice_saturation_unlimited"],
+    );
+    row("baseline again after the overload", &t["after"]);
+    println!(
+        "\noffered / saturation: {:.2}x (limited), {:.2}x (unlimited); after / before: throughput {:.2}x, p99 {:.2}x",
+        t["offered_over_saturation_limited"].as_f64().unwrap(),
+        t["offered_over_saturation_unlimited"].as_f64().unwrap(),
+        t["throughput_after_over_before"].as_f64().unwrap(),
+        t["p99_after_over_before"].as_f64().unwrap(),
+    );
+}

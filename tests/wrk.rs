@@ -1,0 +1,69 @@
+//! Running wrk with a Lua script and reading its figures back as JSON (shared by the load
+//! test binaries).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+/// How long each wrk run lasts.
+pub const DURATION: &str = "10s";
+/// Demo data: users "1".."2000", items "1".."1200" (the scripts see them as `USERS`, `ITEMS`).
+pub const USERS: u32 = 2_000;
+pub const ITEMS: u32 = 1_200;
+
+/// Prepend to a script to count responses by status (200, 503, and 503s carrying
+/// `Retry-After`) into the report. Costs wrk some speed, so only scripts that need it do.
+pub const COUNT_STATUSES_LUA: &str = r#"
+threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) ok = 0; shed = 0; shed_retry_after = 0; other = 0 end
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1
+  elseif status == 503 then
+    shed = shed + 1
+    if headers["retry-after"] or headers["Retry-After"] then shed_retry_after = shed_retry_after + 1 end
+  else other = other + 1 end
+end
+"#;
+
+/// Appended to every script: one JSON line with the figures.
+const REPORT_LUA: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local ok, shed, retry, other = -1, -1, -1, -1
+  if threads then
+    ok, shed, retry, other = 0, 0, 0, 0
+    for _, t in ipairs(threads) do
+      ok = ok + t:get("ok"); shed = shed + t:get("shed")
+      retry = retry + t:get("shed_retry_after"); other = other + t:get("other")
+    end
+  end
+  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"status_200":%d,"status_503":%d,"status_503_retry_after":%d,"status_other":%d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    ok, shed, retry, other))
+end
+"#;
+
+pub fn wrk(base: &str, script: &str, connections: u32, dir: &Path) -> Value {
+    let path = dir.join("script.lua");
+    let header = format!("local USERS = {USERS}\nlocal ITEMS = {ITEMS}\n");
+    std::fs::write(&path, format!("{header}{script}{REPORT_LUA}")).unwrap();
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{DURATION}")])
+        .arg("-s")
+        .arg(&path)
+        .arg(base)
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK_JSON "))
+        .unwrap_or_else(|| panic!("no report from wrk: {stdout}"));
+    let mut report: Value = serde_json::from_str(line).unwrap();
+    let seconds = report["duration_us"].as_f64().unwrap() / 1e6;
+    report["requests_per_second"] = json!(report["requests"].as_f64().unwrap() / seconds);
+    report
+}
