@@ -161,7 +161,7 @@ impl Default for CacheConfig {
 }
 
 /// `[learning]`: when models learn from new events.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LearningConfig {
     pub update_buffer_size: usize,
@@ -233,7 +233,18 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
-        let mut config: Config = toml::from_str(&text)
+        let mut config = Self::parse(&text, path)?;
+        config.apply_env(|key| std::env::var(key).ok())?;
+        config
+            .validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The config in `text`, read from `path` (relative paths are resolved against its
+    /// folder); not yet validated, no environment applied.
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let mut config: Config = toml::from_str(text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for plugin in &mut config.plugins {
@@ -250,10 +261,6 @@ impl Config {
             *dir = base.join(&*dir);
         }
         config.source = Some(path.to_path_buf());
-        config.apply_env(|key| std::env::var(key).ok())?;
-        config
-            .validate()
-            .with_context(|| format!("invalid config file {}", path.display()))?;
         Ok(config)
     }
 

@@ -63,7 +63,7 @@ pub struct ServedArm {
 }
 
 /// Why the fallback plugin answered instead of the chosen one.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Fallback {
     /// The plugin that was chosen and failed.
     pub from: String,

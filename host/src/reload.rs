@@ -26,7 +26,7 @@ use crate::store::unix_now_ms;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// What a plugin reload did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct PluginChanges {
     pub added: Vec<String>,
     pub replaced: Vec<String>,
@@ -37,7 +37,7 @@ pub struct PluginChanges {
 }
 
 /// The outcome of the latest plugin reload attempt.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct PluginReloadStatus {
     pub reloads: u64,
     pub last_changes: Option<PluginChanges>,

@@ -6,7 +6,6 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::experiments::ExperimentError;
 use crate::recommend::RecommendError;
@@ -62,9 +61,29 @@ impl ApiError {
     }
 }
 
+/// Every error response: `{"error":{"code":"...","message":"..."}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_id`, `unknown_item`, `model_unavailable`,
+    /// `overloaded`...
+    pub code: String,
+    /// For people: what was wrong and how to fix it.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(

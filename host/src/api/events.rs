@@ -3,50 +3,107 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::ids::ExternalId;
 use super::{AppState, ids};
+use crate::catalog::Catalog;
+use crate::config::EventsConfig;
 use crate::events::{EventError, EventInput, Receipt, validate};
+use crate::learning::BufferStatus;
 use crate::store::NewEvent;
 
 /// One event. Unknown fields are refused, so a misspelt `rating` is not silently dropped.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBody {
+    #[schema(value_type = ExternalId)]
     user_id: Value,
+    /// An item of the catalog.
+    #[schema(value_type = ExternalId)]
     item_id: Value,
+    /// `rate` needs `rating`.
+    #[schema(value_type = String, pattern = "^(view|click|purchase|rate)$")]
     event_type: String,
+    /// Within `[events] rating_min..=rating_max`.
     #[serde(default)]
     rating: Option<f64>,
-    /// Unix seconds; default: when the server receives it.
+    /// Unix seconds, not in the future; default: when the server receives it.
     #[serde(default)]
     timestamp: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    /// 1 to `[events] max_batch` events, stored all or none.
     events: Vec<EventBody>,
 }
 
+/// What storing events did. Once this is returned the events are durable.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventReceipt {
+    /// Always `success`.
+    status: &'static str,
+    online_learning: BufferStatus,
+    /// Present when these events triggered a model update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_update: Option<ScheduledUpdate>,
+    /// `POST /events`: the stored event's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<i64>,
+    /// `POST /events/batch`: how many were stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<usize>,
+    /// `POST /events/batch`: the first stored event's id (the others follow it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_event_id: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ScheduledUpdate {
+    scheduled: bool,
+    update_id: u64,
+}
+
+/// Stores one event.
+#[utoipa::path(post, path = "/events", tag = "events", request_body = EventBody,
+    responses(
+        (status = 200, body = EventReceipt),
+        (status = 400, description = "Invalid body, ID, type, rating or timestamp", body = ErrorBody),
+        (status = 413, description = "Body over 2 MiB", body = ErrorBody),
+        (status = 415, description = "Body not sent as JSON", body = ErrorBody),
+        (status = 404, description = "Unknown item", body = ErrorBody),
+    ))]
 pub async fn event(
     State(state): State<AppState>,
     body: Result<Json<EventBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventReceipt>, ApiError> {
     let Json(body) = body?;
-    let event = check(&state, &body).map_err(|e| e.with_prefix(""))?;
+    let event =
+        check(&state.catalog, &state.config.events, &body).map_err(|e| e.with_prefix(""))?;
     let receipt = append(&state, vec![event]).await?;
-    let mut answer = response(&receipt);
-    answer["event_id"] = json!(receipt.first_event_id);
-    Ok(Json(answer))
+    Ok(Json(EventReceipt {
+        event_id: Some(receipt.first_event_id),
+        ..response(&receipt)
+    }))
 }
 
+/// Stores a batch of events atomically: all or none.
+#[utoipa::path(post, path = "/events/batch", tag = "events", request_body = BatchBody,
+    responses(
+        (status = 200, body = EventReceipt),
+        (status = 400, description = "Invalid body, or an invalid event (named by its index)", body = ErrorBody),
+        (status = 413, description = "Body over 2 MiB", body = ErrorBody),
+        (status = 415, description = "Body not sent as JSON", body = ErrorBody),
+        (status = 404, description = "Unknown item", body = ErrorBody),
+    ))]
 pub async fn batch(
     State(state): State<AppState>,
     body: Result<Json<BatchBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventReceipt>, ApiError> {
     let Json(body) = body?;
     let max = state.config.events.max_batch;
     if body.events.is_empty() || body.events.len() > max {
@@ -58,23 +115,23 @@ pub async fn batch(
             ),
         ));
     }
-    // Every event is checked before any is stored: one bad event rejects the whole batch.
     let events = body
         .events
         .iter()
         .enumerate()
         .map(|(i, event)| {
-            check(&state, event).map_err(|e| e.with_prefix(&format!("events[{i}]: ")))
+            check(&state.catalog, &state.config.events, event)
+                .map_err(|e| e.with_prefix(&format!("events[{i}]: ")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let receipt = append(&state, events).await?;
-    let mut answer = response(&receipt);
-    answer["stored"] = json!(receipt.stored);
-    answer["first_event_id"] = json!(receipt.first_event_id);
-    Ok(Json(answer))
+    Ok(Json(EventReceipt {
+        stored: Some(receipt.stored),
+        first_event_id: Some(receipt.first_event_id),
+        ..response(&receipt)
+    }))
 }
 
-/// A validation failure, with the status it maps to.
 struct Refusal {
     not_found: bool,
     code: &'static str,
@@ -92,7 +149,19 @@ impl Refusal {
     }
 }
 
-fn check(state: &AppState, body: &EventBody) -> Result<NewEvent, Refusal> {
+/// Decodes and validates one event the way `POST /events` does once the body is read (the
+/// fuzz target `event_json` drives this).
+pub fn decode_event(
+    bytes: &[u8],
+    catalog: &Catalog,
+    config: &EventsConfig,
+) -> Result<NewEvent, ApiError> {
+    let body: EventBody = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    check(catalog, config, &body).map_err(|e| e.with_prefix(""))
+}
+
+fn check(catalog: &Catalog, config: &EventsConfig, body: &EventBody) -> Result<NewEvent, Refusal> {
     let id = |field, value| {
         ids::from_json(field, value).map_err(|e| Refusal {
             not_found: false,
@@ -107,7 +176,7 @@ fn check(state: &AppState, body: &EventBody) -> Result<NewEvent, Refusal> {
         rating: body.rating,
         timestamp: body.timestamp,
     };
-    validate(&input, &state.catalog, &state.config.events).map_err(|error| Refusal {
+    validate(&input, catalog, config).map_err(|error| Refusal {
         not_found: matches!(error, EventError::UnknownItem(_)),
         code: match error {
             EventError::UnknownItem(_) => "unknown_item",
@@ -128,17 +197,16 @@ async fn append(state: &AppState, events: Vec<NewEvent>) -> Result<Receipt, ApiE
 }
 
 /// The response shape of the original API, plus the update these events triggered.
-fn response(receipt: &Receipt) -> Value {
-    let mut answer = json!({
-        "status": "success",
-        "online_learning": {
-            "buffer_size": receipt.buffer.buffer_size,
-            "should_update": receipt.buffer.should_update,
-            "total_processed": receipt.buffer.total_processed,
-        },
-    });
-    if let Some(update_id) = receipt.update_id {
-        answer["model_update"] = json!({ "scheduled": true, "update_id": update_id });
+fn response(receipt: &Receipt) -> EventReceipt {
+    EventReceipt {
+        status: "success",
+        online_learning: receipt.buffer,
+        model_update: receipt.update_id.map(|update_id| ScheduledUpdate {
+            scheduled: true,
+            update_id,
+        }),
+        event_id: None,
+        stored: None,
+        first_event_id: None,
     }
-    answer
 }

@@ -5,145 +5,287 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 
 use super::auth::Operator;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::ids::{ExternalId, PathId};
 use super::{AppState, ids};
 use crate::experiments::LiveExperiment;
+use crate::experiments::definition::Status;
+use crate::experiments::live::ReloadStatus;
+use crate::experiments::results::Results;
 
-/// An experiment's definition as clients see it, with each group's hash range.
-fn definition(experiment: &LiveExperiment) -> Value {
-    let d = &experiment.definition;
-    let groups: Vec<Value> = d
-        .groups
-        .iter()
-        .zip(&experiment.ranges)
-        .map(|(g, (start, end))| {
-            json!({ "name": g.name, "plugin": g.plugin, "weight": g.weight, "hash_range": [start, end] })
-        })
-        .collect();
-    json!({
-        "id": d.id,
-        "name": d.name,
-        "description": d.description,
-        "status": d.status,
-        "seed": d.seed,
-        "hash_version": 2,
-        "coverage": d.coverage,
-        "priority": d.priority,
-        "namespace": d.namespace.as_ref().map(|ns| json!({ "name": ns.name, "range": [ns.start, ns.end] })),
-        "sticky": d.sticky,
-        "bucket_version": d.bucket_version,
-        "groups": groups,
-        "file": d.path.display().to_string(),
-    })
+/// An experiment as loaded, with each group's slice of the hash space.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExperimentView {
+    id: String,
+    name: String,
+    description: String,
+    status: Status,
+    seed: String,
+    /// GrowthBook's hash version used for buckets (always 2).
+    hash_version: u32,
+    coverage: f64,
+    priority: i64,
+    namespace: Option<NamespaceView>,
+    sticky: bool,
+    bucket_version: u32,
+    groups: Vec<GroupView>,
+    /// The TOML file it came from.
+    file: String,
+    /// `GET /experiments/{id}` only: exposures logged so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counts: Option<ExposureCounts>,
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NamespaceView {
+    name: String,
+    /// `[start, end)` of the namespace hash.
+    range: [f64; 2],
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupView {
+    name: String,
+    plugin: String,
+    /// Normalized: an experiment's weights sum to 1.
+    weight: f64,
+    /// `[start, end)`: users whose hash falls here are in this group.
+    hash_range: [f64; 2],
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExposureCounts {
+    exposures: u64,
+    groups: BTreeMap<String, GroupCountView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupCountView {
+    exposures: u64,
+    users: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExperimentList {
+    /// The watched folder of experiment files, if any.
+    directory: Option<String>,
+    experiments: Vec<ExperimentView>,
+    reload: ReloadStatus,
+    exposures_logged: ExposuresLogged,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExposuresLogged {
+    stored: u64,
+    failed: u64,
+}
+
+/// Where a user stands in an experiment.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserGroup {
+    #[schema(value_type = ExternalId)]
+    user_id: Value,
+    experiment_id: Option<String>,
+    experiment_name: Option<String>,
+    in_experiment: bool,
+    group_name: Option<String>,
+    /// The plugin that serves the user's group.
+    model: Option<String>,
+    /// Why the user is not in it: `not_running`, `outside_namespace`, `outside_coverage`,
+    /// `no_running_experiment_includes_the_user`.
+    reason: Option<&'static str>,
+    /// The group was kept from an earlier assignment (sticky experiments).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sticky: Option<bool>,
+    /// The user's hash in `[0, 1)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<f64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReloadAnswer {
+    /// Always `reloaded`.
+    status: &'static str,
+    /// What changed among the plugins (`null` when the server has no config file).
+    plugins: Option<crate::reload::PluginChanges>,
+    /// The ids of the experiments now in force (`null` without an experiments folder).
+    experiments: Option<Vec<String>>,
+}
+
+fn definition(experiment: &LiveExperiment) -> ExperimentView {
+    let d = &experiment.definition;
+    ExperimentView {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        description: d.description.clone(),
+        status: d.status,
+        seed: d.seed.clone(),
+        hash_version: 2,
+        coverage: d.coverage,
+        priority: d.priority,
+        namespace: d.namespace.as_ref().map(|ns| NamespaceView {
+            name: ns.name.clone(),
+            range: [ns.start, ns.end],
+        }),
+        sticky: d.sticky,
+        bucket_version: d.bucket_version,
+        groups: d
+            .groups
+            .iter()
+            .zip(&experiment.ranges)
+            .map(|(g, (start, end))| GroupView {
+                name: g.name.clone(),
+                plugin: g.plugin.clone(),
+                weight: g.weight,
+                hash_range: [*start, *end],
+            })
+            .collect(),
+        file: d.path.display().to_string(),
+        counts: None,
+    }
+}
+
+/// Every experiment in force, and the outcome of the last reload.
+#[utoipa::path(get, path = "/experiments", tag = "experiments", responses((status = 200, body = ExperimentList)))]
+pub async fn list(State(state): State<AppState>) -> Json<ExperimentList> {
     let experiments = &state.experiments;
     let set = experiments.current();
     let (stored, failed) = experiments.exposure_log_counts();
-    Json(json!({
-        "directory": experiments.dir().map(|d| d.display().to_string()),
-        "experiments": set.experiments.iter().map(|e| definition(e)).collect::<Vec<_>>(),
-        "reload": experiments.reload_status(),
-        "exposures_logged": { "stored": stored, "failed": failed },
-    }))
+    Json(ExperimentList {
+        directory: experiments.dir().map(|d| d.display().to_string()),
+        experiments: set.experiments.iter().map(|e| definition(e)).collect(),
+        reload: experiments.reload_status(),
+        exposures_logged: ExposuresLogged { stored, failed },
+    })
 }
 
+/// One experiment, with its exposure counts per group.
+#[utoipa::path(get, path = "/experiments/{id}", tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    responses(
+        (status = 200, body = ExperimentView),
+        (status = 404, description = "Unknown experiment", body = ErrorBody),
+    ))]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ExperimentView>, ApiError> {
     let experiment = state.experiments.get(&id)?;
     let service = state.experiments.clone();
     let counts = tokio::task::spawn_blocking(move || service.counts(&id))
         .await
         .map_err(ApiError::internal)??;
-    let mut body = definition(&experiment);
-    let per_group: serde_json::Map<String, Value> = counts
-        .iter()
-        .map(|c| {
-            (
-                c.group_name.clone(),
-                json!({ "exposures": c.exposures, "users": c.users }),
-            )
-        })
-        .collect();
-    body["counts"] = json!({
-        "exposures": counts.iter().map(|c| c.exposures).sum::<u64>(),
-        "groups": per_group,
+    let mut view = definition(&experiment);
+    view.counts = Some(ExposureCounts {
+        exposures: counts.iter().map(|c| c.exposures).sum(),
+        groups: counts
+            .iter()
+            .map(|c| {
+                let group = GroupCountView {
+                    exposures: c.exposures,
+                    users: c.users,
+                };
+                (c.group_name.clone(), group)
+            })
+            .collect(),
     });
-    Ok(Json(body))
+    Ok(Json(view))
 }
 
+/// Per group: users, exposures, CTR and mean rating with 95% intervals; sample ratio check.
+#[utoipa::path(get, path = "/experiments/{id}/results", tag = "experiments",
+    params(("id" = String, Path, description = "The experiment's id")),
+    responses(
+        (status = 200, body = Results),
+        (status = 404, description = "Unknown experiment", body = ErrorBody),
+    ))]
 pub async fn results(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Results>, ApiError> {
     let experiment = state.experiments.get(&id)?;
     let service = state.experiments.clone();
     let results = tokio::task::spawn_blocking(move || service.results(&experiment))
         .await
         .map_err(ApiError::internal)??;
-    Ok(Json(
-        serde_json::to_value(results).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(results))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GroupQuery {
+    /// Default: the highest-priority running experiment that includes the user.
     experiment_id: Option<String>,
 }
 
-/// Which group serves a user: in the named experiment, or else the experiment that would
-/// serve them now. Computing it changes nothing (no exposure, no sticky assignment).
+/// The group a user is (or would be) in, and why.
+#[utoipa::path(get, path = "/users/{id}/experiment-group", tag = "experiments",
+    params(("id" = PathId, Path, description = "The user's external ID"), GroupQuery),
+    responses(
+        (status = 200, body = UserGroup),
+        (status = 400, description = "Invalid ID or query", body = ErrorBody),
+        (status = 404, description = "Unknown experiment", body = ErrorBody),
+    ))]
 pub async fn user_group(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
     query: Result<Query<GroupQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserGroup>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let user_id = ids::from_text("user_id", &user_id)?;
     let decision = state
         .experiments
         .decision(&user_id, query.experiment_id.as_deref())?;
     let Some(decision) = decision else {
-        return Ok(Json(json!({
-            "user_id": ids::to_json(&user_id),
-            "experiment_id": null,
-            "experiment_name": null,
-            "in_experiment": false,
-            "group_name": null,
-            "model": null,
-            "reason": "no_running_experiment_includes_the_user",
-        })));
+        return Ok(Json(UserGroup {
+            user_id: ids::to_json(&user_id),
+            experiment_id: None,
+            experiment_name: None,
+            in_experiment: false,
+            group_name: None,
+            model: None,
+            reason: Some("no_running_experiment_includes_the_user"),
+            sticky: None,
+            hash: None,
+        }));
     };
     let definition = &decision.experiment.definition;
     let group = decision.placement.group().map(|i| &definition.groups[i]);
-    Ok(Json(json!({
-        "user_id": ids::to_json(&user_id),
-        "experiment_id": definition.id,
-        "experiment_name": definition.name,
-        "in_experiment": group.is_some(),
-        "group_name": group.map(|g| &g.name),
-        "model": group.map(|g| &g.plugin),
-        "reason": decision.placement.reason(),
-        "sticky": matches!(decision.placement, crate::experiments::Placement::Kept(_)),
-        "hash": decision.hash,
-    })))
+    Ok(Json(UserGroup {
+        user_id: ids::to_json(&user_id),
+        experiment_id: Some(definition.id.clone()),
+        experiment_name: Some(definition.name.clone()),
+        in_experiment: group.is_some(),
+        group_name: group.map(|g| g.name.clone()),
+        model: group.map(|g| g.plugin.clone()),
+        reason: decision.placement.reason(),
+        sticky: Some(matches!(
+            decision.placement,
+            crate::experiments::Placement::Kept(_)
+        )),
+        hash: Some(decision.hash),
+    }))
 }
 
-/// Re-reads the plugins of the config file, then the experiments directory. A rejected plugin
-/// list or experiment set is a 422 naming the file, field or plugin and the reason; what was
-/// in force stays.
+/// Re-reads the config's plugins and the experiment files now (operator).
+#[utoipa::path(post, path = "/admin/reload", tag = "experiments",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = ReloadAnswer),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "No admin token configured on a public address", body = ErrorBody),
+        (status = 422, description = "A plugin or experiment file is invalid; nothing changed", body = ErrorBody),
+    ))]
 pub async fn reload(
     _operator: Operator,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReloadAnswer>, ApiError> {
     let app = state.clone();
     let plugins = if app.config.source.is_some() {
         let changes = tokio::task::spawn_blocking(move || app.reload_plugins())
@@ -169,9 +311,14 @@ pub async fn reload(
         ),
         None => None,
     };
-    Ok(Json(json!({
-        "status": "reloaded",
-        "plugins": plugins,
-        "experiments": set.map(|set| set.experiments.iter().map(|e| e.definition.id.clone()).collect::<Vec<_>>()),
-    })))
+    Ok(Json(ReloadAnswer {
+        status: "reloaded",
+        plugins,
+        experiments: set.map(|set| {
+            set.experiments
+                .iter()
+                .map(|e| e.definition.id.clone())
+                .collect()
+        }),
+    }))
 }

@@ -32,6 +32,9 @@ fn label(key: &str, value: &str) -> String {
     format!("{{{key}=\"{escaped}\"}}")
 }
 
+/// Prometheus text format (0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let learning = state.learning.clone();
     let stats = tokio::task::spawn_blocking(move || learning.stats())

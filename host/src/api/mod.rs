@@ -20,16 +20,18 @@
 //! | `GET /health`         | [`system::health`]       |
 //! | `GET /plugins`        | [`system::plugins`]      |
 //! | `GET /metrics`        | [`metrics::metrics`]     |
+//! | `GET /openapi.json`   | [`openapi::openapi`]     |
 
 mod auth;
 mod catalog;
 pub mod error;
-mod events;
+pub mod events;
 mod experiments;
 pub mod http_metrics;
 pub mod ids;
 mod learning;
 mod metrics;
+pub mod openapi;
 pub mod overload;
 mod recommend;
 mod system;
@@ -103,6 +105,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(system::health))
         .route("/plugins", get(system::plugins))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see the README for the API")
         })

@@ -7,17 +7,22 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::ids::ExternalId;
 use super::{AppState, ids};
 use crate::recommend::{Fallback, RecommendQuery};
 
 /// The request body. Unknown fields are refused, so a misspelt option is not silently ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendBody {
+    #[schema(value_type = ExternalId)]
     pub user_id: Value,
+    /// How many items (default 10, at most `max_recommendations`).
     #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     pub n_recommendations: Option<Value>,
+    /// Plugin to use when no experiment places the user (default: `default_model`).
     #[serde(default)]
     pub model_type: Option<String>,
     /// Place the user in this experiment (default: the highest-priority running one).
@@ -31,6 +36,20 @@ pub struct RecommendBody {
 /// Used when the request does not say how many.
 pub const DEFAULT_COUNT: u64 = 10;
 
+/// Recommends items to a user.
+///
+/// A user in a running experiment is served by their group's plugin (said in `experiment`);
+/// when that plugin fails and a fallback is configured, the fallback answers (said in
+/// `fallback`).
+#[utoipa::path(post, path = "/recommend", tag = "recommend", request_body = RecommendBody,
+    responses(
+        (status = 200, body = RecommendResponse),
+        (status = 400, description = "Invalid body or count", body = ErrorBody),
+        (status = 413, description = "Body over 2 MiB", body = ErrorBody),
+        (status = 415, description = "Body not sent as JSON", body = ErrorBody),
+        (status = 404, description = "Unknown model or experiment", body = ErrorBody),
+        (status = 503, description = "The plugin failed and no fallback answered", body = ErrorBody),
+    ))]
 pub async fn recommend(
     State(state): State<AppState>,
     body: Result<Json<RecommendBody>, JsonRejection>,
@@ -79,7 +98,7 @@ pub async fn recommend(
             })
         })
         .collect();
-    Ok(Json(ResponseBody {
+    Ok(Json(RecommendResponse {
         user_id: ids::to_json(&user_id),
         recommendations,
         model: &recommendation.model,
@@ -92,10 +111,12 @@ pub async fn recommend(
     .into_response())
 }
 
-#[derive(Serialize)]
-struct ResponseBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RecommendResponse<'a> {
+    #[schema(value_type = ExternalId)]
     user_id: Value,
     recommendations: Vec<ItemBody<'a>>,
+    /// The plugin that answered.
     model: &'a str,
     model_version: u64,
     experiment: Option<ArmBody<'a>>,
@@ -106,15 +127,17 @@ struct ResponseBody<'a> {
     cached: bool,
 }
 
-#[derive(Serialize)]
-struct ItemBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ItemBody<'a> {
+    #[schema(value_type = ExternalId)]
     item_id: Value,
     title: &'a str,
     score: f32,
 }
 
-#[derive(Serialize)]
-struct ArmBody<'a> {
+/// The experiment and group that chose the plugin.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ArmBody<'a> {
     id: &'a str,
     name: &'a str,
     group: &'a str,

@@ -2,38 +2,73 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::AppState;
-use super::error::ApiError;
+use crate::cache::CacheReport;
+use crate::plugins::PluginStatus;
+use crate::reload::PluginReloadStatus;
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthResponse {
+    /// `ok` when every plugin has a model, else `degraded`.
+    status: &'static str,
+    items: usize,
+    users: usize,
+    events: u64,
+    plugins: usize,
+    plugins_ready: usize,
+    cache: CacheReport,
+    schema_version: usize,
+    version: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PluginsResponse {
+    default_model: String,
+    plugins: Vec<PluginStatus>,
+    reload: PluginReloadStatus,
+}
+
+/// Whether the server is up, and what it holds.
+///
 /// Answered from memory (no SQLite query): health checks poll it every few seconds, and it is
 /// the baseline of the cache benchmark.
-pub async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = HealthResponse)))]
+pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
     let (users, events) = {
         let users = state.users.read().unwrap_or_else(|p| p.into_inner());
         (users.len(), users.event_count())
     };
     let plugins = state.plugins.current();
     let ready = plugins.iter().filter(|p| p.model().is_some()).count();
-    Ok(Json(json!({
-        "status": if ready == plugins.len() { "ok" } else { "degraded" },
-        "items": state.catalog.len(),
-        "users": users,
-        "events": events,
-        "plugins": plugins.len(),
-        "plugins_ready": ready,
-        "cache": state.recommender.cache.stats().report(state.recommender.cache.backend()),
-        "schema_version": crate::store::schema_version(),
-        "version": env!("CARGO_PKG_VERSION"),
-    })))
+    Json(HealthResponse {
+        status: if ready == plugins.len() {
+            "ok"
+        } else {
+            "degraded"
+        },
+        items: state.catalog.len(),
+        users,
+        events,
+        plugins: plugins.len(),
+        plugins_ready: ready,
+        cache: state
+            .recommender
+            .cache
+            .stats()
+            .report(state.recommender.cache.backend()),
+        schema_version: crate::store::schema_version(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
 }
 
-pub async fn plugins(State(state): State<AppState>) -> Json<Value> {
-    let plugins: Vec<_> = state.plugins.current().iter().map(|p| p.status()).collect();
-    Json(json!({
-        "default_model": state.recommender.default_model(),
-        "plugins": plugins,
-        "reload": state.plugin_reload_status(),
-    }))
+/// Every loaded plugin: versions, model, health, limits, call counters; and the last reload.
+#[utoipa::path(get, path = "/plugins", tag = "system", responses((status = 200, body = PluginsResponse)))]
+pub async fn plugins(State(state): State<AppState>) -> Json<PluginsResponse> {
+    Json(PluginsResponse {
+        default_model: state.recommender.default_model().to_string(),
+        plugins: state.plugins.current().iter().map(|p| p.status()).collect(),
+        reload: state.plugin_reload_status(),
+    })
 }

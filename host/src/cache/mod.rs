@@ -50,7 +50,7 @@ pub struct CacheStats {
 }
 
 /// A copy of the counters, for the API.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CacheReport {
     pub backend: &'static str,
     pub hits: u64,

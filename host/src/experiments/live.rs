@@ -145,7 +145,7 @@ impl ExperimentSet {
 }
 
 /// The outcome of the latest reload attempt.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
     /// Successful loads since start (the first load counts).
     pub reloads: u64,
@@ -155,7 +155,7 @@ pub struct ReloadStatus {
     pub error: Option<ReloadFailure>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ReloadFailure {
     pub at_ms: u64,
     pub message: String,

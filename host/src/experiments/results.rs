@@ -30,14 +30,14 @@ const Z_95: f64 = 1.959_963_984_540_054;
 pub const SRM_P_THRESHOLD: f64 = 0.001;
 
 /// A value with its 95% confidence interval.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Estimate {
     pub value: f64,
     pub ci_low: f64,
     pub ci_high: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GroupResult {
     pub group: String,
     /// The group's plugin and weight now; `None` for a group no longer in the definition.
@@ -53,7 +53,7 @@ pub struct GroupResult {
     pub mean_rating: Option<Estimate>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SampleRatio {
     pub chi_square: f64,
     pub degrees_of_freedom: u64,
@@ -62,7 +62,7 @@ pub struct SampleRatio {
     pub flagged: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Results {
     pub experiment_id: String,
     pub groups: Vec<GroupResult>,

@@ -28,7 +28,7 @@ use crate::plugins::LivePlugins;
 use crate::store::{EventRow, LearningRun, Store, StoreResult};
 
 /// What kind of job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Update,
@@ -45,7 +45,7 @@ impl JobKind {
 }
 
 /// Why a job started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     BufferSize,
@@ -73,7 +73,7 @@ struct Job {
 }
 
 /// The buffer as an event's response reports it.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct BufferStatus {
     /// Events stored but not yet being learned.
     pub buffer_size: usize,
@@ -144,7 +144,7 @@ pub struct Learning {
 }
 
 /// `GET /learning/stats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LearningStats {
     pub buffer_size: usize,
     /// Events some plugin has not learned yet, including those the running update learns.
@@ -155,11 +155,13 @@ pub struct LearningStats {
     pub running: Option<RunningJob>,
     pub pending: Option<RunningJob>,
     pub triggers: LearningConfig,
+    /// Plugin name → its serving model version and what it has learned.
+    #[schema(value_type = Object)]
     pub models: serde_json::Map<String, serde_json::Value>,
     pub last_update: Option<LearningRun>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RunningJob {
     pub update_id: u64,
     pub kind: JobKind,

@@ -29,7 +29,7 @@ pub enum Admission {
 }
 
 /// What `/plugins` and `/metrics` show.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthReport {
     pub healthy: bool,
     pub consecutive_failures: u32,

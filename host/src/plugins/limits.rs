@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 /// Limits enforced on every instance of one plugin. Defaults suit the bundled plugins on
 /// catalogs of a few thousand items; raise them for bigger models.
-#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginLimits {
     /// Linear memory an instance may grow to, in MiB. Growing past it traps.

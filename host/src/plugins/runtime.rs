@@ -75,7 +75,7 @@ struct CallStats {
 }
 
 /// How the plugin is doing, for `/plugins`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PluginStatus {
     pub name: String,
     pub version: String,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{EventRow, Store, StoreError, StoreResult};
 
 /// One model update or retrain, as `GET /learning/history` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LearningRun {
     pub update_id: u64,
     /// `update` (a batch of new events) or `retrain` (from scratch over the training window).
@@ -23,6 +23,7 @@ pub struct LearningRun {
     pub through_event: i64,
     pub models_updated: u64,
     /// Plugin name → what happened to it.
+    #[schema(value_type = Object)]
     pub outcomes: serde_json::Map<String, serde_json::Value>,
 }
 
