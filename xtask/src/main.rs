@@ -4,16 +4,22 @@
 //!   when missing) and copies the components to `dist/plugins/`.
 //! - `demo [ARGS]`: `plugins`, the release build, then the server with `recohost.toml` (bundled
 //!   plugins, demo data).
-//! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the workspace.
+//! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the
+//!   workspace and (without ARGS) `api-check`.
 //! - `loadtest`: `plugins`, the release build, then `tests/loadtest.rs` (wrk against the real
 //!   server; not part of `test` because it takes a minute and needs wrk).
 //!
+//! - `api-check`: `plugins`, the release build, then schemathesis against a live server from
+//!   its `/openapi.json` (`api_check.rs`; installs schemathesis from PyPI on first use).
+//! - `fuzz [RUNS]`: every cargo-fuzz target for RUNS inputs (`fuzz.rs`; nightly, cargo-fuzz).
 //! - `container-test`: builds the Docker image and checks the docker-compose stack
 //!   (`container.rs`; slow, needs Docker, not part of `test`).
 //!
 //! Dependency-free on purpose: it must build in seconds on a fresh machine.
 
+mod api_check;
 mod container;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -40,10 +46,14 @@ fn main() -> ExitCode {
         Some("loadtest") => {
             build_plugins().and_then(|()| loadtest(args.get(1).map(String::as_str)))
         }
+        Some("api-check") => build_plugins()
+            .and_then(|()| build_server_and_tests())
+            .and_then(|()| api_check::api_check()),
+        Some("fuzz") => fuzz::fuzz(args.get(1).map(String::as_str)),
         Some("container-test") => container::container_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening] | container-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening] | api-check | fuzz [RUNS] | container-test>"
             );
             return ExitCode::from(2);
         }
@@ -193,6 +203,8 @@ fn test(args: &[String]) -> Result<(), String> {
             "--",
             "--nocapture",
         ]))?;
+        // The property-based run of the whole API against a live server.
+        api_check::api_check()?;
     }
     Ok(())
 }
