@@ -492,12 +492,20 @@ fn kill_9_mid_update_loses_no_acknowledged_event_and_resumes_from_snapshots() {
             })
         })
         .collect();
-    // Let updates happen, then kill while events flow.
+    // Let at least two updates happen (3 s at least; longer on a busy machine, where the
+    // learner runs at a lower priority than the requests), then kill while events flow.
     let mut highest_version_seen = 0;
-    for _ in 0..30 {
+    let started = std::time::Instant::now();
+    loop {
         std::thread::sleep(Duration::from_millis(100));
         let (_, stats) = server.get("/learning/stats");
         highest_version_seen = highest_version_seen.max(*versions(&stats).iter().max().unwrap());
+        let updates = stats["update_count"].as_u64().unwrap();
+        let elapsed = started.elapsed();
+        if (updates >= 2 && elapsed >= Duration::from_secs(3)) || elapsed >= Duration::from_secs(30)
+        {
+            break;
+        }
     }
     let (_, stats) = server.get("/learning/stats");
     assert!(
