@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 #[path = "wrk.rs"]
 mod wrk;
-use wrk::{COUNT_STATUSES_LUA, wrk};
+use wrk::{COUNT_STATUSES_LUA, RECOMMEND_LUA, wrk};
 
 const OTHERS_LUA: &str = r#"
 wrk.method = "POST"
@@ -35,15 +35,6 @@ local models = {"popularity", "collaborative", "content", "hybrid"}
 request = function()
   local body = string.format('{"user_id":%d,"n_recommendations":10,"model_type":"%s"}',
     math.random(1, USERS), models[math.random(1, 4)])
-  return wrk.format(nil, "/recommend", nil, body)
-end
-"#;
-
-const RECOMMEND_LUA: &str = r#"
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  local body = string.format('{"user_id":%d,"n_recommendations":10}', math.random(1, USERS))
   return wrk.format(nil, "/recommend", nil, body)
 end
 "#;

@@ -294,3 +294,11 @@ fn files_that_are_not_components_are_refused_at_start() {
         );
     }
 }
+
+#[test]
+fn a_plugin_reaches_no_file_environment_or_socket() {
+    let (server, _temp) = misbehaving_server();
+    // The fixture refuses, naming what it reached, if any attempt succeeds.
+    let (status, body) = ask(&server, 37);
+    assert_eq!(status, 200, "{body}");
+}

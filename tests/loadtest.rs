@@ -30,7 +30,7 @@ use recohost_e2e::{Server, config_text};
 #[allow(dead_code)] // shared by the load test binaries; each uses part of it
 mod wrk;
 use serde_json::{Value, json};
-use wrk::{DURATION, ITEMS, USERS, wrk};
+use wrk::{DURATION, ITEMS, RECOMMEND_LUA, USERS, wrk};
 
 const EVENTS_LUA: &str = r#"
 wrk.method = "POST"
@@ -59,15 +59,6 @@ local n = 0
 request = function()
   n = n + 1
   return wrk.format(nil, "/events/batch", nil, bodies[(n % 16) + 1])
-end
-"#;
-
-const RECOMMEND_LUA: &str = r#"
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  local body = string.format('{"user_id":%d,"n_recommendations":10}', math.random(1, USERS))
-  return wrk.format(nil, "/recommend", nil, body)
 end
 "#;
 

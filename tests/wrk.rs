@@ -12,6 +12,16 @@ pub const DURATION: &str = "10s";
 pub const USERS: u32 = 2_000;
 pub const ITEMS: u32 = 1_200;
 
+/// `POST /recommend` for random demo users, 10 items, default model.
+pub const RECOMMEND_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local body = string.format('{"user_id":%d,"n_recommendations":10}', math.random(1, USERS))
+  return wrk.format(nil, "/recommend", nil, body)
+end
+"#;
+
 /// Prepend to a script to count responses by status (200, 503, and 503s carrying
 /// `Retry-After`) into the report. Costs wrk some speed, so only scripts that need it do.
 pub const COUNT_STATUSES_LUA: &str = r#"

@@ -2,7 +2,7 @@
 //! inputs (default 200,000) from the seeds in `fuzz/seeds/`, and fails on the first panic.
 //! Needs the nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
 //! `cargo install cargo-fuzz`). Not part of `test`: the instrumented build of the server's
-//! dependencies takes about ten minutes the first time.
+//! dependencies takes about 25 minutes on 2 cores the first time.
 
 use std::process::Command;
 
