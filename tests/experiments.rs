@@ -374,18 +374,6 @@ fn the_shipped_experiment_is_served() {
     assert_eq!(body["groups"][1]["plugin"], "hybrid");
 }
 
-/// The `/plugins` entry named `name`, if it serves.
-fn plugin_status(server: &Server, name: &str) -> Option<Value> {
-    let (status, body) = server.get("/plugins");
-    assert_eq!(status, 200, "{body}");
-    body["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-}
-
 #[test]
 fn plugins_added_or_replaced_in_the_config_serve_without_a_restart() {
     let setup = Setup::new(&[("model_comparison.toml", COMPARISON)]);
@@ -422,7 +410,7 @@ fn plugins_added_or_replaced_in_the_config_serve_without_a_restart() {
             .iter()
             .any(|p| p["name"] == "arm")
     });
-    let first = plugin_status(&server, "arm").unwrap();
+    let first = server.plugin_status("arm").unwrap();
     let body = recommend(
         &server,
         json!({"user_id": 1, "model_type": "arm", "bypass_experiments": true}),

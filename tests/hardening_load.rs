@@ -102,14 +102,7 @@ fn loop_isolation(dir: &Path) -> Value {
         stop.store(true, Ordering::Relaxed);
         let asked: u64 = loopers.into_iter().map(|l| l.join().unwrap()).sum();
         assert_eq!(looping["non_2xx"], 0, "{looping}");
-        let plugins = server.get("/plugins").1;
-        let looper = plugins["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "looper")
-            .unwrap()
-            .clone();
+        let looper = server.plugin_status("looper").unwrap();
         runs.insert(
             name.into(),
             json!({

@@ -183,6 +183,18 @@ impl Server {
         })
     }
 
+    /// The `/plugins` entry named `name`, if it serves.
+    pub fn plugin_status(&self, name: &str) -> Option<Value> {
+        let (status, body) = self.get("/plugins");
+        assert_eq!(status, 200, "{body}");
+        body["plugins"]
+            .as_array()
+            .expect("a plugins list")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+    }
+
     /// What the server has logged so far.
     pub fn log(&self) -> String {
         self.stderr

@@ -61,16 +61,7 @@ fn traps_are_contained_and_the_instance_is_rebuilt_from_the_snapshot() {
         assert_eq!(again["model_version"], healthy["model_version"]);
     }
 
-    let (_, plugins) = server.get("/plugins");
-    let status_of = |name: &str| {
-        plugins["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let status_of = |name: &str| server.plugin_status(name).unwrap();
     assert_eq!(status_of("misbehaving")["traps"], 3);
     assert_eq!(status_of("hybrid")["traps"], 0);
     let (status, other) = server.post("/recommend", &json!({"user_id": 5, "n_recommendations": 5}));
@@ -141,14 +132,7 @@ fn an_oversized_answer_is_refused_naming_the_limit() {
     // Not a trap: the same instance answers the next request.
     let (status, _) = ask(&server, 5);
     assert_eq!(status, 200);
-    let (_, plugins) = server.get("/plugins");
-    let fixture = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "misbehaving")
-        .unwrap()
-        .clone();
+    let fixture = server.plugin_status("misbehaving").unwrap();
     assert_eq!(
         (fixture["failures"].as_u64(), fixture["traps"].as_u64()),
         (Some(1), Some(0))
@@ -192,16 +176,7 @@ fn a_failing_plugin_is_answered_by_the_fallback_then_skipped_while_unhealthy() {
     // The second failure in a row makes it unhealthy ...
     let (status, _) = ask(&server, 13);
     assert_eq!(status, 200);
-    let plugin = |server: &Server| {
-        let (_, plugins) = server.get("/plugins");
-        plugins["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "misbehaving")
-            .unwrap()
-            .clone()
-    };
+    let plugin = |server: &Server| server.plugin_status("misbehaving").unwrap();
     let unhealthy = plugin(&server);
     assert_eq!(unhealthy["status"], "unhealthy", "{unhealthy}");
     assert_eq!(unhealthy["health"]["healthy"], false);
