@@ -186,8 +186,8 @@ fn a_failing_plugin_is_answered_by_the_fallback_then_skipped_while_unhealthy() {
         "{metrics}"
     );
 
-    // ... so even a request it would answer well skips it, at once, to the fallback.
-    let started = std::time::Instant::now();
+    // ... so even a request it would answer well skips it (no call: see the counts below)
+    // and goes to the fallback.
     let (status, body) = ask(&server, 5);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["fallback"]["from"], "misbehaving");
@@ -198,7 +198,6 @@ fn a_failing_plugin_is_answered_by_the_fallback_then_skipped_while_unhealthy() {
             .contains("unhealthy"),
         "{body}"
     );
-    assert!(started.elapsed() < std::time::Duration::from_millis(1_000));
     let calls_while_unhealthy = plugin(&server)["calls"].clone();
 
     // After the backoff one request probes it; it answers well, so it is healthy again.
