@@ -191,6 +191,23 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_probe_lets_another_request_probe_later() {
+        let health = Health::new(&PluginLimits {
+            failures_before_unhealthy: 1,
+            backoff_ms: 10,
+            recommend_ms: 10,
+            ..PluginLimits::default()
+        });
+        assert!(health.failed("x"));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(health.admit(), Admission::Probe);
+        // The probing request is dropped (client gone) and never reports back.
+        assert!(matches!(health.admit(), Admission::Skip { .. }));
+        std::thread::sleep(health.probe_expires + Duration::from_millis(20));
+        assert_eq!(health.admit(), Admission::Probe);
+    }
+
+    #[test]
     fn a_failed_probe_doubles_the_backoff_up_to_the_cap() {
         let health = health(1, 20);
         assert!(health.failed("x"));
