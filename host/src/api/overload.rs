@@ -4,7 +4,6 @@
 //! past its deadline gets 503 too. `/health` and `/metrics` are exempt, so probes and scrapes
 //! still see an overloaded server.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use super::error::ApiError;
 use crate::config::HttpConfig;
 
 pub struct Overload {
-    in_flight: Arc<Semaphore>,
+    in_flight: Semaphore,
     max_in_flight: usize,
     timeout: Duration,
     retry_after_secs: u64,
@@ -37,7 +36,7 @@ pub struct OverloadReport {
 impl Overload {
     pub fn new(config: &HttpConfig) -> Self {
         Self {
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            in_flight: Semaphore::new(config.max_in_flight),
             max_in_flight: config.max_in_flight,
             timeout: Duration::from_millis(config.request_timeout_ms),
             retry_after_secs: config.retry_after_secs,
@@ -61,7 +60,7 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     }
     let overload = &state.overload;
-    let Ok(_permit) = overload.in_flight.clone().try_acquire_owned() else {
+    let Ok(_permit) = overload.in_flight.try_acquire() else {
         overload.shed.fetch_add(1, Ordering::Relaxed);
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
