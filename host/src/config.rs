@@ -98,8 +98,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             // Little's law: 64 in flight at 1 ms each is 64,000 requests/s, more than a node
-            // serves; a deeper queue only adds latency (measured: p99 86 ms at 256 in flight
-            // vs 34 ms at 64 under twice the saturation rate, same throughput).
+            // serves; a deeper queue only adds latency (docs/benchmarks.md, "Hardening").
             max_in_flight: 64,
             request_timeout_ms: 10_000,
             retry_after_secs: 1,
