@@ -39,6 +39,10 @@ pub struct App {
     pub http_metrics: crate::api::http_metrics::HttpMetrics,
     /// In-flight limit, request timeout and shed counters (`[http]`).
     pub overload: crate::api::overload::Overload,
+    /// Recent request rates and latency, for the dashboard (`GET /overview`).
+    pub timeline: crate::timeline::Timeline,
+    /// When the server opened, for its uptime.
+    pub started_at: Instant,
 }
 
 impl App {
@@ -162,6 +166,8 @@ impl App {
             plugin_reload: Default::default(),
             http_metrics: Default::default(),
             overload,
+            timeline: Default::default(),
+            started_at: Instant::now(),
         })
     }
 }

@@ -11,6 +11,8 @@
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
 //! - [`experiments`]: experiment files, GrowthBook-compatible assignment, exposures, results.
 //! - [`histogram`]: the latency histogram behind `/metrics`.
+//! - [`timeline`]: recent rates and latency sampled every 2 s (`GET /overview`).
+//! - [`dashboard`]: the operator dashboard's pages, embedded in the binary.
 //! - [`reload`]: plugins and experiments changed without a restart (file watchers, reload).
 //! - [`import`]: MovieLens readers and the demo-data generator.
 //! - [`eval`]: offline evaluation (splits, ranking metrics, the `eval` command).
@@ -22,6 +24,7 @@ pub mod app;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod dashboard;
 pub mod eval;
 pub mod events;
 pub mod experiments;
@@ -32,3 +35,4 @@ pub mod plugins;
 pub mod recommend;
 pub mod reload;
 pub mod store;
+pub mod timeline;

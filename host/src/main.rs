@@ -339,6 +339,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Tests and scripts read this line to find the port when binding to port 0.
         println!("recohost listening on http://{address}");
         tokio::spawn(app.learning.clone().run_scheduler());
+        tokio::spawn(recohost::timeline::run_sampler(app.clone()));
         recohost::reload::watch(&app)?;
         axum::serve(listener, recohost::api::router(app.clone()))
             .with_graceful_shutdown(shutdown_signal())

@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
-use crate::histogram::LatencyHistogram;
+use crate::histogram::{HistogramSnapshot, LatencyHistogram};
 
 #[derive(Default)]
 struct RouteStats {
@@ -54,6 +54,18 @@ impl HttpMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry((method.to_string(), status))
             .or_insert(0) += 1;
+    }
+
+    /// Requests answered so far, every route.
+    pub fn requests_total(&self) -> u64 {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes.values().map(|stats| stats.latency.count()).sum()
+    }
+
+    /// The latency histogram of one route pattern (`/recommend`), if it has had requests.
+    pub fn latency(&self, route: &str) -> Option<HistogramSnapshot> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes.get(route).map(|stats| stats.latency.snapshot())
     }
 
     /// The two families in Prometheus text format.

@@ -33,6 +33,7 @@ mod learning;
 mod metrics;
 pub mod openapi;
 pub mod overload;
+mod overview;
 mod recommend;
 mod system;
 
@@ -104,8 +105,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))
         .route("/plugins", get(system::plugins))
+        .route("/overview", get(overview::overview))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::not_found("not_found", "no such route; see the README for the API")
         })

@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{catalog, events, experiments, learning, metrics, recommend, system};
+use super::{catalog, events, experiments, learning, metrics, overview, recommend, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,7 @@ request may get 413 (body over 2 MiB), 415 (body not sent as JSON) or 503 with `
         experiments::reload,
         system::health,
         system::plugins,
+        overview::overview,
         metrics::metrics,
         openapi,
     ),
@@ -106,6 +107,7 @@ mod tests {
             "/admin/reload",
             "/health",
             "/plugins",
+            "/overview",
             "/metrics",
             "/openapi.json",
         ] {

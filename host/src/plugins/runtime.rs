@@ -95,6 +95,10 @@ pub struct PluginStatus {
     pub fallbacks: u64,
     /// Mean `recommend` latency in microseconds.
     pub mean_recommend_us: u64,
+    /// `recommend` latency percentiles since start in microseconds, estimated from the
+    /// histogram buckets of `/metrics`; `null` before the first call.
+    pub p50_recommend_us: Option<u64>,
+    pub p99_recommend_us: Option<u64>,
     pub health: HealthReport,
     pub limits: PluginLimits,
 }
@@ -251,6 +255,7 @@ impl PluginRuntime {
     pub fn status(&self) -> PluginStatus {
         let model = self.model();
         let health = self.health.report();
+        let latency = self.stats.recommend_latency.snapshot();
         PluginStatus {
             name: self.name.to_string(),
             version: self.info.version.clone(),
@@ -270,6 +275,8 @@ impl PluginRuntime {
             skipped: self.stats.skipped.load(Ordering::Relaxed),
             fallbacks: self.stats.fallbacks.load(Ordering::Relaxed),
             mean_recommend_us: self.stats.recommend_latency.mean().as_micros() as u64,
+            p50_recommend_us: latency.quantile(0.5).map(|d| d.as_micros() as u64),
+            p99_recommend_us: latency.quantile(0.99).map(|d| d.as_micros() as u64),
             health,
             limits: (*self.limits).clone(),
         }
