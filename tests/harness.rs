@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod browser;
+
 pub const PLUGINS: [&str; 5] = [
     "popularity",
     "collaborative",
@@ -21,7 +23,8 @@ pub const PLUGINS: [&str; 5] = [
     "ratings",
 ];
 
-fn workspace_root() -> PathBuf {
+/// The repository's root folder.
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")

@@ -49,11 +49,12 @@ fn main() -> ExitCode {
         Some("api-check") => build_plugins()
             .and_then(|()| build_server_and_tests())
             .and_then(|()| api_check::api_check()),
+        Some("screenshots") => build_plugins().and_then(|()| screenshots()),
         Some("fuzz") => fuzz::fuzz(args.get(1).map(String::as_str)),
         Some("container-test") => container::container_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening] | api-check | fuzz [RUNS] | container-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening] | api-check | screenshots | fuzz [RUNS] | container-test>"
             );
             return ExitCode::from(2);
         }
@@ -184,13 +185,32 @@ fn loadtest(which: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-fn test(args: &[String]) -> Result<(), String> {
+/// `cargo test` over the workspace against the release server and the built plugins.
+fn test_with_env(args: &[String], env: &[(&str, PathBuf)]) -> Result<(), String> {
     build_server_and_tests()?;
-    run(cargo()
+    let mut command = cargo();
+    command
         .args(["test", "--release", "--workspace"])
         .env("RECOHOST_BIN", target_dir().join("release/recohost"))
         .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins"))
-        .args(args))?;
+        .args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    run(&mut command)
+}
+
+/// Runs the dashboard's browser tests with their screenshots going to `docs/screenshots/`
+/// (the README shows them) instead of the target folder.
+fn screenshots() -> Result<(), String> {
+    test_with_env(
+        &["--test".into(), "dashboard".into()],
+        &[("RECOHOST_SCREENSHOTS_DIR", root().join("docs/screenshots"))],
+    )
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    test_with_env(args, &[])?;
     if args.is_empty() {
         // Show how many of GrowthBook's conformance cases ran (cargo hides a passing test's
         // output). Same flags as above, so nothing is rebuilt.
