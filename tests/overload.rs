@@ -45,8 +45,10 @@ fn requests_over_the_in_flight_limit_are_shed_with_retry_after() {
     assert_eq!(shed.headers()["retry-after"], "3");
     let body: serde_json::Value = shed.json().unwrap();
     assert_eq!(error_code(&body), "overloaded", "{body}");
-    // Probes and scrapes still get through.
+    // Probes, scrapes and the dashboard's overview still get through.
     assert_eq!(server.get("/health").0, 200);
+    assert_eq!(server.get("/overview").0, 200);
+    assert_eq!(server.get_text("/dashboard/").0, 200);
     let (_, _, metrics) = server.get_text("/metrics");
     assert!(metrics.contains("recohost_http_shed_total 1"), "{metrics}");
     assert!(metrics.contains("recohost_http_in_flight 2"), "{metrics}");

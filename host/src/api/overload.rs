@@ -1,8 +1,9 @@
 //! Overload protection: at most `[http] max_in_flight` requests are handled at once, and none
 //! for longer than `request_timeout_ms`. A request over the limit is shed at once with 503 and
 //! `Retry-After` (queueing it would only make every request slow, then time out); a request
-//! past its deadline gets 503 too. `/health` and `/metrics` are exempt, so probes and scrapes
-//! still see an overloaded server.
+//! past its deadline gets 503 too. `/health`, `/metrics`, `/overview` and the dashboard's files
+//! are exempt, so probes, scrapes and an operator opening the dashboard still see an
+//! overloaded server (all four answer from memory).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,7 +57,8 @@ impl Overload {
 
 /// The middleware.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if matches!(request.uri().path(), "/health" | "/metrics") {
+    let path = request.uri().path();
+    if matches!(path, "/health" | "/metrics" | "/overview") || path.starts_with("/dashboard") {
         return next.run(request).await;
     }
     let overload = &state.overload;

@@ -253,7 +253,7 @@ function experimentCard(h, experiment, results) {
         empty: 'No exposures yet: CTR needs users who were shown recommendations and then clicked (POST /events).',
       }),
       intervalChart({
-        name: 'mean-rating', title: 'Mean rating after exposure per group, 95% interval', xLabel: 'rating',
+        name: 'mean-rating', title: 'Mean rating after exposure per group, 95% Student-t interval', xLabel: 'rating',
         rows: groups.map((g) => ({ label: g.group, value: g.mean_rating ? g.mean_rating.value : null, low: g.mean_rating ? g.mean_rating.ci_low : null, high: g.mean_rating ? g.mean_rating.ci_high : null, note: g.mean_rating ? `${g.ratings} ratings` : 'no ratings yet' })),
         format: (v) => formatNumber(v, 2),
         empty: 'No ratings after exposure yet (POST /events with event_type "rate").',
