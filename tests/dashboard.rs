@@ -40,11 +40,9 @@ fn make_traffic(server: &Server) {
     for round in 0..4u64 {
         let mut events = Vec::new();
         let new_users = round * 50 + 1..=round * 50 + 50;
-        let again = round.saturating_sub(1) * 50 + 1..=round.saturating_sub(1) * 50 + 20;
-        for user in new_users
-            .clone()
-            .chain(if round > 0 { again } else { 1..=0 })
-        {
+        // Twenty users of the previous round ask again.
+        let again = (round > 0).then(|| (round - 1) * 50 + 1..=(round - 1) * 50 + 20);
+        for user in new_users.clone().chain(again.into_iter().flatten()) {
             let (status, body) = server.post(
                 "/recommend",
                 &json!({"user_id": user, "n_recommendations": 5}),
