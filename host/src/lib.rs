@@ -15,6 +15,7 @@
 //! - [`dashboard`]: the operator dashboard's pages, embedded in the binary.
 //! - [`reload`]: plugins and experiments changed without a restart (file watchers, reload).
 //! - [`import`]: MovieLens readers and the demo-data generator.
+//! - [`plugin_dev`]: `recohost plugin new` and `plugin check`, for plugin authors.
 //! - [`eval`]: offline evaluation (splits, ranking metrics, the `eval` command).
 //! - [`app`]: start-up: store, catalog, plugins, restoring or training every model.
 //! - [`api`]: the axum HTTP layer.
@@ -31,6 +32,7 @@ pub mod experiments;
 pub mod histogram;
 pub mod import;
 pub mod learning;
+pub mod plugin_dev;
 pub mod plugins;
 pub mod recommend;
 pub mod reload;

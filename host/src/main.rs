@@ -1,4 +1,4 @@
-//! The `recohost` command line: `serve` and `import`.
+//! The `recohost` command line: `serve`, `import`, `eval`, `plugin`, `healthcheck`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,12 +56,46 @@ enum Command {
     },
     /// Evaluate the declared plugins offline: P@k, R@k, NDCG@k, MAP@k and training time.
     Eval(EvalArgs),
+    /// Tools for plugin authors: generate a plugin crate, check a built plugin.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Exit 0 when the server answers `GET /health` with 200 (for container health checks;
     /// images need no curl).
     Healthcheck {
         /// Default: the port of RECOHOST_BIND on 127.0.0.1, else 8080.
         #[arg(long)]
         url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Generate a plugin crate in ./NAME (outside any workspace) that builds and passes its
+    /// tests at once: the algorithm in src/model.rs, the WIT binding in src/lib.rs.
+    New {
+        /// The plugin's name: lower-case letters, digits, '-' and '_'.
+        name: String,
+        /// Folder to create the crate in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a built plugin through everything the server asks of it, on a generated dataset
+    /// under the production limits; exit 1 with the reason if it breaks the contract.
+    Check {
+        /// The component, e.g. target/wasm32-wasip2/release/NAME.wasm.
+        file: PathBuf,
+        /// The plugin's config as JSON (what `[plugins.config]` would hold).
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Limits to check under, as JSON with the keys of `[plugins.limits]` (e.g.
+        /// '{"memory_mb": 64}'); the rest keep the server's defaults.
+        #[arg(long, default_value = "{}")]
+        limits: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -166,6 +200,49 @@ fn main() -> anyhow::Result<()> {
             serve(config)
         }
         Command::Eval(args) => eval(args),
+        Command::Plugin {
+            command: PluginCommand::New { name, dir },
+        } => {
+            let root = recohost::plugin_dev::new::create(&name, &dir)?;
+            println!("created the plugin crate {}", root.display());
+            println!(
+                "next: cd {} && cargo test && cargo build --release --target wasm32-wasip2",
+                root.display()
+            );
+            println!(
+                "then: recohost plugin check {}/target/wasm32-wasip2/release/{}.wasm",
+                root.display(),
+                name.replace('-', "_")
+            );
+            Ok(())
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    file,
+                    config,
+                    limits,
+                    json,
+                },
+        } => {
+            if let Err(error) =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&config)
+            {
+                anyhow::bail!("--config must be a JSON object: {error}");
+            }
+            let limits: recohost::plugins::PluginLimits =
+                serde_json::from_str(&limits).map_err(|e| anyhow::anyhow!("--limits: {e}"))?;
+            let report = recohost::plugin_dev::check::check(&file, &config, limits);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", recohost::plugin_dev::check::render(&report));
+            }
+            if !report.passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Healthcheck { url } => healthcheck(url),
         Command::Import {
             format: Format::Movielens,

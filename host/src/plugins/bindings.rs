@@ -1,9 +1,9 @@
 //! Host-side bindings of `wit/strategy.wit` and the per-instance state behind them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
@@ -25,23 +25,98 @@ pub struct InstanceState {
     pub plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: TrackedLimits,
     /// Bytes of log messages the current call may still send (reset before each call).
     pub log_budget: usize,
+    /// Log messages dropped because a call reached its log budget, since the instance began.
+    pub log_messages_dropped: u64,
+    /// Network uses the sandbox refused (`connect 127.0.0.1:22`), since the instance began.
+    pub denied_network: Arc<Mutex<Vec<String>>>,
 }
 
 impl InstanceState {
     /// WASI grants nothing here: no preopened directories, no environment, no arguments, no
     /// sockets, no inherited stdio. Clocks and randomness stay (Rust's std needs them).
-    pub fn new(plugin: Arc<str>, limits: StoreLimits) -> Self {
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+    ///
+    /// With `observe_network` (`recohost plugin check`), sockets may be created so that a
+    /// connect or bind reaches the address check, which refuses every address and notes it.
+    pub fn new(plugin: Arc<str>, limits: StoreLimits, observe_network: bool) -> Self {
+        let denied_network = Arc::new(Mutex::new(Vec::new()));
+        let noted = denied_network.clone();
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        builder
+            .allow_tcp(observe_network)
+            .allow_udp(observe_network)
+            .socket_addr_check(move |address, usage| {
+                let mut noted = noted.lock().unwrap_or_else(|p| p.into_inner());
+                if noted.len() < 16 {
+                    noted.push(format!("{usage:?} {address}"));
+                }
+                Box::pin(async { false })
+            });
+        let wasi = builder.build();
         Self {
             plugin,
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limits: TrackedLimits {
+                inner: limits,
+                peak_memory_bytes: 0,
+            },
             log_budget: 0,
+            log_messages_dropped: 0,
+            denied_network,
         }
+    }
+}
+
+/// The store's limits, recording the largest linear memory they allowed.
+pub struct TrackedLimits {
+    inner: StoreLimits,
+    pub peak_memory_bytes: usize,
+}
+
+impl ResourceLimiter for TrackedLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory_bytes = self.peak_memory_bytes.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 
@@ -63,11 +138,13 @@ impl recohost::strategy::host_log::Host for InstanceState {
         // characters, and a call may log `max_log_bytes_per_call` in all.
         let plugin = &*self.plugin;
         if self.log_budget == 0 {
+            self.log_messages_dropped += 1;
             return;
         }
         let message: String = message.chars().take(2000).collect();
         if message.len() >= self.log_budget {
             self.log_budget = 0;
+            self.log_messages_dropped += 1;
             tracing::warn!(
                 plugin,
                 "the plugin reached its log limit for this call; dropping the rest"

@@ -21,6 +21,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct PluginEngine {
     engine: Engine,
     cache_dir: Option<Arc<PathBuf>>,
+    /// See [`Self::observing_network`].
+    observe_network: bool,
 }
 
 impl PluginEngine {
@@ -61,7 +63,21 @@ impl PluginEngine {
         Ok(Self {
             engine,
             cache_dir: cache_dir.map(Arc::new),
+            observe_network: false,
         })
+    }
+
+    /// An engine whose instances may create sockets, so that a plugin's attempt to connect
+    /// or bind reaches the socket-address check, which refuses it and records it. For
+    /// `recohost plugin check` only: serving instances cannot even create a socket (a plugin
+    /// could otherwise hold host file descriptors).
+    pub fn observing_network(mut self) -> Self {
+        self.observe_network = true;
+        self
+    }
+
+    pub fn observes_network(&self) -> bool {
+        self.observe_network
     }
 
     pub fn engine(&self) -> &Engine {

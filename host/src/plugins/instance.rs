@@ -73,7 +73,8 @@ impl PluginInstance {
             .tables(16)
             .memories(4)
             .build();
-        let mut store = Store::new(engine.engine(), InstanceState::new(plugin, store_limits));
+        let state = InstanceState::new(plugin, store_limits, engine.observes_network());
+        let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(PluginEngine::ticks(limits.train()));
         let exports = pre
@@ -125,6 +126,26 @@ impl PluginInstance {
                 })
             }
         }
+    }
+
+    /// The largest linear memory the instance has had, in bytes.
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.store.data().limits.peak_memory_bytes
+    }
+
+    /// Log messages dropped over the per-call limit since the instance began.
+    pub fn log_messages_dropped(&self) -> u64 {
+        self.store.data().log_messages_dropped
+    }
+
+    /// Network uses the sandbox refused since the instance began.
+    pub fn denied_network(&self) -> Vec<String> {
+        self.store
+            .data()
+            .denied_network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn describe(&mut self) -> Result<PluginInfo, CallError> {

@@ -309,6 +309,11 @@ impl PluginRuntime {
         Ok(instance)
     }
 
+    /// What the plugin says about itself (`describe`).
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
     /// Whether the plugin says its `predict` returns rating estimates.
     pub fn predicts_ratings(&self) -> bool {
         self.info.predicts_ratings
@@ -319,6 +324,13 @@ impl PluginRuntime {
     pub fn session(&self, events: &[Feedback]) -> Result<Session, CallError> {
         let mut instance = self.configured_instance()?;
         instance.train(events)?;
+        Ok(Session { instance })
+    }
+
+    /// A private instance with the model of `snapshot` loaded (see [`Self::session`]).
+    pub fn session_from_snapshot(&self, snapshot: &[u8]) -> Result<Session, CallError> {
+        let mut instance = self.configured_instance()?;
+        instance.load(snapshot)?;
         Ok(Session { instance })
     }
 
@@ -559,6 +571,15 @@ impl Session {
 
     pub fn predict(&mut self, user: u32, items: &[u32]) -> Result<Vec<f32>, CallError> {
         self.instance.predict(user, items)
+    }
+
+    pub fn save(&mut self) -> Result<Vec<u8>, CallError> {
+        self.instance.save()
+    }
+
+    /// The instance itself, for what it used (memory, log, refused network uses).
+    pub fn instance(&self) -> &PluginInstance {
+        &self.instance
     }
 }
 

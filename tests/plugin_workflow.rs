@@ -1,0 +1,183 @@
+//! The researcher's workflow end to end: `recohost plugin new` generates a crate that passes
+//! its own tests and builds for wasm32-wasip2, `recohost plugin check` passes it, and a
+//! running server loads it from a new TOML entry (no restart) and serves recommendations
+//! from it. And `plugin check` rejects every hostile fixture, naming the reason.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use recohost_e2e::{Server, binary, config_text, fixture};
+use serde_json::json;
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs `command`, panicking with its output unless it succeeds.
+fn succeed(command: &mut Command) -> Output {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Where generated crates build: beside the server's build, so that a second run reuses the
+/// compiled wit-bindgen and serde.
+fn generated_target_dir() -> PathBuf {
+    binary()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/release/recohost")
+        .join("plugin-new")
+}
+
+fn check(file: &Path, config: &str) -> (bool, String) {
+    check_under(file, config, "{}")
+}
+
+fn check_under(file: &Path, config: &str, limits: &str) -> (bool, String) {
+    let output = Command::new(binary())
+        .args(["plugin", "check"])
+        .arg(file)
+        .args(["--config", config, "--limits", limits])
+        .env("RECOHOST_LOG", "error")
+        .output()
+        .expect("plugin check starts");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn a_generated_plugin_builds_passes_the_check_and_serves_without_a_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    succeed(
+        Command::new(binary())
+            .args(["plugin", "new", "my-rec", "--dir"])
+            .arg(temp.path()),
+    );
+    let crate_dir = temp.path().join("my-rec");
+    let target = generated_target_dir();
+    succeed(
+        cargo()
+            .arg("test")
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    succeed(
+        cargo()
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    let wasm = target.join("wasm32-wasip2/release/my_rec.wasm");
+
+    let (passed, report) = check(&wasm, "{}");
+    assert!(passed && report.contains("PASSED"), "{report}");
+    for figure in ["recommend", "p99", "peak memory", "snapshot"] {
+        assert!(
+            report.contains(figure),
+            "the report lacks {figure}:\n{report}"
+        );
+    }
+    // Its config is checked like any plugin's.
+    let (passed, report) = check(&wasm, r#"{"positve_rating": 4}"#);
+    assert!(!passed && report.contains("positve_rating"), "{report}");
+
+    // A running server picks the new TOML entry up by itself.
+    let data_dir = temp.path().join("data");
+    let server = Server::start_in(&data_dir, &config_text("")).unwrap();
+    let config_path = data_dir.with_extension("toml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config.push_str(&format!(
+        "\n[[plugins]]\nname = \"my-rec\"\npath = {:?}\n[plugins.config]\npositive_rating = 4.0\n",
+        wasm.display().to_string()
+    ));
+    let partial = temp.path().join("config.partial");
+    std::fs::write(&partial, config).unwrap();
+    std::fs::rename(&partial, &config_path).unwrap();
+    server.wait_for("/plugins", Duration::from_secs(60), |plugins| {
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "my-rec" && p["status"] == "ready")
+    });
+    let (status, body) = server.post(
+        "/recommend",
+        &json!({"user_id": 7, "n_recommendations": 10, "model_type": "my-rec", "bypass_experiments": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "my-rec");
+    assert_eq!(
+        body["recommendations"].as_array().unwrap().len(),
+        10,
+        "{body}"
+    );
+}
+
+#[test]
+fn plugin_check_rejects_each_hostile_fixture_with_its_reason() {
+    let misbehaving = fixture("misbehaving");
+    // The fixture misbehaves at one list length each; the check tries every length 1-50.
+    // The production limits, except for the memory bomb: filling 512 MiB takes longer than
+    // the 250 ms budget, which would stop it first.
+    let cases = [
+        (13, "{}", "trapped in `recommend`"),
+        (17, "{}", "exceeded its time budget of 250 ms"),
+        (
+            19,
+            r#"{"memory_mb": 64}"#,
+            "exceeded its memory limit of 64 MiB",
+        ),
+        (23, "{}", "items when asked for 23"),
+        (29, "{}", "max_result_items"),
+        (31, "{}", "logged more than 65536 bytes in one call"),
+        (37, "{}", "tried to use the network"),
+    ];
+    for (count, limits, reason) in cases {
+        let config = format!(r#"{{"misbehave_only": {count}}}"#);
+        let (passed, report) = check_under(&misbehaving, &config, limits);
+        assert!(!passed, "count {count} passed:\n{report}");
+        let failure = report
+            .lines()
+            .find(|line| line.starts_with("FAILED: "))
+            .unwrap_or_else(|| panic!("no FAILED line:\n{report}"));
+        assert!(
+            failure.contains(reason) && failure.contains(&format!("count {count}")),
+            "count {count}: expected {reason:?} in {failure}"
+        );
+    }
+    // Honest otherwise: the fixture is the popularity model.
+    let (passed, report) = check(&misbehaving, r#"{"misbehave_only": 1000}"#);
+    assert!(passed, "{report}");
+
+    let temp = tempfile::tempdir().unwrap();
+    let core_module = temp.path().join("core.wasm");
+    std::fs::write(&core_module, b"\0asm\x01\0\0\0").unwrap();
+    let script = temp.path().join("script.wasm");
+    std::fs::write(&script, b"#!/bin/sh\nrm -rf /\n").unwrap();
+    for (file, reason) in [
+        (fixture("wrong_major"), "built for recohost:strategy@2.0.0"),
+        (core_module, "not a valid WebAssembly component"),
+        (script, "not a valid WebAssembly component"),
+        (temp.path().join("missing.wasm"), "cannot read"),
+    ] {
+        let (passed, report) = check(&file, "{}");
+        assert!(!passed, "{} passed:\n{report}", file.display());
+        assert!(
+            report.contains(reason),
+            "{}: expected {reason:?}:\n{report}",
+            file.display()
+        );
+    }
+}
