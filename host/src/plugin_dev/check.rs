@@ -118,7 +118,7 @@ fn dataset() -> CheckData {
     events.sort_by_key(|e| e.timestamp);
     let mut histories = vec![Vec::new(); user_index.len()];
     for event in events.iter().rev() {
-        histories[event.user as usize].push(event.clone());
+        histories[event.user as usize].push(*event);
     }
     let update = events.split_off(events.len() * 9 / 10);
     CheckData {
