@@ -89,6 +89,10 @@ fn eval_refuses_bad_arguments_with_a_message() {
     let (train, _) = clustered_ratings(dir.path());
     let config = dir.path().join("eval.toml");
     std::fs::write(&config, config_text("")).unwrap();
+    let popularity = recohost_e2e::plugins_dir()
+        .join("popularity.wasm")
+        .display()
+        .to_string();
     for (args, expected) in [
         (vec!["--train", train.as_str()], "--test FILE or --split"),
         (
@@ -106,6 +110,28 @@ fn eval_refuses_bad_arguments_with_a_message() {
             ],
             "not declared",
         ),
+        (
+            vec![
+                "--train",
+                train.as_str(),
+                "--split",
+                "random",
+                "--wasm",
+                "/no/such.wasm",
+            ],
+            "an existing .wasm file",
+        ),
+        (
+            vec![
+                "--train",
+                train.as_str(),
+                "--split",
+                "random",
+                "--wasm",
+                &popularity,
+            ],
+            "already declared",
+        ),
     ] {
         let output = Command::new(binary())
             .arg("eval")
@@ -120,6 +146,68 @@ fn eval_refuses_bad_arguments_with_a_message() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn external_wasm_plugins_join_the_declared_ones_with_coverage_in_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = clustered_ratings(dir.path());
+    let config = dir.path().join("eval.toml");
+    std::fs::write(&config, config_text("")).unwrap();
+    let external = format!(
+        "outside={}",
+        recohost_e2e::plugins_dir()
+            .join("popularity.wasm")
+            .display()
+    );
+    let output = Command::new(binary())
+        .args(["eval", "--config"])
+        .arg(&config)
+        .args([
+            "--train",
+            &train,
+            "--split",
+            "per-user",
+            "--test-fraction",
+            "0.25",
+        ])
+        .args([
+            "--plugins",
+            "popularity,outside",
+            "--wasm",
+            &external,
+            "--csv",
+        ])
+        .env("RECOHOST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "plugin,precision@10,recall@10,ndcg@10,map@10,coverage@10,train_seconds,users"
+    );
+    // The same .wasm under two names, with the same (empty) config: the same figures.
+    let metrics = |line: &str| {
+        line.split(',')
+            .skip(1)
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[1].starts_with("popularity,") && lines[2].starts_with("outside,"),
+        "{stdout}"
+    );
+    assert_eq!(metrics(lines[1]), metrics(lines[2]));
+    let coverage: f64 = lines[1].split(',').nth(5).unwrap().parse().unwrap();
+    assert!(coverage > 0.0 && coverage <= 1.0, "{coverage}");
 }
 
 #[test]

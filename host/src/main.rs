@@ -132,6 +132,13 @@ struct EvalArgs {
     /// Evaluate only these plugins (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     plugins: Vec<String>,
+    /// A plugin's .wasm to evaluate beside the declared ones, with an empty config:
+    /// NAME=PATH, or PATH to name it after the file. Repeatable.
+    #[arg(long = "wasm", value_name = "[NAME=]PATH")]
+    wasm: Vec<String>,
+    /// Print CSV (one row per plugin) instead of a table.
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
     /// Prequential replay instead: train on the oldest ratings, then replay the newest
     /// --test-fraction in time order, scoring each event before learning it (online) and
     /// beside a model that never learns (frozen).
@@ -273,11 +280,45 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `--wasm [NAME=]PATH` as a plugin declaration with an empty config and default limits.
+fn external_plugin(spec: &str) -> anyhow::Result<recohost::config::PluginDeclaration> {
+    let (name, path) = match spec.split_once('=') {
+        Some((name, path)) => (name.to_string(), PathBuf::from(path)),
+        None => {
+            let path = PathBuf::from(spec);
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .ok_or_else(|| anyhow::anyhow!("--wasm {spec:?}: no file name"))?;
+            (name, path)
+        }
+    };
+    if name.is_empty() || !path.is_file() {
+        anyhow::bail!("--wasm {spec:?}: give NAME=PATH or PATH of an existing .wasm file");
+    }
+    Ok(recohost::config::PluginDeclaration {
+        name,
+        path,
+        config: Default::default(),
+        limits: Default::default(),
+    })
+}
+
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let config = load_config(args.config, None)?;
+    let mut config = load_config(args.config, None)?;
+    for spec in &args.wasm {
+        let plugin = external_plugin(spec)?;
+        if config.plugins.iter().any(|p| p.name == plugin.name) {
+            anyhow::bail!(
+                "--wasm {spec:?}: a plugin named {:?} is already declared; use NAME=PATH",
+                plugin.name
+            );
+        }
+        config.plugins.push(plugin);
+    }
     if config.plugins.is_empty() {
         anyhow::bail!(
-            "no plugins are declared: pass --config FILE (see recohost.toml in the repository)"
+            "no plugins to evaluate: pass --config FILE (see recohost.toml in the repository) or --wasm PATH"
         );
     }
     if args.k == 0 {
@@ -323,7 +364,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         (None, Some(kind)) => {
             recohost::eval::split::split(ratings, kind, args.test_fraction, args.seed)
         }
-        _ => anyhow::bail!("give either --test FILE or --split random|temporal"),
+        _ => anyhow::bail!("give either --test FILE or --split random|temporal|per-user"),
     };
     let options = recohost::eval::EvalOptions {
         k: args.k,
@@ -337,6 +378,8 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string_pretty(&recohost::eval::json(&scores, args.k))?
         );
+    } else if args.csv {
+        print!("{}", recohost::eval::csv(&scores, args.k));
     } else {
         print!("{}", recohost::eval::table(&scores, args.k));
     }

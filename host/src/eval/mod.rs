@@ -48,6 +48,9 @@ pub struct PluginScore {
     pub train_seconds: f64,
     /// Users scored: those with at least one train and one test item.
     pub users: usize,
+    /// Catalog coverage: the share of the catalog's items that appear in at least one
+    /// user's top-k list (a model that shows everyone the same hits scores low).
+    pub coverage: f64,
 }
 
 /// The evaluation's inputs, mapped to dense indices once for all plugins.
@@ -174,12 +177,13 @@ pub fn run(
             created_at: 0,
             through_event: 0,
         })?;
-        let metrics = score_users(&plugin, &prepared.cases, options)?;
+        let (metrics, shown) = score_users(&plugin, &prepared.cases, options)?;
         scores.push(PluginScore {
             plugin: declaration.name.clone(),
             metrics: metrics.mean(),
             train_seconds,
             users: metrics.users(),
+            coverage: shown.len() as f64 / prepared.catalog.len().max(1) as f64,
         });
     }
     Ok(scores)
@@ -219,31 +223,35 @@ fn progress_bar(shown: bool, len: usize, unit: &str, name: &str) -> ProgressBar 
     bar
 }
 
-/// Asks `plugin` for every case, on as many threads as there are cores.
+/// Asks `plugin` for every case, on as many threads as there are cores; returns the mean
+/// metrics and every item shown in a top-k list.
 fn score_users(
     plugin: &PluginRuntime,
     cases: &[(Request, HashSet<u32>)],
     options: &EvalOptions,
-) -> anyhow::Result<MeanMetrics> {
+) -> anyhow::Result<(MeanMetrics, HashSet<u32>)> {
     let bar = progress_bar(options.progress, cases.len(), "users", plugin.name());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     let chunk = cases.len().div_ceil(threads).max(1);
-    let results: Vec<anyhow::Result<MeanMetrics>> = std::thread::scope(|scope| {
+    type Partial = anyhow::Result<(MeanMetrics, HashSet<u32>)>;
+    let results: Vec<Partial> = std::thread::scope(|scope| {
         let workers: Vec<_> = cases
             .chunks(chunk)
             .map(|part| {
                 let bar = bar.clone();
-                scope.spawn(move || -> anyhow::Result<MeanMetrics> {
+                scope.spawn(move || -> Partial {
                     let mut mean = MeanMetrics::default();
+                    let mut shown = HashSet::new();
                     for (request, relevant) in part {
                         let (scored, _) = plugin.recommend(request)?;
                         let ranked: Vec<u32> = scored.iter().map(|s| s.item).collect();
                         mean.add(metrics::score(&ranked, relevant, options.k));
+                        shown.extend(ranked.iter().take(options.k));
                         bar.inc(1);
                     }
-                    Ok(mean)
+                    Ok((mean, shown))
                 })
             })
             .collect();
@@ -257,32 +265,58 @@ fn score_users(
     });
     bar.finish_and_clear();
     let mut total = MeanMetrics::default();
+    let mut shown = HashSet::new();
     for result in results {
-        total.merge(result?);
+        let (mean, items) = result?;
+        total.merge(mean);
+        shown.extend(items);
     }
-    Ok(total)
+    Ok((total, shown))
 }
 
 /// The scores as a table for the terminal.
 pub fn table(scores: &[PluginScore], k: usize) -> String {
     let mut out = format!(
-        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}\n",
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}\n",
         "plugin",
         format!("P@{k}"),
         format!("R@{k}"),
         format!("NDCG@{k}"),
         format!("MAP@{k}"),
+        "coverage",
         "train s",
         "users"
     );
     for s in scores {
         out.push_str(&format!(
-            "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>9.3} {:>6}\n",
+            "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>9.4} {:>9.3} {:>6}\n",
             s.plugin,
             s.metrics.precision,
             s.metrics.recall,
             s.metrics.ndcg,
             s.metrics.map,
+            s.coverage,
+            s.train_seconds,
+            s.users
+        ));
+    }
+    out
+}
+
+/// The scores as CSV, one row per plugin.
+pub fn csv(scores: &[PluginScore], k: usize) -> String {
+    let mut out = format!(
+        "plugin,precision@{k},recall@{k},ndcg@{k},map@{k},coverage@{k},train_seconds,users\n"
+    );
+    for s in scores {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            s.plugin,
+            s.metrics.precision,
+            s.metrics.recall,
+            s.metrics.ndcg,
+            s.metrics.map,
+            s.coverage,
             s.train_seconds,
             s.users
         ));
@@ -301,6 +335,7 @@ pub fn json(scores: &[PluginScore], k: usize) -> serde_json::Value {
                 format!("recall@{k}"): s.metrics.recall,
                 format!("ndcg@{k}"): s.metrics.ndcg,
                 format!("map@{k}"): s.metrics.map,
+                format!("coverage@{k}"): s.coverage,
                 "train_seconds": s.train_seconds,
                 "users": s.users,
             }),
