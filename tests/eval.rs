@@ -178,6 +178,8 @@ fn external_wasm_plugins_join_the_declared_ones_with_coverage_in_csv() {
             &external,
             "--csv",
         ])
+        .arg("--plot")
+        .arg(dir.path().join("plot.svg"))
         .env("RECOHOST_LOG", "warn")
         .output()
         .unwrap();
@@ -208,6 +210,13 @@ fn external_wasm_plugins_join_the_declared_ones_with_coverage_in_csv() {
     assert_eq!(metrics(lines[1]), metrics(lines[2]));
     let coverage: f64 = lines[1].split(',').nth(5).unwrap().parse().unwrap();
     assert!(coverage > 0.0 && coverage <= 1.0, "{coverage}");
+    // The plot: three panels (NDCG, recall, precision), a line per plugin in each.
+    let svg = std::fs::read_to_string(dir.path().join("plot.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("per-user split"),
+        "{svg}"
+    );
+    assert_eq!(svg.matches("<polyline").count(), 6);
 }
 
 #[test]

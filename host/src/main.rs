@@ -139,6 +139,10 @@ struct EvalArgs {
     /// Print CSV (one row per plugin) instead of a table.
     #[arg(long, conflicts_with = "json")]
     csv: bool,
+    /// Also write an SVG plot of NDCG, recall and precision against k (1 to --k) for every
+    /// plugin.
+    #[arg(long, value_name = "FILE.svg", conflicts_with = "prequential")]
+    plot: Option<PathBuf>,
     /// Prequential replay instead: train on the oldest ratings, then replay the newest
     /// --test-fraction in time order, scoring each event before learning it (online) and
     /// beside a model that never learns (frozen).
@@ -373,6 +377,26 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     };
     let data = recohost::eval::EvalData { items, train, test };
     let scores = recohost::eval::run(&config, data, &options)?;
+    if let Some(path) = &args.plot {
+        let split = match args.split {
+            Some(kind) => format!(
+                "{} split (seed {})",
+                kind.to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default(),
+                args.seed
+            ),
+            None => "given test file".to_string(),
+        };
+        // The data set's folder and file (`ml-100k/u.data`), not the whole path.
+        let components: Vec<_> = args.train.components().collect();
+        let short: PathBuf = components[components.len().saturating_sub(2)..]
+            .iter()
+            .collect();
+        let title = format!("{}, {split}", short.display());
+        recohost::eval::plot::write_metric_vs_k(&scores, &title, path)?;
+        eprintln!("wrote {}", path.display());
+    }
     if args.json {
         println!(
             "{}",

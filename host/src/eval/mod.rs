@@ -7,6 +7,7 @@
 //! history, as in the server); users without train items are skipped. See [`metrics`].
 
 pub mod metrics;
+pub mod plot;
 pub mod prequential;
 pub mod split;
 
@@ -51,6 +52,9 @@ pub struct PluginScore {
     /// Catalog coverage: the share of the catalog's items that appear in at least one
     /// user's top-k list (a model that shows everyone the same hits scores low).
     pub coverage: f64,
+    /// The mean metrics at every list length 1..=k (the last is `metrics`), from the same
+    /// lists: for the metric-vs-k plot.
+    pub curve: Vec<UserMetrics>,
 }
 
 /// The evaluation's inputs, mapped to dense indices once for all plugins.
@@ -177,13 +181,15 @@ pub fn run(
             created_at: 0,
             through_event: 0,
         })?;
-        let (metrics, shown) = score_users(&plugin, &prepared.cases, options)?;
+        let (curve, shown) = score_users(&plugin, &prepared.cases, options)?;
+        let metrics = curve.last().copied().unwrap_or_default();
         scores.push(PluginScore {
             plugin: declaration.name.clone(),
             metrics: metrics.mean(),
             train_seconds,
             users: metrics.users(),
             coverage: shown.len() as f64 / prepared.catalog.len().max(1) as f64,
+            curve: curve.iter().map(MeanMetrics::mean).collect(),
         });
     }
     Ok(scores)
@@ -224,30 +230,32 @@ fn progress_bar(shown: bool, len: usize, unit: &str, name: &str) -> ProgressBar 
 }
 
 /// Asks `plugin` for every case, on as many threads as there are cores; returns the mean
-/// metrics and every item shown in a top-k list.
+/// metrics at each list length 1..=k and every item shown in a top-k list.
 fn score_users(
     plugin: &PluginRuntime,
     cases: &[(Request, HashSet<u32>)],
     options: &EvalOptions,
-) -> anyhow::Result<(MeanMetrics, HashSet<u32>)> {
+) -> anyhow::Result<(Vec<MeanMetrics>, HashSet<u32>)> {
     let bar = progress_bar(options.progress, cases.len(), "users", plugin.name());
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     let chunk = cases.len().div_ceil(threads).max(1);
-    type Partial = anyhow::Result<(MeanMetrics, HashSet<u32>)>;
+    type Partial = anyhow::Result<(Vec<MeanMetrics>, HashSet<u32>)>;
     let results: Vec<Partial> = std::thread::scope(|scope| {
         let workers: Vec<_> = cases
             .chunks(chunk)
             .map(|part| {
                 let bar = bar.clone();
                 scope.spawn(move || -> Partial {
-                    let mut mean = MeanMetrics::default();
+                    let mut mean = vec![MeanMetrics::default(); options.k];
                     let mut shown = HashSet::new();
                     for (request, relevant) in part {
                         let (scored, _) = plugin.recommend(request)?;
                         let ranked: Vec<u32> = scored.iter().map(|s| s.item).collect();
-                        mean.add(metrics::score(&ranked, relevant, options.k));
+                        for (length, at) in mean.iter_mut().enumerate() {
+                            at.add(metrics::score(&ranked, relevant, length + 1));
+                        }
                         shown.extend(ranked.iter().take(options.k));
                         bar.inc(1);
                     }
@@ -264,11 +272,13 @@ fn score_users(
             .collect()
     });
     bar.finish_and_clear();
-    let mut total = MeanMetrics::default();
+    let mut total = vec![MeanMetrics::default(); options.k];
     let mut shown = HashSet::new();
     for result in results {
         let (mean, items) = result?;
-        total.merge(mean);
+        for (sum, part) in total.iter_mut().zip(mean) {
+            sum.merge(part);
+        }
         shown.extend(items);
     }
     Ok((total, shown))
