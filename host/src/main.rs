@@ -139,9 +139,10 @@ struct EvalArgs {
     /// Print CSV (one row per plugin) instead of a table.
     #[arg(long, conflicts_with = "json")]
     csv: bool,
-    /// Also write an SVG plot of NDCG, recall and precision against k (1 to --k) for every
-    /// plugin.
-    #[arg(long, value_name = "FILE.svg", conflicts_with = "prequential")]
+    /// Also write an SVG plot: NDCG, recall and precision against k (1 to --k) for every
+    /// plugin; with --prequential, recall (and RMSE) per tenth of the replay, online against
+    /// frozen.
+    #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
     /// Prequential replay instead: train on the oldest ratings, then replay the newest
     /// --test-fraction in time order, scoring each event before learning it (online) and
@@ -284,6 +285,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A data set's folder and file (`ml-100k/u.data`), for plot titles.
+fn short_path(path: &std::path::Path) -> PathBuf {
+    let components: Vec<_> = path.components().collect();
+    components[components.len().saturating_sub(2)..]
+        .iter()
+        .collect()
+}
+
 /// `--wasm [NAME=]PATH` as a plugin declaration with an empty config and default limits.
 fn external_plugin(spec: &str) -> anyhow::Result<recohost::config::PluginDeclaration> {
     let (name, path) = match spec.split_once('=') {
@@ -349,6 +358,16 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             progress: true,
         };
         let scores = recohost::eval::prequential::run(&config, items, ratings, &options)?;
+        if let Some(path) = &args.plot {
+            let title = format!(
+                "{}, prequential replay of the newest {:.0}% (updates every {} events)",
+                short_path(&args.train).display(),
+                args.test_fraction * 100.0,
+                args.batch
+            );
+            recohost::eval::plot::write_prequential(&scores, args.k, &title, path)?;
+            eprintln!("wrote {}", path.display());
+        }
         if args.json {
             let keyed: serde_json::Map<String, serde_json::Value> = scores
                 .iter()
@@ -388,12 +407,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             ),
             None => "given test file".to_string(),
         };
-        // The data set's folder and file (`ml-100k/u.data`), not the whole path.
-        let components: Vec<_> = args.train.components().collect();
-        let short: PathBuf = components[components.len().saturating_sub(2)..]
-            .iter()
-            .collect();
-        let title = format!("{}, {split}", short.display());
+        let title = format!("{}, {split}", short_path(&args.train).display());
         recohost::eval::plot::write_metric_vs_k(&scores, &title, path)?;
         eprintln!("wrote {}", path.display());
     }

@@ -48,7 +48,21 @@ pub struct ReplayMetrics {
     pub scored: usize,
     /// `rate` events whose rating was estimated.
     pub rated: usize,
+    /// The same figures per tenth of the replay, in time order (for the plot over time).
+    pub windows: Vec<WindowMetrics>,
 }
+
+/// One stretch of the replay.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WindowMetrics {
+    /// Timestamp of the stretch's last event.
+    pub until: u64,
+    pub recall: Option<f64>,
+    pub rmse: Option<f64>,
+}
+
+/// Stretches the replay is cut into for [`ReplayMetrics::windows`].
+const WINDOWS: usize = 10;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PrequentialScore {
@@ -62,12 +76,15 @@ pub struct PrequentialScore {
 }
 
 /// Running sums of one replay.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Tally {
     hits: usize,
     scored: usize,
     squared_error: f64,
     rated: usize,
+    windows: Vec<WindowMetrics>,
+    /// The sums when the current window began.
+    window_start: (usize, usize, f64, usize),
 }
 
 impl Tally {
@@ -78,7 +95,21 @@ impl Tally {
                 .then(|| (self.squared_error / self.rated as f64).sqrt()),
             scored: self.scored,
             rated: self.rated,
+            windows: self.windows.clone(),
         }
+    }
+
+    /// Closes the current window at `until`.
+    fn close_window(&mut self, until: u64, predicts: bool) {
+        let (hits, scored, squared_error, rated) = self.window_start;
+        let (hits, scored) = (self.hits - hits, self.scored - scored);
+        let (squared_error, rated) = (self.squared_error - squared_error, self.rated - rated);
+        self.windows.push(WindowMetrics {
+            until,
+            recall: (scored > 0).then(|| hits as f64 / scored as f64),
+            rmse: (predicts && rated > 0).then(|| (squared_error / rated as f64).sqrt()),
+        });
+        self.window_start = (self.hits, self.scored, self.squared_error, self.rated);
     }
 }
 
@@ -171,7 +202,8 @@ fn replay_one(
     let bar = super::progress_bar(options.progress, replay.len(), "events", plugin.name());
     let (mut frozen_tally, mut online_tally) = (Tally::default(), Tally::default());
     let mut pending = Vec::with_capacity(options.batch);
-    for event in replay {
+    let window_len = replay.len().div_ceil(WINDOWS).max(1);
+    for (index, event) in replay.iter().enumerate() {
         let history = histories.entry(event.user).or_default();
         let mut exclude: Vec<u32> = history.iter().map(|e| e.item).collect();
         exclude.sort_unstable();
@@ -194,6 +226,10 @@ fn replay_one(
         if pending.len() >= options.batch {
             online.update(&pending)?;
             pending.clear();
+        }
+        if (index + 1) % window_len == 0 || index + 1 == replay.len() {
+            frozen_tally.close_window(event.timestamp, predicts);
+            online_tally.close_window(event.timestamp, predicts);
         }
         bar.inc(1);
     }
