@@ -78,6 +78,14 @@ fn eval_reports_every_metric_per_plugin_and_collaborative_beats_popularity_on_cl
         assert!(scores["train_seconds"].as_f64().unwrap() >= 0.0);
         assert_eq!(scores["users"], 40, "users with train and test items");
     }
+    // Rating errors only for the plugin that predicts ratings; every test rating is 5 and
+    // the scale is 1-5, so no error can exceed 4.
+    let rmse = report["ratings"]["rmse"]
+        .as_f64()
+        .expect("ratings predicts");
+    let mae = report["ratings"]["mae"].as_f64().expect("ratings predicts");
+    assert!((0.0..=4.0).contains(&rmse) && mae <= rmse, "{report}");
+    assert!(report["popularity"]["rmse"].is_null(), "{report}");
     let ndcg = |plugin: &str| report[plugin]["ndcg@5"].as_f64().unwrap();
     assert!(ndcg("collaborative") > 0.6, "{report}");
     assert!(ndcg("collaborative") > ndcg("popularity") + 0.3, "{report}");
@@ -192,7 +200,7 @@ fn external_wasm_plugins_join_the_declared_ones_with_coverage_in_csv() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "plugin,precision@10,recall@10,ndcg@10,map@10,coverage@10,train_seconds,users"
+        "plugin,precision@10,recall@10,ndcg@10,map@10,coverage@10,train_seconds,users,rmse,mae"
     );
     // The same .wasm under two names, with the same (empty) config: the same figures.
     let metrics = |line: &str| {

@@ -393,6 +393,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         k: args.k,
         plugins: args.plugins,
         progress: true,
+        rating_scale: (config.events.rating_min, config.events.rating_max),
     };
     let data = recohost::eval::EvalData { items, train, test };
     let scores = recohost::eval::run(&config, data, &options)?;

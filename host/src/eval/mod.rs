@@ -39,6 +39,8 @@ pub struct EvalOptions {
     /// Evaluate only these plugins (all declared ones when empty).
     pub plugins: Vec<String>,
     pub progress: bool,
+    /// Lowest and highest rating: estimates are clipped to this scale before scoring.
+    pub rating_scale: (f32, f32),
 }
 
 /// One plugin's figures.
@@ -55,6 +57,9 @@ pub struct PluginScore {
     /// The mean metrics at every list length 1..=k (the last is `metrics`), from the same
     /// lists: for the metric-vs-k plot.
     pub curve: Vec<UserMetrics>,
+    /// Errors of the rating estimates on the test ratings, for plugins that predict ratings.
+    pub rmse: Option<f64>,
+    pub mae: Option<f64>,
 }
 
 /// The evaluation's inputs, mapped to dense indices once for all plugins.
@@ -63,6 +68,8 @@ struct Prepared {
     train: Vec<Feedback>,
     /// (request, relevant items) per evaluated user.
     cases: Vec<(Request, HashSet<u32>)>,
+    /// Test ratings of users with training events: user -> (item, rating).
+    ratings: std::collections::BTreeMap<u32, Vec<(u32, f32)>>,
 }
 
 fn prepare(data: EvalData, k: usize, history_limit: usize) -> Prepared {
@@ -102,8 +109,15 @@ fn prepare(data: EvalData, k: usize, history_limit: usize) -> Prepared {
         train.push(feedback);
     }
     let mut relevant: HashMap<u32, HashSet<u32>> = HashMap::new();
+    let mut ratings: std::collections::BTreeMap<u32, Vec<(u32, f32)>> = Default::default();
     for rating in &data.test {
         if let Some(&user) = user_index.get(&rating.user) {
+            if rating.kind == crate::store::EventKind::Rate {
+                ratings
+                    .entry(user)
+                    .or_default()
+                    .push((item_index[&rating.item], rating.value));
+            }
             relevant
                 .entry(user)
                 .or_default()
@@ -143,6 +157,7 @@ fn prepare(data: EvalData, k: usize, history_limit: usize) -> Prepared {
         catalog: Catalog::new(items),
         train,
         cases,
+        ratings,
     }
 }
 
@@ -175,13 +190,16 @@ pub fn run(
             .with_context(|| format!("training {}", declaration.name))?;
         let train_seconds = started.elapsed().as_secs_f64();
         spinner.finish_and_clear();
+        let snapshot = Arc::new(snapshot);
         plugin.install(ModelVersion {
             version: 1,
-            snapshot: Arc::new(snapshot),
+            snapshot: snapshot.clone(),
             created_at: 0,
             through_event: 0,
         })?;
         let (curve, shown) = score_users(&plugin, &prepared.cases, options)?;
+        let errors = rating_errors(&plugin, &snapshot, &prepared.ratings, options.rating_scale)
+            .with_context(|| format!("predicting ratings with {}", declaration.name))?;
         let metrics = curve.last().copied().unwrap_or_default();
         scores.push(PluginScore {
             plugin: declaration.name.clone(),
@@ -190,9 +208,53 @@ pub fn run(
             users: metrics.users(),
             coverage: shown.len() as f64 / prepared.catalog.len().max(1) as f64,
             curve: curve.iter().map(MeanMetrics::mean).collect(),
+            rmse: errors.map(|e| e.0),
+            mae: errors.map(|e| e.1),
         });
     }
     Ok(scores)
+}
+
+/// RMSE and MAE of `plugin`'s estimates for the test ratings, one `predict` call per user;
+/// `None` for a plugin that does not predict ratings. Estimates are clipped to the rating
+/// scale, and a non-finite one counts as the scale's middle (as in the prequential replay).
+fn rating_errors(
+    plugin: &PluginRuntime,
+    snapshot: &[u8],
+    ratings: &std::collections::BTreeMap<u32, Vec<(u32, f32)>>,
+    (low, high): (f32, f32),
+) -> anyhow::Result<Option<(f64, f64)>> {
+    if !plugin.predicts_ratings() || ratings.is_empty() {
+        return Ok(None);
+    }
+    let mut session = plugin.session_from_snapshot(snapshot)?;
+    let (mut squared, mut absolute, mut count) = (0.0, 0.0, 0usize);
+    for (user, rated) in ratings {
+        let items: Vec<u32> = rated.iter().map(|(item, _)| *item).collect();
+        let estimates = session.predict(*user, &items)?;
+        if estimates.len() != items.len() {
+            anyhow::bail!(
+                "predict returned {} ratings for {} items",
+                estimates.len(),
+                items.len()
+            );
+        }
+        for ((_, truth), estimate) in rated.iter().zip(estimates) {
+            let estimate = if estimate.is_finite() {
+                estimate.clamp(low, high)
+            } else {
+                (low + high) / 2.0
+            };
+            let error = f64::from(estimate - truth);
+            squared += error * error;
+            absolute += error.abs();
+            count += 1;
+        }
+    }
+    Ok(Some((
+        (squared / count as f64).sqrt(),
+        absolute / count as f64,
+    )))
 }
 
 /// The declared plugins to evaluate: those named in `wanted`, or all when it is empty.
@@ -287,25 +349,30 @@ fn score_users(
 /// The scores as a table for the terminal.
 pub fn table(scores: &[PluginScore], k: usize) -> String {
     let mut out = format!(
-        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}\n",
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>9} {:>6}\n",
         "plugin",
         format!("P@{k}"),
         format!("R@{k}"),
         format!("NDCG@{k}"),
         format!("MAP@{k}"),
         "coverage",
+        "RMSE",
+        "MAE",
         "train s",
         "users"
     );
+    let error = |e: Option<f64>| e.map_or_else(|| "-".to_string(), |e| format!("{e:.4}"));
     for s in scores {
         out.push_str(&format!(
-            "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>9.4} {:>9.3} {:>6}\n",
+            "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>9.4} {:>7} {:>7} {:>9.3} {:>6}\n",
             s.plugin,
             s.metrics.precision,
             s.metrics.recall,
             s.metrics.ndcg,
             s.metrics.map,
             s.coverage,
+            error(s.rmse),
+            error(s.mae),
             s.train_seconds,
             s.users
         ));
@@ -316,11 +383,12 @@ pub fn table(scores: &[PluginScore], k: usize) -> String {
 /// The scores as CSV, one row per plugin.
 pub fn csv(scores: &[PluginScore], k: usize) -> String {
     let mut out = format!(
-        "plugin,precision@{k},recall@{k},ndcg@{k},map@{k},coverage@{k},train_seconds,users\n"
+        "plugin,precision@{k},recall@{k},ndcg@{k},map@{k},coverage@{k},train_seconds,users,rmse,mae\n"
     );
+    let error = |e: Option<f64>| e.map(|e| e.to_string()).unwrap_or_default();
     for s in scores {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{}\n",
             s.plugin,
             s.metrics.precision,
             s.metrics.recall,
@@ -328,7 +396,9 @@ pub fn csv(scores: &[PluginScore], k: usize) -> String {
             s.metrics.map,
             s.coverage,
             s.train_seconds,
-            s.users
+            s.users,
+            error(s.rmse),
+            error(s.mae)
         ));
     }
     out
@@ -346,6 +416,8 @@ pub fn json(scores: &[PluginScore], k: usize) -> serde_json::Value {
                 format!("ndcg@{k}"): s.metrics.ndcg,
                 format!("map@{k}"): s.metrics.map,
                 format!("coverage@{k}"): s.coverage,
+                "rmse": s.rmse,
+                "mae": s.mae,
                 "train_seconds": s.train_seconds,
                 "users": s.users,
             }),

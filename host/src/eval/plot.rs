@@ -370,6 +370,8 @@ mod tests {
             users: 10,
             coverage: 0.5,
             curve,
+            rmse: None,
+            mae: None,
         }
     }
 
@@ -413,6 +415,7 @@ mod tests {
         let replay = |recall: f64, rmse: Option<f64>| super::super::prequential::ReplayMetrics {
             recall,
             rmse,
+            mae: rmse,
             scored: 10,
             rated: 10,
             windows: windows(recall, rmse),

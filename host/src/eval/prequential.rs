@@ -44,6 +44,8 @@ pub struct ReplayMetrics {
     pub recall: f64,
     /// Root mean squared error of the rating estimates (`None`: the plugin does not predict).
     pub rmse: Option<f64>,
+    /// Mean absolute error of the rating estimates.
+    pub mae: Option<f64>,
     /// Events scored for recall (the user had not interacted with the item before).
     pub scored: usize,
     /// `rate` events whose rating was estimated.
@@ -81,6 +83,7 @@ struct Tally {
     hits: usize,
     scored: usize,
     squared_error: f64,
+    absolute_error: f64,
     rated: usize,
     windows: Vec<WindowMetrics>,
     /// The sums when the current window began.
@@ -93,6 +96,7 @@ impl Tally {
             recall: self.hits as f64 / self.scored.max(1) as f64,
             rmse: (predicts && self.rated > 0)
                 .then(|| (self.squared_error / self.rated as f64).sqrt()),
+            mae: (predicts && self.rated > 0).then(|| self.absolute_error / self.rated as f64),
             scored: self.scored,
             rated: self.rated,
             windows: self.windows.clone(),
@@ -275,6 +279,7 @@ fn score_event(
             (low + high) / 2.0
         };
         tally.squared_error += f64::from(estimate - event.value).powi(2);
+        tally.absolute_error += f64::from(estimate - event.value).abs();
         tally.rated += 1;
     }
     Ok(())
@@ -282,25 +287,29 @@ fn score_event(
 
 /// The scores as a table for the terminal.
 pub fn table(scores: &[PrequentialScore], k: usize) -> String {
-    let rmse = |m: &ReplayMetrics| m.rmse.map_or("-".to_string(), |r| format!("{r:.4}"));
+    let error = |e: Option<f64>| e.map_or("-".to_string(), |r| format!("{r:.4}"));
     let mut out = format!(
-        "{:<16} {:>12} {:>12} {:>12} {:>12} {:>8} {:>9}\n",
+        "{:<16} {:>12} {:>12} {:>12} {:>12} {:>11} {:>11} {:>8} {:>9}\n",
         "plugin",
         format!("frozen R@{k}"),
         format!("online R@{k}"),
         "frozen RMSE",
         "online RMSE",
+        "frozen MAE",
+        "online MAE",
         "events",
         "seconds"
     );
     for s in scores {
         out.push_str(&format!(
-            "{:<16} {:>12.4} {:>12.4} {:>12} {:>12} {:>8} {:>9.1}\n",
+            "{:<16} {:>12.4} {:>12.4} {:>12} {:>12} {:>11} {:>11} {:>8} {:>9.1}\n",
             s.plugin,
             s.frozen.recall,
             s.online.recall,
-            rmse(&s.frozen),
-            rmse(&s.online),
+            error(s.frozen.rmse),
+            error(s.online.rmse),
+            error(s.frozen.mae),
+            error(s.online.mae),
             s.replayed_events,
             s.seconds
         ));
