@@ -1,7 +1,8 @@
 //! The researcher's workflow end to end: `recohost plugin new` generates a crate that passes
 //! its own tests and builds for wasm32-wasip2, `recohost plugin check` passes it, and a
 //! running server loads it from a new TOML entry (no restart) and serves recommendations
-//! from it. And `plugin check` rejects every hostile fixture, naming the reason.
+//! from it; so does the example external plugin `examples/itemknn`. And `plugin check`
+//! rejects every hostile fixture, naming the reason.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
@@ -93,7 +94,25 @@ fn a_generated_plugin_builds_passes_the_check_and_serves_without_a_restart() {
     let (passed, report) = check(&wasm, r#"{"positve_rating": 4}"#);
     assert!(!passed && report.contains("positve_rating"), "{report}");
 
-    // A running server picks the new TOML entry up by itself.
+    // The example external plugin (examples/itemknn), built the same way.
+    let example = recohost_e2e::workspace_root().join("examples/itemknn");
+    succeed(
+        cargo()
+            .arg("test")
+            .current_dir(&example)
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    succeed(
+        cargo()
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .current_dir(&example)
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    let itemknn = target.join("wasm32-wasip2/release/itemknn.wasm");
+    let (passed, report) = check(&itemknn, r#"{"neighbors": 20}"#);
+    assert!(passed, "{report}");
+
+    // A running server picks the new TOML entries up by itself.
     let data_dir = temp.path().join("data");
     let server = Server::start_in(&data_dir, &config_text("")).unwrap();
     let config_path = data_dir.with_extension("toml");
@@ -102,27 +121,33 @@ fn a_generated_plugin_builds_passes_the_check_and_serves_without_a_restart() {
         "\n[[plugins]]\nname = \"my-rec\"\npath = {:?}\n[plugins.config]\npositive_rating = 4.0\n",
         wasm.display().to_string()
     ));
+    config.push_str(&format!(
+        "\n[[plugins]]\nname = \"itemknn\"\npath = {:?}\n[plugins.config]\nneighbors = 20\n",
+        itemknn.display().to_string()
+    ));
     let partial = temp.path().join("config.partial");
     std::fs::write(&partial, config).unwrap();
     std::fs::rename(&partial, &config_path).unwrap();
     server.wait_for("/plugins", Duration::from_secs(60), |plugins| {
-        plugins["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "my-rec" && p["status"] == "ready")
+        let ready = |name: &str| {
+            plugins["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == name && p["status"] == "ready")
+        };
+        ready("my-rec") && ready("itemknn")
     });
-    let (status, body) = server.post(
-        "/recommend",
-        &json!({"user_id": 7, "n_recommendations": 10, "model_type": "my-rec", "bypass_experiments": true}),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["model"], "my-rec");
-    assert_eq!(
-        body["recommendations"].as_array().unwrap().len(),
-        10,
-        "{body}"
-    );
+    for model in ["my-rec", "itemknn"] {
+        let (status, body) = server.post(
+            "/recommend",
+            &json!({"user_id": 7, "n_recommendations": 10, "model_type": model, "bypass_experiments": true}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model"], model);
+        let recommendations = body["recommendations"].as_array().unwrap();
+        assert_eq!(recommendations.len(), 10, "{body}");
+    }
 }
 
 #[test]
