@@ -119,6 +119,10 @@ fn eval_refuses_bad_arguments_with_a_message() {
             "not declared",
         ),
         (
+            vec!["--train", train.as_str(), "--prequential", "--csv"],
+            "cannot be used with",
+        ),
+        (
             vec![
                 "--train",
                 train.as_str(),

@@ -136,8 +136,9 @@ struct EvalArgs {
     /// NAME=PATH, or PATH to name it after the file. Repeatable.
     #[arg(long = "wasm", value_name = "[NAME=]PATH")]
     wasm: Vec<String>,
-    /// Print CSV (one row per plugin) instead of a table.
-    #[arg(long, conflicts_with = "json")]
+    /// Print CSV (one row per plugin) instead of a table (not with --prequential, whose
+    /// --json holds the per-tenth figures too).
+    #[arg(long, conflicts_with_all = ["json", "prequential"])]
     csv: bool,
     /// Also write an SVG plot: NDCG, recall and precision against k (1 to --k) for every
     /// plugin; with --prequential, recall (and RMSE) per tenth of the replay, online against
