@@ -7,7 +7,9 @@ use std::process::Command;
 use recohost_e2e::{PLUGINS, binary, config_text, movielens_100k};
 use serde_json::Value;
 
-fn eval(args: &[&str], config_dir: &Path) -> Value {
+/// Runs `recohost eval` with the bundled plugins' config and `args`; returns its stdout,
+/// panicking with its output unless it succeeds.
+fn run_eval(args: &[&str], config_dir: &Path) -> String {
     let config = config_dir.join("eval.toml");
     std::fs::write(&config, config_text("")).unwrap();
     let output = Command::new(binary())
@@ -15,16 +17,21 @@ fn eval(args: &[&str], config_dir: &Path) -> Value {
         .arg("--config")
         .arg(&config)
         .args(args)
-        .arg("--json")
         .env("RECOHOST_LOG", "warn")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+/// [`run_eval`] with `--json`, parsed.
+fn eval(args: &[&str], config_dir: &Path) -> Value {
+    let stdout = run_eval(&[args, &["--json"]].concat(), config_dir);
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
@@ -164,42 +171,30 @@ fn eval_refuses_bad_arguments_with_a_message() {
 fn external_wasm_plugins_join_the_declared_ones_with_coverage_in_csv() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _) = clustered_ratings(dir.path());
-    let config = dir.path().join("eval.toml");
-    std::fs::write(&config, config_text("")).unwrap();
     let external = format!(
         "outside={}",
         recohost_e2e::plugins_dir()
             .join("popularity.wasm")
             .display()
     );
-    let output = Command::new(binary())
-        .args(["eval", "--config"])
-        .arg(&config)
-        .args([
+    let plot = dir.path().join("plot.svg").display().to_string();
+    let stdout = run_eval(
+        &[
             "--train",
             &train,
             "--split",
             "per-user",
             "--test-fraction",
             "0.25",
-        ])
-        .args([
             "--plugins",
             "popularity,outside",
             "--wasm",
             &external,
             "--csv",
-        ])
-        .arg("--plot")
-        .arg(dir.path().join("plot.svg"))
-        .env("RECOHOST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+            "--plot",
+            &plot,
+        ],
+        dir.path(),
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(

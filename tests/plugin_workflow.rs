@@ -38,6 +38,25 @@ fn generated_target_dir() -> PathBuf {
         .join("plugin-new")
 }
 
+/// Runs a plugin crate's own tests, builds its component, and returns the `.wasm` path
+/// (`lib` is the crate's library name).
+fn test_and_build(crate_dir: &Path, lib: &str) -> PathBuf {
+    let target = generated_target_dir();
+    succeed(
+        cargo()
+            .arg("test")
+            .current_dir(crate_dir)
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    succeed(
+        cargo()
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .current_dir(crate_dir)
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    target.join(format!("wasm32-wasip2/release/{lib}.wasm"))
+}
+
 fn check(file: &Path, config: &str) -> (bool, String) {
     check_under(file, config, "{}")
 }
@@ -66,21 +85,7 @@ fn a_generated_plugin_builds_passes_the_check_and_serves_without_a_restart() {
             .args(["plugin", "new", "my-rec", "--dir"])
             .arg(temp.path()),
     );
-    let crate_dir = temp.path().join("my-rec");
-    let target = generated_target_dir();
-    succeed(
-        cargo()
-            .arg("test")
-            .current_dir(&crate_dir)
-            .env("CARGO_TARGET_DIR", &target),
-    );
-    succeed(
-        cargo()
-            .args(["build", "--release", "--target", "wasm32-wasip2"])
-            .current_dir(&crate_dir)
-            .env("CARGO_TARGET_DIR", &target),
-    );
-    let wasm = target.join("wasm32-wasip2/release/my_rec.wasm");
+    let wasm = test_and_build(&temp.path().join("my-rec"), "my_rec");
 
     let (passed, report) = check(&wasm, "{}");
     assert!(passed && report.contains("PASSED"), "{report}");
@@ -95,20 +100,10 @@ fn a_generated_plugin_builds_passes_the_check_and_serves_without_a_restart() {
     assert!(!passed && report.contains("positve_rating"), "{report}");
 
     // The example external plugin (examples/itemknn), built the same way.
-    let example = recohost_e2e::workspace_root().join("examples/itemknn");
-    succeed(
-        cargo()
-            .arg("test")
-            .current_dir(&example)
-            .env("CARGO_TARGET_DIR", &target),
+    let itemknn = test_and_build(
+        &recohost_e2e::workspace_root().join("examples/itemknn"),
+        "itemknn",
     );
-    succeed(
-        cargo()
-            .args(["build", "--release", "--target", "wasm32-wasip2"])
-            .current_dir(&example)
-            .env("CARGO_TARGET_DIR", &target),
-    );
-    let itemknn = target.join("wasm32-wasip2/release/itemknn.wasm");
     let (passed, report) = check(&itemknn, r#"{"neighbors": 20}"#);
     assert!(passed, "{report}");
 
