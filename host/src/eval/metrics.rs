@@ -42,6 +42,15 @@ pub fn score(ranked: &[u32], relevant: &HashSet<u32>, k: usize) -> UserMetrics {
     }
 }
 
+/// A rating estimate as scored: clipped to the rating scale `(low, high)`; a missing or
+/// non-finite estimate counts as the middle of the scale.
+pub fn scored_estimate(estimate: Option<f32>, (low, high): (f32, f32)) -> f32 {
+    match estimate {
+        Some(estimate) if estimate.is_finite() => estimate.clamp(low, high),
+        _ => (low + high) / 2.0,
+    }
+}
+
 /// Running mean of [`UserMetrics`] over users.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MeanMetrics {

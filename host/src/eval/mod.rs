@@ -222,7 +222,7 @@ fn rating_errors(
     plugin: &PluginRuntime,
     snapshot: &[u8],
     ratings: &std::collections::BTreeMap<u32, Vec<(u32, f32)>>,
-    (low, high): (f32, f32),
+    scale: (f32, f32),
 ) -> anyhow::Result<Option<(f64, f64)>> {
     if !plugin.predicts_ratings() || ratings.is_empty() {
         return Ok(None);
@@ -240,11 +240,7 @@ fn rating_errors(
             );
         }
         for ((_, truth), estimate) in rated.iter().zip(estimates) {
-            let estimate = if estimate.is_finite() {
-                estimate.clamp(low, high)
-            } else {
-                (low + high) / 2.0
-            };
+            let estimate = metrics::scored_estimate(Some(estimate), scale);
             let error = f64::from(estimate - truth);
             squared += error * error;
             absolute += error.abs();

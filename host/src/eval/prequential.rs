@@ -265,19 +265,8 @@ fn score_event(
         }
     }
     if predicts && event.kind == WitEventKind::Rate {
-        let estimate = session
-            .predict(event.user, &[event.item])?
-            .first()
-            .copied()
-            .filter(|e| e.is_finite())
-            .unwrap_or(f32::NAN);
-        let (low, high) = options.rating_scale;
-        // A missing or non-finite estimate counts as the middle of the scale.
-        let estimate = if estimate.is_finite() {
-            estimate.clamp(low, high)
-        } else {
-            (low + high) / 2.0
-        };
+        let estimate = session.predict(event.user, &[event.item])?.first().copied();
+        let estimate = super::metrics::scored_estimate(estimate, options.rating_scale);
         tally.squared_error += f64::from(estimate - event.value).powi(2);
         tally.absolute_error += f64::from(estimate - event.value).abs();
         tally.rated += 1;

@@ -8,7 +8,7 @@
 //! `save` then `load` into a fresh instance that must answer identically. Throughout: no
 //! trap, no time or memory limit hit, no more log than the per-call limit, no network use.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -506,38 +506,37 @@ pub fn render(report: &CheckReport) -> String {
         let _ = writeln!(out, "  {mark} {:<14} {}", step.name, step.detail);
     }
     let f = &report.figures;
-    let mut figures = BTreeMap::new();
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.1} ms"));
     let us = |v: Option<f64>| v.map(|v| format!("{v:.0} µs"));
-    figures.insert("1 load", ms(f.load_ms));
-    figures.insert("2 train", ms(f.train_ms));
-    figures.insert(
-        "3 recommend",
-        f.recommend_p50_us.map(|_| {
-            format!(
-                "p50 {}, p99 {}, max {} over {} calls",
-                us(f.recommend_p50_us).unwrap_or_default(),
-                us(f.recommend_p99_us).unwrap_or_default(),
-                us(f.recommend_max_us).unwrap_or_default(),
-                f.recommend_calls
-            )
-        }),
-    );
-    figures.insert("4 update", ms(f.update_ms));
-    figures.insert(
-        "5 snapshot",
-        f.snapshot_bytes
-            .map(|b| format!("{} KiB", b.div_ceil(1024))),
-    );
-    figures.insert(
-        "6 peak memory",
-        f.peak_memory_bytes
-            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
-    );
+    let recommend = f.recommend_p50_us.map(|_| {
+        format!(
+            "p50 {}, p99 {}, max {} over {} calls",
+            us(f.recommend_p50_us).unwrap_or_default(),
+            us(f.recommend_p99_us).unwrap_or_default(),
+            us(f.recommend_max_us).unwrap_or_default(),
+            f.recommend_calls
+        )
+    });
+    let figures = [
+        ("load", ms(f.load_ms)),
+        ("train", ms(f.train_ms)),
+        ("recommend", recommend),
+        ("update", ms(f.update_ms)),
+        (
+            "snapshot",
+            f.snapshot_bytes
+                .map(|b| format!("{} KiB", b.div_ceil(1024))),
+        ),
+        (
+            "peak memory",
+            f.peak_memory_bytes
+                .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
+        ),
+    ];
     let _ = writeln!(out, "  figures:");
     for (name, value) in figures {
         if let Some(value) = value {
-            let _ = writeln!(out, "    {:<12} {value}", &name[2..]);
+            let _ = writeln!(out, "    {name:<12} {value}");
         }
     }
     match &report.failure {
