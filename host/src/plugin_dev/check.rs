@@ -83,16 +83,16 @@ pub struct Figures {
 
 /// The generated dataset: demo data (titled, tagged items; users with genre tastes), the
 /// oldest 90% of its events to train on and the newest 10% to update with.
-struct CheckData {
-    catalog: Catalog,
-    users: usize,
-    train: Vec<Feedback>,
-    update: Vec<Feedback>,
+pub(crate) struct CheckData {
+    pub(crate) catalog: Catalog,
+    pub(crate) users: usize,
+    pub(crate) train: Vec<Feedback>,
+    pub(crate) update: Vec<Feedback>,
     /// Each user's events, newest first.
-    histories: Vec<Vec<Feedback>>,
+    pub(crate) histories: Vec<Vec<Feedback>>,
 }
 
-fn dataset() -> CheckData {
+pub(crate) fn dataset() -> CheckData {
     let batch = generate(&DemoSize {
         users: 200,
         items: 300,
@@ -345,7 +345,7 @@ fn describe_user(user: Option<u32>) -> String {
     user.map_or_else(|| "anonymous".into(), |u| u.to_string())
 }
 
-fn request_for(data: &CheckData, user: Option<u32>, count: u32) -> Request {
+pub(crate) fn request_for(data: &CheckData, user: Option<u32>, count: u32) -> Request {
     let history: Vec<Feedback> = user
         .map(|u| {
             data.histories[u as usize]

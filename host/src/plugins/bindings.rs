@@ -14,6 +14,7 @@ wasmtime::component::bindgen!({
 pub use exports::recohost::strategy::plugin::Guest as PluginExports;
 pub use recohost::strategy::types::{
     EventKind as WitEventKind, Feedback, Item, PluginInfo, Request, Scored, StrategyError,
+    TrainingReport,
 };
 
 /// The WIT package version this host implements (`package recohost:strategy@...`).

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Func};
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
 use super::bindings::{
     Feedback, InstanceState, Item, PluginInfo, Request, Scored, Strategy, StrategyError,
-    StrategyPre,
+    StrategyPre, TrainingReport,
 };
 use super::engine::PluginEngine;
+use super::fast_abi::{FastFeedback, LearnFn, RecommendFn, RequestArg};
 use super::limits::PluginLimits;
 
 #[derive(Debug, Error)]
@@ -53,6 +54,9 @@ impl CallError {
 pub struct PluginInstance {
     store: Store<InstanceState>,
     exports: Strategy,
+    /// The hot calls, type-checked at instantiation against [`super::fast_abi`]'s argument
+    /// types (the generated `call_*` would copy feedback lists field by field).
+    hot: HotCalls,
     limits: Arc<PluginLimits>,
     /// Model version loaded into this instance (0: none).
     pub model_version: u64,
@@ -80,9 +84,11 @@ impl PluginInstance {
         let exports = pre
             .instantiate(&mut store)
             .map_err(|e| anyhow::anyhow!("cannot instantiate: {e:#}"))?;
+        let hot = HotCalls::new(&exports, &store)?;
         Ok(Self {
             store,
             exports,
+            hot,
             limits,
             model_version: 0,
         })
@@ -163,23 +169,23 @@ impl PluginInstance {
         })
     }
 
-    pub fn train(
-        &mut self,
-        events: &[Feedback],
-    ) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
+    pub fn train(&mut self, events: &[Feedback]) -> Result<TrainingReport, CallError> {
         let budget = self.limits.train();
-        self.call("train", budget, |e, s| {
-            e.recohost_strategy_plugin().call_train(s, events)
+        let train = self.hot.train;
+        self.call("train", budget, |_, s| {
+            // SAFETY: type-checked against this signature in `HotCalls::new`.
+            let train = unsafe { LearnFn::new_unchecked(train) };
+            Ok(train.call(s, (FastFeedback::slice(events),))?.0)
         })
     }
 
-    pub fn update(
-        &mut self,
-        events: &[Feedback],
-    ) -> Result<super::bindings::recohost::strategy::types::TrainingReport, CallError> {
+    pub fn update(&mut self, events: &[Feedback]) -> Result<TrainingReport, CallError> {
         let budget = self.limits.update();
-        self.call("update", budget, |e, s| {
-            e.recohost_strategy_plugin().call_update(s, events)
+        let update = self.hot.update;
+        self.call("update", budget, |_, s| {
+            // SAFETY: type-checked against this signature in `HotCalls::new`.
+            let update = unsafe { LearnFn::new_unchecked(update) };
+            Ok(update.call(s, (FastFeedback::slice(events),))?.0)
         })
     }
 
@@ -204,8 +210,11 @@ impl PluginInstance {
         request: &Request,
         budget: Duration,
     ) -> Result<Vec<Scored>, CallError> {
-        let scored = self.call("recommend", budget, |e, s| {
-            e.recohost_strategy_plugin().call_recommend(s, request)
+        let recommend = self.hot.recommend;
+        let scored = self.call("recommend", budget, |_, s| {
+            // SAFETY: type-checked against this signature in `HotCalls::new`.
+            let recommend = unsafe { RecommendFn::new_unchecked(recommend) };
+            Ok(recommend.call(s, (RequestArg::new(request),))?.0)
         })?;
         let cap = self.limits.max_result_items;
         if scored.len() > cap {
@@ -261,6 +270,55 @@ impl PluginInstance {
         let budget = self.limits.train();
         self.call("load", budget, |e, s| {
             e.recohost_strategy_plugin().call_load(s, snapshot)
+        })
+    }
+}
+
+/// The calls that [`super::fast_abi`] replaces, through wasmtime's generated code: what its
+/// tests compare with.
+#[cfg(test)]
+impl PluginInstance {
+    pub(super) fn generated_learn(&mut self, train: bool, events: &[Feedback]) -> TrainingReport {
+        let plugin = self.exports.recohost_strategy_plugin();
+        let report = if train {
+            plugin.call_train(&mut self.store, events)
+        } else {
+            plugin.call_update(&mut self.store, events)
+        };
+        report.expect("no trap").expect("no error")
+    }
+
+    pub(super) fn generated_recommend(&mut self, request: &Request) -> Vec<Scored> {
+        let plugin = self.exports.recohost_strategy_plugin();
+        let scored = plugin.call_recommend(&mut self.store, request);
+        scored.expect("no trap").expect("no error")
+    }
+}
+
+/// `recommend`, `train` and `update` of one instance.
+#[derive(Clone, Copy)]
+struct HotCalls {
+    recommend: Func,
+    train: Func,
+    update: Func,
+}
+
+impl HotCalls {
+    /// The instance's functions, each checked once against the argument types of
+    /// [`super::fast_abi`] (the same WIT types as the generated bindings check).
+    fn new(exports: &Strategy, store: &Store<InstanceState>) -> anyhow::Result<Self> {
+        let plugin = exports.recohost_strategy_plugin();
+        let recommend = *plugin.func_recommend().func();
+        let train = *plugin.func_train().func();
+        let update = *plugin.func_update().func();
+        recommend.typed::<(RequestArg<'_>,), (Result<Vec<Scored>, StrategyError>,)>(store)?;
+        for learn in [train, update] {
+            learn.typed::<(&[FastFeedback],), (Result<TrainingReport, StrategyError>,)>(store)?;
+        }
+        Ok(Self {
+            recommend,
+            train,
+            update,
         })
     }
 }

@@ -293,7 +293,7 @@ impl PluginRuntime {
     }
 
     /// A configured instance with no model.
-    fn configured_instance(&self) -> Result<PluginInstance, CallError> {
+    pub(super) fn configured_instance(&self) -> Result<PluginInstance, CallError> {
         let mut instance = PluginInstance::new(
             &self.engine,
             &self.pre,
