@@ -75,15 +75,12 @@ impl Content {
         if norm == 0.0 || !norm.is_finite() {
             return vec![0.0; self.item_vectors.len()];
         }
-        let mut scores = Vec::with_capacity(self.item_vectors.len());
-        let mut start = 0;
-        for &end in &self.item_vectors.ends {
-            let mut dot = 0.0f32;
-            for &(tag, w) in &self.item_vectors.entries[start..end] {
-                dot += profile[tag as usize] * w;
-            }
-            scores.push(dot / norm);
-            start = end;
+        let mut scores = vec![0.0f32; self.item_vectors.len()];
+        self.item_vectors.dots(&profile, &mut scores);
+        // Divided in a pass of its own, which vectorizes (a division per item inside the
+        // dot products stalled them); the quotients are the same, division is exactly rounded.
+        for score in &mut scores {
+            *score /= norm;
         }
         scores
     }
@@ -178,6 +175,19 @@ struct TagVectors {
 }
 
 impl TagVectors {
+    /// `out[i]` = item `i`'s vector · `dense`.
+    fn dots(&self, dense: &[f32], out: &mut [f32]) {
+        let mut start = 0;
+        for (out, &end) in out.iter_mut().zip(&self.ends) {
+            let mut dot = 0.0f32;
+            for &(tag, w) in &self.entries[start..end] {
+                dot += dense[tag as usize] * w;
+            }
+            *out = dot;
+            start = end;
+        }
+    }
+
     fn len(&self) -> usize {
         self.ends.len()
     }

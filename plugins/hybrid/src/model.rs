@@ -2,7 +2,7 @@ use collaborative::Collaborative;
 use content::Content;
 use recohost_plugin_sdk::{
     Feedback, Item, PluginInfo, Request, Scored, Strategy, StrategyError, TrainingReport, config,
-    snapshot, topk,
+    kernels, snapshot, topk,
 };
 use serde::{Deserialize, Serialize};
 
@@ -51,25 +51,6 @@ struct Parts {
 }
 
 /// Lowest and highest of each of three score vectors over the allowed items, in one pass.
-fn ranges(parts: [&[f32]; 3], allowed: &[bool]) -> [(f32, f32); 3] {
-    let mut ranges = [(f32::INFINITY, f32::NEG_INFINITY); 3];
-    for (i, _) in allowed.iter().enumerate().filter(|(_, ok)| **ok) {
-        for (range, scores) in ranges.iter_mut().zip(parts) {
-            let score = scores[i];
-            // Comparisons, not `f32::min`/`max`: in WebAssembly those are calls to `fminf`
-            // and `fmaxf` (their NaN rules differ from the wasm instructions), which took a
-            // fifth of a hybrid request. A NaN fails both tests and is ignored, as with `min`.
-            if score < range.0 {
-                range.0 = score;
-            }
-            if score > range.1 {
-                range.1 = score;
-            }
-        }
-    }
-    ranges
-}
-
 /// The min-max normalization of a range as `(offset, scale)` so that
 /// `(score - offset) * scale` lies in [0, 1]; scale 0 when the allowed scores are all equal.
 fn normalization((low, high): (f32, f32)) -> (f32, f32) {
@@ -84,16 +65,19 @@ fn normalization((low, high): (f32, f32)) -> (f32, f32) {
 impl Hybrid {
     /// Blended scores of every item for this request.
     pub fn blend(&self, request: &Request) -> Vec<f32> {
-        let n = self.collaborative.popularity_scores().len();
-        let mut allowed = vec![true; n];
+        let mut collaborative = self.collaborative.score_history(&request.history);
+        let mut content = self.content.score_history(&request.history);
+        let mut popularity = self.collaborative.popularity_scores().to_vec();
+        // Excluded items become NaN: the normalization ranges ignore them (comparisons are
+        // false), so do their blended scores and `top_k` (not finite). One vectorized pass
+        // per part then finds the ranges, instead of testing a mask per item.
         for &item in &request.exclude {
-            if let Some(flag) = allowed.get_mut(item as usize) {
-                *flag = false;
+            for part in [&mut collaborative, &mut content, &mut popularity] {
+                if let Some(score) = part.get_mut(item as usize) {
+                    *score = f32::NAN;
+                }
             }
         }
-        let collaborative = self.collaborative.score_history(&request.history);
-        let content = self.content.score_history(&request.history);
-        let popularity = self.collaborative.popularity_scores();
         let ramp = if self.config.cold_start_history == 0 {
             1.0
         } else {
@@ -102,9 +86,9 @@ impl Hybrid {
         let (wc, wt) = (self.config.collaborative_weight, self.config.content_weight);
         // Each part min-max normalized over the candidates, folded into one factor and offset
         // per part so the blend is a single pass.
-        let parts = [&collaborative[..], &content[..], popularity];
+        let parts = [&collaborative[..], &content[..], &popularity[..]];
         let weights = [ramp * wc, wt, (1.0 - ramp) * wc + 1e-6];
-        let ranges = ranges(parts, &allowed);
+        let ranges = parts.map(kernels::min_max);
         let [c, t, p]: [(f32, f32); 3] = std::array::from_fn(|i| {
             let (offset, scale) = normalization(ranges[i]);
             (weights[i] * scale, offset)
@@ -113,7 +97,7 @@ impl Hybrid {
         collaborative
             .iter()
             .zip(&content)
-            .zip(popularity)
+            .zip(&popularity)
             .map(|((&cs, &ts), &ps)| c.0 * (cs - c.1) + t.0 * (ts - t.1) + p.0 * (ps - p.1))
             .collect()
     }

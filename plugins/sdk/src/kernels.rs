@@ -54,6 +54,32 @@ pub fn any_above(values: &[f32], floor: f32) -> bool {
     blocks.remainder().iter().any(|&v| v > floor)
 }
 
+/// The smallest and largest of `values`, NaN ignored; `(inf, -inf)` when there is none.
+///
+/// One comparison-and-select per lane and bound (not `f32::min`/`max`: in WebAssembly those
+/// are calls to `fminf`/`fmaxf`, whose NaN rules differ from the SIMD instructions), blocks of
+/// lanes kept apart until the end so that both compilers vectorize it.
+pub fn min_max(values: &[f32]) -> (f32, f32) {
+    let mut low = [f32::INFINITY; BLOCK];
+    let mut high = [f32::NEG_INFINITY; BLOCK];
+    let mut blocks = values.chunks_exact(BLOCK);
+    for block in &mut blocks {
+        let block: &[f32; BLOCK] = block.try_into().expect("block length");
+        for ((low, high), &v) in low.iter_mut().zip(high.iter_mut()).zip(block) {
+            *low = if v < *low { v } else { *low };
+            *high = if v > *high { v } else { *high };
+        }
+    }
+    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in low.iter().chain(blocks.remainder()) {
+        min = if v < min { v } else { min };
+    }
+    for &v in high.iter().chain(blocks.remainder()) {
+        max = if v > max { v } else { max };
+    }
+    (min, max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +101,20 @@ mod tests {
         let mut out = vec![1.0; 20];
         sum_rows(&[0.5; 40], 20, &[], &mut out);
         assert!(out.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn min_max_ignores_nan_and_reads_the_tail() {
+        assert_eq!(min_max(&[]), (f32::INFINITY, f32::NEG_INFINITY));
+        assert_eq!(min_max(&[f32::NAN; 40]), (f32::INFINITY, f32::NEG_INFINITY));
+        assert_eq!(min_max(&[2.0, f32::NAN, -3.0]), (-3.0, 2.0)); // no whole block
+        assert_eq!(min_max(&[1.0; BLOCK]), (1.0, 1.0));
+        let mut values: Vec<f32> = (0..BLOCK * 3 + 5).map(|i| (i % 7) as f32).collect();
+        values[2] = f32::NAN;
+        assert_eq!(min_max(&values), (0.0, 6.0));
+        values[BLOCK * 3 + 4] = -1.5; // in the remainder
+        values[BLOCK + 1] = 9.0; // in a block
+        assert_eq!(min_max(&values), (-1.5, 9.0));
     }
 
     #[test]

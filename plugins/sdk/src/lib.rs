@@ -23,8 +23,14 @@ pub mod bindings {
         export_macro_name: "__export_strategy_bindings",
         default_bindings_module: "recohost_plugin_sdk::bindings",
         additional_derives: [PartialEq],
+        // Written by hand in `abi`, which takes the request's history without copying it.
+        skip: ["recommend"],
     });
 }
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod abi;
 
 pub use bindings::recohost::strategy::host_log::Level as LogLevel;
 pub use bindings::recohost::strategy::types::{
@@ -135,12 +141,6 @@ macro_rules! export_strategy {
             ) -> ::std::result::Result<$crate::TrainingReport, $crate::StrategyError> {
                 __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::update(model, events)))
             }
-            fn recommend(
-                request: $crate::Request,
-            ) -> ::std::result::Result<::std::vec::Vec<$crate::Scored>, $crate::StrategyError>
-            {
-                __RECOHOST_STATE.with(|state| state.with_model(|model| <$strategy as $crate::Strategy>::recommend(model, &request)))
-            }
             fn predict(
                 user: $crate::UserIndex,
                 items: ::std::vec::Vec<$crate::ItemIndex>,
@@ -158,5 +158,33 @@ macro_rules! export_strategy {
         }
 
         $crate::bindings::__export_strategy_bindings!(__RecohostStrategyExport with_types_in $crate::bindings);
+
+        // `recommend` is exported by hand (see `abi`); the names are the ones wit-bindgen
+        // derives from `wit/strategy.wit` and must follow its package version.
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(export_name = "recohost:strategy/plugin@1.0.0#recommend")]
+        unsafe extern "C" fn __recohost_export_recommend(
+            user_tag: i32,
+            user: i32,
+            count: i32,
+            history: *mut u8,
+            history_len: usize,
+            exclude: *mut u8,
+            exclude_len: usize,
+        ) -> *mut u8 {
+            // SAFETY: called by the canonical ABI with `recommend`'s flattened arguments.
+            unsafe {
+                $crate::abi::recommend(user_tag, user, count, history, history_len, exclude, exclude_len, |request| {
+                    __RECOHOST_STATE.with(|state| state.with_model(|model| <$strategy as $crate::Strategy>::recommend(model, request)))
+                })
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(export_name = "cabi_post_recohost:strategy/plugin@1.0.0#recommend")]
+        unsafe extern "C" fn __recohost_post_return_recommend(area: *mut u8) {
+            // SAFETY: called by the canonical ABI with what the export above returned.
+            unsafe { $crate::abi::recommend_post_return(area) }
+        }
     };
 }
