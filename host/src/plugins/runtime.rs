@@ -533,8 +533,7 @@ impl PluginRuntime {
     }
 
     fn checkin(&self, instance: PluginInstance) {
-        let current = self.model().map(|m| m.version);
-        if Some(instance.model_version) != current {
+        if Some(instance.model_version) != self.model_version() {
             self.keep_spares(vec![instance]);
             return;
         }

@@ -9,6 +9,9 @@ use crate::{ItemIndex, Scored, kernels};
 /// in `exclude` (any order) and items whose score is not finite. Ties go to the lower index, so
 /// the answer is deterministic.
 pub fn top_k(scores: &[f32], count: usize, exclude: &[ItemIndex]) -> Vec<Scored> {
+    if count == 0 {
+        return Vec::new();
+    }
     // A mask: measured faster, natively and in WebAssembly, than walking the sorted
     // `exclude` alongside the scores.
     let mut excluded = vec![false; scores.len()];
