@@ -311,9 +311,9 @@ impl HotCalls {
         let recommend = *plugin.func_recommend().func();
         let train = *plugin.func_train().func();
         let update = *plugin.func_update().func();
-        recommend.typed::<(RequestArg<'_>,), (Result<Vec<Scored>, StrategyError>,)>(store)?;
+        let _: RecommendFn<'_> = recommend.typed(store)?;
         for learn in [train, update] {
-            learn.typed::<(&[FastFeedback],), (Result<TrainingReport, StrategyError>,)>(store)?;
+            let _: LearnFn<'_> = learn.typed(store)?;
         }
         Ok(Self {
             recommend,
