@@ -40,6 +40,11 @@ pub struct Ratings {
     config: RatingsConfig,
     catalog_len: usize,
     state: State,
+    /// Each item's baseline estimate (mean plus item bias; `-inf` for an item nobody rated):
+    /// the ranking `recommend` returns, since a user's own bias shifts every item alike.
+    /// Derived from `state`, recomputed whenever `train`, `update` or `load` change it, so a
+    /// request only selects from it.
+    ranking: Vec<f32>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -74,6 +79,19 @@ impl Ratings {
         } else {
             self.state.total / self.state.count as f64
         }
+    }
+
+    fn refresh_ranking(&mut self) {
+        let mean = self.mean();
+        self.ranking = (0..self.catalog_len)
+            .map(|i| {
+                if self.state.item_counts[i] == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    (mean + self.item_bias(i, mean)) as f32
+                }
+            })
+            .collect();
     }
 
     fn item_bias(&self, item: usize, mean: f64) -> f64 {
@@ -263,6 +281,7 @@ impl Strategy for Ratings {
             config,
             catalog_len,
             state,
+            ranking: vec![f32::NEG_INFINITY; catalog_len],
         })
     }
 
@@ -272,8 +291,11 @@ impl Strategy for Ratings {
             item_counts: vec![0; self.catalog_len],
             ..State::default()
         };
+        // Refused events leave an empty model behind: rank as such.
+        self.refresh_ranking();
         let (used, _) = self.absorb(&events)?;
         self.solve();
+        self.refresh_ranking();
         Ok(TrainingReport {
             events_used: used,
             message: format!("similarities over {} items", self.state.similarities.size),
@@ -288,6 +310,7 @@ impl Strategy for Ratings {
         if refreshed {
             self.solve();
         }
+        self.refresh_ranking();
         Ok(TrainingReport {
             events_used: used,
             message: if refreshed {
@@ -299,18 +322,8 @@ impl Strategy for Ratings {
     }
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
-        let mean = self.mean();
-        let scores: Vec<f32> = (0..self.catalog_len)
-            .map(|i| {
-                if self.state.item_counts[i] == 0 {
-                    f32::NEG_INFINITY
-                } else {
-                    (mean + self.item_bias(i, mean)) as f32
-                }
-            })
-            .collect();
         Ok(topk::top_k(
-            &scores,
+            &self.ranking,
             request.count as usize,
             &request.exclude,
         ))
@@ -351,6 +364,7 @@ impl Strategy for Ratings {
             )));
         }
         self.state = state;
+        self.refresh_ranking();
         Ok(())
     }
 }
