@@ -14,7 +14,8 @@
 //! Only `rate` events are used. `update` is online for the baseline (means and biases move
 //! with every rating) and periodic for the similarities: they are recomputed once the ratings
 //! added since the last computation reach `refresh_fraction` of those it used.
-//! `recommend` ranks items by `μ + b_i` (a damped "best rated" list), which is not where this
+//! `recommend` ranks items by `μ + b_i` (a damped "best rated" list, recomputed by `train`,
+//! `update` and `load` rather than per request), which is not where this
 //! plugin shines: ranking by predicted rating scores far below popularity on top-N metrics.
 
 mod model;
