@@ -267,8 +267,9 @@ fn score_event(
     if predicts && event.kind == WitEventKind::Rate {
         let estimate = session.predict(event.user, &[event.item])?.first().copied();
         let estimate = super::metrics::scored_estimate(estimate, options.rating_scale);
-        tally.squared_error += f64::from(estimate - event.value).powi(2);
-        tally.absolute_error += f64::from(estimate - event.value).abs();
+        let error = f64::from(estimate - event.value);
+        tally.squared_error += error * error;
+        tally.absolute_error += error.abs();
         tally.rated += 1;
     }
     Ok(())
