@@ -9,7 +9,8 @@
 //!
 //! "native" calls the plugin crate's `Strategy` implementation directly; "wasm" goes through
 //! the server's `PluginRuntime` (pool checkout, the call into WebAssembly with the request
-//! copied in and the answer copied out, check-in).
+//! copied in and the answer copied out, check-in). `recommend_without_time_limit` repeats the
+//! WASM calls on an engine without the time limit's epoch checks, to show what they cost.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -172,35 +173,29 @@ fn bench(c: &mut Criterion) {
         recommend.bench_function(BenchmarkId::new(name, "native"), |b| {
             b.iter(|| native(&sdk_request))
         });
-        let runtime = load(&engine, &dist, name, &catalog);
-        let snapshot = runtime.train(&host_events).expect("train");
-        runtime
-            .install(ModelVersion {
-                version: 1,
-                snapshot: Arc::new(snapshot),
-                created_at: 0,
-                through_event: 0,
-            })
-            .expect("install");
+        let runtime = trained(&engine, &dist, name, &catalog, &host_events);
         recommend.bench_function(BenchmarkId::new(name, "wasm"), |b| {
             b.iter(|| runtime.recommend(&host_request).expect("recommend"))
         });
     }
     recommend.finish();
 
+    // The same calls with no time limit (no epoch checks in the compiled plugin code): what
+    // the limit costs. Not a setting the server offers; see docs/benchmarks.md.
+    let unlimited = PluginEngine::without_time_limit_for_benchmarks().expect("engine");
+    let mut no_limit = c.benchmark_group("recommend_without_time_limit");
+    for name in PLUGINS {
+        let runtime = trained(&unlimited, &dist, name, &catalog, &host_events);
+        no_limit.bench_function(BenchmarkId::new(name, "wasm"), |b| {
+            b.iter(|| runtime.recommend(&host_request).expect("recommend"))
+        });
+    }
+    no_limit.finish();
+
     // What a call costs before any algorithm runs: popularity asked for nothing, with an empty
     // request and with the typical user's request (51 history events copied in).
     let mut floor = c.benchmark_group("call_floor");
-    let runtime = load(&engine, &dist, "popularity", &catalog);
-    let snapshot = runtime.train(&host_events).expect("train");
-    runtime
-        .install(ModelVersion {
-            version: 1,
-            snapshot: Arc::new(snapshot),
-            created_at: 0,
-            through_event: 0,
-        })
-        .expect("install");
+    let runtime = trained(&engine, &dist, "popularity", &catalog, &host_events);
     let empty = host::Request {
         user: None,
         count: 0,
@@ -231,6 +226,27 @@ fn bench(c: &mut Criterion) {
         });
     }
     train.finish();
+}
+
+/// [`load`], trained on `events` with the model installed, ready to serve.
+fn trained(
+    engine: &PluginEngine,
+    dist: &Path,
+    name: &str,
+    catalog: &Catalog,
+    events: &[host::Feedback],
+) -> PluginRuntime {
+    let runtime = load(engine, dist, name, catalog);
+    let snapshot = runtime.train(events).expect("train");
+    runtime
+        .install(ModelVersion {
+            version: 1,
+            snapshot: Arc::new(snapshot),
+            created_at: 0,
+            through_event: 0,
+        })
+        .expect("install");
+    runtime
 }
 
 fn load(engine: &PluginEngine, dist: &Path, name: &str, catalog: &Catalog) -> PluginRuntime {

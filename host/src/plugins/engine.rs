@@ -29,9 +29,21 @@ impl PluginEngine {
     /// Builds the engine and starts its epoch ticker. Compiled components are cached under
     /// `cache_dir` (when given) so that a restart does not recompile them.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::build(cache_dir, true)
+    }
+
+    /// An engine whose calls have no time limit, for one thing only: the benchmark that
+    /// measures what the limit costs (`cargo bench -p recohost --bench native_vs_wasm`). A
+    /// plugin that loops never returns from it; the server never builds one.
+    #[doc(hidden)]
+    pub fn without_time_limit_for_benchmarks() -> anyhow::Result<Self> {
+        Self::build(None, false)
+    }
+
+    fn build(cache_dir: Option<PathBuf>, time_limit: bool) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
-        config.epoch_interruption(true);
+        config.epoch_interruption(time_limit);
         // `RECOHOST_WASM_PROFILER=perfmap|jitdump` makes compiled plugin code visible to
         // `perf` (docs/benchmarks.md shows how to profile a plugin).
         match std::env::var("RECOHOST_WASM_PROFILER").as_deref() {
