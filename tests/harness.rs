@@ -76,6 +76,44 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// The table-growing fixture (`tests/fixtures/table_grower.wat`) as a component, made once
+/// per test process: the WAT core module with the WIT of `wit/` embedded, encoded by
+/// wit-component.
+pub fn table_grower() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let mut resolve = wit_parser::Resolve::default();
+            let (package, _) = resolve.push_dir(root.join("wit")).expect("wit/ parses");
+            let world = resolve
+                .select_world(&[package], Some("strategy"))
+                .expect("the strategy world");
+            let mut module = wat::parse_file(root.join("tests/fixtures/table_grower.wat"))
+                .expect("table_grower.wat parses");
+            wit_component::embed_component_metadata(
+                &mut module,
+                &resolve,
+                world,
+                wit_component::StringEncoding::UTF8,
+            )
+            .expect("embed the WIT");
+            let component = wit_component::ComponentEncoder::default()
+                .module(&module)
+                .and_then(|encoder| encoder.validate(true).encode())
+                .expect("a valid component");
+            // Test processes run at once may all write it: each writes its own file and
+            // renames it over the shared name (the bytes are the same).
+            let fixtures = plugins_dir().parent().expect("dist/").join("fixtures");
+            let path = fixtures.join("table_grower.wasm");
+            let partial = fixtures.join(format!("table_grower.wasm.{}", std::process::id()));
+            std::fs::write(&partial, component).expect("write the component");
+            std::fs::rename(&partial, &path).expect("rename the component");
+            path
+        })
+        .clone()
+}
+
 /// ML-100k, if this machine has it (tests must never copy it anywhere); says so when it is
 /// absent, so a skipped test is visible in the output.
 pub fn movielens_100k() -> Option<PathBuf> {
@@ -196,6 +234,35 @@ impl Server {
             .iter()
             .find(|p| p["name"] == name)
             .cloned()
+    }
+
+    /// The server's resident memory now and at its peak since start (or since the last
+    /// [`Self::reset_peak_memory`]), in bytes: `VmRSS` and `VmHWM` of /proc.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .map(|kib| kib * 1024)
+                .unwrap_or_else(|| panic!("no {name} in /proc status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Starts measuring the server's peak resident memory afresh (Linux: `5` to
+    /// /proc/PID/clear_refs resets VmHWM to the current RSS).
+    pub fn reset_peak_memory(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("reset the peak RSS");
     }
 
     /// What the server has logged so far.

@@ -126,7 +126,7 @@ fn an_oversized_answer_is_refused_naming_the_limit() {
     );
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("50000 items") && message.contains("limits.max_result_items"),
+        message.contains("12000 items") && message.contains("limits.max_result_items"),
         "{message}"
     );
     // Not a trap: the same instance answers the next request.
@@ -275,4 +275,217 @@ fn a_plugin_reaches_no_file_environment_or_socket() {
     // The fixture refuses, naming what it reached, if any attempt succeeds.
     let (status, body) = ask(&server, 37);
     assert_eq!(status, 200, "{body}");
+}
+
+/// `ask`, from any thread.
+fn ask_at(base: &str, count: u32) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{base}/recommend"))
+        .json(&json!({"user_id": 5, "n_recommendations": count, "model_type": "misbehaving"}))
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.json().unwrap())
+}
+
+#[test]
+fn a_plugin_that_sleeps_is_stopped_at_its_budget_and_its_other_users_are_served() {
+    // Two serving instances, the breaker out of the way: four sleepers at once would hold
+    // both instances for good if a wait inside the host escaped the time budget.
+    let (server, _temp) = misbehaving_server_with(
+        "",
+        "serving_instances = 2\nfailures_before_unhealthy = 1000\n",
+    );
+    let sleepers: Vec<_> = (0..4)
+        .map(|_| {
+            let base = server.base.clone();
+            std::thread::spawn(move || ask_at(&base, 41))
+        })
+        .collect();
+    for sleeper in sleepers {
+        let (status, body) = sleeper.join().unwrap();
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (503, "model_unavailable"),
+            "{body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("time budget of 200 ms"), "{message}");
+    }
+    // Its other users are answered (before the fix they waited for the 10 s HTTP timeout).
+    let (status, body) = ask(&server, 5);
+    assert_eq!(status, 200, "{body}");
+    let plugin = server.plugin_status("misbehaving").unwrap();
+    assert_eq!(
+        (plugin["failures"].as_u64(), plugin["traps"].as_u64()),
+        (Some(4), Some(4))
+    );
+
+    // With the default breaker, sleeping counts as failing: three in a row open it.
+    let (server, _temp) = misbehaving_server();
+    for _ in 0..3 {
+        assert_eq!(ask(&server, 41).0, 503);
+    }
+    assert_eq!(
+        server.plugin_status("misbehaving").unwrap()["status"],
+        "unhealthy"
+    );
+}
+
+#[test]
+fn a_plugin_that_sleeps_in_update_fails_that_update_and_the_others_learn() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[[plugins]]\nname = \"misbehaving\"\npath = {:?}\n[plugins.config]\nupdate = \"sleep\"\n[plugins.limits]\nupdate_ms = 300\n",
+        config_text("[learning]\nupdate_buffer_size = 3\n"),
+        fixture("misbehaving").display().to_string()
+    );
+    let server = Server::start_in(&temp.path().join("data"), &config).unwrap();
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"user_id": 8, "item_id": 20 + i, "event_type": "click"}))
+        .collect();
+    let (status, answer) = server.post("/events/batch", &json!({ "events": events }));
+    assert_eq!(status, 200, "{answer}");
+    let update_id = answer["model_update"]["update_id"].as_u64().unwrap();
+    // Before the fix the learning thread slept for good and this run never finished.
+    let stats = server.wait_for("/learning/stats", std::time::Duration::from_secs(60), |s| {
+        s["last_update"]["update_id"].as_u64() >= Some(update_id)
+    });
+    let outcomes = &stats["last_update"]["outcomes"];
+    assert_eq!(outcomes["misbehaving"]["status"], "failed", "{outcomes}");
+    let error = outcomes["misbehaving"]["error"].as_str().unwrap();
+    assert!(error.contains("time budget of 300 ms"), "{error}");
+    assert_eq!(outcomes["popularity"]["status"], "updated", "{outcomes}");
+}
+
+/// A server with the misbehaving fixture (`memory_mb` of its choice) and the table grower
+/// (64 MiB), both with one serving instance so that the memory they may hold is known.
+fn hostile_server(misbehaving_memory_mb: u64) -> (Server, tempfile::TempDir) {
+    let temp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[[plugins]]\nname = \"misbehaving\"\npath = {:?}\n[plugins.limits]\nrecommend_ms = 2000\nmemory_mb = {misbehaving_memory_mb}\nserving_instances = 1\nfailures_before_unhealthy = 1000\n\
+         \n[[plugins]]\nname = \"grower\"\npath = {:?}\n[plugins.limits]\nrecommend_ms = 2000\nmemory_mb = 64\nserving_instances = 1\n",
+        config_text(""),
+        fixture("misbehaving").display().to_string(),
+        recohost_e2e::table_grower().display().to_string()
+    );
+    let server = Server::start_in(&temp.path().join("data"), &config).unwrap();
+    (server, temp)
+}
+
+/// What the host may hold beyond a plugin instance's `memory_mb` while serving it: request
+/// bookkeeping, a fresh instance's code and tables, allocator slack.
+const RSS_MARGIN: u64 = 32 << 20;
+
+/// Runs `hostile` (which must fail with 503), then checks that the server's peak resident
+/// memory during it grew by at most `cap_mb` plus [`RSS_MARGIN`]; returns the error message.
+fn held_within(server: &Server, cap_mb: u64, hostile: impl Fn() -> (u16, Value)) -> String {
+    let (before, _) = server.memory();
+    server.reset_peak_memory();
+    let (status, body) = hostile();
+    let (_, peak) = server.memory();
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "model_unavailable"),
+        "{body}"
+    );
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew <= (cap_mb << 20) + RSS_MARGIN,
+        "the server's RSS grew by {} MiB, over the {cap_mb} MiB cap and the {} MiB margin",
+        grew >> 20,
+        RSS_MARGIN >> 20
+    );
+    let message = body["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        body.to_string().len() < 4_096,
+        "a bounded message: {} bytes",
+        body.to_string().len()
+    );
+    message
+}
+
+#[test]
+fn a_table_grown_without_bound_is_held_to_the_memory_cap() {
+    let (server, _temp) = hostile_server(64);
+    // Table storage counts against memory_mb like linear memory.
+    let message = held_within(&server, 64, || {
+        server.post(
+            "/recommend",
+            &json!({"user_id": 5, "n_recommendations": 5, "model_type": "grower"}),
+        )
+    });
+    assert!(
+        message.contains("exceeded its memory limit of 64 MiB") && message.contains("a table"),
+        "{message}"
+    );
+    assert_eq!(server.plugin_status("grower").unwrap()["failures"], 1);
+}
+
+#[test]
+fn random_bytes_are_refused_over_a_megabyte() {
+    let (server, _temp) = hostile_server(256);
+    // 32 MiB asked of the host: refused before the host allocates them.
+    let message = held_within(&server, 256, || ask(&server, 43));
+    assert!(message.contains("exceeds limit 1048576"), "{message}");
+    assert_eq!(server.plugin_status("misbehaving").unwrap()["failures"], 1);
+}
+
+#[test]
+fn a_huge_error_message_is_never_copied_out_of_the_plugin() {
+    let (server, _temp) = hostile_server(256);
+    // 100 MB of error text: not copied out of the guest; no client or log line carries it.
+    let message = held_within(&server, 256, || ask(&server, 47));
+    assert!(
+        message.contains("fuel") && message.contains("64 KiB of error text"),
+        "{message}"
+    );
+    assert!(
+        server.log().lines().all(|line| line.len() < 8_192),
+        "a log line carried the message"
+    );
+    assert_eq!(server.plugin_status("misbehaving").unwrap()["failures"], 1);
+}
+
+#[test]
+fn an_answer_far_over_the_item_limit_is_refused_before_it_is_copied() {
+    let (server, _temp) = hostile_server(256);
+    // 4,000,000 entries: the host refuses them by their size, without reading them (the
+    // message cannot count them), and rebuilds the instance (the call never finished).
+    let message = held_within(&server, 256, || ask(&server, 49));
+    assert!(
+        message.contains("at most 10000 items (limits.max_result_items)")
+            && !message.contains("4000000"),
+        "{message}"
+    );
+    let plugin = server.plugin_status("misbehaving").unwrap();
+    assert_eq!(
+        (plugin["failures"].as_u64(), plugin["traps"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(ask(&server, 5).0, 200);
+}
+
+#[test]
+fn refusals_do_not_open_the_circuit_breaker() {
+    let (server, _temp) = misbehaving_server();
+    for _ in 0..5 {
+        let (status, body) = ask(&server, 59);
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("refuses this count"),
+            "{body}"
+        );
+    }
+    let plugin = server.plugin_status("misbehaving").unwrap();
+    assert_eq!(plugin["status"], "ready", "{plugin}");
+    assert_eq!(
+        (plugin["refusals"].as_u64(), plugin["failures"].as_u64()),
+        (Some(5), Some(0)),
+        "{plugin}"
+    );
+    // Others are served by it as before.
+    assert_eq!(ask(&server, 5).0, 200);
 }

@@ -163,6 +163,14 @@ fn plugin_check_rejects_each_hostile_fixture_with_its_reason() {
         (29, "{}", "max_result_items"),
         (31, "{}", "logged more than 65536 bytes in one call"),
         (37, "{}", "tried to use the network"),
+        (41, "{}", "exceeded its time budget of 250 ms"),
+        (43, "{}", "exceeds limit 1048576"),
+        (47, r#"{"memory_mb": 256}"#, "64 KiB of error text"),
+        (
+            49,
+            r#"{"memory_mb": 256}"#,
+            "at most 10000 items (limits.max_result_items)",
+        ),
     ];
     for (count, limits, reason) in cases {
         let config = format!(r#"{{"misbehave_only": {count}}}"#);
@@ -180,6 +188,33 @@ fn plugin_check_rejects_each_hostile_fixture_with_its_reason() {
     // Honest otherwise: the fixture is the popularity model.
     let (passed, report) = check(&misbehaving, r#"{"misbehave_only": 1000}"#);
     assert!(passed, "{report}");
+
+    // Hostile outside `recommend`: an update that sleeps forever, a table grown without
+    // bound. The check ends, naming the limit (before the fix it never finished).
+    for (file, config, limits, reason) in [
+        (
+            misbehaving.clone(),
+            r#"{"misbehave_only": 1000, "update": "sleep"}"#,
+            r#"{"update_ms": 500}"#,
+            "update: plugin `misbehaving` trapped in `update`: exceeded its time budget of 500 ms",
+        ),
+        (
+            recohost_e2e::table_grower(),
+            "{}",
+            r#"{"memory_mb": 64}"#,
+            "exceeded its memory limit of 64 MiB",
+        ),
+    ] {
+        let (passed, report) = check_under(&file, config, limits);
+        let failure = report
+            .lines()
+            .find(|line| line.starts_with("FAILED: "))
+            .unwrap_or_else(|| panic!("no FAILED line:\n{report}"));
+        assert!(
+            !passed && failure.contains(reason),
+            "expected {reason:?} in {failure}"
+        );
+    }
 
     let temp = tempfile::tempdir().unwrap();
     let core_module = temp.path().join("core.wasm");

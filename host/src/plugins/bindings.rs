@@ -3,8 +3,10 @@
 use std::sync::{Arc, Mutex};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bounded_io::BoundedIo;
+use super::limiter::SandboxLimiter;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -21,12 +23,22 @@ pub use recohost::strategy::types::{
 pub const WIT_PACKAGE: &str = "recohost:strategy";
 pub const WIT_VERSION: (u64, u64, u64) = (1, 0, 0);
 
+/// Entries an instance's WASI resource table may hold (pollables, streams): a few dozen in
+/// practice; the cap keeps a guest from filling host memory with them.
+pub const MAX_WASI_RESOURCES: usize = 10_000;
+/// Largest `get-random-bytes` / `get-insecure-random-bytes` answer, in bytes (the host
+/// allocates it before copying it into the guest).
+pub const MAX_RANDOM_BYTES: u64 = 1024 * 1024;
+
 /// Everything one plugin instance's `Store` holds.
 pub struct InstanceState {
     pub plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: TrackedLimits,
+    pub limits: SandboxLimiter,
+    /// When the call under way must end: blocking WASI calls give up then
+    /// ([`super::bounded_io`]).
+    pub deadline: tokio::time::Instant,
     /// Bytes of log messages the current call may still send (reset before each call).
     pub log_budget: usize,
     /// Log messages dropped because a call reached its log budget, since the instance began.
@@ -37,15 +49,17 @@ pub struct InstanceState {
 
 impl InstanceState {
     /// WASI grants nothing here: no preopened directories, no environment, no arguments, no
-    /// sockets, no inherited stdio. Clocks and randomness stay (Rust's std needs them).
+    /// sockets, no inherited stdio. Clocks and randomness stay (Rust's std needs them), with
+    /// their host-side allocations bounded.
     ///
     /// With `observe_network` (`recohost plugin check`), sockets may be created so that a
     /// connect or bind reaches the address check, which refuses every address and notes it.
-    pub fn new(plugin: Arc<str>, limits: StoreLimits, observe_network: bool) -> Self {
+    pub fn new(plugin: Arc<str>, memory_bytes: usize, observe_network: bool) -> Self {
         let denied_network = Arc::new(Mutex::new(Vec::new()));
         let noted = denied_network.clone();
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
         builder
+            .max_random_size(MAX_RANDOM_BYTES)
             .allow_tcp(observe_network)
             .allow_udp(observe_network)
             .socket_addr_check(move |address, usage| {
@@ -56,68 +70,26 @@ impl InstanceState {
                 Box::pin(async { false })
             });
         let wasi = builder.build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_WASI_RESOURCES);
         Self {
             plugin,
             wasi,
-            table: ResourceTable::new(),
-            limits: TrackedLimits {
-                inner: limits,
-                peak_memory_bytes: 0,
-            },
+            table,
+            limits: SandboxLimiter::new(memory_bytes),
+            deadline: tokio::time::Instant::now(),
             log_budget: 0,
             log_messages_dropped: 0,
             denied_network,
         }
     }
-}
 
-/// The store's limits, recording the largest linear memory they allowed.
-pub struct TrackedLimits {
-    inner: StoreLimits,
-    pub peak_memory_bytes: usize,
-}
-
-impl ResourceLimiter for TrackedLimits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if allowed {
-            self.peak_memory_bytes = self.peak_memory_bytes.max(desired);
+    /// The state the bounded blocking calls use.
+    pub fn bounded_io(&mut self) -> BoundedIo<'_> {
+        BoundedIo {
+            table: &mut self.table,
+            deadline: self.deadline,
         }
-        Ok(allowed)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.memory_grow_failed(error)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.table_grow_failed(error)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
     }
 }
 

@@ -96,9 +96,15 @@ impl PluginEngine {
         &self.engine
     }
 
-    /// Deadline, in epoch ticks, for a call budget.
+    /// Deadline, in epoch ticks, for a call budget. Budgets are bounded at load
+    /// (`PluginLimits::validate`), so this stays far below where wasmtime's epoch arithmetic
+    /// could overflow; it saturates rather than wraps all the same.
     pub fn ticks(budget: Duration) -> u64 {
-        (budget.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+        let ticks = budget.as_micros() / EPOCH_TICK.as_micros();
+        u64::try_from(ticks)
+            .unwrap_or(u64::MAX / 2)
+            .clamp(1, u64::MAX / 2)
+            + 1
     }
 
     /// Compiles `wasm`, or loads the result of an earlier compilation of the same bytes by the

@@ -1,9 +1,10 @@
 //! A plugin's health: a circuit breaker over its serving calls.
 //!
-//! After `failures_before_unhealthy` failures in a row (traps, time or memory limits, refusals,
-//! answers over the result cap) the plugin is *unhealthy*: requests skip it, so they get the
-//! fallback or a 503 at once instead of each paying for the failure (a looping plugin would
-//! otherwise hold a serving instance for its whole time budget, request after request). When
+//! After `failures_before_unhealthy` failures in a row (traps, time or memory limits, answers
+//! out of bounds; a refusal is the plugin answering, so it is not one) the plugin is
+//! *unhealthy*: requests skip it, so they get the fallback or a 503 at once instead of each
+//! paying for the failure (a looping plugin would otherwise hold a serving instance for its
+//! whole time budget, request after request). When
 //! the backoff has passed, one request probes the plugin; success makes it healthy again,
 //! failure doubles the backoff, up to `max_backoff_ms`.
 //!
@@ -69,7 +70,10 @@ impl Health {
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             probing: AtomicU64::new(0),
-            probe_expires: limits.recommend() * 2 + Duration::from_secs(1),
+            probe_expires: limits
+                .recommend()
+                .saturating_mul(2)
+                .saturating_add(Duration::from_secs(1)),
             times_unhealthy: AtomicU64::new(0),
             slow: Mutex::new((first_backoff, None)),
         }
@@ -92,7 +96,8 @@ impl Health {
         }
         // Backoff over: exactly one caller probes; the others keep skipping until it is done.
         let probing = self.probing.load(Ordering::Acquire);
-        let expired = probing != 0 && now + 1 - probing > self.probe_expires.as_millis() as u64;
+        let expired = probing != 0
+            && (now + 1).saturating_sub(probing) > self.probe_expires.as_millis() as u64;
         if (probing == 0 || expired)
             && self
                 .probing
@@ -130,9 +135,10 @@ impl Health {
             return false;
         }
         let backoff = slow.0;
-        slow.0 = (backoff * 2).min(self.max_backoff);
+        slow.0 = backoff.saturating_mul(2).min(self.max_backoff);
         self.open_until_ms.store(
-            self.now_ms() + backoff.as_millis().max(1) as u64,
+            self.now_ms()
+                .saturating_add(backoff.as_millis().max(1) as u64),
             Ordering::Relaxed,
         );
         self.probing.store(0, Ordering::Release);

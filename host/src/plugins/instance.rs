@@ -2,21 +2,28 @@
 //! under the plugin's time budget and memory cap.
 //!
 //! A trap (panic, time budget, memory cap) poisons the instance for good: the caller must drop
-//! it. [`CallError::is_trap`] says which errors those are.
+//! it. So does an answer the host refused to copy out (over its size, malformed): wasmtime
+//! never finished that call. [`CallError::is_trap`] says which errors those are.
+//!
+//! What a guest can make the host hold is bounded per call: its time (epoch deadline, and
+//! [`super::bounded_io`] for waits inside the host), its memory ([`super::limiter`]), and the
+//! bytes copied out of it (wasmtime's hostcall fuel, set per call from the answer's limit).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use wasmtime::component::{Component, Func};
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, Trap};
 
 use super::bindings::{
-    Feedback, InstanceState, Item, PluginInfo, Request, Scored, Strategy, StrategyError,
-    StrategyPre, TrainingReport,
+    Feedback, InstanceState, Item, MAX_WASI_RESOURCES, PluginInfo, Request, Scored, Strategy,
+    StrategyError, StrategyPre, TrainingReport,
 };
+use super::bounded_io::BudgetExceeded;
 use super::engine::PluginEngine;
 use super::fast_abi::{FastFeedback, LearnFn, RecommendFn, RequestArg};
+use super::limiter::MemoryCapExceeded;
 use super::limits::PluginLimits;
 
 #[derive(Debug, Error)]
@@ -36,9 +43,18 @@ pub enum CallError {
         call: &'static str,
         reason: String,
     },
-    /// The instance trapped and must be discarded.
+    /// The instance trapped (a panic, its time budget, its memory cap) and must be discarded.
     #[error("plugin `{plugin}` trapped in `{call}`: {reason}")]
     Trapped {
+        plugin: String,
+        call: &'static str,
+        reason: String,
+    },
+    /// The host stopped the call (an answer it would not copy out: over its size or
+    /// malformed; a host call past its limits): the call never finished, so the instance
+    /// must be discarded too.
+    #[error("plugin `{plugin}` failed `{call}`: {reason}")]
+    Aborted {
         plugin: String,
         call: &'static str,
         reason: String,
@@ -46,8 +62,16 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// Whether the instance is finished: trapped or aborted.
     pub fn is_trap(&self) -> bool {
-        matches!(self, Self::Trapped { .. })
+        matches!(self, Self::Trapped { .. } | Self::Aborted { .. })
+    }
+
+    /// Whether the call counts against the plugin's health: traps, time and memory limits,
+    /// answers out of bounds. A refusal does not: it is the plugin answering, and a client
+    /// could otherwise open the breaker for everyone by sending inputs the plugin refuses.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Self::Refused { .. })
     }
 }
 
@@ -70,17 +94,14 @@ impl PluginInstance {
         plugin: Arc<str>,
         limits: Arc<PluginLimits>,
     ) -> anyhow::Result<Self> {
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes())
-            .trap_on_grow_failure(true)
-            .instances(4)
-            .tables(16)
-            .memories(4)
-            .build();
-        let state = InstanceState::new(plugin, store_limits, engine.observes_network());
+        let state = InstanceState::new(plugin, limits.memory_bytes(), engine.observes_network());
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.limits);
+        store.set_max_component_handles(MAX_WASI_RESOURCES);
+        // Start functions run under the longest budget a call gets.
         store.set_epoch_deadline(PluginEngine::ticks(limits.train()));
+        store.set_hostcall_fuel(CALL_FUEL);
+        store.data_mut().deadline = deadline_after(limits.train());
         let exports = pre
             .instantiate(&mut store)
             .map_err(|e| anyhow::anyhow!("cannot instantiate: {e:#}"))?;
@@ -94,17 +115,25 @@ impl PluginInstance {
         })
     }
 
+    /// Runs one call under `budget`. `answer` is the most the host copies out of the guest
+    /// for it (the answer itself; an error's text gets [`ERROR_FUEL`] more), with what
+    /// limits it, for the error that names it.
     fn call<R>(
         &mut self,
         call: &'static str,
         budget: Duration,
+        answer: AnswerLimit,
         run: impl FnOnce(
             &Strategy,
             &mut Store<InstanceState>,
         ) -> wasmtime::Result<Result<R, StrategyError>>,
     ) -> Result<R, CallError> {
         self.store.set_epoch_deadline(PluginEngine::ticks(budget));
-        self.store.data_mut().log_budget = self.limits.max_log_bytes_per_call;
+        self.store
+            .set_hostcall_fuel(answer.bytes.saturating_add(ERROR_FUEL));
+        let state = self.store.data_mut();
+        state.deadline = deadline_after(budget);
+        state.log_budget = self.limits.max_log_bytes_per_call;
         let result = run(&self.exports, &mut self.store);
         // The plugin's name is only needed for an error: no allocation on the happy path.
         let plugin = || self.store.data().plugin.to_string();
@@ -113,30 +142,59 @@ impl PluginInstance {
             Ok(Err(error)) => Err(CallError::Refused {
                 plugin: plugin(),
                 call,
-                error,
+                error: shortened(error),
             }),
             Err(error) => {
-                let reason = match error.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => {
-                        format!("exceeded its time budget of {} ms", budget.as_millis())
-                    }
-                    _ if format!("{error:?}").contains("forcing trap when growing memory") => {
-                        format!("exceeded its memory limit of {} MiB", self.limits.memory_mb)
-                    }
-                    _ => format!("{error:#}"),
-                };
-                Err(CallError::Trapped {
+                let trapped = |reason| CallError::Trapped {
                     plugin: plugin(),
                     call,
                     reason,
-                })
+                };
+                if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+                    || error.downcast_ref::<BudgetExceeded>().is_some()
+                {
+                    Err(trapped(format!(
+                        "exceeded its time budget of {} ms",
+                        budget.as_millis()
+                    )))
+                } else if let Some(cap) = error.downcast_ref::<MemoryCapExceeded>() {
+                    Err(trapped(format!(
+                        "exceeded its memory limit of {} MiB ({cap})",
+                        self.limits.memory_mb
+                    )))
+                } else if error.downcast_ref::<Trap>().is_some() {
+                    Err(trapped(short_text(&format!("{error:#}"))))
+                } else {
+                    // Not a trap of the guest's code: the host refused a host call's request
+                    // while the guest ran (it then carries the guest's backtrace), or the
+                    // call's answer once it returned (over its size, malformed): then name
+                    // the answer's limits.
+                    let limit = if error.downcast_ref::<wasmtime::WasmBacktrace>().is_some() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (the host copies out at most {} and {} KiB of error text)",
+                            answer.names.unwrap_or_else(|| format!(
+                                "{} KiB of answer",
+                                answer.bytes / 1024
+                            )),
+                            ERROR_FUEL / 1024
+                        )
+                    };
+                    Err(CallError::Aborted {
+                        plugin: plugin(),
+                        call,
+                        // The cause, without the guest backtrace wasmtime puts before it.
+                        reason: format!("{}{limit}", short_text(&error.root_cause().to_string())),
+                    })
+                }
             }
         }
     }
 
-    /// The largest linear memory the instance has had, in bytes.
+    /// The most memory (linear memories and tables together) the instance has held, in bytes.
     pub fn peak_memory_bytes(&self) -> usize {
-        self.store.data().limits.peak_memory_bytes
+        self.store.data().limits.peak_bytes
     }
 
     /// Log messages dropped over the per-call limit since the instance began.
@@ -156,14 +214,14 @@ impl PluginInstance {
 
     pub fn describe(&mut self) -> Result<PluginInfo, CallError> {
         let budget = self.limits.recommend();
-        self.call("describe", budget, |e, s| {
+        self.call("describe", budget, AnswerLimit::SMALL, |e, s| {
             e.recohost_strategy_plugin().call_describe(s).map(Ok)
         })
     }
 
     pub fn configure(&mut self, config_json: &str, catalog: &[Item]) -> Result<(), CallError> {
         let budget = self.limits.train();
-        self.call("configure", budget, |e, s| {
+        self.call("configure", budget, AnswerLimit::SMALL, |e, s| {
             e.recohost_strategy_plugin()
                 .call_configure(s, config_json, catalog)
         })
@@ -172,7 +230,7 @@ impl PluginInstance {
     pub fn train(&mut self, events: &[Feedback]) -> Result<TrainingReport, CallError> {
         let budget = self.limits.train();
         let train = self.hot.train;
-        self.call("train", budget, |_, s| {
+        self.call("train", budget, AnswerLimit::SMALL, |_, s| {
             // SAFETY: type-checked against this signature in `HotCalls::new`.
             let train = unsafe { LearnFn::new_unchecked(train) };
             Ok(train.call(s, (FastFeedback::slice(events),))?.0)
@@ -182,7 +240,7 @@ impl PluginInstance {
     pub fn update(&mut self, events: &[Feedback]) -> Result<TrainingReport, CallError> {
         let budget = self.limits.update();
         let update = self.hot.update;
-        self.call("update", budget, |_, s| {
+        self.call("update", budget, AnswerLimit::SMALL, |_, s| {
             // SAFETY: type-checked against this signature in `HotCalls::new`.
             let update = unsafe { LearnFn::new_unchecked(update) };
             Ok(update.call(s, (FastFeedback::slice(events),))?.0)
@@ -199,7 +257,7 @@ impl PluginInstance {
     }
 
     /// The plugin's answer, refused whole when it is longer than `limits.max_result_items`.
-    /// (The guest's memory cap bounds what the host copies out before this check.)
+    /// An answer far over it is refused before the host copies any of it (hostcall fuel).
     pub fn recommend(&mut self, request: &Request) -> Result<Vec<Scored>, CallError> {
         self.recommend_within(request, self.limits.recommend())
     }
@@ -211,12 +269,16 @@ impl PluginInstance {
         budget: Duration,
     ) -> Result<Vec<Scored>, CallError> {
         let recommend = self.hot.recommend;
-        let scored = self.call("recommend", budget, |_, s| {
+        let cap = self.limits.max_result_items;
+        let answer = AnswerLimit {
+            bytes: cap.saturating_mul(SCORED_BYTES),
+            names: Some(format!("{cap} items (limits.max_result_items)")),
+        };
+        let scored = self.call("recommend", budget, answer, |_, s| {
             // SAFETY: type-checked against this signature in `HotCalls::new`.
             let recommend = unsafe { RecommendFn::new_unchecked(recommend) };
             Ok(recommend.call(s, (RequestArg::new(request),))?.0)
         })?;
-        let cap = self.limits.max_result_items;
         if scored.len() > cap {
             return Err(self.over_limit(
                 "recommend",
@@ -232,7 +294,14 @@ impl PluginInstance {
     /// One estimate per item asked about, or an error.
     pub fn predict(&mut self, user: u32, items: &[u32]) -> Result<Vec<f32>, CallError> {
         let budget = self.limits.recommend();
-        let estimates = self.call("predict", budget, |e, s| {
+        let answer = AnswerLimit {
+            bytes: items.len().saturating_mul(4),
+            names: Some(format!(
+                "{} estimates, one per item asked about",
+                items.len()
+            )),
+        };
+        let estimates = self.call("predict", budget, answer, |e, s| {
             e.recohost_strategy_plugin().call_predict(s, user, items)
         })?;
         if estimates.len() != items.len() {
@@ -250,7 +319,14 @@ impl PluginInstance {
 
     pub fn save(&mut self) -> Result<Vec<u8>, CallError> {
         let budget = self.limits.train();
-        let snapshot = self.call("save", budget, |e, s| {
+        let answer = AnswerLimit {
+            bytes: self.limits.max_snapshot_bytes(),
+            names: Some(format!(
+                "a {} MiB snapshot (limits.max_snapshot_mb)",
+                self.limits.max_snapshot_mb
+            )),
+        };
+        let snapshot = self.call("save", budget, answer, |e, s| {
             e.recohost_strategy_plugin().call_save(s)
         })?;
         if snapshot.len() > self.limits.max_snapshot_bytes() {
@@ -268,7 +344,7 @@ impl PluginInstance {
 
     pub fn load(&mut self, snapshot: &[u8]) -> Result<(), CallError> {
         let budget = self.limits.train();
-        self.call("load", budget, |e, s| {
+        self.call("load", budget, AnswerLimit::SMALL, |e, s| {
             e.recohost_strategy_plugin().call_load(s, snapshot)
         })
     }
@@ -292,6 +368,58 @@ impl PluginInstance {
         let plugin = self.exports.recohost_strategy_plugin();
         let scored = plugin.call_recommend(&mut self.store, request);
         scored.expect("no trap").expect("no error")
+    }
+}
+
+/// Bytes the host copies out of a guest for an error's text, beyond the answer itself; an
+/// error whose text is longer fails the call unread.
+const ERROR_FUEL: usize = 64 * 1024;
+/// What a call whose answer has no limit of its own may copy out (`describe`, a training
+/// report), and what each of its host calls may pass (a `host-log` message).
+const CALL_FUEL: usize = 1024 * 1024;
+/// Size of a `scored` record in guest memory (`item: u32`, `score: f32`).
+const SCORED_BYTES: usize = 8;
+/// Characters of a plugin's error text (or a trap's message) kept: enough for any honest
+/// message, and the 503 bodies and log lines that carry it stay small.
+pub const MAX_ERROR_CHARS: usize = 1_000;
+
+/// The most the host copies out of the guest for one call's answer.
+struct AnswerLimit {
+    bytes: usize,
+    /// What the limit allows, for the error that names it.
+    names: Option<String>,
+}
+
+impl AnswerLimit {
+    const SMALL: Self = Self {
+        bytes: CALL_FUEL,
+        names: None,
+    };
+}
+
+/// When a call that starts now with `budget` must end.
+fn deadline_after(budget: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    // Budgets are bounded at load (`PluginLimits::validate`); the fallback is only for safety.
+    now.checked_add(budget)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400))
+}
+
+/// `text`, cut to [`MAX_ERROR_CHARS`] characters.
+pub fn short_text(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((end, _)) => format!("{}... ({} bytes in all)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
+
+/// The plugin's error with its text cut to [`MAX_ERROR_CHARS`].
+fn shortened(error: StrategyError) -> StrategyError {
+    match error {
+        StrategyError::InvalidInput(text) => StrategyError::InvalidInput(short_text(&text)),
+        StrategyError::NotReady(text) => StrategyError::NotReady(short_text(&text)),
+        StrategyError::Unsupported(text) => StrategyError::Unsupported(short_text(&text)),
+        StrategyError::Internal(text) => StrategyError::Internal(short_text(&text)),
     }
 }
 

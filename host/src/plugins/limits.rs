@@ -75,27 +75,93 @@ impl PluginLimits {
         usize::try_from(self.max_snapshot_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
     }
 
+    /// Checks every value against its range, naming the key of the first that is outside.
+    /// The upper bounds keep the arithmetic on them (deadlines, epoch ticks, backoffs, byte
+    /// counts) far from overflow, and are beyond anything a plugin needs.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("memory_mb", self.memory_mb),
-            ("recommend_ms", self.recommend_ms),
-            ("update_ms", self.update_ms),
-            ("train_ms", self.train_ms),
-            ("max_result_items", self.max_result_items as u64),
-            ("max_snapshot_mb", self.max_snapshot_mb),
+        const DAY_MS: u64 = 86_400_000;
+        let ranges: [(&str, u64, u64); 11] = [
+            // A wasm32 instance addresses at most 4 GiB.
+            ("memory_mb", self.memory_mb, 4_096),
+            ("recommend_ms", self.recommend_ms, 60_000),
+            ("update_ms", self.update_ms, DAY_MS),
+            ("train_ms", self.train_ms, DAY_MS),
+            ("max_result_items", self.max_result_items as u64, 1_000_000),
+            ("max_snapshot_mb", self.max_snapshot_mb, 4_096),
+            (
+                "max_log_bytes_per_call",
+                self.max_log_bytes_per_call as u64,
+                16 * 1024 * 1024,
+            ),
             (
                 "failures_before_unhealthy",
                 u64::from(self.failures_before_unhealthy),
+                1_000_000,
             ),
-            ("backoff_ms", self.backoff_ms),
-            ("max_backoff_ms", self.max_backoff_ms),
+            ("backoff_ms", self.backoff_ms, DAY_MS),
+            ("max_backoff_ms", self.max_backoff_ms, DAY_MS),
+            ("serving_instances", self.serving_instances as u64, 1_024),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(format!("limits.{name} must be positive"));
+        for (name, value, max) in ranges {
+            // 0 serving instances means one per core; a log budget of 0 silences the plugin.
+            let may_be_zero = matches!(name, "serving_instances" | "max_log_bytes_per_call");
+            if value == 0 && !may_be_zero {
+                return Err(format!("limits.{name} must be positive"));
+            }
+            if value > max {
+                return Err(format!("limits.{name} must be at most {max}, got {value}"));
+            }
         }
         if self.max_backoff_ms < self.backoff_ms {
             return Err("limits.max_backoff_ms must be at least limits.backoff_ms".into());
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_out_of_range_are_refused_naming_the_key() {
+        assert_eq!(PluginLimits::default().validate(), Ok(()));
+        let refused = |limits: PluginLimits| limits.validate().unwrap_err();
+        assert_eq!(
+            refused(PluginLimits {
+                recommend_ms: u64::MAX,
+                ..PluginLimits::default()
+            }),
+            "limits.recommend_ms must be at most 60000, got 18446744073709551615"
+        );
+        assert!(
+            refused(PluginLimits {
+                memory_mb: 5_000,
+                ..PluginLimits::default()
+            })
+            .starts_with("limits.memory_mb must be at most 4096")
+        );
+        assert_eq!(
+            refused(PluginLimits {
+                max_result_items: 0,
+                ..PluginLimits::default()
+            }),
+            "limits.max_result_items must be positive"
+        );
+        let mut zero_ok = PluginLimits {
+            serving_instances: 0,
+            max_log_bytes_per_call: 0,
+            ..PluginLimits::default()
+        };
+        assert_eq!(zero_ok.validate(), Ok(()));
+        zero_ok.backoff_ms = DAY + 1;
+        assert!(
+            zero_ok
+                .validate()
+                .unwrap_err()
+                .contains("limits.backoff_ms")
+        );
+    }
+
+    const DAY: u64 = 86_400_000;
 }

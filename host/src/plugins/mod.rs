@@ -5,17 +5,21 @@
 //! - [`contract`]: which WIT versions this host runs.
 //! - [`health`]: the circuit breaker that marks a failing plugin unhealthy, with backoff.
 //! - [`instance`]: one sandboxed instance and its typed, budgeted calls.
+//! - [`limiter`]: the memory budget every instance's linear memories and tables share.
+//! - [`bounded_io`]: WASI's blocking calls, ended by the deadline of the call they are in.
 //! - [`fast_abi`]: the hot calls' arguments, copied into the guest in one pass.
 //! - [`runtime`]: one plugin: current model version and its pool of serving instances.
 //! - [`PluginRegistry`]: every loaded plugin by name; [`LivePlugins`]: the registry serving
 //!   now, replaced as a whole when plugins are added or replaced without a restart.
 
 pub mod bindings;
+pub mod bounded_io;
 pub mod contract;
 pub mod engine;
 pub mod fast_abi;
 pub mod health;
 pub mod instance;
+pub mod limiter;
 pub mod limits;
 pub mod runtime;
 

@@ -62,8 +62,11 @@ pub struct ModelVersion {
 #[derive(Default)]
 struct CallStats {
     calls: AtomicU64,
+    /// Calls that count against its health: traps, limits, answers out of bounds.
     failures: AtomicU64,
     traps: AtomicU64,
+    /// Calls it answered with an error (not counted as failures).
+    refusals: AtomicU64,
     /// Requests not sent to the plugin because it was unhealthy.
     skipped: AtomicU64,
     /// Requests it failed that the fallback plugin answered.
@@ -87,8 +90,13 @@ pub struct PluginStatus {
     /// `ready`, `unhealthy` (skipped until its backoff ends) or `not_trained`.
     pub status: &'static str,
     pub calls: u64,
+    /// Calls that failed: traps, time or memory limits, answers out of bounds. These count
+    /// toward `failures_before_unhealthy`.
     pub failures: u64,
+    /// Calls that ended the instance: traps, and answers the host would not copy out.
     pub traps: u64,
+    /// Calls the plugin answered with an error (a refusal): not failures.
+    pub refusals: u64,
     /// Requests not sent to it while unhealthy.
     pub skipped: u64,
     /// Requests it failed that the fallback plugin answered.
@@ -166,6 +174,7 @@ impl PluginRuntime {
         })?;
         let mut linker = wasmtime::component::Linker::<InstanceState>::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| super::bounded_io::link(&mut linker, InstanceState::bounded_io))
             .map_err(|e| invalid(format!("{e:#}")))?;
         super::bindings::Strategy::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
@@ -272,6 +281,7 @@ impl PluginRuntime {
             calls: self.stats.calls.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),
             traps: self.stats.traps.load(Ordering::Relaxed),
+            refusals: self.stats.refusals.load(Ordering::Relaxed),
             skipped: self.stats.skipped.load(Ordering::Relaxed),
             fallbacks: self.stats.fallbacks.load(Ordering::Relaxed),
             mean_recommend_us: self.stats.recommend_latency.mean().as_micros() as u64,
@@ -481,8 +491,14 @@ impl PluginRuntime {
                 self.record_failure(error);
                 tracing::error!(plugin = %self.name, %error, "discarding the instance; the next request gets a fresh one from the snapshot");
             }
-            Err(error) => {
+            Err(error) if error.is_failure() => {
                 self.record_failure(error);
+                self.checkin(instance);
+            }
+            Err(_) => {
+                // A refusal: the plugin works and said no to this input.
+                self.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                self.health.succeeded();
                 self.checkin(instance);
             }
             Ok(_) => {

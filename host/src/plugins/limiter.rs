@@ -1,0 +1,119 @@
+//! The memory a plugin instance may make the host allocate, held to `limits.memory_mb` in all.
+//!
+//! Everything a guest can grow counts against one budget: every linear memory (a component
+//! may hold several core instances, each with its own memory) and every table (`table.grow`
+//! allocates host memory too, a pointer per element). A growth past the budget traps with
+//! [`MemoryCapExceeded`], which the caller recognises by type, not by its message.
+//!
+//! The counts of instances, memories and tables are sanity bounds only: the budget is what
+//! bounds memory, and a component cannot create instances at run time (their number is fixed
+//! by its structure), so the counts are set high enough for components made by other
+//! toolchains (componentize-py holds several core instances).
+
+use wasmtime::ResourceLimiter;
+
+/// Host bytes charged per table element: wasmtime 48 stores a `funcref` element as one
+/// pointer (tables of other reference types need proposals the engine does not enable).
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// A growth that would take an instance past its memory budget.
+#[derive(Debug, thiserror::Error)]
+#[error("growing {what} would take the instance to {wanted} bytes, over its limit of {budget}")]
+pub struct MemoryCapExceeded {
+    pub what: &'static str,
+    pub wanted: usize,
+    pub budget: usize,
+}
+
+/// The `ResourceLimiter` of one instance's store.
+pub struct SandboxLimiter {
+    budget: usize,
+    /// Bytes of linear memory and table storage granted so far (memories and tables only
+    /// grow, so this is also what they hold).
+    used: usize,
+    /// The largest `used` has been.
+    pub peak_bytes: usize,
+}
+
+impl SandboxLimiter {
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            used: 0,
+            peak_bytes: 0,
+        }
+    }
+
+    fn grow(&mut self, what: &'static str, more: usize) -> wasmtime::Result<bool> {
+        let wanted = self.used.saturating_add(more);
+        if wanted > self.budget {
+            return Err(MemoryCapExceeded {
+                what,
+                wanted,
+                budget: self.budget,
+            }
+            .into());
+        }
+        self.used = wanted;
+        self.peak_bytes = self.peak_bytes.max(wanted);
+        Ok(true)
+    }
+}
+
+impl ResourceLimiter for SandboxLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.grow("a linear memory", desired.saturating_sub(current))
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The engine refused a growth the budget allowed (past the memory's own maximum, or
+        // the host is out of memory): the guest sees -1 from `memory.grow`, as the spec says.
+        tracing::debug!(%error, "a plugin's memory growth failed");
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let elements = desired.saturating_sub(current);
+        self.grow("a table", elements.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        let mut limiter = SandboxLimiter::new(1_000);
+        assert!(limiter.memory_growing(0, 600, None).unwrap());
+        // A second memory may not take the total past the budget.
+        let error = limiter.memory_growing(0, 600, None).unwrap_err();
+        assert!(error.downcast_ref::<MemoryCapExceeded>().is_some());
+        // 50 table elements are 400 bytes: exactly the rest.
+        assert!(limiter.table_growing(0, 50, None).unwrap());
+        assert!(limiter.table_growing(50, 51, None).is_err());
+        assert_eq!(limiter.peak_bytes, 1_000);
+    }
+}
