@@ -210,6 +210,29 @@ fn health_plugins_items_and_users_describe_the_server() {
     assert!(item["title"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(item["tags"].as_array().is_some_and(|t| !t.is_empty()));
 
+    // Made-up HTTP methods are refused, and counted under one `other` series, not one each.
+    let client = reqwest::blocking::Client::new();
+    for method in ["BREW", "BREW2", "PROPFIND"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let status = client
+            .request(method, format!("{}/recommend", server.base))
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 405);
+    }
+    let (_, _, metrics) = server.get_text("/metrics");
+    assert!(
+        !metrics.contains("BREW") && !metrics.contains("PROPFIND"),
+        "a series per method:\n{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "recohost_http_requests_total{route=\"/recommend\",method=\"other\",status=\"405\"} 3"
+        ),
+        "{metrics}"
+    );
+
     let (status, user) = server.get("/users/1");
     assert_eq!(status, 200);
     assert!(user["event_count"].as_u64().unwrap() >= 15);

@@ -111,7 +111,14 @@ fn recommendations_follow_the_assignment_and_feedback_reaches_the_results() {
         (Some("popularity"), &Value::Null)
     );
 
-    // Unknown experiments and contradictory requests are clear errors.
+    // Unknown experiments, unknown models and contradictory requests are clear errors, for
+    // a user in the experiment too (its arm would otherwise have answered).
+    let (status, body) = server.post("/recommend", &json!({"user_id": 1, "model_type": "nope"}));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (404, "unknown_model"),
+        "{body}"
+    );
     let (status, body) = server.post(
         "/recommend",
         &json!({"user_id": 1, "experiment_id": "nope"}),

@@ -353,6 +353,63 @@ fn operator_actions_need_the_admin_token() {
         (status, answer["status"].as_str()),
         (200, Some("nothing_to_learn"))
     );
+    // /admin/reload too, and the scheme is case-insensitive (RFC 9110).
+    let reload = |authorization: Option<&str>| {
+        let mut request =
+            reqwest::blocking::Client::new().post(format!("{}/admin/reload", server.base));
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        let response = request.send().unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let (status, answer) = reload(None);
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (401, "unauthorized")
+    );
+    assert_eq!(reload(Some("Bearer wrong-token-wrong-token")).0, 401);
+    let (status, answer) = reload(Some(&format!("bearer {token}")));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "reloaded");
+    drop(server);
+
+    // No token on a loopback bind: local tools may act, web pages may not (a cross-origin
+    // POST, or a rebound host name that resolves to 127.0.0.1).
+    let (_temp, server) = start("");
+    let post = |headers: &[(&str, String)]| {
+        let mut request =
+            reqwest::blocking::Client::new().post(format!("{}/admin/reload", server.base));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let authority = server.base.trim_start_matches("http://").to_string();
+    let (status, answer) = post(&[("Origin", "https://evil.example".to_string())]);
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (403, "cross_origin_refused"),
+        "{answer}"
+    );
+    let port = authority.rsplit(':').next().unwrap();
+    let (status, answer) = post(&[("Host", format!("rebound.example:{port}"))]);
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (403, "cross_origin_refused"),
+        "{answer}"
+    );
+    let (status, answer) = post(&[("Origin", server.base.clone())]);
+    assert_eq!(status, 200, "the dashboard's own origin: {answer}");
+    let (status, answer) = post(&[]);
+    assert_eq!(status, 200, "curl: {answer}");
     drop(server);
 
     // No token, listening on every interface: operator actions are refused outright.

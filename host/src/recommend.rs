@@ -141,6 +141,16 @@ impl Recommender {
                 max: self.max_recommendations,
             });
         }
+        // A model the client names must exist even when an experiment then decides: a
+        // misspelt name is the client's error whoever the user is.
+        if let Some(requested) = query.model
+            && self.plugins.get(requested).is_none()
+        {
+            return Err(RecommendError::UnknownModel {
+                requested: requested.to_string(),
+                available: self.plugins.names(),
+            });
+        }
         let assignment = if query.bypass_experiments {
             None
         } else {
@@ -268,7 +278,10 @@ impl Recommender {
                 cached: true,
             });
         }
-        let (request, history_len) = self.request(user.id, count);
+        // The view is read again to build the request: the user may have had their first
+        // (or next) event meanwhile, so the answer is stored only under the key of what it
+        // was built from.
+        let (request, built_from) = self.request(user.id, count);
         let exclude = request.exclude.clone();
         let (scored, model_version) = plugin.recommend_async(request).await?;
         let received = scored.len();
@@ -281,13 +294,15 @@ impl Recommender {
                 "dropped malformed entries from a plugin's answer"
             );
         }
-        // Store only what the key describes: the same model and user versions.
+        // Store only what the key describes: the same model version, and the same user
+        // version (for a user unknown at lookup and known now, the keys differ: the cold
+        // key must never hold one user's exclusions).
         if let Some(key) = key
             && key
                 == cache::key(
                     scope(model_version),
                     count,
-                    user.index.map(|_| (user.id, history_len as u64)),
+                    built_from.map(|version| (user.id, version)),
                 )
         {
             // Awaited, not spawned: the next request of this user must find it (a miss
@@ -320,8 +335,8 @@ impl Recommender {
     }
 
     /// The plugin request for a user (newest history first, capped; all seen items
-    /// excluded), and the length of the user's whole history.
-    fn request(&self, user_id: &str, count: u32) -> (Request, usize) {
+    /// excluded), and the user's version it was built from (`None`: unknown, a cold start).
+    fn request(&self, user_id: &str, count: u32) -> (Request, Option<u64>) {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let Some(user) = users.index_of(user_id) else {
             let request = Request {
@@ -330,7 +345,7 @@ impl Recommender {
                 history: Vec::new(),
                 exclude: Vec::new(),
             };
-            return (request, 0);
+            return (request, None);
         };
         let full = users.history(user);
         let history = full
@@ -348,6 +363,108 @@ impl Recommender {
             history,
             exclude,
         };
-        (request, full.len())
+        (request, Some(users.version(user)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CacheConfig;
+    use crate::plugins::{ModelVersion, PluginEngine, PluginLimits, PluginRegistry};
+    use crate::store::{EventKind, EventRow, Store};
+
+    /// A recommender serving a trained popularity model over the check's dataset.
+    fn recommender(dir: &std::path::Path) -> (Recommender, Arc<PluginRuntime>) {
+        let data = crate::plugin_dev::check::dataset();
+        let engine = PluginEngine::new(None).unwrap();
+        let plugin = PluginRuntime::load(
+            &engine,
+            "popularity",
+            &crate::plugins::bundled_plugin_path("popularity"),
+            "{}".into(),
+            PluginLimits::default(),
+            data.catalog.plugin_items(),
+            data.catalog.fingerprint(),
+        )
+        .unwrap();
+        let snapshot = plugin.train(&data.train).unwrap();
+        plugin
+            .install(ModelVersion {
+                version: 1,
+                snapshot: Arc::new(snapshot),
+                created_at: 0,
+                through_event: 0,
+            })
+            .unwrap();
+        let plugin = Arc::new(plugin);
+        let mut registry = PluginRegistry::default();
+        registry.insert_shared(plugin.clone());
+        let database = dir.join("db");
+        let store = Arc::new(Store::open(&database).unwrap());
+        let experiments = Experiments::open(None, Box::new(Vec::new), store, &database).unwrap();
+        let recommender = Recommender {
+            catalog: Arc::new(data.catalog),
+            users: Arc::new(RwLock::new(Users::default())),
+            plugins: Arc::new(LivePlugins::new(registry)),
+            experiments: Arc::new(experiments),
+            cache: cache::from_config(&CacheConfig::default()).unwrap(),
+            store_id: "test".into(),
+            default_model: "popularity".into(),
+            fallback_model: None,
+            history_limit: 500,
+            max_recommendations: 100,
+        };
+        (recommender, plugin)
+    }
+
+    #[tokio::test]
+    async fn an_answer_for_a_user_who_appeared_meanwhile_is_not_cached_for_cold_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recommender, plugin) = recommender(dir.path());
+        let cold = |id| UserView {
+            id,
+            index: None,
+            version: 0,
+        };
+        // What every cold user is recommended first (asked without the cache).
+        let (anonymous, _) = plugin
+            .recommend_async(Request {
+                user: None,
+                count: 5,
+                history: Vec::new(),
+                exclude: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let top = anonymous[0].item;
+
+        // The race: the lookup saw "new" as unknown, then their first event, on the top
+        // item, was stored before the request was built.
+        {
+            let mut users = recommender.users.write().unwrap();
+            users.register(0, "new".into());
+            users.record(&EventRow {
+                id: 1,
+                user: 0,
+                item: top,
+                kind: EventKind::Click,
+                value: 1.0,
+                timestamp: 1,
+            });
+        }
+        let theirs = recommender
+            .answer("popularity", &plugin, &cold("new"), 5)
+            .await
+            .unwrap();
+        assert!(theirs.entries.iter().all(|&(item, _)| item != top));
+
+        // Another cold user must not get that answer (with "new"'s exclusion) from the cache.
+        let other = recommender
+            .answer("popularity", &plugin, &cold("other"), 5)
+            .await
+            .unwrap();
+        assert!(!other.cached, "the cold key held one user's answer");
+        assert_eq!(other.entries[0].0, top);
     }
 }

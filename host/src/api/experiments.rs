@@ -83,6 +83,8 @@ pub struct ExperimentList {
 pub struct ExposuresLogged {
     stored: u64,
     failed: u64,
+    /// Not logged because the log's queue was full (the disk could not keep up).
+    dropped: u64,
 }
 
 /// Where a user stands in an experiment.
@@ -155,12 +157,16 @@ fn definition(experiment: &LiveExperiment) -> ExperimentView {
 pub async fn list(State(state): State<AppState>) -> Json<ExperimentList> {
     let experiments = &state.experiments;
     let set = experiments.current();
-    let (stored, failed) = experiments.exposure_log_counts();
+    let logged = experiments.exposure_log_counts();
     Json(ExperimentList {
         directory: experiments.dir().map(|d| d.display().to_string()),
         experiments: set.experiments.iter().map(|e| definition(e)).collect(),
         reload: experiments.reload_status(),
-        exposures_logged: ExposuresLogged { stored, failed },
+        exposures_logged: ExposuresLogged {
+            stored: logged.stored,
+            failed: logged.failed,
+            dropped: logged.dropped,
+        },
     })
 }
 

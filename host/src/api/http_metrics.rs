@@ -18,7 +18,7 @@ use crate::histogram::{HistogramSnapshot, LatencyHistogram};
 struct RouteStats {
     latency: LatencyHistogram,
     /// (method, status) -> requests.
-    statuses: Mutex<BTreeMap<(String, u16), u64>>,
+    statuses: Mutex<BTreeMap<(&'static str, u16), u64>>,
 }
 
 /// Every route's counters.
@@ -45,14 +45,14 @@ impl HttpMetrics {
             .clone()
     }
 
-    fn record(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    fn record(&self, route: &str, method: &'static str, status: u16, elapsed: Duration) {
         let stats = self.route(route);
         stats.latency.record(elapsed);
         *stats
             .statuses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((method.to_string(), status))
+            .entry((method, status))
             .or_insert(0) += 1;
     }
 
@@ -107,6 +107,23 @@ impl HttpMetrics {
     }
 }
 
+/// The method as a metrics label: the standard ones by name, any other as `other` (a client
+/// may send any token as a method; each would otherwise become a new series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
+}
+
 /// The middleware: times the request and records it under its route pattern.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
@@ -114,12 +131,12 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     state.http_metrics.record(
         &route,
-        &method,
+        method,
         response.status().as_u16(),
         started.elapsed(),
     );

@@ -180,20 +180,27 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         &[(String::new(), overload.in_flight as f64)],
     );
 
-    let (stored, failed) = state.experiments.exposure_log_counts();
+    let logged = state.experiments.exposure_log_counts();
     family(
         &mut out,
         "recohost_exposures_stored_total",
         "counter",
         "Experiment exposures written to SQLite.",
-        &[(String::new(), stored as f64)],
+        &[(String::new(), logged.stored as f64)],
     );
     family(
         &mut out,
         "recohost_exposures_failed_total",
         "counter",
         "Experiment exposures that could not be written.",
-        &[(String::new(), failed as f64)],
+        &[(String::new(), logged.failed as f64)],
+    );
+    family(
+        &mut out,
+        "recohost_exposures_dropped_total",
+        "counter",
+        "Experiment exposures dropped because the log's queue was full.",
+        &[(String::new(), logged.dropped as f64)],
     );
 
     family(

@@ -5,11 +5,17 @@
 //! waiting and stores it in one transaction, so under load one commit covers many exposures.
 //! [`ExposureLog::flush`] waits until everything queued before it is stored: results and
 //! counts call it first, and shutdown calls it last.
+//!
+//! The queue is bounded ([`QUEUE_CAPACITY`]): when the disk cannot keep up (or is stuck), a
+//! record that finds the queue full is dropped and counted (`dropped`, and
+//! `recohost_exposures_dropped_total`) rather than held in memory without bound or making the
+//! request wait. A dropped exposure is missing from the results; a dropped sticky assignment
+//! holds in memory but not across a restart.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::Duration;
 
 use super::live::LiveExperiment;
@@ -44,6 +50,9 @@ impl PendingExposure {
 
 /// Most records one transaction stores.
 const MAX_BATCH: usize = 10_000;
+/// Records that may wait for the writer: several seconds of exposures at the server's
+/// highest request rates, about 10 MiB at most.
+pub const QUEUE_CAPACITY: usize = 65_536;
 /// How long `flush` waits for the writer before giving up.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,7 +63,7 @@ enum Message {
 
 /// Handle to the writer thread.
 pub struct ExposureLog {
-    queue: Sender<Message>,
+    queue: SyncSender<Message>,
     counters: Arc<Counters>,
 }
 
@@ -63,16 +72,30 @@ pub struct ExposureLog {
 struct Counters {
     stored: AtomicU64,
     failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Exposures since start: written, failed to write, dropped because the queue was full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExposureLogCounts {
+    pub stored: u64,
+    pub failed: u64,
+    pub dropped: u64,
 }
 
 impl ExposureLog {
     /// Starts the writer thread on its own connection to the database at `path`.
     pub fn start(path: &Path) -> Result<Self, StoreError> {
+        Self::start_with_capacity(path, QUEUE_CAPACITY)
+    }
+
+    /// [`Self::start`] with a queue of `capacity` records.
+    pub fn start_with_capacity(path: &Path, capacity: usize) -> Result<Self, StoreError> {
         // Exposures are measurements nobody was promised: in WAL mode, NORMAL keeps them safe
         // from a crash of the process and only a power cut can lose the last batches, and it
         // saves a disk sync per batch (the writer used a fifth of the server's CPU under load).
         let store = Store::open_with_synchronous(path, "NORMAL")?;
-        let (queue, messages) = channel();
+        let (queue, messages) = sync_channel(capacity);
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         std::thread::Builder::new()
@@ -82,14 +105,23 @@ impl ExposureLog {
         Ok(Self { queue, counters })
     }
 
-    /// Queues an exposure (and the sticky assignment it made, if any).
+    /// Queues an exposure (and the sticky assignment it made, if any); never waits.
     pub fn record(&self, exposure: PendingExposure, sticky: Option<StickyRow>) {
-        if self.queue.send(Message::Record(exposure, sticky)).is_err() {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        match self.queue.try_send(Message::Record(exposure, sticky)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.counters.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                    tracing::warn!("the exposure log's queue is full; dropping exposures");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Blocks until every record queued before this call is stored (or failed).
+    /// Blocks until every record queued before this call is stored (or failed). Blocking:
+    /// call it off the async runtime.
     pub fn flush(&self) {
         let (done, wait) = sync_channel(1);
         let sent = self.queue.send(Message::Flush(done)).is_ok();
@@ -98,12 +130,13 @@ impl ExposureLog {
         }
     }
 
-    /// (stored, failed) exposures since start.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.counters.stored.load(Ordering::Relaxed),
-            self.counters.failed.load(Ordering::Relaxed),
-        )
+    /// Exposures since start.
+    pub fn counts(&self) -> ExposureLogCounts {
+        ExposureLogCounts {
+            stored: self.counters.stored.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+        }
     }
 }
 

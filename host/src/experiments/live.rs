@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::assignment::{bucket_ranges, choose_variation, hash, in_namespace};
 use super::definition::{DefinitionError, Experiment, Group, Status, load_dir};
-use super::exposures::{ExposureLog, PendingExposure};
+use super::exposures::{ExposureLog, ExposureLogCounts, PendingExposure};
 use super::results::{Results, Tally};
 use crate::store::{GroupCounts, StickyRow, Store, StoreError, unix_now_ms};
 
@@ -393,8 +393,8 @@ impl Experiments {
         self.log.flush();
     }
 
-    /// (stored, failed) exposures since start.
-    pub fn exposure_log_counts(&self) -> (u64, u64) {
+    /// Exposures since start: stored, failed, dropped.
+    pub fn exposure_log_counts(&self) -> ExposureLogCounts {
         self.log.counts()
     }
 
@@ -488,6 +488,33 @@ mod tests {
                 .unwrap()
                 .map(|a| a.group().name.clone())
         }
+    }
+
+    #[test]
+    fn a_full_exposure_queue_drops_and_counts_instead_of_growing() {
+        let fixture = open_with(&[("cmp.toml", TWO_ARMS)]);
+        // Another connection holds the write lock: the log's writer cannot store anything.
+        let blocker = rusqlite::Connection::open(fixture.dir.path().join("db")).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let assignment = fixture.experiments.assign("u", None).unwrap().unwrap();
+        let total = crate::experiments::exposures::QUEUE_CAPACITY + 20_000;
+        for after_event in 0..total {
+            fixture
+                .experiments
+                .record_exposure(&assignment, "u", 1, after_event as i64);
+        }
+        let while_stuck = fixture.experiments.exposure_log_counts();
+        // At most one batch (10,000) in the writer's hands beyond the queue.
+        assert!(while_stuck.dropped >= 10_000, "{while_stuck:?}");
+        blocker.execute_batch("COMMIT").unwrap();
+        fixture.experiments.flush();
+        let counts = fixture.experiments.exposure_log_counts();
+        assert_eq!(
+            counts.stored + counts.failed + counts.dropped,
+            total as u64,
+            "{counts:?}"
+        );
+        assert_eq!(counts.dropped, while_stuck.dropped);
     }
 
     #[test]

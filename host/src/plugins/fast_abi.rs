@@ -141,24 +141,9 @@ pub type LearnFn<'a> = TypedFunc<(&'a [FastFeedback],), (Result<TrainingReport, 
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use crate::plugin_dev::check::{dataset, request_for};
     use crate::plugins::instance::PluginInstance;
     use crate::plugins::{PluginEngine, PluginLimits, PluginRuntime};
-
-    fn plugin_path(name: &str) -> PathBuf {
-        let dir = std::env::var_os("RECOHOST_PLUGINS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/plugins"));
-        let path = dir.join(format!("{name}.wasm"));
-        assert!(
-            path.exists(),
-            "{} is not built: run the tests with `cargo xtask test`",
-            path.display()
-        );
-        path
-    }
 
     /// Popularity's model depends on every field of the training feedback (kinds, values,
     /// timestamps: it decays by age); hybrid's answers depend on the kinds and values of the
@@ -171,7 +156,7 @@ mod tests {
             let runtime = PluginRuntime::load(
                 &engine,
                 name,
-                &plugin_path(name),
+                &crate::plugins::bundled_plugin_path(name),
                 "{}".into(),
                 PluginLimits::default(),
                 data.catalog.plugin_items(),

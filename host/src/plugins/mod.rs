@@ -100,3 +100,21 @@ impl LivePlugins {
         self.current.store(Arc::new(registry));
     }
 }
+
+/// A bundled plugin's .wasm built by `cargo xtask plugins`, for unit tests that run real
+/// plugins (`cargo xtask test` sets `RECOHOST_PLUGINS_DIR`).
+#[cfg(test)]
+pub(crate) fn bundled_plugin_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("RECOHOST_PLUGINS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/plugins")
+        });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}

@@ -274,7 +274,8 @@ async function experiments({ api, h }) {
   const results = await Promise.all(list.experiments.map((e) => api(`/experiments/${encodeURIComponent(e.id)}/results`)));
   return section(h, 'experiments-page', 'Experiments', reloadError,
     h('p', { class: 'note' }, `${list.experiments.length} experiment(s) from ${list.directory}; exposures stored ${formatNumber(list.exposures_logged.stored)}`,
-      list.exposures_logged.failed ? `, failed ${formatNumber(list.exposures_logged.failed)}` : ''),
+      list.exposures_logged.failed ? `, failed ${formatNumber(list.exposures_logged.failed)}` : '',
+      list.exposures_logged.dropped ? `, dropped (queue full) ${formatNumber(list.exposures_logged.dropped)}` : ''),
     list.experiments.map((e, i) => experimentCard(h, e, results[i])));
 }
 
