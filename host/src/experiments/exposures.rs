@@ -110,7 +110,12 @@ impl ExposureLog {
         match self.queue.try_send(Message::Record(exposure, sticky)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if self.counters.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                if self
+                    .counters
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(10_000)
+                {
                     tracing::warn!("the exposure log's queue is full; dropping exposures");
                 }
             }
