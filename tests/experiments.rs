@@ -42,8 +42,13 @@ impl Setup {
     }
 
     fn config(&self) -> String {
+        self.config_with("")
+    }
+
+    /// The config with `top_level` settings (tables included) before the plugins.
+    fn config_with(&self, top_level: &str) -> String {
         config_text(&format!(
-            "experiments_dir = {:?}\n",
+            "experiments_dir = {:?}\n{top_level}",
             self.experiments_dir().display().to_string()
         ))
     }
@@ -484,4 +489,105 @@ fn plugins_added_or_replaced_in_the_config_serve_without_a_restart() {
     );
     let body = recommend(&server, json!({"user_id": user}));
     assert_eq!(body["model_version"], arm["model_version"]);
+}
+
+/// `config` with `[plugins.limits]` lines added to the entry of `plugin`.
+fn with_limits(config: &str, plugin: &str, limits: &str) -> String {
+    let name = format!("name = \"{plugin}\"\n");
+    let at = config.find(&name).expect("the plugin's entry") + name.len();
+    let path_end = at + config[at..].find('\n').expect("its path line") + 1;
+    format!(
+        "{}[plugins.limits]\n{limits}\n{}",
+        &config[..path_end],
+        &config[path_end..]
+    )
+}
+
+/// Replaces the server's config file (write, then rename).
+fn rewrite_config(setup: &Setup, text: &str) {
+    let staging = setup.temp.path().join("data.toml.partial");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, setup.temp.path().join("data.toml")).unwrap();
+}
+
+#[test]
+fn a_limits_only_change_keeps_the_serving_model_with_what_it_learned() {
+    let setup = Setup::new(&[]);
+    // No snapshot after updates: the newest stored snapshot stays the start-up one.
+    let config = setup
+        .config_with("[learning]\nupdate_buffer_size = 100000\nsnapshot_interval_secs = 3600\n");
+    let server = Server::start_in(&setup.temp.path().join("data"), &config).unwrap();
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"user_id": 9, "item_id": 40 + i, "event_type": "click"}))
+        .collect();
+    assert_eq!(
+        server.post("/events/batch", &json!({ "events": events })).0,
+        200
+    );
+    let (status, answer) = server.post_as("/learning/trigger-update", None);
+    assert_eq!(status, 202, "{answer}");
+    let learned = server.wait_for("/learning/stats", Duration::from_secs(60), |stats| {
+        stats["last_update"]["update_id"] == answer["update_id"] && stats["running"].is_null()
+    });
+    let serving = learned["models"]["popularity"].clone();
+
+    rewrite_config(
+        &setup,
+        &with_limits(&config, "popularity", "recommend_ms = 300"),
+    );
+    let (status, reloaded) = server.post_as("/admin/reload", None);
+    assert_eq!(status, 200, "{reloaded}");
+    assert_eq!(reloaded["plugins"]["replaced"], json!(["popularity"]));
+    let plugin = server.plugin_status("popularity").unwrap();
+    assert_eq!(plugin["limits"]["recommend_ms"], 300);
+    // Before the fix the stored (start-up) snapshot came back, with a lower version and
+    // through_event: the update's events were lost to it.
+    let stats = server.get("/learning/stats").1;
+    assert_eq!(stats["models"]["popularity"], serving, "{stats}");
+}
+
+#[test]
+fn plugins_answer_while_a_long_plugin_reload_runs() {
+    let setup = Setup::new(&[]);
+    let server = setup.start();
+    // A plugin whose training sleeps until its 8 s budget: the reload that adds it takes 8 s.
+    let config = format!(
+        "{}\n[[plugins]]\nname = \"sleeper\"\npath = {:?}\n[plugins.config]\ntrain = \"sleep\"\n[plugins.limits]\ntrain_ms = 8000\n",
+        setup.config(),
+        recohost_e2e::fixture("misbehaving").display().to_string()
+    );
+    // Through the API only (the file watcher would start the same reload by itself).
+    let reload = {
+        let base = server.base.clone();
+        let config_path = setup.temp.path().join("data.toml");
+        std::thread::spawn(move || {
+            let staging = config_path.with_extension("partial");
+            std::fs::write(&staging, config).unwrap();
+            std::fs::rename(&staging, &config_path).unwrap();
+            let response = reqwest::blocking::Client::new()
+                .post(format!("{base}/admin/reload"))
+                .send()
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().unwrap(),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    // Before the fix this waited for the reload's lock (and held a runtime worker meanwhile).
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let plugins = client
+        .get(format!("{}/plugins", server.base))
+        .send()
+        .expect("/plugins answers during the reload");
+    assert_eq!(plugins.status().as_u16(), 200);
+    let (status, body) = reload.join().unwrap();
+    assert!(
+        status == 422 || status == 200,
+        "the reload ends (its training hits the budget, or the watcher's reload ran first): {status} {body}"
+    );
 }

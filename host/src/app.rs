@@ -33,8 +33,8 @@ pub struct App {
     pub learning: Arc<Learning>,
     pub events: EventWriter,
     pub experiments: Arc<Experiments>,
-    /// Serializes plugin reloads and keeps the last outcome (`reload.rs`).
-    pub(crate) plugin_reload: std::sync::Mutex<crate::reload::PluginReloadStatus>,
+    /// Plugin reloads, one at a time, and the last outcome (`reload.rs`).
+    pub(crate) plugin_reload: crate::reload::PluginReloads,
     /// Request counts and latency by route (`GET /metrics`).
     pub http_metrics: crate::api::http_metrics::HttpMetrics,
     /// In-flight limit, request timeout and shed counters (`[http]`).

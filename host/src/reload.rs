@@ -44,13 +44,27 @@ pub struct PluginReloadStatus {
     pub error: Option<ReloadFailure>,
 }
 
+/// Plugin reloads run one at a time (a reload may train for minutes); their outcome is read
+/// by `/plugins` without waiting for one under way, so the two live behind different locks.
+#[derive(Default)]
+pub struct PluginReloads {
+    /// Held for a whole reload, by the blocking thread that runs it (never by a request).
+    running: std::sync::Mutex<()>,
+    status: arc_swap::ArcSwap<PluginReloadStatus>,
+}
+
 impl App {
     /// Re-reads the `[[plugins]]` of the config file. Added and changed plugins are loaded and
     /// given a model (their latest matching snapshot, else a training over the training window)
-    /// while the old ones serve; then all of them are swapped in at once.
+    /// while the old ones serve; then all of them are swapped in at once. Blocking.
     pub fn reload_plugins(&self) -> anyhow::Result<PluginChanges> {
-        let mut status = self.plugin_reload.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self
+            .plugin_reload
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let result = self.reload_plugins_locked();
+        let mut status = (*self.plugin_reload.status.load_full()).clone();
         match &result {
             Ok(changes) => {
                 status.reloads += 1;
@@ -65,14 +79,13 @@ impl App {
                 });
             }
         }
+        self.plugin_reload.status.store(Arc::new(status));
         result
     }
 
+    /// The outcome of the latest reload; never waits for one under way.
     pub fn plugin_reload_status(&self) -> PluginReloadStatus {
-        self.plugin_reload
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        (*self.plugin_reload.status.load_full()).clone()
     }
 
     fn reload_plugins_locked(&self) -> anyhow::Result<PluginChanges> {
@@ -123,9 +136,25 @@ impl App {
         let mut registry = (*current).clone();
         for declaration in fresh {
             let plugin = load_declared(&self.engine, declaration, &self.catalog)?;
-            let version = self.learning.reserve_version(plugin.name())?;
-            restore_or_train(&plugin, &self.store, &self.config.learning, version - 1)
-                .with_context(|| format!("plugin {:?}: cannot train a model", plugin.name()))?;
+            let serving = current
+                .get(plugin.name())
+                .filter(|old| old.fingerprint() == plugin.fingerprint())
+                .and_then(|old| old.model());
+            match serving {
+                // Only its limits changed: the model serving now stays, with what it has
+                // learned (a stored snapshot may be older, and the events since may have
+                // left the learning buffer).
+                Some(model) => plugin.install(model).with_context(|| {
+                    format!("plugin {:?}: cannot load its serving model", plugin.name())
+                })?,
+                None => {
+                    let version = self.learning.reserve_version(plugin.name())?;
+                    restore_or_train(&plugin, &self.store, &self.config.learning, version - 1)
+                        .with_context(|| {
+                            format!("plugin {:?}: cannot train a model", plugin.name())
+                        })?;
+                }
+            }
             registry.insert_shared(Arc::new(plugin));
         }
         self.plugins.replace(registry);
