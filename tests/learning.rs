@@ -634,3 +634,138 @@ fn try_post(base: &str, path: &str, body: &Value) -> Option<u16> {
         .ok()
         .map(|response| response.status().as_u16())
 }
+
+/// The config with the misbehaving fixture, whose `update` traps while `failing`.
+fn failing_update_config(failing: bool) -> String {
+    let learning = "[learning]\nupdate_buffer_size = 500\nupdate_interval_secs = 1\nmax_lag_events = 5000\nfailed_update_backoff_secs = 1\nmax_failed_update_backoff_secs = 4\n";
+    let switch = if failing { "update = \"trap\"\n" } else { "" };
+    format!(
+        "{}\n[[plugins]]\nname = \"misbehaving\"\npath = {:?}\n[plugins.config]\n{switch}",
+        config_text(learning),
+        recohost_e2e::fixture("misbehaving").display().to_string()
+    )
+}
+
+#[test]
+fn a_plugin_whose_update_always_fails_holds_nobody_back_and_recovers_when_fixed() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let server = Server::start_in(&data_dir, &failing_update_config(true)).unwrap();
+    let (rss_before, _) = server.memory();
+
+    // Ten minutes of traffic at 100 events/s, simulated 50 times faster: 120 batches of 500,
+    // 100 ms apart, their timestamps 5 s apart.
+    let start = 1_700_000_000u64;
+    let mut most_buffered = 0;
+    for batch in 0..120u64 {
+        let events: Vec<Value> = (0..500u64)
+            .map(|i| {
+                json!({
+                    "user_id": format!("load-{}", (batch * 500 + i) % 3000),
+                    "item_id": 1 + (batch * 7 + i * 13) % 1000,
+                    "event_type": "click",
+                    "timestamp": start + batch * 5,
+                })
+            })
+            .collect();
+        let (status, body) = server.post("/events/batch", &json!({ "events": events }));
+        assert_eq!(status, 200, "{body}");
+        let stats = server.get("/learning/stats").1;
+        most_buffered = most_buffered.max(stats["buffered_events"].as_u64().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let newest = events_stored(&server);
+    // The others learn everything; the buffer never held more than max_lag_events (plus the
+    // one append that found it full).
+    let stats = server.wait_for("/learning/stats", WAIT, |stats| {
+        stats["models"]["popularity"]["through_event"].as_u64() == Some(newest)
+            && stats["running"].is_null()
+    });
+    assert!(
+        most_buffered <= 5_500,
+        "the buffer held {most_buffered} events"
+    );
+    for plugin in PLUGINS {
+        assert_eq!(
+            stats["models"][plugin]["through_event"].as_u64(),
+            Some(newest),
+            "{plugin} fell behind: {stats}"
+        );
+    }
+
+    // It failed, was retried with backoff rather than on every run, and, once further behind
+    // than max_lag_events, was retrained from the store rather than fed the backlog.
+    let history = server.get("/learning/history?limit=1000").1;
+    let runs = history["updates"].as_array().unwrap();
+    let outcomes = |status: &str| {
+        runs.iter()
+            .filter(|run| run["outcomes"]["misbehaving"]["status"] == status)
+            .count()
+    };
+    let summary: Vec<&str> = runs
+        .iter()
+        .map(|run| {
+            run["outcomes"]["misbehaving"]["status"]
+                .as_str()
+                .unwrap_or("-")
+        })
+        .collect();
+    eprintln!("misbehaving, newest run first: {summary:?}");
+    assert!(runs.len() >= 20, "{} runs", runs.len());
+    assert!(
+        runs.iter()
+            .any(|run| run["outcomes"]["misbehaving"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("panic"))),
+        "{history}"
+    );
+    assert!(outcomes("retrained") > 0, "{summary:?}");
+    assert!(
+        outcomes("failed") + outcomes("retrained") < runs.len() / 2,
+        "tried in {} of {} runs",
+        outcomes("failed") + outcomes("retrained"),
+        runs.len()
+    );
+    assert!(outcomes("backing_off") > 0);
+    for run in runs {
+        let fed = run["outcomes"]["misbehaving"]["events"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            run["outcomes"]["misbehaving"]["status"] == "retrained" || fed <= 5_000,
+            "fed a backlog of {fed} events: {run}"
+        );
+    }
+    let (rss_after, _) = server.memory();
+    assert!(
+        rss_after < rss_before + (256 << 20),
+        "RSS grew from {} to {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+
+    // Fixed (its config no longer makes update fail): it is reloaded, and learns again.
+    let config_path = data_dir.with_extension("toml");
+    std::fs::write(
+        config_path.with_extension("partial"),
+        failing_update_config(false),
+    )
+    .unwrap();
+    std::fs::rename(config_path.with_extension("partial"), &config_path).unwrap();
+    let (status, reloaded) = server.post_as("/admin/reload", None);
+    assert_eq!(status, 200, "{reloaded}");
+    let events: Vec<Value> = (0..500)
+        .map(|i| json!({"user_id": "after-fix", "item_id": 1 + i, "event_type": "click"}))
+        .collect();
+    assert_eq!(
+        server.post("/events/batch", &json!({ "events": events })).0,
+        200
+    );
+    let stats = server.wait_for("/learning/stats", WAIT, |stats| {
+        stats["last_update"]["outcomes"]["misbehaving"]["status"] == "updated"
+    });
+    assert!(
+        stats["models"]["misbehaving"]["failed_updates"].is_null(),
+        "{stats}"
+    );
+}

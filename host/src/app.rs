@@ -102,21 +102,22 @@ impl App {
             .min()
             .unwrap_or(0);
         let first_unlearned = events.partition_point(|e| e.id <= learned_through);
-        let unlearned = events[first_unlearned..].to_vec();
+        let unlearned = &events[first_unlearned..];
         if !unlearned.is_empty() {
             tracing::info!(
                 events = unlearned.len(),
                 "events not yet learned by every model are back in the learning buffer"
             );
         }
-        drop(events);
         let plugins = Arc::new(LivePlugins::new(registry));
         let learning = Arc::new(Learning::new(
             config.learning.clone(),
             store.clone(),
             plugins.clone(),
             unlearned,
+            events.len() as u64,
         )?);
+        drop(events);
         let events = EventWriter::start(&database, users.clone(), learning.clone())?;
 
         if let Some(dir) = &config.experiments_dir

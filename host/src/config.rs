@@ -36,6 +36,10 @@
 //! retrain_interval_secs = 0      # full retrain on a schedule (0: only on request)
 //! retrain_window_days = 0        # retrain on the last N days of events (0: all)
 //! retrain_window_events = 0      # ...and at most the newest N events (0: all)
+//! max_lag_events = 100000        # a plugin further behind is retrained instead of fed the backlog
+//!                                # (default: the larger of 100000 and 10 x update_buffer_size)
+//! failed_update_backoff_secs = 10        # a plugin whose update failed waits this long, doubled
+//! max_failed_update_backoff_secs = 600   # after each failure in a row, up to this
 //!
 //! [[plugins]]
 //! name = "popularity"
@@ -169,6 +173,22 @@ pub struct LearningConfig {
     pub retrain_interval_secs: u64,
     pub retrain_window_days: u64,
     pub retrain_window_events: u64,
+    /// Most events the learning buffer holds, and how far (in events) a plugin may fall
+    /// behind before it is retrained from the store instead of fed the whole backlog.
+    /// Default: the larger of 100,000 and 10 × `update_buffer_size` ([`Self::max_lag`]).
+    pub max_lag_events: Option<usize>,
+    /// After a plugin's update fails, it is skipped this long before the next try, doubled
+    /// after each failure in a row up to `max_failed_update_backoff_secs`.
+    pub failed_update_backoff_secs: u64,
+    pub max_failed_update_backoff_secs: u64,
+}
+
+impl LearningConfig {
+    /// `max_lag_events`, or its default.
+    pub fn max_lag(&self) -> usize {
+        self.max_lag_events
+            .unwrap_or_else(|| self.update_buffer_size.saturating_mul(10).max(100_000))
+    }
 }
 
 impl Default for LearningConfig {
@@ -180,6 +200,9 @@ impl Default for LearningConfig {
             retrain_interval_secs: 0,
             retrain_window_days: 0,
             retrain_window_events: 0,
+            max_lag_events: None,
+            failed_update_backoff_secs: 10,
+            max_failed_update_backoff_secs: 600,
         }
     }
 }
@@ -357,6 +380,22 @@ impl Config {
         }
         if events.max_batch == 0 {
             bail!("[events] max_batch must be at least 1");
+        }
+        if self
+            .learning
+            .max_lag_events
+            .is_some_and(|lag| lag < self.learning.update_buffer_size)
+        {
+            bail!("[learning] max_lag_events must be at least update_buffer_size");
+        }
+        let (first, max) = (
+            self.learning.failed_update_backoff_secs,
+            self.learning.max_failed_update_backoff_secs,
+        );
+        if first == 0 || max < first || max > 86_400 {
+            bail!(
+                "[learning] failed_update_backoff_secs must be positive and at most max_failed_update_backoff_secs, itself at most 86400"
+            );
         }
         if self.learning.update_buffer_size == 0 {
             bail!("[learning] update_buffer_size must be at least 1");

@@ -155,6 +155,8 @@ impl App {
                         })?;
                 }
             }
+            // A replaced plugin starts afresh: its predecessor's failed updates are not its.
+            self.learning.forget_failures(plugin.name());
             registry.insert_shared(Arc::new(plugin));
         }
         self.plugins.replace(registry);

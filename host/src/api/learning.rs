@@ -44,13 +44,8 @@ pub struct JobAnswer {
 
 /// The feedback buffer, triggers, running job and every model's version.
 #[utoipa::path(get, path = "/learning/stats", tag = "learning", responses((status = 200, body = LearningStats)))]
-pub async fn stats(State(state): State<AppState>) -> Result<Json<LearningStats>, ApiError> {
-    let learning = state.learning.clone();
-    let stats = tokio::task::spawn_blocking(move || learning.stats())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    Ok(Json(stats))
+pub async fn stats(State(state): State<AppState>) -> Json<LearningStats> {
+    Json(state.learning.stats())
 }
 
 /// Past updates and retrains, with what each did to each plugin.

@@ -36,11 +36,7 @@ fn label(key: &str, value: &str) -> String {
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let learning = state.learning.clone();
-    let stats = tokio::task::spawn_blocking(move || learning.stats())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let stats = state.learning.stats();
     let mut out = String::new();
     state.http_metrics.render(&mut out);
 
@@ -223,6 +219,28 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "gauge",
         "Stored events some model has not learned yet.",
         &[(String::new(), stats.unlearned_events as f64)],
+    );
+    family(
+        &mut out,
+        "recohost_learning_buffered_events",
+        "gauge",
+        "Events held in memory for updates (at most max_lag_events).",
+        &[(String::new(), stats.buffered_events as f64)],
+    );
+    let failing: Vec<(String, f64)> = stats
+        .models
+        .iter()
+        .map(|(name, model)| {
+            let failures = model["failed_updates"].as_u64().unwrap_or(0);
+            (label("plugin", name), failures as f64)
+        })
+        .collect();
+    family(
+        &mut out,
+        "recohost_learning_failed_updates",
+        "gauge",
+        "The plugin's updates that failed in a row (0: it learns).",
+        &failing,
     );
     family(
         &mut out,

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Job, JobKind, Learning};
+use super::buffer::Batch;
+use super::{Failing, Job, JobKind, Learning};
 use crate::app::SNAPSHOTS_KEPT;
 use crate::catalog::to_feedback;
 use crate::plugins::{ModelVersion, PluginRuntime};
@@ -58,7 +59,14 @@ impl Learning {
             .iter()
             .zip(&reserved)
             .map(|(plugin, (_, row))| {
-                let outcome = learn_one(job.kind, plugin, &events, row.version, through_event);
+                let outcome = match &events {
+                    JobEvents::Batch { batch, .. } => {
+                        self.update_one(plugin, batch, row.version, through_event)
+                    }
+                    JobEvents::Window(window) => {
+                        self.retrain_one(plugin, window, row.version, through_event)
+                    }
+                };
                 (plugin.name().to_string(), outcome)
             })
             .collect();
@@ -67,7 +75,7 @@ impl Learning {
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         let models_updated = outcomes
             .iter()
-            .filter(|(_, o)| o["status"] == "updated")
+            .filter(|(_, o)| o["status"] == "updated" || o["status"] == "retrained")
             .count() as u64;
         let run = LearningRun {
             update_id: job.id,
@@ -96,44 +104,60 @@ impl Learning {
         self.finish(job, Some(run));
     }
 
-    /// The events a job learns, and the id of the newest.
-    fn job_events(&self, job: Job) -> crate::store::StoreResult<(Vec<EventRow>, i64)> {
+    /// The events a job learns, and the id of the newest. An update takes the buffer as it
+    /// is (the `Arc`s of its chunks, not the events): what arrives meanwhile waits for the
+    /// next one.
+    fn job_events(&self, job: Job) -> crate::store::StoreResult<(JobEvents, i64)> {
         match job.kind {
             JobKind::Update => {
                 let mut state = self.lock();
-                state.in_flight = state.buffer.len();
-                let events = state.buffer.clone();
-                let through = events.last().map(|e| e.id).unwrap_or(0);
-                Ok((events, through))
+                let batch = state.buffer.batch();
+                let new = batch.count_after(state.offered_through);
+                state.offered_through = state.newest;
+                state.waiting = 0;
+                state.waiting_since = None;
+                Ok((JobEvents::Batch { batch, new }, state.newest))
             }
             JobKind::Retrain => {
-                self.lock().in_flight = 0;
                 let (events, through) = super::training_window(&self.store, &self.config)?;
-                Ok((events, through))
+                Ok((JobEvents::Window(events), through))
             }
         }
     }
 
-    /// Drops the events every plugin has learned from the buffer and makes the next job runnable.
+    /// Drops from the buffer what every plugin has learned, counts what some plugin has not,
+    /// and makes the next job runnable.
     fn finish(&self, job: Job, run: Option<LearningRun>) {
         let learned_through = self
             .plugins
             .current()
             .iter()
-            .map(|p| p.model().map(|m| m.through_event).unwrap_or(0))
-            .min()
-            .unwrap_or(0);
+            .filter_map(|p| p.model().map(|m| m.through_event))
+            .min();
+        let (first_buffered, newest) = {
+            let mut state = self.lock();
+            if let Some(learned) = learned_through {
+                state.buffer.drop_through(learned);
+            }
+            (state.buffer.first_id(), state.newest)
+        };
+        // Events a lagging plugin needs from before the buffer are counted in the store (on
+        // this thread: never on a request's path).
+        let before_buffer = match (learned_through, first_buffered) {
+            (Some(learned), Some(first)) if learned + 1 < first => {
+                self.store.count_events_between(learned, first).unwrap_or(0)
+            }
+            (Some(learned), None) if learned < newest => self
+                .store
+                .count_events_between(learned, newest + 1)
+                .unwrap_or(0),
+            _ => 0,
+        };
         let mut state = self.lock();
-        let learned = state.buffer.partition_point(|e| e.id <= learned_through);
-        state.buffer.drain(..learned);
-        state.total_processed += learned as u64;
-        state.in_flight = 0;
+        let in_buffer = learned_through.map_or(0, |learned| state.buffer.count_after(learned));
+        // Events stored after the buffer was read above are counted by `push` already.
+        state.unlearned = before_buffer + in_buffer as u64;
         state.running = None;
-        if state.buffer.is_empty() {
-            state.waiting_since = None;
-        } else if learned > 0 {
-            state.waiting_since = Some(Instant::now());
-        }
         if job.kind == JobKind::Retrain {
             state.last_retrain = Instant::now();
         }
@@ -141,6 +165,193 @@ impl Learning {
             state.runs += 1;
             state.last_run = Some(run);
         }
+    }
+
+    /// Applies the events `plugin` has not learned; the outcome as JSON. They come from the
+    /// batch, and from the store for those older than the buffer. A plugin further behind
+    /// than `max_lag_events` is retrained from the store instead.
+    fn update_one(
+        &self,
+        plugin: &Arc<PluginRuntime>,
+        batch: &Batch,
+        version: u64,
+        through: i64,
+    ) -> Value {
+        let Some(current) = plugin.model() else {
+            return json!({ "status": "unchanged", "model_version": null, "events": 0 });
+        };
+        let unchanged =
+            json!({ "status": "unchanged", "model_version": current.version, "events": 0 });
+        let learned = current.through_event;
+        if through <= learned {
+            return unchanged;
+        }
+        if let Some(backing_off) = self.backing_off(plugin.name(), current.version) {
+            return backing_off;
+        }
+        let lag = through - learned;
+        if lag > self.config.max_lag() as i64 {
+            tracing::warn!(
+                plugin = plugin.name(),
+                lag,
+                "the plugin is too far behind to be fed the backlog; retraining it from the store"
+            );
+            return match super::training_window(&self.store, &self.config) {
+                Ok((window, through)) => {
+                    let mut outcome = self.retrain_one(plugin, &window, version, through);
+                    outcome["reason"] = format!("{lag} events behind").into();
+                    outcome
+                }
+                Err(error) => self.failed(plugin, &current, 0, Duration::ZERO, &error),
+            };
+        }
+        let older = match batch.first_id() {
+            Some(first) if learned + 1 < first => self.store.events_between(learned, first),
+            None => self.store.events_between(learned, through + 1),
+            Some(_) => Ok(Vec::new()),
+        };
+        let feedback: Vec<_> = match older {
+            Ok(older) => older
+                .iter()
+                .chain(batch.after(learned).take_while(|e| e.id <= through))
+                .map(to_feedback)
+                .collect(),
+            Err(error) => return self.failed(plugin, &current, 0, Duration::ZERO, &error),
+        };
+        if feedback.is_empty() {
+            return unchanged;
+        }
+        let started = Instant::now();
+        let result = plugin.learn(&feedback, version).and_then(|bytes| {
+            plugin.install(ModelVersion {
+                version,
+                snapshot: Arc::new(bytes),
+                created_at: unix_now(),
+                through_event: through,
+            })
+        });
+        match result {
+            Ok(()) => {
+                self.succeeded(plugin.name());
+                json!({
+                    "status": "updated",
+                    "model_version": version,
+                    "events": feedback.len(),
+                    "duration_ms": started.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+            Err(error) => self.failed(plugin, &current, feedback.len(), started.elapsed(), &error),
+        }
+    }
+
+    /// Retrains `plugin` on `window` (events through `through_event`) and installs the result.
+    fn retrain_one(
+        &self,
+        plugin: &Arc<PluginRuntime>,
+        window: &[EventRow],
+        version: u64,
+        through_event: i64,
+    ) -> Value {
+        let started = Instant::now();
+        let feedback: Vec<_> = window.iter().map(to_feedback).collect();
+        let result = plugin.train(&feedback).and_then(|bytes| {
+            plugin.install(ModelVersion {
+                version,
+                snapshot: Arc::new(bytes),
+                created_at: unix_now(),
+                through_event,
+            })
+        });
+        match result {
+            Ok(()) => {
+                self.succeeded(plugin.name());
+                json!({
+                    "status": "retrained",
+                    "model_version": version,
+                    "events": feedback.len(),
+                    "duration_ms": started.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+            Err(error) => match plugin.model() {
+                Some(current) => {
+                    self.failed(plugin, &current, feedback.len(), started.elapsed(), &error)
+                }
+                None => {
+                    json!({ "status": "failed", "model_version": null, "error": error.to_string() })
+                }
+            },
+        }
+    }
+
+    /// The outcome for a plugin still in its backoff after failed updates, if it is.
+    fn backing_off(&self, plugin: &str, version: u64) -> Option<Value> {
+        let state = self.lock();
+        let failing = state.failing.get(plugin)?;
+        let wait = failing.retry_at.saturating_duration_since(Instant::now());
+        (!wait.is_zero()).then(|| {
+            json!({
+                "status": "backing_off",
+                "model_version": version,
+                "events": 0,
+                "failed_updates": failing.failures,
+                "retry_in_ms": wait.as_millis() as u64,
+            })
+        })
+    }
+
+    fn succeeded(&self, plugin: &str) {
+        if self.lock().failing.remove(plugin).is_some() {
+            tracing::info!(plugin, "the plugin learns again");
+        }
+    }
+
+    /// Records a failed update of `plugin` (its backoff doubles) and returns the outcome.
+    fn failed(
+        &self,
+        plugin: &PluginRuntime,
+        current: &ModelVersion,
+        events: usize,
+        took: Duration,
+        error: &dyn std::fmt::Display,
+    ) -> Value {
+        let error = error.to_string();
+        let (failures, retry_in) = {
+            let mut state = self.lock();
+            let failures = state
+                .failing
+                .get(plugin.name())
+                .map_or(1, |f| f.failures.saturating_add(1));
+            let first = Duration::from_secs(self.config.failed_update_backoff_secs);
+            let max = Duration::from_secs(self.config.max_failed_update_backoff_secs);
+            let retry_in = first
+                .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(20)))
+                .min(max);
+            state.failing.insert(
+                plugin.name().to_string(),
+                Failing {
+                    failures,
+                    retry_at: Instant::now() + retry_in,
+                    last_error: error.clone(),
+                },
+            );
+            (failures, retry_in)
+        };
+        tracing::warn!(
+            plugin = plugin.name(),
+            %error,
+            failures,
+            retry_in_secs = retry_in.as_secs(),
+            "model update failed; the previous version keeps serving"
+        );
+        json!({
+            "status": "failed",
+            "model_version": current.version,
+            "events": events,
+            "duration_ms": took.as_secs_f64() * 1e3,
+            "error": error,
+            "failed_updates": failures,
+            "retry_in_ms": retry_in.as_millis() as u64,
+        })
     }
 
     /// Stores every plugin's serving model when the snapshot interval has passed (or `now`).
@@ -191,59 +402,19 @@ pub fn save_snapshot(store: &Store, plugin: &PluginRuntime) -> anyhow::Result<()
     Ok(())
 }
 
-/// Updates or retrains one plugin and installs the result; the outcome as JSON.
-fn learn_one(
-    kind: JobKind,
-    plugin: &Arc<PluginRuntime>,
-    events: &[EventRow],
-    version: u64,
-    through_event: i64,
-) -> Value {
-    let started = Instant::now();
-    let current = plugin.model();
-    let learned_through = current.as_ref().map(|m| m.through_event).unwrap_or(0);
-    let feedback: Vec<_> = match kind {
-        // Only what this plugin has not learned: after a failed update it gets that batch again.
-        JobKind::Update => events
-            .iter()
-            .filter(|e| e.id > learned_through)
-            .map(to_feedback)
-            .collect(),
-        JobKind::Retrain => events.iter().map(to_feedback).collect(),
-    };
-    let current_version = current.as_ref().map(|m| m.version);
-    if kind == JobKind::Update && (feedback.is_empty() || current.is_none()) {
-        return json!({ "status": "unchanged", "model_version": current_version, "events": 0 });
-    }
-    let snapshot = match kind {
-        JobKind::Update => plugin.learn(&feedback, version),
-        JobKind::Retrain => plugin.train(&feedback),
-    };
-    let result = snapshot.and_then(|bytes| {
-        plugin.install(ModelVersion {
-            version,
-            snapshot: Arc::new(bytes),
-            created_at: unix_now(),
-            through_event,
-        })
-    });
-    let duration_ms = started.elapsed().as_secs_f64() * 1e3;
-    match result {
-        Ok(()) => json!({
-            "status": "updated",
-            "model_version": version,
-            "events": feedback.len(),
-            "duration_ms": duration_ms,
-        }),
-        Err(error) => {
-            tracing::warn!(plugin = plugin.name(), %error, "model update failed; the previous version keeps serving");
-            json!({
-                "status": "failed",
-                "model_version": current_version,
-                "events": feedback.len(),
-                "duration_ms": duration_ms,
-                "error": error.to_string(),
-            })
+/// What a job learns: an update's batch from the buffer (`new`: how many of its events no
+/// earlier update was offered), or a retrain's training window.
+enum JobEvents {
+    Batch { batch: Batch, new: usize },
+    Window(Vec<EventRow>),
+}
+
+impl JobEvents {
+    /// The events the run reports as its feedback: new ones, or the whole window.
+    fn len(&self) -> usize {
+        match self {
+            Self::Batch { new, .. } => *new,
+            Self::Window(window) => window.len(),
         }
     }
 }

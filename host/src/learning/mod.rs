@@ -3,17 +3,24 @@
 //! Every stored event enters the buffer ([`Learning::push`]). An update takes the events
 //! waiting in it, feeds each plugin the ones it has not learned (`update` in the plugin's kept
 //! learner instance), and switches serving to the new model versions ([`job`]). Updates start
-//! when the buffer reaches `update_buffer_size`, when events have waited
-//! `update_interval_secs`, or on an operator's request; a full retrain over the training window
-//! runs on request or every `retrain_interval_secs` ([`scheduler`]). One job runs at a time;
-//! events arriving meanwhile wait for the next.
+//! when `update_buffer_size` events wait, when events have waited `update_interval_secs`, or
+//! on an operator's request; a full retrain over the training window runs on request or every
+//! `retrain_interval_secs` ([`scheduler`]). One job runs at a time; events arriving meanwhile
+//! wait for the next.
+//!
+//! Plugins learn independently. Each model records the newest event it has learned
+//! (`through_event`), and each update feeds a plugin exactly the events after it: from the
+//! buffer ([`buffer`], bounded at `max_lag_events`), and from the store for anything older.
+//! A plugin further behind than `max_lag_events` is retrained from the store instead of fed
+//! the backlog. A plugin whose update fails keeps serving its model and is skipped for a
+//! backoff that doubles with each failure in a row (`failed_update_backoff_secs`), then tried
+//! again; the others go on learning meanwhile, and one failing plugin never holds the buffer.
 //!
 //! Durability comes from the event log, not from snapshots: an event is in SQLite before it is
-//! acknowledged, and each plugin's model records the newest event it has learned
-//! (`through_event`). Snapshots are checkpoints, stored at most every
-//! `snapshot_interval_secs`; after a crash each plugin resumes from its newest snapshot and
-//! every event after it goes back into the buffer.
+//! acknowledged. Snapshots are checkpoints, stored at most every `snapshot_interval_secs`;
+//! after a crash each plugin resumes from its newest snapshot and learns the events after it.
 
+pub mod buffer;
 pub mod job;
 pub mod scheduler;
 
@@ -22,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
+
+use buffer::Buffer;
 
 use crate::config::LearningConfig;
 use crate::plugins::LivePlugins;
@@ -52,6 +61,8 @@ pub enum Trigger {
     Interval,
     Manual,
     Schedule,
+    /// A plugin whose update failed is due to be tried again.
+    Retry,
 }
 
 impl Trigger {
@@ -61,6 +72,7 @@ impl Trigger {
             Self::Interval => "interval",
             Self::Manual => "manual",
             Self::Schedule => "schedule",
+            Self::Retry => "retry",
         }
     }
 }
@@ -95,29 +107,43 @@ pub enum Scheduled {
 }
 
 struct State {
-    /// Events some plugin has not learned yet, oldest first.
-    buffer: Vec<EventRow>,
-    /// How many of the oldest buffered events the running update is learning.
-    in_flight: usize,
+    /// Stored events some plugin may still need, bounded at `max_lag_events`.
+    buffer: Buffer,
+    /// Events stored since the last update took its batch: what the triggers count.
+    waiting: usize,
+    /// Events some plugin has not learned, as of the last job (or start) plus those stored
+    /// since.
+    unlearned: u64,
+    /// Events stored in all.
+    stored: u64,
+    /// Id of the newest event stored.
+    newest: i64,
+    /// Id of the newest event an update has been offered.
+    offered_through: i64,
     pending: Option<Job>,
     running: Option<Job>,
     next_job_id: u64,
-    total_processed: u64,
     runs: u64,
     last_run: Option<LearningRun>,
-    /// When events started waiting in an otherwise empty buffer (for the interval trigger).
+    /// When the oldest waiting event arrived (for the interval trigger).
     waiting_since: Option<Instant>,
     last_retrain: Instant,
     last_snapshot: Instant,
     /// Highest model version handed out per plugin: versions never repeat.
     versions: HashMap<String, u64>,
+    /// Plugins whose last updates failed, by name.
+    failing: HashMap<String, Failing>,
+}
+
+/// A plugin whose updates fail: how often in a row, and when to try again.
+#[derive(Clone, Debug)]
+struct Failing {
+    failures: u32,
+    retry_at: Instant,
+    last_error: String,
 }
 
 impl State {
-    fn waiting(&self) -> usize {
-        self.buffer.len() - self.in_flight
-    }
-
     fn schedule(&mut self, kind: JobKind, trigger: Trigger) -> Scheduled {
         if let Some(pending) = &mut self.pending {
             // A retrain asked for while an update waits takes its place (and its id): it
@@ -143,19 +169,25 @@ pub struct Learning {
     wake: tokio::sync::Notify,
 }
 
-/// `GET /learning/stats`.
+/// `GET /learning/stats`, answered from memory.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LearningStats {
+    /// Events stored since the last update took its batch.
     pub buffer_size: usize,
-    /// Events some plugin has not learned yet, including those the running update learns.
-    pub unlearned_events: usize,
+    /// Events some plugin has not learned yet (as of the last update, plus those stored since).
+    pub unlearned_events: u64,
+    /// Events held in memory for updates (at most `max_lag_events`; older ones are read from
+    /// the store when a plugin needs them).
+    pub buffered_events: usize,
+    /// Events every plugin has learned.
     pub total_processed: u64,
     pub total_events_stored: u64,
     pub update_count: u64,
     pub running: Option<RunningJob>,
     pub pending: Option<RunningJob>,
     pub triggers: LearningConfig,
-    /// Plugin name → its serving model version and what it has learned.
+    /// Plugin name → its serving model version and what it has learned; for a plugin whose
+    /// updates fail, `failed_updates` in a row, `retry_in_ms` and `last_error`.
     #[schema(value_type = Object)]
     pub models: serde_json::Map<String, serde_json::Value>,
     pub last_update: Option<LearningRun>,
@@ -194,13 +226,14 @@ pub fn training_window(
 }
 
 impl Learning {
-    /// `unlearned` are the stored events that some plugin's serving model has not learned;
-    /// they go back into the buffer (after a restart, the events since the last snapshot).
+    /// `unlearned` are the stored events that some plugin's serving model has not learned
+    /// (after a restart, the events since the oldest snapshot); `stored` counts all events.
     pub fn new(
         config: LearningConfig,
         store: Arc<Store>,
         plugins: Arc<LivePlugins>,
-        unlearned: Vec<EventRow>,
+        unlearned: &[EventRow],
+        stored: u64,
     ) -> StoreResult<Self> {
         let (runs, highest_id) = store.learning_run_counts()?;
         let last_run = store.learning_runs(1)?.into_iter().next();
@@ -209,23 +242,27 @@ impl Learning {
             .into_iter()
             .map(|(plugin, row)| (plugin, row.version))
             .collect::<HashMap<_, _>>();
-        let learned_through = unlearned.first().map(|e| e.id - 1);
-        let total_processed = store.events_through(learned_through)?;
         let now = Instant::now();
-        let waiting_since = (!unlearned.is_empty()).then_some(now);
+        let newest = store.last_event_id()?;
+        let mut buffer = Buffer::new(config.max_lag());
+        buffer.push(unlearned);
         let mut state = State {
-            buffer: unlearned,
-            in_flight: 0,
+            buffer,
+            waiting: unlearned.len(),
+            unlearned: unlearned.len() as u64,
+            stored,
+            newest,
+            offered_through: unlearned.first().map_or(newest, |e| e.id - 1),
             pending: None,
             running: None,
             next_job_id: highest_id + 1,
-            total_processed,
             runs,
             last_run,
-            waiting_since,
+            waiting_since: (!unlearned.is_empty()).then_some(now),
             last_retrain: now,
             last_snapshot: now,
             versions,
+            failing: HashMap::new(),
         };
         // Include the versions of models restored or trained at start-up.
         for plugin in plugins.current().iter() {
@@ -242,7 +279,7 @@ impl Learning {
             wake: tokio::sync::Notify::new(),
         };
         let mut state = learning.lock();
-        if state.waiting() >= learning.config.update_buffer_size {
+        if state.waiting >= learning.config.update_buffer_size {
             state.schedule(JobKind::Update, Trigger::BufferSize);
             learning.wake.notify_one();
         }
@@ -267,19 +304,31 @@ impl Learning {
         Ok(version)
     }
 
+    /// Forgets the failed updates of `plugin` (it was replaced: the new one starts afresh).
+    pub fn forget_failures(&self, plugin: &str) {
+        self.lock().failing.remove(plugin);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds newly stored events to the buffer. Returns the buffer's status and, when these
     /// events made it reach the update size, the id of the update that will learn them.
+    /// Called by the event writer after each commit: constant time, whatever the buffer holds.
     pub fn push(&self, events: &[EventRow]) -> (BufferStatus, Option<u64>) {
         let mut state = self.lock();
-        if state.buffer.is_empty() && !events.is_empty() {
-            state.waiting_since = Some(Instant::now());
+        if let Some(last) = events.last() {
+            if state.waiting == 0 {
+                state.waiting_since = Some(Instant::now());
+            }
+            state.buffer.push(events);
+            state.waiting += events.len();
+            state.unlearned += events.len() as u64;
+            state.stored += events.len() as u64;
+            state.newest = state.newest.max(last.id);
         }
-        state.buffer.extend_from_slice(events);
-        let should_update = state.waiting() >= self.config.update_buffer_size;
+        let should_update = state.waiting >= self.config.update_buffer_size;
         let mut scheduled = None;
         if should_update
             && state.pending.is_none()
@@ -289,9 +338,9 @@ impl Learning {
             self.wake.notify_one();
         }
         let status = BufferStatus {
-            buffer_size: state.waiting(),
+            buffer_size: state.waiting,
             should_update,
-            total_processed: state.total_processed,
+            total_processed: state.stored.saturating_sub(state.unlearned),
         };
         (status, scheduled)
     }
@@ -299,7 +348,7 @@ impl Learning {
     /// Asks for a job (an operator's request or the schedule).
     pub fn request(&self, kind: JobKind, trigger: Trigger) -> Scheduled {
         let mut state = self.lock();
-        if kind == JobKind::Update && state.waiting() == 0 {
+        if kind == JobKind::Update && state.unlearned == 0 {
             return Scheduled::NothingToLearn;
         }
         let scheduled = state.schedule(kind, trigger);
@@ -307,33 +356,41 @@ impl Learning {
         scheduled
     }
 
-    pub fn stats(&self) -> StoreResult<LearningStats> {
-        let total_events_stored = self.store.counts()?.events;
+    /// The learning state, from memory (no database query: `/metrics` and the dashboard
+    /// poll it).
+    pub fn stats(&self) -> LearningStats {
+        let registry = self.plugins.current();
         let state = self.lock();
+        let now = Instant::now();
         let mut models = serde_json::Map::new();
-        for plugin in self.plugins.current().iter() {
+        for plugin in registry.iter() {
             let model = plugin.model();
-            models.insert(
-                plugin.name().to_string(),
-                serde_json::json!({
-                    "model_version": model.as_ref().map(|m| m.version),
-                    "through_event": model.as_ref().map(|m| m.through_event),
-                    "created_at": model.as_ref().map(|m| m.created_at),
-                }),
-            );
+            let mut entry = serde_json::json!({
+                "model_version": model.as_ref().map(|m| m.version),
+                "through_event": model.as_ref().map(|m| m.through_event),
+                "created_at": model.as_ref().map(|m| m.created_at),
+            });
+            if let Some(failing) = state.failing.get(plugin.name()) {
+                entry["failed_updates"] = failing.failures.into();
+                entry["retry_in_ms"] =
+                    (failing.retry_at.saturating_duration_since(now).as_millis() as u64).into();
+                entry["last_error"] = failing.last_error.clone().into();
+            }
+            models.insert(plugin.name().to_string(), entry);
         }
-        Ok(LearningStats {
-            buffer_size: state.waiting(),
-            unlearned_events: state.buffer.len(),
-            total_processed: state.total_processed,
-            total_events_stored,
+        LearningStats {
+            buffer_size: state.waiting,
+            unlearned_events: state.unlearned,
+            buffered_events: state.buffer.len(),
+            total_processed: state.stored.saturating_sub(state.unlearned),
+            total_events_stored: state.stored,
             update_count: state.runs,
             running: state.running.map(RunningJob::from),
             pending: state.pending.map(RunningJob::from),
             triggers: self.config.clone(),
             models,
             last_update: state.last_run.clone(),
-        })
+        }
     }
 
     pub fn history(&self, limit: usize) -> StoreResult<Vec<LearningRun>> {

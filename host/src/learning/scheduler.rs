@@ -1,5 +1,6 @@
 //! The loop that starts jobs: when one is requested (buffer size, operator), when events have
-//! waited `update_interval_secs`, and every `retrain_interval_secs`.
+//! waited `update_interval_secs`, when a plugin whose update failed is due to be tried again,
+//! and every `retrain_interval_secs`.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
@@ -50,12 +51,26 @@ impl Learning {
         }
         let interval = self.config.update_interval_secs;
         if interval > 0
-            && state.waiting() > 0
+            && state.waiting > 0
             && state
                 .waiting_since
                 .is_some_and(|since| since.elapsed() >= Duration::from_secs(interval))
         {
             state.schedule(JobKind::Update, Trigger::Interval);
+            return;
+        }
+        // A plugin whose update failed, behind the others, once its backoff is over.
+        let now = std::time::Instant::now();
+        let retry_due = state.failing.iter().any(|(name, failing)| {
+            failing.retry_at <= now
+                && self
+                    .plugins
+                    .get(name)
+                    .and_then(|plugin| plugin.model())
+                    .is_some_and(|model| model.through_event < state.newest)
+        });
+        if retry_due {
+            state.schedule(JobKind::Update, Trigger::Retry);
             return;
         }
         let retrain = self.config.retrain_interval_secs;

@@ -234,11 +234,21 @@ impl Store {
 
     /// Events with an id above `after`, oldest first.
     pub fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>> {
-        let connection = self.lock();
-        let mut statement = connection.prepare(
+        self.query_events(
             "SELECT id, user_idx, item_idx, kind, value, timestamp FROM events WHERE id > ?1 ORDER BY id",
-        )?;
-        let rows = statement.query_map([after], |row| {
+            &[&after],
+        )
+    }
+
+    /// The events `sql` selects (`id, user_idx, item_idx, kind, value, timestamp`).
+    fn query_events(
+        &self,
+        sql: &str,
+        parameters: &[&dyn rusqlite::ToSql],
+    ) -> StoreResult<Vec<EventRow>> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(sql)?;
+        let rows = statement.query_map(parameters, |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, u32>(1)?,
