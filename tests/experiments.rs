@@ -173,8 +173,29 @@ fn recommendations_follow_the_assignment_and_feedback_reaches_the_results() {
             assert_eq!(status, 200, "{body}");
         }
     }
-    let (status, results) = server.get("/experiments/model_comparison/results");
-    assert_eq!(status, 200, "{results}");
+    // Results are computed at most every few seconds and shared meanwhile: the first answer
+    // may predate the feedback above; it says when it was computed.
+    let (status, first) = server.get("/experiments/model_comparison/results");
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = server.get("/experiments/model_comparison/results");
+    assert_eq!(
+        again["computed_at_ms"], first["computed_at_ms"],
+        "shared, not recomputed"
+    );
+    assert!(first["max_age_ms"].as_u64() >= Some(5_000), "{first}");
+    let results = server.wait_for(
+        "/experiments/model_comparison/results",
+        Duration::from_secs(30),
+        |results| {
+            results["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["events"].as_u64().unwrap())
+                .sum::<u64>()
+                == 60
+        },
+    );
     let arms = results["groups"].as_array().unwrap();
     assert_eq!(arms.len(), 2);
     let total = |field: &str| arms.iter().map(|g| g[field].as_u64().unwrap()).sum::<u64>();

@@ -62,6 +62,9 @@ pub struct GroupView {
 pub struct ExposureCounts {
     exposures: u64,
     groups: BTreeMap<String, GroupCountView>,
+    /// When they were counted (Unix milliseconds): shared with the results, reused for a
+    /// few seconds.
+    computed_at_ms: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -183,27 +186,31 @@ pub async fn show(
 ) -> Result<Json<ExperimentView>, ApiError> {
     let experiment = state.experiments.get(&id)?;
     let service = state.experiments.clone();
-    let counts = tokio::task::spawn_blocking(move || service.counts(&id))
+    let live = experiment.clone();
+    let results = tokio::task::spawn_blocking(move || service.results(&live))
         .await
         .map_err(ApiError::internal)??;
     let mut view = definition(&experiment);
     view.counts = Some(ExposureCounts {
-        exposures: counts.iter().map(|c| c.exposures).sum(),
-        groups: counts
+        exposures: results.groups.iter().map(|g| g.exposures).sum(),
+        groups: results
+            .groups
             .iter()
-            .map(|c| {
+            .map(|g| {
                 let group = GroupCountView {
-                    exposures: c.exposures,
-                    users: c.users,
+                    exposures: g.exposures,
+                    users: g.users,
                 };
-                (c.group_name.clone(), group)
+                (g.group.clone(), group)
             })
             .collect(),
+        computed_at_ms: results.computed_at_ms,
     });
     Ok(Json(view))
 }
 
 /// Per group: users, exposures, CTR and mean rating with 95% intervals; sample ratio check.
+/// Computed at most every `max_age_ms` (5 s or more) and shared by every request meanwhile.
 #[utoipa::path(get, path = "/experiments/{id}/results", tag = "experiments",
     params(("id" = String, Path, description = "The experiment's id")),
     responses(
@@ -219,7 +226,7 @@ pub async fn results(
     let results = tokio::task::spawn_blocking(move || service.results(&experiment))
         .await
         .map_err(ApiError::internal)??;
-    Ok(Json(results))
+    Ok(Json(Results::clone(&results)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -15,7 +15,8 @@ use super::assignment::{bucket_ranges, choose_variation, hash, in_namespace};
 use super::definition::{DefinitionError, Experiment, Group, Status, load_dir};
 use super::exposures::{ExposureLog, ExposureLogCounts, PendingExposure};
 use super::results::{Results, Tally};
-use crate::store::{GroupCounts, StickyRow, Store, StoreError, unix_now_ms};
+use super::results_cache::ResultsCache;
+use crate::store::{StickyRow, Store, StoreError, unix_now_ms};
 
 /// GrowthBook's hash version used for assignment.
 const HASH_VERSION: u32 = 2;
@@ -180,8 +181,11 @@ pub struct Experiments {
     current: ArcSwap<ExperimentSet>,
     status: Mutex<ReloadStatus>,
     sticky: RwLock<StickyMap>,
-    store: Arc<Store>,
     log: ExposureLog,
+    /// A connection of its own for results: their scans never wait for, nor hold up, the
+    /// server's other reads and writes.
+    results_store: Store,
+    results: ResultsCache,
 }
 
 impl Experiments {
@@ -220,8 +224,9 @@ impl Experiments {
             current: ArcSwap::from_pointee(set),
             status: Mutex::new(status),
             sticky: RwLock::new(sticky),
-            store,
             log: ExposureLog::start(database)?,
+            results_store: Store::open(database)?,
+            results: ResultsCache::default(),
         })
     }
 
@@ -367,25 +372,24 @@ impl Experiments {
         );
     }
 
-    /// Exposures and users per group so far (everything queued is stored first).
-    pub fn counts(&self, id: &str) -> Result<Vec<GroupCounts>, ExperimentError> {
-        self.log.flush();
-        Ok(self.store.exposure_counts(id)?)
-    }
-
-    /// Per-group outcomes of `experiment` (everything queued is stored first).
-    pub fn results(&self, experiment: &LiveExperiment) -> Result<Results, ExperimentError> {
-        self.log.flush();
-        let exposures = self.store.exposures_of(&experiment.definition.id)?;
-        let mut tally = Tally::new(&experiment.definition, exposures);
-        let after = tally.events_after();
-        if after < i64::MAX {
-            self.store
-                .for_each_event_after(after, |id, user, kind, value| {
-                    tally.event(id, user, kind, value)
-                })?;
-        }
-        Ok(tally.finish())
+    /// Per-group outcomes of `experiment`, at most `max_age_ms` old ([`ResultsCache`]):
+    /// queued exposures are stored first, then the experiment's exposures and the events
+    /// after them are read. Blocking.
+    pub fn results(&self, experiment: &LiveExperiment) -> Result<Arc<Results>, ExperimentError> {
+        let definition = &experiment.definition;
+        self.results.get(definition, || {
+            self.log.flush();
+            let exposures = self.results_store.exposures_of(&definition.id)?;
+            let mut tally = Tally::new(definition, exposures);
+            let after = tally.events_after();
+            if after < i64::MAX {
+                self.results_store
+                    .for_each_event_after(after, |id, user, kind, value| {
+                        tally.event(id, user, kind, value)
+                    })?;
+            }
+            Ok(tally.finish())
+        })
     }
 
     /// Waits until every queued exposure is stored (shutdown).

@@ -8,11 +8,13 @@
 //!   [`crate::reload`].
 //! - [`exposures`]: the batched exposure writer.
 //! - [`results`]: per-arm statistics (confidence intervals, sample-ratio mismatch).
+//! - [`results_cache`]: results computed at most every few seconds, shared by requests.
 
 pub mod assignment;
 pub mod definition;
 pub mod exposures;
 pub mod live;
 pub mod results;
+pub mod results_cache;
 
 pub use live::{Assignment, Decision, ExperimentError, Experiments, LiveExperiment, Placement};

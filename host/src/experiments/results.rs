@@ -68,6 +68,10 @@ pub struct Results {
     pub groups: Vec<GroupResult>,
     /// `None` until some user has been exposed, or with a single group.
     pub srm: Option<SampleRatio>,
+    /// When these results were computed (Unix milliseconds): they are reused for
+    /// `max_age_ms` (at least 5 s) before a request computes them again.
+    pub computed_at_ms: u64,
+    pub max_age_ms: u64,
 }
 
 /// Wilson score interval of `successes` out of `trials` (`None` without trials).
@@ -286,6 +290,8 @@ impl<'a> Tally<'a> {
             experiment_id: self.experiment.id.clone(),
             groups,
             srm,
+            computed_at_ms: 0,
+            max_age_ms: 0,
         }
     }
 }

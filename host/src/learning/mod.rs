@@ -397,3 +397,85 @@ impl Learning {
         self.store.learning_runs(limit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::PluginRegistry;
+    use crate::store::{EventKind, ImportBatch, ImportEvent, ItemRow};
+
+    fn event(id: i64) -> EventRow {
+        EventRow {
+            id,
+            user: 0,
+            item: 0,
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp: 0,
+        }
+    }
+
+    #[test]
+    fn stats_answer_from_memory_without_reading_the_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Arc::new(Store::open(&path).unwrap());
+        let plugins = Arc::new(LivePlugins::new(PluginRegistry::default()));
+        let learning = Learning::new(LearningConfig::default(), store, plugins, &[], 0).unwrap();
+        learning.push(&[event(1), event(2)]);
+        // Without the events table, any COUNT(*) over it fails: stats must not need one
+        // (`/metrics` and the dashboard poll them).
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE events RENAME TO events_elsewhere")
+            .unwrap();
+        let stats = learning.stats();
+        assert_eq!(
+            (
+                stats.total_events_stored,
+                stats.buffer_size,
+                stats.buffered_events
+            ),
+            (2, 2, 2)
+        );
+        assert_eq!((stats.unlearned_events, stats.total_processed), (2, 0));
+    }
+
+    #[test]
+    fn the_training_window_is_selected_in_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let events = (0..10)
+            .map(|i| ImportEvent {
+                user: "u".into(),
+                item: "1".into(),
+                kind: EventKind::Click,
+                value: 1.0,
+                timestamp: 100 + i,
+            })
+            .collect();
+        let items = vec![ItemRow {
+            external_id: "1".into(),
+            title: "One".into(),
+            tags: vec![],
+        }];
+        store.import(&ImportBatch { items, events }).unwrap();
+        let ids = |window: Vec<EventRow>| window.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.training_window(8, None, None).unwrap()),
+            (1..=8).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            ids(store.training_window(8, Some(104), None).unwrap()),
+            vec![5, 6, 7, 8]
+        );
+        assert_eq!(
+            ids(store.training_window(10, Some(102), Some(3)).unwrap()),
+            vec![8, 9, 10]
+        );
+        assert_eq!(
+            ids(store.training_window(10, None, Some(0)).unwrap()),
+            Vec::<i64>::new()
+        );
+    }
+}

@@ -28,14 +28,6 @@ pub struct StickyRow {
     pub assigned_at_ms: u64,
 }
 
-/// Exposures and distinct users of one group of an experiment.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct GroupCounts {
-    pub group_name: String,
-    pub exposures: u64,
-    pub users: u64,
-}
-
 /// An exposure as results need it: whose, which group, from which event on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExposureKey {
@@ -108,23 +100,6 @@ impl Store {
                 group_name: row.get(2)?,
                 bucket_version: row.get(3)?,
                 assigned_at_ms: row.get::<_, i64>(4)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Exposures and distinct users per group of `experiment_id`.
-    pub fn exposure_counts(&self, experiment_id: &str) -> StoreResult<Vec<GroupCounts>> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT group_name, COUNT(*), COUNT(DISTINCT user_id) FROM exposures
-             WHERE experiment_id = ?1 GROUP BY group_name ORDER BY group_name",
-        )?;
-        let rows = statement.query_map([experiment_id], |row| {
-            Ok(GroupCounts {
-                group_name: row.get(0)?,
-                exposures: row.get::<_, i64>(1)? as u64,
-                users: row.get::<_, i64>(2)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -213,15 +188,14 @@ mod tests {
             .unwrap();
         store.append_exposures(&[], &[sticky("b", 2)]).unwrap();
         assert_eq!(store.sticky_assignments().unwrap(), vec![sticky("b", 2)]);
-        let counts = store.exposure_counts("e").unwrap();
+        let exposures = store.exposures_of("e").unwrap();
         assert_eq!(
-            counts
+            exposures
                 .iter()
-                .map(|c| (c.group_name.as_str(), c.exposures, c.users))
+                .map(|e| (e.user_id.as_str(), e.group_name.as_str()))
                 .collect::<Vec<_>>(),
-            vec![("a", 2, 1), ("b", 1, 1)]
+            vec![("u1", "a"), ("u1", "a"), ("u2", "b")]
         );
-        assert_eq!(store.exposures_of("e").unwrap().len(), 3);
         assert!(store.exposures_of("other").unwrap().is_empty());
     }
 }

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 
 pub use events::{Appended, NewEvent};
-pub use experiments::{ExposureKey, ExposureRow, GroupCounts, StickyRow};
+pub use experiments::{ExposureKey, ExposureRow, StickyRow};
 pub use learning::{LearningRun, VersionRow};
 pub use migrations::latest_version as schema_version;
 
