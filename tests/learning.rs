@@ -769,3 +769,147 @@ fn a_plugin_whose_update_always_fails_holds_nobody_back_and_recovers_when_fixed(
         "{stats}"
     );
 }
+
+#[test]
+fn an_import_into_a_running_server_loses_nothing_and_fails_no_client() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let server = Server::start_in(&data_dir, &config_text("")).unwrap();
+    let before = events_stored(&server);
+
+    // ml-latest files: 200 new users, 5 ratings each, of items the catalog has.
+    let import_dir = temp.path().join("ml-latest");
+    std::fs::create_dir(&import_dir).unwrap();
+    let mut movies = String::from("movieId,title,genres\n");
+    for item in 1..=50 {
+        let (_, current) = server.get(&format!("/items/{item}"));
+        let genres: Vec<&str> = current["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        movies.push_str(&format!(
+            "{item},\"{}\",{}\n",
+            current["title"].as_str().unwrap(),
+            genres.join("|")
+        ));
+    }
+    std::fs::write(import_dir.join("movies.csv"), movies).unwrap();
+    let mut ratings = String::from("userId,movieId,rating,timestamp\n");
+    for user in 900_001..=900_200 {
+        for item in 1..=5 {
+            ratings.push_str(&format!("{user},{},4.0,1700000000\n", item * 7));
+        }
+    }
+    std::fs::write(import_dir.join("ratings.csv"), ratings).unwrap();
+
+    // Clients register new users and post events all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let posted = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (base, stop, posted) = (server.base.clone(), stop.clone(), posted.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                let mut failures = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) || i < 50 {
+                    let body = json!({"user_id": format!("live-{client}-{i}"), "item_id": 1 + i % 100, "event_type": "click"});
+                    let response = http.post(format!("{base}/events")).json(&body).send().unwrap();
+                    if response.status() == 200 {
+                        posted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failures.push(format!("{}: {}", response.status(), response.text().unwrap()));
+                    }
+                    i += 1;
+                }
+                failures
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let import = std::process::Command::new(recohost_e2e::binary())
+        .args(["import", "--format", "movielens"])
+        .arg(&import_dir)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let failures = client.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+    }
+
+    // Everything acknowledged and everything imported is stored, and the running server
+    // took the imported users and events in (within a second, without a restart).
+    let expected = before + posted.load(Ordering::Relaxed) + 1_000;
+    server.wait_for("/health", WAIT, |health| {
+        health["events"].as_u64() == Some(expected)
+    });
+    let (status, user) = server.get("/users/900001");
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["event_count"], 5);
+    let (status, user) = server.get("/users/live-0-0");
+    assert_eq!((status, user["event_count"].as_u64()), (200, Some(1)));
+    drop(server);
+    let restarted = Server::start_in(&data_dir, &config_text("")).unwrap();
+    assert_eq!(events_stored(&restarted), expected, "after a restart too");
+}
+
+#[test]
+fn a_retried_event_with_an_idempotency_key_is_stored_once() {
+    let (_temp, server) = start("");
+    let before = events_stored(&server);
+    let post = |key: &str, body: &Value| {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/events", server.base))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let event = json!({"user_id": 31, "item_id": 5, "event_type": "rate", "rating": 4.5});
+    let (status, first) = post("order-7-rating", &event);
+    assert_eq!(status, 200, "{first}");
+    assert!(first.get("replayed").is_none(), "{first}");
+    // The client did not hear back and retries: same answer, stored once.
+    let (status, retry) = post("order-7-rating", &event);
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(
+        (retry["event_id"].clone(), retry["replayed"].clone()),
+        (first["event_id"].clone(), json!(true))
+    );
+    assert_eq!(events_stored(&server), before + 1);
+    // The same key for something else is refused; a malformed key too.
+    let other = json!({"user_id": 31, "item_id": 6, "event_type": "click"});
+    let (status, body) = post("order-7-rating", &other);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (422, "idempotency_key_reused"),
+        "{body}"
+    );
+    let (status, body) = post("has spaces", &other);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "invalid_idempotency_key"),
+        "{body}"
+    );
+    assert_eq!(events_stored(&server), before + 1);
+}

@@ -118,7 +118,13 @@ impl App {
             events.len() as u64,
         )?);
         drop(events);
-        let events = EventWriter::start(&database, users.clone(), learning.clone())?;
+        let events = EventWriter::start(
+            &database,
+            users.clone(),
+            learning.clone(),
+            catalog.len(),
+            config.events.max_batch,
+        )?;
 
         if let Some(dir) = &config.experiments_dir
             && !dir.is_dir()

@@ -130,6 +130,12 @@ impl Users {
         self.last_event_id = self.last_event_id.max(event.id);
     }
 
+    /// Notes that the events up to `id` have been seen, though not all recorded (events of
+    /// items the serving catalog does not hold).
+    pub fn skip_to(&mut self, id: i64) {
+        self.last_event_id = self.last_event_id.max(id);
+    }
+
     /// Events recorded, all users together.
     pub fn event_count(&self) -> u64 {
         self.event_count

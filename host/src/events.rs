@@ -2,21 +2,36 @@
 //!
 //! All events go through one writer thread with its own SQLite connection. It takes every
 //! append request waiting in its queue and stores them in one transaction (group commit): one
-//! disk sync covers many clients' events, so durability stays fast under load. Only after the
+//! disk sync covers many clients' events, so durability stays fast under load. Each request
+//! is stored in a savepoint of its own, so one request's failure is its alone. Only after the
 //! commit does it update the in-memory view (new users, histories), push the events into the
 //! learning buffer and answer the waiting requests. A failed commit fails every request in the
 //! group and changes nothing.
+//!
+//! The queue is bounded in events, not requests: past its capacity, appends wait for room
+//! (asynchronously); a request that times out meanwhile, or whose client left before the
+//! writer took it, stores nothing. A client's `Idempotency-Key` makes a retry safe: the same
+//! request under the same key is answered with the first one's receipt, stored once.
+//!
+//! Another process may write to the same database (`recohost import` while the server runs):
+//! users get their indices inside the transaction, and the writer takes in the users and
+//! events stored by others, between and after its own groups.
 
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::catalog::{Catalog, Users};
 use crate::config::EventsConfig;
 use crate::learning::{BufferStatus, Learning};
-use crate::store::{EventKind, NewEvent, Store, StoreError, unix_now};
+use crate::store::{
+    AppendOutcome, AppendRequest, EventKind, EventRow, NewEvent, Store, StoreError, unix_now,
+};
 
 /// An event as a client describes it, before validation.
 #[derive(Clone, Debug)]
@@ -101,134 +116,407 @@ pub struct Receipt {
     pub buffer: BufferStatus,
     /// The update these events triggered, if they did.
     pub update_id: Option<u64>,
+    /// The request's idempotency key had been used for the same request: these are the
+    /// first request's ids, and nothing was stored again.
+    pub replayed: bool,
 }
 
 #[derive(Debug, Error)]
 pub enum AppendError {
     #[error("the events could not be stored; nothing was recorded: {0}")]
     Store(String),
-    #[error("the event writer has stopped")]
+    #[error("the event writer has stopped; the events may not have been stored")]
     Stopped,
+    #[error("the Idempotency-Key was used before for a different request")]
+    KeyReused,
+}
+
+/// A client's idempotency key and a hash of what its request asks to store.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
 }
 
 struct AppendJob {
     events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Receipt, String>>,
+    idempotency: Option<Idempotency>,
+    reply: oneshot::Sender<Result<Receipt, AppendError>>,
+    /// This job's share of the queue's capacity, given back when the job is done.
+    _queued: OwnedSemaphorePermit,
 }
 
 /// Handle to the writer thread.
 #[derive(Clone)]
 pub struct EventWriter {
-    queue: SyncSender<AppendJob>,
+    queue: Sender<AppendJob>,
+    /// Events that may wait in the queue: appends beyond it wait (asynchronously) for room.
+    capacity: Arc<Semaphore>,
+    capacity_events: usize,
+    health: Arc<WriterHealth>,
 }
 
-/// Append requests that may wait in the queue; more make callers wait (backpressure).
-const QUEUE_DEPTH: usize = 4_096;
+/// Events that may wait for the writer, at least: past it, requests wait for room (and the
+/// request timeout answers 503 without storing anything).
+const MIN_QUEUE_EVENTS: usize = 100_000;
 /// Most events stored by one transaction.
 const MAX_GROUP_EVENTS: usize = 50_000;
+/// How often an idle writer looks for events and users another process stored (`recohost
+/// import` into a running server's database).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How often expired idempotency keys are deleted.
+const KEY_EXPIRY_INTERVAL: Duration = Duration::from_secs(3_600);
+
+/// Whether the writer runs, for `/health`.
+#[derive(Default)]
+pub struct WriterHealth {
+    stopped: AtomicBool,
+    restarts: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+}
+
+/// What `/health` shows of the writer.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct WriterReport {
+    /// `ok`, or `stopped`: events cannot be stored (the server answers `/health` with 503).
+    pub status: &'static str,
+    /// Times a failure inside the writer was caught and it went on (the requests it was
+    /// storing got an error; nothing acknowledged was lost).
+    pub restarts: u64,
+    pub last_failure: Option<String>,
+}
+
+impl WriterHealth {
+    pub fn report(&self) -> WriterReport {
+        WriterReport {
+            status: if self.stopped.load(Ordering::Relaxed) {
+                "stopped"
+            } else {
+                "ok"
+            },
+            restarts: self.restarts.load(Ordering::Relaxed),
+            last_failure: self
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// Marks the writer stopped when its thread ends, however it ends.
+struct StoppedOnExit(Arc<WriterHealth>);
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the writer thread works with.
+struct Writer {
+    store: Store,
+    users: Arc<RwLock<Users>>,
+    learning: Arc<Learning>,
+    /// Items the serving catalog holds: events for items imported since start wait for a
+    /// restart (plugins know only this catalog).
+    catalog_len: u32,
+    health: Arc<WriterHealth>,
+}
 
 impl EventWriter {
     /// Starts the writer thread on its own connection to the database at `path`.
+    /// `max_batch` is the largest append a request may make.
     pub fn start(
         path: &std::path::Path,
         users: Arc<RwLock<Users>>,
         learning: Arc<Learning>,
+        catalog_len: usize,
+        max_batch: usize,
     ) -> Result<Self, StoreError> {
-        let store = Store::open(path)?;
-        let (queue, jobs) = sync_channel(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("event-writer".into())
-            .spawn(move || write_loop(store, jobs, users, learning))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the event writer: {e}")))?;
-        Ok(Self { queue })
+        let capacity_events = MIN_QUEUE_EVENTS.max(max_batch.saturating_mul(4));
+        Self::start_with_queue(path, users, learning, catalog_len, capacity_events)
     }
 
-    /// Stores `events` durably (all or nothing), then feeds them to learning.
-    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Receipt, AppendError> {
+    /// [`Self::start`] with a queue of `capacity_events` events.
+    fn start_with_queue(
+        path: &std::path::Path,
+        users: Arc<RwLock<Users>>,
+        learning: Arc<Learning>,
+        catalog_len: usize,
+        capacity_events: usize,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open(path)?;
+        let (queue, jobs) = channel();
+        let health = Arc::new(WriterHealth::default());
+        let writer = Writer {
+            store,
+            users,
+            learning,
+            catalog_len: u32::try_from(catalog_len).unwrap_or(u32::MAX),
+            health: health.clone(),
+        };
+        std::thread::Builder::new()
+            .name("event-writer".into())
+            .spawn(move || writer.run(jobs))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the event writer: {e}")))?;
+        Ok(Self {
+            queue,
+            capacity: Arc::new(Semaphore::new(capacity_events)),
+            capacity_events,
+            health,
+        })
+    }
+
+    /// Stores `events` durably (all or nothing), then feeds them to learning. With an
+    /// idempotency key seen before for the same request, answers that request's receipt
+    /// without storing anything. Waits while the queue holds its capacity of events; a
+    /// caller that gives up meanwhile (the request timeout) stores nothing.
+    pub async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Receipt, AppendError> {
+        let wanted = u32::try_from(events.len().min(self.capacity_events)).unwrap_or(u32::MAX);
+        let queued = self
+            .capacity
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| AppendError::Stopped)?;
         let (reply, answer) = oneshot::channel();
-        let queue = self.queue.clone();
-        // `send` blocks only when the queue is full; keep that off the async workers.
-        let job = AppendJob { events, reply };
-        match queue.try_send(job) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || queue.send(job))
-                    .await
-                    .map_err(|_| AppendError::Stopped)?
-                    .map_err(|_| AppendError::Stopped)?;
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                return Err(AppendError::Stopped);
-            }
-        }
-        match answer.await {
-            Ok(Ok(receipt)) => Ok(receipt),
-            Ok(Err(error)) => Err(AppendError::Store(error)),
-            Err(_) => Err(AppendError::Stopped),
-        }
+        let job = AppendJob {
+            events,
+            idempotency,
+            reply,
+            _queued: queued,
+        };
+        self.queue.send(job).map_err(|_| AppendError::Stopped)?;
+        answer.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    pub fn health(&self) -> &WriterHealth {
+        &self.health
     }
 }
 
-fn write_loop(
-    store: Store,
-    jobs: Receiver<AppendJob>,
-    users: Arc<RwLock<Users>>,
-    learning: Arc<Learning>,
-) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        let mut size = group[0].events.len();
-        while size < MAX_GROUP_EVENTS {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    size += job.events.len();
-                    group.push(job);
+impl Writer {
+    /// Takes every append request waiting and stores them in one transaction, until the
+    /// server stops. A panic while storing a group is caught: those requests get an error,
+    /// the writer goes on (and counts it); the thread ending for any other reason marks the
+    /// writer stopped, which `/health` reports.
+    fn run(self, jobs: Receiver<AppendJob>) {
+        let _stopped_on_exit = StoppedOnExit(self.health.clone());
+        let mut keys_expired_at = Instant::now();
+        loop {
+            let first = match jobs.recv_timeout(IDLE_CHECK) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    let expire = keys_expired_at.elapsed() >= KEY_EXPIRY_INTERVAL;
+                    if expire {
+                        keys_expired_at = Instant::now();
+                    }
+                    self.supervised("idle work", || self.idle(expire));
+                    continue;
                 }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut group = vec![first];
+            let mut size = group[0].events.len();
+            while size < MAX_GROUP_EVENTS {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        size += job.events.len();
+                        group.push(job);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            // A requester that gave up (its request timed out, its client left) was told its
+            // events were not stored: keep it that way.
+            group.retain(|job| !job.reply.is_closed());
+            if !group.is_empty() {
+                let writer = &self;
+                self.supervised("storing events", move || writer.store_group(group));
             }
         }
-        let events: Vec<NewEvent> = group
+    }
+
+    /// Runs `work`, catching a panic: the writer must outlive a bug in one group.
+    fn supervised(&self, what: &str, work: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(what, %message, "the event writer failed; it goes on with the next requests");
+            self.health.restarts.fetch_add(1, Ordering::Relaxed);
+            *self
+                .health
+                .last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}: {message}"));
+        }
+    }
+
+    fn store_group(&self, group: Vec<AppendJob>) {
+        #[cfg(test)]
+        if group
             .iter()
-            .flat_map(|j| j.events.iter().cloned())
+            .any(|job| job.events.iter().any(|e| e.user == tests::PANIC_USER))
+        {
+            panic!("a test asked the writer to fail");
+        }
+        let requests: Vec<AppendRequest<'_>> = group
+            .iter()
+            .map(|job| AppendRequest {
+                events: &job.events,
+                idempotency: job
+                    .idempotency
+                    .as_ref()
+                    .map(|i| (i.key.as_str(), i.request_hash.as_str())),
+            })
             .collect();
-        let appended = {
-            // Only this thread registers users, so the next index cannot be taken meanwhile.
-            let view = users.read().unwrap_or_else(|p| p.into_inner());
-            let next_user = view.len() as u32;
-            store.append_events(&events, |id| view.index_of(id), next_user)
+        let outcomes = {
+            let view = self.users.read().unwrap_or_else(|p| p.into_inner());
+            self.store
+                .append_requests(&requests, |id| view.index_of(id))
         };
-        let appended = match appended {
-            Ok(appended) => appended,
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
             Err(error) => {
-                tracing::error!(%error, events = events.len(), "cannot store events");
+                tracing::error!(%error, events = group.iter().map(|j| j.events.len()).sum::<usize>(), "cannot store events");
                 let error = error.to_string();
                 for job in group {
-                    let _ = job.reply.send(Err(error.clone()));
+                    let _ = job.reply.send(Err(AppendError::Store(error.clone())));
                 }
-                continue;
+                return;
             }
         };
+        let first_stored = outcomes.iter().find_map(|outcome| match outcome {
+            AppendOutcome::Stored(rows) => rows.first().map(|r| r.id),
+            _ => None,
+        });
+        // What another writer stored before this group, then this group's own rows.
+        self.catch_up(first_stored);
         {
-            let mut view = users.write().unwrap_or_else(|p| p.into_inner());
-            for (index, external_id) in appended.new_users {
-                view.register(index, external_id);
-            }
-            for row in &appended.rows {
-                view.record(row);
+            let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
+            for outcome in &outcomes {
+                if let AppendOutcome::Stored(rows) = outcome {
+                    for row in rows {
+                        view.record(row);
+                    }
+                }
             }
         }
-        let mut offset = 0;
-        for job in group {
-            let rows = &appended.rows[offset..offset + job.events.len()];
-            offset += job.events.len();
-            let (buffer, update_id) = learning.push(rows);
-            let receipt = Receipt {
-                first_event_id: rows.first().map(|r| r.id).unwrap_or(0),
-                stored: rows.len(),
-                buffer,
-                update_id,
+        for (job, outcome) in group.into_iter().zip(outcomes) {
+            let reply = match outcome {
+                AppendOutcome::Stored(rows) => {
+                    let (buffer, update_id) = self.learning.push(&rows);
+                    Ok(Receipt {
+                        first_event_id: rows.first().map(|r| r.id).unwrap_or(0),
+                        stored: rows.len(),
+                        buffer,
+                        update_id,
+                        replayed: false,
+                    })
+                }
+                AppendOutcome::Replayed {
+                    first_event_id,
+                    stored,
+                } => Ok(Receipt {
+                    first_event_id,
+                    stored,
+                    buffer: self.learning.push(&[]).0,
+                    update_id: None,
+                    replayed: true,
+                }),
+                AppendOutcome::KeyReused => Err(AppendError::KeyReused),
+                AppendOutcome::Failed(error) => {
+                    tracing::error!(%error, "cannot store one request's events");
+                    Err(AppendError::Store(error))
+                }
             };
-            let _ = job.reply.send(Ok(receipt));
+            let _ = job.reply.send(reply);
+        }
+    }
+
+    /// Between groups: anything another process stored, and old idempotency keys.
+    fn idle(&self, expire_keys: bool) {
+        let newest = self.store.last_event_id().unwrap_or(0);
+        let known = self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_event_id();
+        if newest > known {
+            self.catch_up(Some(newest + 1));
+        }
+        if expire_keys && let Err(error) = self.store.expire_idempotency_keys() {
+            tracing::warn!(%error, "cannot expire idempotency keys");
+        }
+    }
+
+    /// Brings the in-memory view and the learning buffer up to what the store holds before
+    /// event `before` (exclusive): users registered by anyone, and events another writer
+    /// stored (`recohost import` into this database). Events for items the serving catalog
+    /// does not hold are left for the next start.
+    fn catch_up(&self, before: Option<i64>) {
+        let (known_users, known_events) = {
+            let view = self.users.read().unwrap_or_else(|p| p.into_inner());
+            (view.len() as u32, view.last_event_id())
+        };
+        let users = match self.store.users_from(known_users) {
+            Ok(users) => users,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the users registered meanwhile");
+                return;
+            }
+        };
+        let others = match before {
+            Some(before) if before > known_events + 1 => self
+                .store
+                .events_between(known_events, before)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot read the events another writer stored");
+                    Vec::new()
+                }),
+            _ => Vec::new(),
+        };
+        if users.is_empty() && others.is_empty() {
+            return;
+        }
+        let servable: Vec<EventRow> = others
+            .iter()
+            .filter(|e| e.item < self.catalog_len)
+            .copied()
+            .collect();
+        {
+            let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
+            for (index, external_id) in users {
+                if index as usize == view.len() {
+                    view.register(index, external_id);
+                }
+            }
+            for row in &servable {
+                view.record(row);
+            }
+            if let Some(last) = others.last() {
+                view.skip_to(last.id);
+            }
+        }
+        if !others.is_empty() {
+            tracing::info!(
+                events = others.len(),
+                left_for_restart = others.len() - servable.len(),
+                "took in events another process stored"
+            );
+            self.learning.push(&servable);
         }
     }
 }
@@ -237,6 +525,137 @@ fn write_loop(
 mod tests {
     use super::*;
     use crate::store::ItemRow;
+
+    /// Events of this user make the writer panic (test builds only): how the tests below
+    /// check that the writer outlives a failure.
+    pub(super) const PANIC_USER: &str = "\u{1}panic-the-writer";
+
+    fn event(user: &str) -> NewEvent {
+        NewEvent {
+            user: user.into(),
+            item: 0,
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp: 1,
+        }
+    }
+
+    /// A writer over a fresh database with one item.
+    fn writer(dir: &std::path::Path) -> EventWriter {
+        writer_with_queue(dir, 1_000)
+    }
+
+    fn writer_with_queue(dir: &std::path::Path, capacity_events: usize) -> EventWriter {
+        let path = dir.join("db");
+        let store = Arc::new(Store::open(&path).unwrap());
+        store
+            .import(&crate::store::ImportBatch {
+                items: vec![ItemRow {
+                    external_id: "42".into(),
+                    title: "Answer".into(),
+                    tags: vec![],
+                }],
+                events: vec![],
+            })
+            .unwrap();
+        let plugins = Arc::new(crate::plugins::LivePlugins::new(Default::default()));
+        let learning = Arc::new(Learning::new(Default::default(), store, plugins, &[], 0).unwrap());
+        let users = Arc::new(RwLock::new(Users::default()));
+        EventWriter::start_with_queue(&path, users, learning, 1, capacity_events).unwrap()
+    }
+
+    fn stored_events(dir: &std::path::Path) -> u64 {
+        Store::open(&dir.join("db"))
+            .unwrap()
+            .counts()
+            .unwrap()
+            .events
+    }
+
+    #[tokio::test]
+    async fn requests_that_gave_up_store_nothing_and_the_queue_is_bounded_in_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer_with_queue(dir.path(), 10);
+        // Another connection holds the write lock: the writer's next transaction waits.
+        let blocker = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let patient = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.append(vec![event("a"); 4], None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Queued behind it, then abandoned (the request timed out, the client left).
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(100),
+            writer.append(vec![event("b"); 4], None),
+        )
+        .await;
+        assert!(abandoned.is_err(), "it could not have been stored yet");
+        // 4 + 4 events queued, room for 2: a third request waits for room, and gives up.
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(100),
+            writer.append(vec![event("c"); 4], None),
+        )
+        .await;
+        assert!(waiting.is_err(), "it waited for room in the queue");
+        blocker.execute_batch("COMMIT").unwrap();
+        let receipt = patient.await.unwrap().unwrap();
+        assert_eq!(receipt.stored, 4);
+        // Once the writer is done, only the patient request's events are stored.
+        let done = writer.append(vec![event("d")], None).await.unwrap();
+        assert_eq!(done.stored, 1);
+        assert_eq!(stored_events(dir.path()), 5);
+    }
+
+    #[tokio::test]
+    async fn the_writer_outlives_a_failure_and_health_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(dir.path());
+        assert!(writer.append(vec![event("a")], None).await.is_ok());
+        let failed = writer.append(vec![event(PANIC_USER)], None).await;
+        assert!(matches!(failed, Err(AppendError::Stopped)), "{failed:?}");
+        // The requester hears of the failure while the writer unwinds; then it is counted.
+        let mut report = writer.health().report();
+        for _ in 0..100 {
+            if report.restarts > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            report = writer.health().report();
+        }
+        assert_eq!((report.status, report.restarts), ("ok", 1), "{report:?}");
+        assert!(report.last_failure.unwrap().contains("a test asked"));
+        // Before, the thread was gone: every later append failed while /health said ok.
+        let receipt = writer.append(vec![event("b")], None).await.unwrap();
+        assert_eq!(receipt.stored, 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_with_the_same_idempotency_key_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(dir.path());
+        let key = |hash: &str| {
+            Some(Idempotency {
+                key: "retry-1".into(),
+                request_hash: hash.into(),
+            })
+        };
+        let first = writer
+            .append(vec![event("a"), event("a")], key("h"))
+            .await
+            .unwrap();
+        let again = writer
+            .append(vec![event("a"), event("a")], key("h"))
+            .await
+            .unwrap();
+        assert!(again.replayed && !first.replayed);
+        assert_eq!(
+            (again.first_event_id, again.stored),
+            (first.first_event_id, 2)
+        );
+        let other = writer.append(vec![event("a")], key("other")).await;
+        assert!(matches!(other, Err(AppendError::KeyReused)), "{other:?}");
+    }
 
     fn catalog() -> Catalog {
         Catalog::new(vec![ItemRow {

@@ -280,7 +280,9 @@ fn main() -> anyhow::Result<()> {
                 counts.users,
                 counts.events
             );
-            println!("models are retrained on the next `recohost serve`");
+            println!(
+                "a server running on this data directory takes the new users and events in within a second (events for new items wait for its next start); models are retrained at the next start if the catalog changed"
+            );
             Ok(())
         }
     }

@@ -3,15 +3,17 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, ErrorBody};
 use super::ids::ExternalId;
 use super::{AppState, ids};
 use crate::catalog::Catalog;
 use crate::config::EventsConfig;
-use crate::events::{EventError, EventInput, Receipt, validate};
+use crate::events::{AppendError, EventError, EventInput, Idempotency, Receipt, validate};
 use crate::learning::BufferStatus;
 use crate::store::NewEvent;
 
@@ -60,6 +62,10 @@ pub struct EventReceipt {
     /// `POST /events/batch`: the first stored event's id (the others follow it).
     #[serde(skip_serializing_if = "Option::is_none")]
     first_event_id: Option<i64>,
+    /// Present (true) when the request's `Idempotency-Key` was used before for the same
+    /// request: the ids are the first request's, and nothing was stored again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -70,21 +76,27 @@ pub struct ScheduledUpdate {
 
 /// Stores one event.
 #[utoipa::path(post, path = "/events", tag = "events", request_body = EventBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry safe: the same request under the same key (kept 24 hours) is answered with the first one's receipt and stored once.")),
     responses(
         (status = 200, body = EventReceipt),
-        (status = 400, description = "Invalid body, ID, type, rating or timestamp", body = ErrorBody),
+        (status = 400, description = "Invalid body, ID, type, rating or timestamp, or an invalid Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used for a different request", body = ErrorBody),
+        (status = 503, description = "The event writer is unavailable; retry with the same Idempotency-Key", body = ErrorBody),
         (status = 413, description = "Body over 2 MiB", body = ErrorBody),
         (status = 415, description = "Body not sent as JSON", body = ErrorBody),
         (status = 404, description = "Unknown item", body = ErrorBody),
     ))]
 pub async fn event(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<EventBody>, JsonRejection>,
 ) -> Result<Json<EventReceipt>, ApiError> {
     let Json(body) = body?;
     let event =
         check(&state.catalog, &state.config.events, &body).map_err(|e| e.with_prefix(""))?;
-    let receipt = append(&state, vec![event]).await?;
+    let idempotency = idempotency(&headers, std::slice::from_ref(&body))?;
+    let receipt = append(&state, vec![event], idempotency).await?;
     Ok(Json(EventReceipt {
         event_id: Some(receipt.first_event_id),
         ..response(&receipt)
@@ -93,15 +105,20 @@ pub async fn event(
 
 /// Stores a batch of events atomically: all or none.
 #[utoipa::path(post, path = "/events/batch", tag = "events", request_body = BatchBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry safe: the same request under the same key (kept 24 hours) is answered with the first one's receipt and stored once.")),
     responses(
         (status = 200, body = EventReceipt),
-        (status = 400, description = "Invalid body, or an invalid event (named by its index)", body = ErrorBody),
+        (status = 400, description = "Invalid body, or an invalid event (named by its index), or an invalid Idempotency-Key", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used for a different request", body = ErrorBody),
+        (status = 503, description = "The event writer is unavailable; retry with the same Idempotency-Key", body = ErrorBody),
         (status = 413, description = "Body over 2 MiB", body = ErrorBody),
         (status = 415, description = "Body not sent as JSON", body = ErrorBody),
         (status = 404, description = "Unknown item", body = ErrorBody),
     ))]
 pub async fn batch(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<BatchBody>, JsonRejection>,
 ) -> Result<Json<EventReceipt>, ApiError> {
     let Json(body) = body?;
@@ -124,7 +141,8 @@ pub async fn batch(
                 .map_err(|e| e.with_prefix(&format!("events[{i}]: ")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let receipt = append(&state, events).await?;
+    let idempotency = idempotency(&headers, &body.events)?;
+    let receipt = append(&state, events, idempotency).await?;
     Ok(Json(EventReceipt {
         stored: Some(receipt.stored),
         first_event_id: Some(receipt.first_event_id),
@@ -188,12 +206,79 @@ fn check(catalog: &Catalog, config: &EventsConfig, body: &EventBody) -> Result<N
     })
 }
 
-async fn append(state: &AppState, events: Vec<NewEvent>) -> Result<Receipt, ApiError> {
+async fn append(
+    state: &AppState,
+    events: Vec<NewEvent>,
+    idempotency: Option<Idempotency>,
+) -> Result<Receipt, ApiError> {
     state
         .events
-        .append(events)
+        .append(events, idempotency)
         .await
-        .map_err(ApiError::internal)
+        .map_err(|error| match error {
+            AppendError::KeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                format!(
+                    "{error}: send each distinct request with its own key (keys are kept {} hours)",
+                    crate::store::IDEMPOTENCY_KEY_TTL_SECS / 3600
+                ),
+            ),
+            AppendError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "events_unavailable",
+                format!(
+                    "{error}; retry with the same Idempotency-Key to be sure it is stored once"
+                ),
+            )
+            .retry_after(1),
+            AppendError::Store(_) => ApiError::internal(error),
+        })
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's `Idempotency-Key` (1 to 255 visible ASCII characters), with a hash of the
+/// events as the client sent them (before the server stamps missing timestamps), so that a
+/// retry is recognised and a different request under the same key refused.
+fn idempotency(headers: &HeaderMap, bodies: &[EventBody]) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| {
+            (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len())
+                && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                ),
+            )
+        })?;
+    let mut hash = Sha256::new();
+    for body in bodies {
+        // Canonical: IDs as the API reads them (1 and "1" are one user), then the fields.
+        let id = |field, value| ids::from_json(field, value).unwrap_or_default();
+        let line = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{:?}\u{0}{:?}\n",
+            id("user_id", &body.user_id),
+            id("item_id", &body.item_id),
+            body.event_type,
+            body.rating.map(f64::to_bits),
+            body.timestamp
+        );
+        hash.update(line.as_bytes());
+    }
+    Ok(Some(Idempotency {
+        key: key.to_string(),
+        request_hash: crate::plugins::engine::hex(&hash.finalize()),
+    }))
 }
 
 /// The response shape of the original API, plus the update these events triggered.
@@ -208,5 +293,6 @@ fn response(receipt: &Receipt) -> EventReceipt {
         event_id: None,
         stored: None,
         first_event_id: None,
+        replayed: receipt.replayed,
     }
 }

@@ -2,16 +2,19 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::AppState;
 use crate::cache::CacheReport;
+use crate::events::WriterReport;
 use crate::plugins::PluginStatus;
 use crate::reload::PluginReloadStatus;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthResponse {
-    /// `ok` when every plugin has a model, else `degraded`.
+    /// `ok` when every plugin has a model, else `degraded`; `unavailable` (with status 503)
+    /// when events cannot be stored (the event writer stopped).
     status: &'static str,
     items: usize,
     users: usize,
@@ -19,6 +22,8 @@ pub struct HealthResponse {
     plugins: usize,
     plugins_ready: usize,
     cache: CacheReport,
+    /// The thread that stores events: `ok` or `stopped`, and failures it went on after.
+    event_writer: WriterReport,
     schema_version: usize,
     version: &'static str,
 }
@@ -34,20 +39,27 @@ pub struct PluginsResponse {
 ///
 /// Answered from memory (no SQLite query): health checks poll it every few seconds, and it is
 /// the baseline of the cache benchmark.
-#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = HealthResponse)))]
-pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
+#[utoipa::path(get, path = "/health", tag = "system", responses(
+    (status = 200, body = HealthResponse),
+    (status = 503, description = "Events cannot be stored: restart the server", body = HealthResponse),
+))]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
     let (users, events) = {
         let users = state.users.read().unwrap_or_else(|p| p.into_inner());
         (users.len(), users.event_count())
     };
     let plugins = state.plugins.current();
     let ready = plugins.iter().filter(|p| p.model().is_some()).count();
-    Json(HealthResponse {
-        status: if ready == plugins.len() {
-            "ok"
-        } else {
-            "degraded"
-        },
+    let writer = state.events.health();
+    let (code, status) = if writer.is_stopped() {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if ready == plugins.len() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::OK, "degraded")
+    };
+    let body = Json(HealthResponse {
+        status,
         items: state.catalog.len(),
         users,
         events,
@@ -58,9 +70,11 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
             .cache
             .stats()
             .report(state.recommender.cache.backend()),
+        event_writer: writer.report(),
         schema_version: crate::store::schema_version(),
         version: env!("CARGO_PKG_VERSION"),
-    })
+    });
+    (code, body)
 }
 
 /// Every loaded plugin: versions, model, health, limits, call counters; and the last reload.

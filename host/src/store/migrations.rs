@@ -96,6 +96,18 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 6: client idempotency keys of event appends: a retry with the same key is answered
+    // with the first append's receipt instead of storing the events twice.
+    r#"
+    CREATE TABLE idempotency_keys (
+        key            TEXT PRIMARY KEY,
+        request_hash   TEXT NOT NULL,             -- what the first request asked to store
+        first_event_id INTEGER NOT NULL,
+        stored         INTEGER NOT NULL,
+        created_at     INTEGER NOT NULL           -- Unix seconds; kept IDEMPOTENCY_KEY_TTL
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 
-pub use events::{Appended, NewEvent};
+pub use events::{AppendOutcome, AppendRequest, IDEMPOTENCY_KEY_TTL_SECS, NewEvent};
 pub use experiments::{ExposureKey, ExposureRow, StickyRow};
 pub use learning::{LearningRun, VersionRow};
 pub use migrations::latest_version as schema_version;
@@ -290,12 +290,19 @@ impl Store {
     /// tags are updated. Returns the number of events added.
     pub fn import(&self, batch: &ImportBatch) -> StoreResult<u64> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        // IMMEDIATE: the write lock from the start, so a running server's writer cannot
+        // commit between this transaction's reads and its writes (in WAL mode that would
+        // fail the import with SQLITE_BUSY_SNAPSHOT instead of waiting).
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut item_index = std::collections::HashMap::new();
         let mut user_index = std::collections::HashMap::new();
         {
-            let mut next_item: i64 =
-                transaction.query_row("SELECT COUNT(*) FROM items", [], |row| row.get(0))?;
+            let mut next_item: i64 = transaction.query_row(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM items",
+                [],
+                |row| row.get(0),
+            )?;
             let mut find_item =
                 transaction.prepare("SELECT idx FROM items WHERE external_id = ?1")?;
             let mut insert_item = transaction.prepare(
@@ -327,8 +334,11 @@ impl Store {
                 };
                 item_index.insert(item.external_id.as_str(), idx);
             }
-            let mut next_user: i64 =
-                transaction.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
+            let mut next_user: i64 = transaction.query_row(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM users",
+                [],
+                |row| row.get(0),
+            )?;
             let mut find_user =
                 transaction.prepare("SELECT idx FROM users WHERE external_id = ?1")?;
             let mut insert_user = transaction
