@@ -108,10 +108,10 @@ impl PluginEngine {
     }
 
     /// Compiles `wasm`, or loads the result of an earlier compilation of the same bytes by the
-    /// same engine configuration from the cache.
-    pub fn compile(&self, wasm: &[u8], origin: &Path) -> anyhow::Result<Component> {
+    /// same engine configuration from the cache; says which.
+    pub fn compile(&self, wasm: &[u8], origin: &Path) -> anyhow::Result<(Component, CodeSource)> {
         let Some(dir) = &self.cache_dir else {
-            return self.compile_uncached(wasm, origin);
+            return Ok((self.compile_uncached(wasm, origin)?, CodeSource::Compiled));
         };
         let path = dir.join(format!("{}.cwasm", self.cache_key(wasm)));
         if path.exists() {
@@ -120,7 +120,7 @@ impl PluginEngine {
             // directory that only this server writes. A file that fails the engine's own
             // checks is recompiled below.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => return Ok((component, CodeSource::Cache)),
                 Err(error) => {
                     tracing::warn!(path = %path.display(), %error, "ignoring a stale compiled-code cache entry")
                 }
@@ -138,7 +138,7 @@ impl PluginEngine {
             }
             Err(error) => tracing::warn!(%error, "cannot serialize a compiled component"),
         }
-        Ok(component)
+        Ok((component, CodeSource::Compiled))
     }
 
     fn compile_uncached(&self, wasm: &[u8], origin: &Path) -> anyhow::Result<Component> {
@@ -164,6 +164,16 @@ impl PluginEngine {
         digest.update(env!("CARGO_PKG_VERSION").as_bytes());
         hex(&digest.finalize())
     }
+}
+
+/// Where a plugin's machine code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeSource {
+    /// Compiled from the .wasm at load (seconds, for a large plugin).
+    Compiled,
+    /// Loaded from the compiled-code cache, made by an earlier load of the same bytes.
+    Cache,
 }
 
 /// Lower-case hex of `bytes`.

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use super::bindings::{Feedback, InstanceState, Item, PluginInfo, Request, Scored, StrategyPre};
 use super::contract::{self, ContractError};
-use super::engine::{PluginEngine, hex};
+use super::engine::{CodeSource, PluginEngine, hex};
 use super::health::{Admission, Health, HealthReport};
 use super::instance::{CallError, PluginInstance, export_names};
 use super::limits::PluginLimits;
@@ -85,6 +85,8 @@ pub struct PluginStatus {
     pub description: String,
     pub wit_version: String,
     pub path: String,
+    /// Whether its machine code was compiled at load or came from the compiled-code cache.
+    pub code: CodeSource,
     pub model_version: Option<u64>,
     pub model_created_at: Option<u64>,
     /// `ready`, `unhealthy` (skipped until its backoff ends) or `not_trained`.
@@ -116,6 +118,7 @@ pub struct PluginRuntime {
     path: PathBuf,
     info: PluginInfo,
     wit_version: String,
+    code: CodeSource,
     fingerprint: String,
     engine: PluginEngine,
     pre: StrategyPre<InstanceState>,
@@ -162,7 +165,7 @@ impl PluginRuntime {
             path: path.into(),
             source,
         })?;
-        let component = engine
+        let (component, code) = engine
             .compile(&wasm, path)
             .map_err(|e| invalid(format!("{e:#}")))?;
         let wit_version = contract::check(&export_names(engine, &component)).map_err(|source| {
@@ -212,6 +215,7 @@ impl PluginRuntime {
             path: path.into(),
             info,
             wit_version,
+            code,
             fingerprint,
             engine: engine.clone(),
             pre,
@@ -271,6 +275,7 @@ impl PluginRuntime {
             description: self.info.description.clone(),
             wit_version: self.wit_version.clone(),
             path: self.path.display().to_string(),
+            code: self.code,
             model_version: model.as_ref().map(|m| m.version),
             model_created_at: model.as_ref().map(|m| m.created_at),
             status: match (&model, health.healthy) {
