@@ -1,13 +1,17 @@
-//! Load tests of the hardening: a looping plugin must not hurt the others, and twice the
+//! Load tests of the hardening: a hostile plugin must not hurt the others, and twice the
 //! saturation rate must be shed, not collapse the server.
 //!
 //!     cargo xtask loadtest hardening     (needs `wrk`: apt-get install wrk)
 //!
-//! 1. **A looping plugin.** `/recommend` over the four bundled ranking plugins (cache off, so
-//!    every request runs a plugin), alone, then while four clients keep asking a plugin that
-//!    loops until its 1 s time budget traps it (20 requests/s each). Run twice: with the default circuit breaker,
-//!    and with the breaker off and the looping plugin held to one serving instance (what
-//!    the sandbox alone guarantees). Reported: p99 while it loops / p99 alone.
+//! 1. **Hostile plugins.** `/recommend` over the four bundled ranking plugins (cache off, so
+//!    every request runs a plugin), alone, then while four clients keep asking a hostile
+//!    plugin (20 requests/s each): one that loops until its time budget traps it, one that
+//!    sleeps inside the host, one that grows a table without bound, one that asks for 32 MiB
+//!    of random bytes, one that refuses with a 100 MB message, one that answers 4,000,000
+//!    items. Reported for each: the others' p99 while it misbehaves / alone, and how far the
+//!    server's peak RSS rose above its RSS before (the hostile plugin's `memory_mb` is its
+//!    cap). The looping plugin runs twice: with the default circuit breaker, and with the
+//!    breaker off and one serving instance (what the sandbox alone guarantees).
 //! 2. **Twice saturation.** The saturation rate is the closed-loop throughput of uncached
 //!    `/recommend` (64 connections). Then 1,024 connections, each pausing between requests
 //!    so that together they offer about twice that rate, with the default `[http]` limits
@@ -16,7 +20,7 @@
 //!    baseline again on the limited server (recovery).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -39,19 +43,62 @@ request = function()
 end
 "#;
 
+/// A hostile plugin: its component, config and limits, and the list length that makes it
+/// misbehave.
+struct Hostile {
+    name: &'static str,
+    component: PathBuf,
+    config: &'static str,
+    limits: &'static str,
+    count: u32,
+}
+
+fn hostiles() -> Vec<Hostile> {
+    let misbehaving = |name, count, limits| Hostile {
+        name,
+        component: fixture("misbehaving"),
+        config: "",
+        limits,
+        count,
+    };
+    vec![
+        misbehaving("loops", 17, ""),
+        misbehaving(
+            "loops, breaker off, 1 instance",
+            17,
+            "failures_before_unhealthy = 1000000\nserving_instances = 1\n",
+        ),
+        misbehaving("sleeps in the host", 41, ""),
+        Hostile {
+            name: "grows a table",
+            component: recohost_e2e::table_grower(),
+            config: "",
+            limits: "memory_mb = 64\n",
+            count: 5,
+        },
+        misbehaving("asks 32 MiB of random bytes", 43, ""),
+        misbehaving("refuses with 100 MB of text", 47, "memory_mb = 256\n"),
+        misbehaving("answers 4,000,000 items", 49, "memory_mb = 256\n"),
+    ]
+}
+
 /// A server over demo data with the cache off, no experiment, `top_level` settings, and the
-/// looping fixture as plugin `looper` with `looper_limits`.
-fn start(dir: &Path, name: &str, top_level: &str, looper_limits: &str) -> Server {
+/// `hostile` plugin as `looper` (default limits but for its own).
+fn start(dir: &Path, name: &str, top_level: &str, hostile: Option<&Hostile>) -> Server {
     let experiments = dir.join("no-experiments");
     std::fs::create_dir_all(&experiments).unwrap();
-    let config = format!(
-        "{}\n[[plugins]]\nname = \"looper\"\npath = {:?}\n[plugins.limits]\n{looper_limits}",
-        config_text(&format!(
-            "experiments_dir = {:?}\n{top_level}\n[cache]\nbackend = \"off\"\n",
-            experiments.display().to_string()
-        )),
-        fixture("misbehaving").display().to_string()
-    );
+    let mut config = config_text(&format!(
+        "experiments_dir = {:?}\n{top_level}\n[cache]\nbackend = \"off\"\n",
+        experiments.display().to_string()
+    ));
+    if let Some(hostile) = hostile {
+        config.push_str(&format!(
+            "\n[[plugins]]\nname = \"looper\"\npath = {:?}\n[plugins.config]\n{}\n[plugins.limits]\n{}",
+            hostile.component.display().to_string(),
+            hostile.config,
+            hostile.limits
+        ));
+    }
     Server::start_in(&dir.join(name), &config).unwrap()
 }
 
@@ -59,29 +106,28 @@ fn p99(report: &Value) -> f64 {
     report["p99_us"].as_f64().unwrap()
 }
 
-fn loop_isolation(dir: &Path) -> Value {
-    let mut runs = serde_json::Map::new();
-    for (name, limits) in [
-        ("breaker", ""),
-        (
-            "no_breaker_one_instance",
-            "failures_before_unhealthy = 1000000\nserving_instances = 1\n",
-        ),
-    ] {
-        eprintln!("looping plugin ({name}): the others alone, then while it loops");
-        let server = start(dir, &format!("loop-{name}"), "", limits);
+fn hostile_isolation(dir: &Path) -> Value {
+    let mut runs = Vec::new();
+    for (index, hostile) in hostiles().into_iter().enumerate() {
+        eprintln!(
+            "hostile plugin ({}): the others alone, then while it misbehaves",
+            hostile.name
+        );
+        let server = start(dir, &format!("hostile-{index}"), "", Some(&hostile));
         let alone = wrk(&server.base, OTHERS_LUA, 16, dir);
         assert_eq!(alone["non_2xx"], 0, "{alone}");
+        let (rss_before, _) = server.memory();
+        server.reset_peak_memory();
         let stop = Arc::new(AtomicBool::new(false));
-        let loopers: Vec<_> = (0..4)
+        let clients: Vec<_> = (0..4)
             .map(|_| {
-                let (base, stop) = (server.base.clone(), stop.clone());
+                let (base, stop, count) = (server.base.clone(), stop.clone(), hostile.count);
                 std::thread::spawn(move || {
                     let client = reqwest::blocking::Client::new();
                     let body =
-                        json!({"user_id": 5, "n_recommendations": 17, "model_type": "looper"});
+                        json!({"user_id": 5, "n_recommendations": count, "model_type": "looper"});
                     let mut asked = 0u64;
-                    // 20 requests/s each: a steady share of traffic for the looping plugin.
+                    // 20 requests/s each: a steady share of traffic for the hostile plugin.
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(50));
                         let status = client
@@ -98,25 +144,27 @@ fn loop_isolation(dir: &Path) -> Value {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(1_500));
-        let looping = wrk(&server.base, OTHERS_LUA, 16, dir);
+        let hostile_run = wrk(&server.base, OTHERS_LUA, 16, dir);
         stop.store(true, Ordering::Relaxed);
-        let asked: u64 = loopers.into_iter().map(|l| l.join().unwrap()).sum();
-        assert_eq!(looping["non_2xx"], 0, "{looping}");
+        let asked: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+        let (_, rss_peak) = server.memory();
+        assert_eq!(hostile_run["non_2xx"], 0, "{hostile_run}");
         let looper = server.plugin_status("looper").unwrap();
-        runs.insert(
-            name.into(),
-            json!({
-                "alone": alone,
-                "while_looping": looping,
-                "p99_ratio": p99(&looping) / p99(&alone),
-                "looper_requests": asked,
-                "looper_calls": looper["calls"],
-                "looper_traps": looper["traps"],
-                "looper_skipped": looper["skipped"],
-            }),
-        );
+        runs.push(json!({
+            "plugin": hostile.name,
+            "alone": alone,
+            "while_hostile": hostile_run,
+            "p99_ratio": p99(&hostile_run) / p99(&alone),
+            "rss_before_mib": rss_before >> 20,
+            "rss_peak_over_before_mib": rss_peak.saturating_sub(rss_before) >> 20,
+            "memory_mb": looper["limits"]["memory_mb"],
+            "hostile_requests": asked,
+            "hostile_calls": looper["calls"],
+            "hostile_failures": looper["failures"],
+            "hostile_skipped": looper["skipped"],
+        }));
     }
-    Value::Object(runs)
+    Value::Array(runs)
 }
 
 /// `COUNT_STATUSES_LUA` + `RECOMMEND_LUA` with each connection pausing `delay_ms` between
@@ -127,7 +175,7 @@ fn paced(delay_ms: f64) -> String {
 
 fn twice_saturation(dir: &Path) -> Value {
     eprintln!("saturation: uncached /recommend, 64 connections");
-    let server = start(dir, "saturation", "", "");
+    let server = start(dir, "saturation", "", None);
     let saturation = wrk(&server.base, RECOMMEND_LUA, 64, dir);
     assert_eq!(saturation["non_2xx"], 0, "{saturation}");
     let rate = saturation["requests_per_second"].as_f64().unwrap();
@@ -162,7 +210,7 @@ fn twice_saturation(dir: &Path) -> Value {
         dir,
         "unlimited",
         "[http]\nmax_in_flight = 1000000\nrequest_timeout_ms = 60000\n",
-        "",
+        None,
     );
     let unlimited = wrk(&server.base, &paced(delay_ms), connections, dir);
     drop(server);
@@ -186,27 +234,26 @@ fn main() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
     let report = json!({
-        "loop_isolation": loop_isolation(dir),
+        "hostile_isolation": hostile_isolation(dir),
         "twice_saturation": twice_saturation(dir),
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 
     println!(
-        "\n| looping plugin | others' p99 alone | while it loops | ratio | looper calls / requests |"
+        "\n| hostile plugin | others' p99 alone | while it misbehaves | ratio | peak RSS over before (its memory_mb) | its calls / requests |"
     );
-    println!("|---|---|---|---|---|");
-    for (key, label) in [
-        ("breaker", "circuit breaker (default)"),
-        ("no_breaker_one_instance", "breaker off, 1 serving instance"),
-    ] {
-        let run = &report["loop_isolation"][key];
+    println!("|---|---|---|---|---|---|");
+    for run in report["hostile_isolation"].as_array().unwrap() {
         println!(
-            "| {label} | {:.2} ms | {:.2} ms | {:.2}x | {} / {} |",
+            "| {} | {:.2} ms | {:.2} ms | {:.2}x | {} MiB ({} MiB) | {} / {} |",
+            run["plugin"].as_str().unwrap(),
             p99(&run["alone"]) / 1e3,
-            p99(&run["while_looping"]) / 1e3,
+            p99(&run["while_hostile"]) / 1e3,
             run["p99_ratio"].as_f64().unwrap(),
-            run["looper_calls"],
-            run["looper_requests"],
+            run["rss_peak_over_before_mib"],
+            run["memory_mb"],
+            run["hostile_calls"],
+            run["hostile_requests"],
         );
     }
     let t = &report["twice_saturation"];

@@ -821,12 +821,17 @@ fn an_import_into_a_running_server_loses_nothing_and_fails_no_client() {
             genres.join("|")
         ));
     }
+    // And one item the running server does not have, with 20 ratings.
+    movies.push_str("5001,\"A New Release (2026)\",Drama\n");
     std::fs::write(import_dir.join("movies.csv"), movies).unwrap();
     let mut ratings = String::from("userId,movieId,rating,timestamp\n");
     for user in 900_001..=900_200 {
         for item in 1..=5 {
             ratings.push_str(&format!("{user},{},4.0,1700000000\n", item * 7));
         }
+    }
+    for user in 900_001..=900_020 {
+        ratings.push_str(&format!("{user},5001,5.0,1700000000\n"));
     }
     std::fs::write(import_dir.join("ratings.csv"), ratings).unwrap();
 
@@ -880,19 +885,50 @@ fn an_import_into_a_running_server_loses_nothing_and_fails_no_client() {
     }
 
     // Everything acknowledged and everything imported is stored, and the running server
-    // took the imported users and events in (within a second, without a restart).
-    let expected = before + posted.load(Ordering::Relaxed) + 1_000;
+    // took the imported users and events in (within a second, without a restart), but for
+    // the events of the item it does not serve yet.
+    let posted = posted.load(Ordering::Relaxed);
     server.wait_for("/health", WAIT, |health| {
-        health["events"].as_u64() == Some(expected)
+        health["events"].as_u64() == Some(before + posted + 1_000)
     });
     let (status, user) = server.get("/users/900001");
     assert_eq!(status, 200, "{user}");
     assert_eq!(user["event_count"], 5);
     let (status, user) = server.get("/users/live-0-0");
     assert_eq!((status, user["event_count"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        server.get("/items/5001").0,
+        404,
+        "the catalog is fixed until a restart"
+    );
+
+    // Every plugin learns all of it; the new item's events are never fed to them (a plugin
+    // configured with the old catalog would refuse the whole batch).
+    let (status, answer) = server.post_as("/learning/trigger-update", None);
+    assert!(status == 202 || status == 200, "{answer}");
+    let stats = server.wait_for("/learning/stats", WAIT, |stats| {
+        stats["unlearned_events"] == 0 && stats["running"].is_null() && stats["pending"].is_null()
+    });
+    for plugin in PLUGINS {
+        assert!(
+            stats["models"][plugin]["failed_updates"].is_null(),
+            "{stats}"
+        );
+    }
+    let history = server.get("/learning/history?limit=1000").1;
+    for run in history["updates"].as_array().unwrap() {
+        for (plugin, outcome) in run["outcomes"].as_object().unwrap() {
+            assert_ne!(outcome["status"], "failed", "{plugin}: {run}");
+        }
+    }
     drop(server);
     let restarted = Server::start_in(&data_dir, &config_text("")).unwrap();
-    assert_eq!(events_stored(&restarted), expected, "after a restart too");
+    assert_eq!(
+        events_stored(&restarted),
+        before + posted + 1_020,
+        "after a restart, everything"
+    );
+    assert_eq!(restarted.get("/items/5001").0, 200);
 }
 
 #[test]
@@ -938,4 +974,114 @@ fn a_retried_event_with_an_idempotency_key_is_stored_once() {
         "{body}"
     );
     assert_eq!(events_stored(&server), before + 1);
+}
+
+#[test]
+fn a_plugin_whose_update_fails_for_a_while_learns_again_at_a_retry() {
+    let temp = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let config = format!(
+        "{}\n[[plugins]]\nname = \"misbehaving\"\npath = {:?}\n[plugins.config]\nupdate_fails_until = {}\n",
+        config_text(
+            "[learning]\nupdate_buffer_size = 10\nfailed_update_backoff_secs = 1\nmax_failed_update_backoff_secs = 2\n"
+        ),
+        recohost_e2e::fixture("misbehaving").display().to_string(),
+        // Long enough for a start-up on a busy machine, then a failed update, to come first.
+        now + 12
+    );
+    let server = Server::start_in(&temp.path().join("data"), &config).unwrap();
+    let events: Vec<Value> = (0..10)
+        .map(|i| json!({"user_id": "transient", "item_id": 1 + i, "event_type": "click"}))
+        .collect();
+    assert_eq!(
+        server.post("/events/batch", &json!({ "events": events })).0,
+        200
+    );
+    // Its update fails, the others learn; then, with no new event, a retry brings it level.
+    let stats = server.wait_for("/learning/stats", WAIT, |stats| {
+        stats["models"]["misbehaving"]["failed_updates"].as_u64() >= Some(1)
+    });
+    let newest = stats["models"]["popularity"]["through_event"].clone();
+    let stats = server.wait_for("/learning/stats", WAIT, |stats| {
+        stats["models"]["misbehaving"]["through_event"] == newest
+    });
+    assert!(
+        stats["models"]["misbehaving"]["failed_updates"].is_null(),
+        "{stats}"
+    );
+    assert_eq!(stats["last_update"]["trigger"], "retry", "{stats}");
+    assert_eq!(
+        stats["last_update"]["outcomes"]["misbehaving"]["status"],
+        "updated"
+    );
+}
+
+#[test]
+fn events_of_an_item_imported_while_running_are_never_fed_to_the_plugins() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let server = Server::start_in(&data_dir, &config_text("")).unwrap();
+    // One update first, so that the learning buffer is empty when the import lands: the
+    // plugins then read what they missed from the database.
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"user_id": "before-import", "item_id": 1 + i, "event_type": "click"}))
+        .collect();
+    assert_eq!(
+        server.post("/events/batch", &json!({ "events": events })).0,
+        200
+    );
+    server.post_as("/learning/trigger-update", None);
+    server.wait_for("/learning/stats", WAIT, |s| {
+        s["unlearned_events"] == 0 && s["running"].is_null() && s["pending"].is_null()
+    });
+
+    // The import stores ratings of a new item first, then of items the server has.
+    let import_dir = temp.path().join("ml-latest");
+    std::fs::create_dir(&import_dir).unwrap();
+    std::fs::write(
+        import_dir.join("movies.csv"),
+        "movieId,title,genres\n5001,\"A New Release (2026)\",Drama\n",
+    )
+    .unwrap();
+    let mut ratings = String::from("userId,movieId,rating,timestamp\n");
+    for user in 910_001..=910_010 {
+        ratings.push_str(&format!("{user},5001,5.0,1700000000\n"));
+    }
+    for user in 910_001..=910_010 {
+        ratings.push_str(&format!("{user},7,4.0,1700000000\n"));
+    }
+    std::fs::write(import_dir.join("ratings.csv"), ratings).unwrap();
+    let import = std::process::Command::new(recohost_e2e::binary())
+        .args(["import", "--format", "movielens"])
+        .arg(&import_dir)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    server.wait_for("/users/910010", WAIT, |user| user["event_count"] == 1);
+
+    let (status, answer) = server.post_as("/learning/trigger-update", None);
+    assert_eq!(status, 202, "{answer}");
+    let stats = server.wait_for("/learning/stats", WAIT, |s| {
+        s["last_update"]["update_id"] == answer["update_id"] && s["running"].is_null()
+    });
+    for plugin in PLUGINS {
+        assert_eq!(
+            stats["last_update"]["outcomes"][plugin]["status"], "updated",
+            "{plugin}: {stats}"
+        );
+        assert_eq!(
+            stats["last_update"]["outcomes"][plugin]["events"], 10,
+            "{stats}"
+        );
+    }
+    assert_eq!(stats["unlearned_events"], 0, "{stats}");
 }

@@ -114,6 +114,7 @@ impl App {
             config.learning.clone(),
             store.clone(),
             plugins.clone(),
+            u32::try_from(catalog.len()).unwrap_or(u32::MAX),
             unlearned,
             events.len() as u64,
         )?);
@@ -258,7 +259,8 @@ pub(crate) fn restore_or_train(
             }
         }
     }
-    let (window, through_event) = crate::learning::training_window(store, config)?;
+    let items = u32::try_from(plugin.catalog_len()).unwrap_or(u32::MAX);
+    let (window, through_event) = crate::learning::training_window(store, config, items)?;
     let feedback: Vec<_> = window.iter().map(to_feedback).collect();
     let bytes = plugin.train(&feedback)?;
     plugin.install(ModelVersion {

@@ -30,7 +30,7 @@ use crate::catalog::{Catalog, Users};
 use crate::config::EventsConfig;
 use crate::learning::{BufferStatus, Learning};
 use crate::store::{
-    AppendOutcome, AppendRequest, EventKind, EventRow, NewEvent, Store, StoreError, unix_now,
+    AppendOutcome, AppendRequest, EventKind, NewEvent, Store, StoreError, unix_now,
 };
 
 /// An event as a client describes it, before validation.
@@ -166,19 +166,27 @@ const MAX_GROUP_EVENTS: usize = 50_000;
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How often expired idempotency keys are deleted.
 const KEY_EXPIRY_INTERVAL: Duration = Duration::from_secs(3_600);
+/// Events of another writer taken in at once (each page under a short write lock on the view).
+const CATCH_UP_PAGE: usize = 10_000;
 
 /// Whether the writer runs, for `/health`.
 #[derive(Default)]
 pub struct WriterHealth {
     stopped: AtomicBool,
     restarts: AtomicU64,
-    last_failure: Mutex<Option<String>>,
+    /// The last failure the writer went on after, and when.
+    last_failure: Mutex<Option<(Instant, String)>>,
 }
+
+/// A failure this recent makes the writer's status `failing`.
+const RECENT_FAILURE: Duration = Duration::from_secs(60);
 
 /// What `/health` shows of the writer.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct WriterReport {
-    /// `ok`, or `stopped`: events cannot be stored (the server answers `/health` with 503).
+    /// `ok`; `failing` when it caught a failure in the last minute (the server then reports
+    /// itself `degraded`); `stopped` when events cannot be stored (the server exits at once
+    /// so that it is restarted; until then `/health` answers 503).
     pub status: &'static str,
     /// Times a failure inside the writer was caught and it went on (the requests it was
     /// storing got an error; nothing acknowledged was lost).
@@ -188,18 +196,25 @@ pub struct WriterReport {
 
 impl WriterHealth {
     pub fn report(&self) -> WriterReport {
+        let last = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let status = if self.is_stopped() {
+            "stopped"
+        } else if last
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < RECENT_FAILURE)
+        {
+            "failing"
+        } else {
+            "ok"
+        };
         WriterReport {
-            status: if self.stopped.load(Ordering::Relaxed) {
-                "stopped"
-            } else {
-                "ok"
-            },
+            status,
             restarts: self.restarts.load(Ordering::Relaxed),
-            last_failure: self
-                .last_failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_failure: last.map(|(_, message)| message),
         }
     }
 
@@ -208,12 +223,22 @@ impl WriterHealth {
     }
 }
 
-/// Marks the writer stopped when its thread ends, however it ends.
-struct StoppedOnExit(Arc<WriterHealth>);
+/// Marks the writer stopped when its thread ends. Ending for any reason but the server's own
+/// shutdown (the queue closed) ends the process: a server that can no longer store events
+/// must not go on acknowledging nothing; its supervisor (Docker, Kubernetes, systemd)
+/// restarts it, and nothing acknowledged was lost.
+struct StoppedOnExit {
+    health: Arc<WriterHealth>,
+    shutting_down: bool,
+}
 
 impl Drop for StoppedOnExit {
     fn drop(&mut self) {
-        self.0.stopped.store(true, Ordering::Relaxed);
+        self.health.stopped.store(true, Ordering::Relaxed);
+        if !self.shutting_down {
+            tracing::error!("the event writer stopped; exiting so that the server is restarted");
+            std::process::exit(70);
+        }
     }
 }
 
@@ -310,20 +335,29 @@ impl Writer {
     /// the writer goes on (and counts it); the thread ending for any other reason marks the
     /// writer stopped, which `/health` reports.
     fn run(self, jobs: Receiver<AppendJob>) {
-        let _stopped_on_exit = StoppedOnExit(self.health.clone());
+        let mut stopped_on_exit = StoppedOnExit {
+            health: self.health.clone(),
+            shutting_down: false,
+        };
         let mut keys_expired_at = Instant::now();
         loop {
+            // Checked on every turn: a server that never idles expires keys too.
+            if keys_expired_at.elapsed() >= KEY_EXPIRY_INTERVAL {
+                keys_expired_at = Instant::now();
+                if let Err(error) = self.store.expire_idempotency_keys() {
+                    tracing::warn!(%error, "cannot expire idempotency keys");
+                }
+            }
             let first = match jobs.recv_timeout(IDLE_CHECK) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
-                    let expire = keys_expired_at.elapsed() >= KEY_EXPIRY_INTERVAL;
-                    if expire {
-                        keys_expired_at = Instant::now();
-                    }
-                    self.supervised("idle work", || self.idle(expire));
+                    self.supervised("taking in another process's writes", || self.idle());
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    stopped_on_exit.shutting_down = true;
+                    return;
+                }
             };
             let mut group = vec![first];
             let mut size = group[0].events.len();
@@ -360,11 +394,12 @@ impl Writer {
                 .health
                 .last_failure
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}: {message}"));
+                .unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now(), format!("{what}: {message}")));
         }
     }
 
-    fn store_group(&self, group: Vec<AppendJob>) {
+    fn store_group(&self, mut group: Vec<AppendJob>) {
         #[cfg(test)]
         if group
             .iter()
@@ -372,20 +407,22 @@ impl Writer {
         {
             panic!("a test asked the writer to fail");
         }
-        let requests: Vec<AppendRequest<'_>> = group
-            .iter()
-            .map(|job| AppendRequest {
-                events: &job.events,
-                idempotency: job
-                    .idempotency
-                    .as_ref()
-                    .map(|i| (i.key.as_str(), i.request_hash.as_str())),
-            })
-            .collect();
-        let outcomes = {
-            let view = self.users.read().unwrap_or_else(|p| p.into_inner());
-            self.store
-                .append_requests(&requests, |id| view.index_of(id))
+        let outcomes = loop {
+            let outcomes = self.append(&group);
+            match outcomes {
+                // Another process holds the write lock longer than the busy timeout (a large
+                // `recohost import`): keep waiting for as long as someone waits for an
+                // answer. A client that gives up gets the request timeout's 503, and its
+                // events are not stored.
+                Err(error) if error.is_busy() => {
+                    group.retain(|job| !job.reply.is_closed());
+                    if group.is_empty() {
+                        return;
+                    }
+                    tracing::warn!(%error, "another process holds the database's write lock; waiting to store events");
+                }
+                other => break other,
+            }
         };
         let outcomes = match outcomes {
             Ok(outcomes) => outcomes,
@@ -402,8 +439,17 @@ impl Writer {
             AppendOutcome::Stored(rows) => rows.first().map(|r| r.id),
             _ => None,
         });
-        // What another writer stored before this group, then this group's own rows.
-        self.catch_up(first_stored);
+        // What another writer stored before this group (and the users it registered), then
+        // this group's own rows. Until that can be read, nothing is recorded or answered:
+        // recording this group first would skip the other writer's events for good (the
+        // view, and learning, go by event id). The clients wait; one that gives up retries
+        // with its Idempotency-Key.
+        let mut wait = Duration::from_millis(50);
+        while let Err(error) = self.catch_up(first_stored) {
+            tracing::error!(%error, "cannot read what another process stored; trying again");
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
         {
             let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
             for outcome in &outcomes {
@@ -446,78 +492,92 @@ impl Writer {
         }
     }
 
-    /// Between groups: anything another process stored, and old idempotency keys.
-    fn idle(&self, expire_keys: bool) {
+    /// Stores the group's requests in one transaction.
+    fn append(&self, group: &[AppendJob]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let requests: Vec<AppendRequest<'_>> = group
+            .iter()
+            .map(|job| AppendRequest {
+                events: &job.events,
+                idempotency: job
+                    .idempotency
+                    .as_ref()
+                    .map(|i| (i.key.as_str(), i.request_hash.as_str())),
+            })
+            .collect();
+        let view = self.users.read().unwrap_or_else(|p| p.into_inner());
+        self.store
+            .append_requests(&requests, |id| view.index_of(id))
+    }
+
+    /// When idle: anything another process stored.
+    fn idle(&self) {
         let newest = self.store.last_event_id().unwrap_or(0);
         let known = self
             .users
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .last_event_id();
-        if newest > known {
-            self.catch_up(Some(newest + 1));
-        }
-        if expire_keys && let Err(error) = self.store.expire_idempotency_keys() {
-            tracing::warn!(%error, "cannot expire idempotency keys");
+        if newest > known
+            && let Err(error) = self.catch_up(Some(newest + 1))
+        {
+            tracing::warn!(%error, "cannot take in what another process stored; trying again in a second");
         }
     }
 
     /// Brings the in-memory view and the learning buffer up to what the store holds before
     /// event `before` (exclusive): users registered by anyone, and events another writer
-    /// stored (`recohost import` into this database). Events for items the serving catalog
-    /// does not hold are left for the next start.
-    fn catch_up(&self, before: Option<i64>) {
-        let (known_users, known_events) = {
-            let view = self.users.read().unwrap_or_else(|p| p.into_inner());
-            (view.len() as u32, view.last_event_id())
-        };
-        let users = match self.store.users_from(known_users) {
-            Ok(users) => users,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the users registered meanwhile");
-                return;
-            }
-        };
-        let others = match before {
-            Some(before) if before > known_events + 1 => self
-                .store
-                .events_between(known_events, before)
-                .unwrap_or_else(|error| {
-                    tracing::warn!(%error, "cannot read the events another writer stored");
-                    Vec::new()
-                }),
-            _ => Vec::new(),
-        };
-        if users.is_empty() && others.is_empty() {
-            return;
-        }
-        let servable: Vec<EventRow> = others
-            .iter()
-            .filter(|e| e.item < self.catalog_len)
-            .copied()
-            .collect();
-        {
+    /// stored (`recohost import` into this database), a page at a time so that requests
+    /// reading the view never wait long. Events for items the serving catalog does not hold
+    /// are left for the next start.
+    fn catch_up(&self, before: Option<i64>) -> Result<(), StoreError> {
+        let known_users = self.users.read().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        let users = self.store.users_from(known_users)?;
+        if !users.is_empty() {
             let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
             for (index, external_id) in users {
                 if index as usize == view.len() {
                     view.register(index, external_id);
                 }
             }
-            for row in &servable {
-                view.record(row);
+        }
+        let Some(before) = before else {
+            return Ok(());
+        };
+        let mut taken = 0;
+        loop {
+            let known = self
+                .users
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_event_id();
+            if known + 1 >= before {
+                break;
             }
-            if let Some(last) = others.last() {
-                view.skip_to(last.id);
+            let page = self
+                .store
+                .events_between(known, before, self.catalog_len, CATCH_UP_PAGE)?;
+            let complete = page.len() < CATCH_UP_PAGE;
+            let seen = match page.last() {
+                Some(last) if !complete => last.id,
+                _ => before - 1,
+            };
+            {
+                let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
+                for row in &page {
+                    view.record(row);
+                }
+                view.skip_to(seen);
+            }
+            taken += page.len();
+            self.learning.push(&page);
+            if complete {
+                break;
             }
         }
-        if !others.is_empty() {
-            tracing::info!(
-                events = others.len(),
-                left_for_restart = others.len() - servable.len(),
-                "took in events another process stored"
-            );
-            self.learning.push(&servable);
+        if taken > 0 {
+            tracing::info!(events = taken, "took in events another process stored");
         }
+        Ok(())
     }
 }
 
@@ -559,7 +619,8 @@ mod tests {
             })
             .unwrap();
         let plugins = Arc::new(crate::plugins::LivePlugins::new(Default::default()));
-        let learning = Arc::new(Learning::new(Default::default(), store, plugins, &[], 0).unwrap());
+        let learning =
+            Arc::new(Learning::new(Default::default(), store, plugins, 1, &[], 0).unwrap());
         let users = Arc::new(RwLock::new(Users::default()));
         EventWriter::start_with_queue(&path, users, learning, 1, capacity_events).unwrap()
     }
@@ -570,6 +631,28 @@ mod tests {
             .counts()
             .unwrap()
             .events
+    }
+
+    #[tokio::test]
+    async fn a_write_lock_held_past_the_busy_timeout_delays_appends_without_failing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(dir.path());
+        // Another process (a large `recohost import`) holds the write lock for 6 s, past
+        // the 5 s busy timeout of the writer's connection.
+        let blocker = std::thread::spawn({
+            let path = dir.path().join("db");
+            move || {
+                let connection = rusqlite::Connection::open(path).unwrap();
+                connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+                std::thread::sleep(Duration::from_secs(6));
+                connection.execute_batch("COMMIT").unwrap();
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let receipt = writer.append(vec![event("a")], None).await;
+        assert!(receipt.is_ok(), "{receipt:?}");
+        blocker.join().unwrap();
+        assert_eq!(stored_events(dir.path()), 1);
     }
 
     #[tokio::test]
@@ -623,7 +706,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             report = writer.health().report();
         }
-        assert_eq!((report.status, report.restarts), ("ok", 1), "{report:?}");
+        assert_eq!(
+            (report.status, report.restarts),
+            ("failing", 1),
+            "{report:?}"
+        );
         assert!(report.last_failure.unwrap().contains("a test asked"));
         // Before, the thread was gone: every later append failed while /health said ok.
         let receipt = writer.append(vec![event("b")], None).await.unwrap();

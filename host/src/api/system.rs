@@ -13,8 +13,9 @@ use crate::reload::PluginReloadStatus;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthResponse {
-    /// `ok` when every plugin has a model, else `degraded`; `unavailable` (with status 503)
-    /// when events cannot be stored (the event writer stopped).
+    /// `ok` when every plugin has a model and the event writer had no failure in the last
+    /// minute, else `degraded`; `unavailable` (with status 503) when events cannot be stored
+    /// (the event writer stopped).
     status: &'static str,
     items: usize,
     users: usize,
@@ -53,7 +54,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
     let writer = state.events.health();
     let (code, status) = if writer.is_stopped() {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if ready == plugins.len() {
+    } else if ready == plugins.len() && writer.report().status == "ok" {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::OK, "degraded")

@@ -9,14 +9,17 @@
 //! The queue is bounded ([`QUEUE_CAPACITY`]): when the disk cannot keep up (or is stuck), a
 //! record that finds the queue full is dropped and counted (`dropped`, and
 //! `recohost_exposures_dropped_total`) rather than held in memory without bound or making the
-//! request wait. A dropped exposure is missing from the results; a dropped sticky assignment
-//! holds in memory but not across a restart.
+//! request wait. A dropped exposure is missing from the results. Its sticky assignment, if
+//! it made one, is kept aside and stored with the next batch: it decides the user's arm after
+//! a restart, and there is at most one per user and experiment.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::time::Duration;
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::live::LiveExperiment;
 use crate::store::{ExposureRow, StickyRow, Store, StoreError};
@@ -65,6 +68,10 @@ enum Message {
 pub struct ExposureLog {
     queue: SyncSender<Message>,
     counters: Arc<Counters>,
+    /// Sticky assignments whose exposure found the queue full: kept (they decide a user's
+    /// arm after a restart, and there is at most one per user and experiment), and stored
+    /// with the next batch.
+    overflow: Arc<Mutex<Vec<StickyRow>>>,
 }
 
 /// What the writer has done, for the API.
@@ -97,19 +104,34 @@ impl ExposureLog {
         let store = Store::open_with_synchronous(path, "NORMAL")?;
         let (queue, messages) = sync_channel(capacity);
         let counters = Arc::new(Counters::default());
-        let thread_counters = counters.clone();
+        let overflow = Arc::new(Mutex::new(Vec::new()));
+        let writer = Writer {
+            store,
+            counters: counters.clone(),
+            overflow: overflow.clone(),
+        };
         std::thread::Builder::new()
             .name("exposure-log".into())
-            .spawn(move || write_loop(&store, &messages, &thread_counters))
+            .spawn(move || writer.run(&messages))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the exposure log: {e}")))?;
-        Ok(Self { queue, counters })
+        Ok(Self {
+            queue,
+            counters,
+            overflow,
+        })
     }
 
     /// Queues an exposure (and the sticky assignment it made, if any); never waits.
     pub fn record(&self, exposure: PendingExposure, sticky: Option<StickyRow>) {
         match self.queue.try_send(Message::Record(exposure, sticky)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            Err(TrySendError::Full(message)) => {
+                if let Message::Record(_, Some(sticky)) = message {
+                    self.overflow
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(sticky);
+                }
                 if self
                     .counters
                     .dropped
@@ -125,12 +147,28 @@ impl ExposureLog {
         }
     }
 
-    /// Blocks until every record queued before this call is stored (or failed). Blocking:
-    /// call it off the async runtime.
+    /// Blocks until every record queued before this call is stored (or failed), or
+    /// [`FLUSH_TIMEOUT`] has passed (a full queue included). Blocking: call it off the async
+    /// runtime.
     pub fn flush(&self) {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
         let (done, wait) = sync_channel(1);
-        let sent = self.queue.send(Message::Flush(done)).is_ok();
-        if sent && wait.recv_timeout(FLUSH_TIMEOUT).is_err() {
+        let mut flush = Message::Flush(done);
+        loop {
+            match self.queue.try_send(flush) {
+                Ok(()) => break,
+                Err(TrySendError::Full(message)) if Instant::now() < deadline => {
+                    flush = message;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    tracing::warn!("the exposure log did not flush in time");
+                    return;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if wait.recv_timeout(left).is_err() {
             tracing::warn!("the exposure log did not flush in time");
         }
     }
@@ -165,40 +203,63 @@ impl Batch {
     }
 }
 
-fn write_loop(store: &Store, messages: &Receiver<Message>, counters: &Counters) {
-    while let Ok(first) = messages.recv() {
-        let mut batch = Batch::default();
-        batch.take(first);
-        let mut closed = false;
-        while batch.exposures.len() < MAX_BATCH {
-            match messages.try_recv() {
-                Ok(message) => batch.take(message),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
+/// The writer thread's side.
+struct Writer {
+    store: Store,
+    counters: Arc<Counters>,
+    overflow: Arc<Mutex<Vec<StickyRow>>>,
+}
+
+/// How often an idle writer stores sticky assignments that overflowed the queue.
+const OVERFLOW_CHECK: Duration = Duration::from_secs(1);
+
+impl Writer {
+    fn run(&self, messages: &Receiver<Message>) {
+        loop {
+            let mut batch = Batch::default();
+            let mut closed = false;
+            match messages.recv_timeout(OVERFLOW_CHECK) {
+                Ok(first) => batch.take(first),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => closed = true,
+            }
+            while !closed && batch.exposures.len() < MAX_BATCH {
+                match messages.try_recv() {
+                    Ok(message) => batch.take(message),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => closed = true,
                 }
             }
+            batch.sticky.extend(
+                self.overflow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drain(..),
+            );
+            self.store_batch(batch);
+            if closed {
+                break;
+            }
         }
+    }
+
+    fn store_batch(&self, batch: Batch) {
         let count = batch.exposures.len() as u64;
         if !batch.exposures.is_empty() || !batch.sticky.is_empty() {
-            match store.append_exposures(&batch.exposures, &batch.sticky) {
+            match self.store.append_exposures(&batch.exposures, &batch.sticky) {
                 Ok(()) => {
-                    counters.stored.fetch_add(count, Ordering::Relaxed);
+                    self.counters.stored.fetch_add(count, Ordering::Relaxed);
                 }
                 Err(error) => {
                     // Exposures are measurements, not acknowledged data: a failed batch is
                     // counted and logged, and serving goes on.
-                    counters.failed.fetch_add(count, Ordering::Relaxed);
+                    self.counters.failed.fetch_add(count, Ordering::Relaxed);
                     tracing::error!(%error, exposures = count, "cannot store exposures");
                 }
             }
         }
         for done in batch.waiters {
             let _ = done.send(());
-        }
-        if closed {
-            break;
         }
     }
 }

@@ -495,17 +495,24 @@ mod tests {
     }
 
     #[test]
-    fn a_full_exposure_queue_drops_and_counts_instead_of_growing() {
-        let fixture = open_with(&[("cmp.toml", TWO_ARMS)]);
+    fn a_full_exposure_queue_drops_and_counts_exposures_but_keeps_sticky_groups() {
+        let sticky = TWO_ARMS.replace(
+            "status = \"running\"",
+            "status = \"running\"\nsticky = true",
+        );
+        let fixture = open_with(&[("cmp.toml", &sticky)]);
         // Another connection holds the write lock: the log's writer cannot store anything.
         let blocker = rusqlite::Connection::open(fixture.dir.path().join("db")).unwrap();
         blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let assignment = fixture.experiments.assign("u", None).unwrap().unwrap();
         let total = crate::experiments::exposures::QUEUE_CAPACITY + 20_000;
-        for after_event in 0..total {
+        let mut groups = HashMap::new();
+        for n in 0..total {
+            let user = format!("u{n}");
+            let assignment = fixture.experiments.assign(&user, None).unwrap().unwrap();
+            groups.insert(user.clone(), assignment.group().name.clone());
             fixture
                 .experiments
-                .record_exposure(&assignment, "u", 1, after_event as i64);
+                .record_exposure(&assignment, &user, 1, n as i64);
         }
         let while_stuck = fixture.experiments.exposure_log_counts();
         // At most one batch (10,000) in the writer's hands beyond the queue.
@@ -519,6 +526,16 @@ mod tests {
             "{counts:?}"
         );
         assert_eq!(counts.dropped, while_stuck.dropped);
+        // Every user's sticky group was stored (the flush included those set aside), dropped
+        // exposure or not.
+        let store = Store::open(&fixture.dir.path().join("db")).unwrap();
+        let stored: HashMap<String, String> = store
+            .sticky_assignments()
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.user_id, row.group_name))
+            .collect();
+        assert_eq!(stored, groups);
     }
 
     #[test]

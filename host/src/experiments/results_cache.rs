@@ -72,7 +72,9 @@ impl ResultsCache {
         }
         let _computing = match slot.computing.try_lock() {
             Ok(guard) => guard,
-            Err(_) => {
+            // A computation that panicked left the lock poisoned: it computes nothing now.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
                 // Another request computes them now: the previous results will do.
                 if let Some(previous) = slot.latest().filter(usable) {
                     return Ok(previous.results.clone());

@@ -55,9 +55,15 @@ impl Learning {
         // Plugins learn one after another, on this one thread: an update then takes at most
         // one core from serving. Learning them in parallel made updates ~40% shorter but
         // doubled their effect on `/recommend` tail latency (docs/benchmarks.md).
-        let outcomes: Vec<(String, Value)> = plugins
-            .iter()
-            .zip(&reserved)
+        // Plugins whose updates have been failing go last: a retry (up to `update_ms`) or a
+        // retrain of one of them then never delays the others' new versions.
+        let mut order: Vec<_> = plugins.iter().zip(&reserved).collect();
+        {
+            let state = self.lock();
+            order.sort_by_key(|(plugin, _)| state.failing.contains_key(plugin.name()));
+        }
+        let outcomes: Vec<(String, Value)> = order
+            .into_iter()
             .map(|(plugin, (_, row))| {
                 let outcome = match &events {
                     JobEvents::Batch { batch, .. } => {
@@ -119,7 +125,8 @@ impl Learning {
                 Ok((JobEvents::Batch { batch, new }, state.newest))
             }
             JobKind::Retrain => {
-                let (events, through) = super::training_window(&self.store, &self.config)?;
+                let (events, through) =
+                    super::training_window(&self.store, &self.config, self.items)?;
                 Ok((JobEvents::Window(events), through))
             }
         }
@@ -128,12 +135,13 @@ impl Learning {
     /// Drops from the buffer what every plugin has learned, counts what some plugin has not,
     /// and makes the next job runnable.
     fn finish(&self, job: Job, run: Option<LearningRun>) {
-        let learned_through = self
-            .plugins
-            .current()
+        let registry = self.plugins.current();
+        let learned_through = registry
             .iter()
             .filter_map(|p| p.model().map(|m| m.through_event))
-            .min();
+            .min()
+            // Plugins without a model have learned nothing; with no plugin, nothing is owed.
+            .or_else(|| (!registry.is_empty()).then_some(0));
         let (first_buffered, newest) = {
             let mut state = self.lock();
             if let Some(learned) = learned_through {
@@ -144,12 +152,13 @@ impl Learning {
         // Events a lagging plugin needs from before the buffer are counted in the store (on
         // this thread: never on a request's path).
         let before_buffer = match (learned_through, first_buffered) {
-            (Some(learned), Some(first)) if learned + 1 < first => {
-                self.store.count_events_between(learned, first).unwrap_or(0)
-            }
+            (Some(learned), Some(first)) if learned + 1 < first => self
+                .store
+                .count_events_between(learned, first, self.items)
+                .unwrap_or(0),
             (Some(learned), None) if learned < newest => self
                 .store
-                .count_events_between(learned, newest + 1)
+                .count_events_between(learned, newest + 1, self.items)
                 .unwrap_or(0),
             _ => 0,
         };
@@ -196,7 +205,7 @@ impl Learning {
                 lag,
                 "the plugin is too far behind to be fed the backlog; retraining it from the store"
             );
-            return match super::training_window(&self.store, &self.config) {
+            return match super::training_window(&self.store, &self.config, self.items) {
                 Ok((window, through)) => {
                     let mut outcome = self.retrain_one(plugin, &window, version, through);
                     outcome["reason"] = format!("{lag} events behind").into();
@@ -206,8 +215,13 @@ impl Learning {
             };
         }
         let older = match batch.first_id() {
-            Some(first) if learned + 1 < first => self.store.events_between(learned, first),
-            None => self.store.events_between(learned, through + 1),
+            Some(first) if learned + 1 < first => {
+                self.store
+                    .events_between(learned, first, self.items, usize::MAX)
+            }
+            None => self
+                .store
+                .events_between(learned, through + 1, self.items, usize::MAX),
             Some(_) => Ok(Vec::new()),
         };
         let feedback: Vec<_> = match older {

@@ -163,6 +163,9 @@ impl State {
 
 pub struct Learning {
     config: LearningConfig,
+    /// Items of the catalog the plugins serve: events of items imported since start are
+    /// never fed to them (they wait for a restart, when the catalog includes them).
+    items: u32,
     store: Arc<Store>,
     plugins: Arc<LivePlugins>,
     state: Mutex<State>,
@@ -210,19 +213,20 @@ impl From<Job> for RunningJob {
     }
 }
 
-/// The events a full training learns: every stored event up to the newest (whose id is
-/// returned too), limited to the configured window (`retrain_window_days`,
-/// `retrain_window_events`). Read the newest id first, so that events stored meanwhile are
-/// left to the next update.
+/// The events a full training learns: every stored event of the `items` items the plugins
+/// serve, up to the newest (whose id is returned too), limited to the configured window
+/// (`retrain_window_days`, `retrain_window_events`). Read the newest id first, so that events
+/// stored meanwhile are left to the next update.
 pub fn training_window(
     store: &Store,
     config: &LearningConfig,
+    items: u32,
 ) -> StoreResult<(Vec<EventRow>, i64)> {
     let through = store.last_event_id()?;
     let days = config.retrain_window_days;
     let since = (days > 0).then(|| crate::store::unix_now().saturating_sub(days * 86_400));
     let last = (config.retrain_window_events > 0).then_some(config.retrain_window_events);
-    Ok((store.training_window(through, since, last)?, through))
+    Ok((store.training_window(through, since, last, items)?, through))
 }
 
 impl Learning {
@@ -232,6 +236,7 @@ impl Learning {
         config: LearningConfig,
         store: Arc<Store>,
         plugins: Arc<LivePlugins>,
+        items: u32,
         unlearned: &[EventRow],
         stored: u64,
     ) -> StoreResult<Self> {
@@ -273,6 +278,7 @@ impl Learning {
         }
         let learning = Self {
             config,
+            items,
             store,
             plugins,
             state: Mutex::new(state),
@@ -290,10 +296,14 @@ impl Learning {
     /// Hands out the next model version of `plugin` for a model made outside a learning run
     /// (a plugin added or replaced while the server runs), durably, like a run does.
     pub fn reserve_version(&self, plugin: &str) -> StoreResult<u64> {
-        let mut state = self.lock();
-        let highest = state.versions.entry(plugin.to_string()).or_insert(0);
-        *highest += 1;
-        let version = *highest;
+        // Numbered under the lock, written after it: the event writer and `/learning/stats`
+        // take this lock, and the write may wait for another process's write lock.
+        let version = {
+            let mut state = self.lock();
+            let highest = state.versions.entry(plugin.to_string()).or_insert(0);
+            *highest += 1;
+            *highest
+        };
         self.store.reserve_model_versions(&[(
             plugin.to_string(),
             crate::store::VersionRow {
@@ -421,7 +431,7 @@ mod tests {
         let path = dir.path().join("db");
         let store = Arc::new(Store::open(&path).unwrap());
         let plugins = Arc::new(LivePlugins::new(PluginRegistry::default()));
-        let learning = Learning::new(LearningConfig::default(), store, plugins, &[], 0).unwrap();
+        let learning = Learning::new(LearningConfig::default(), store, plugins, 1, &[], 0).unwrap();
         learning.push(&[event(1), event(2)]);
         // Without the events table, any COUNT(*) over it fails: stats must not need one
         // (`/metrics` and the dashboard poll them).
@@ -462,20 +472,22 @@ mod tests {
         store.import(&ImportBatch { items, events }).unwrap();
         let ids = |window: Vec<EventRow>| window.iter().map(|e| e.id).collect::<Vec<_>>();
         assert_eq!(
-            ids(store.training_window(8, None, None).unwrap()),
+            ids(store.training_window(8, None, None, 1).unwrap()),
             (1..=8).collect::<Vec<_>>()
         );
         assert_eq!(
-            ids(store.training_window(8, Some(104), None).unwrap()),
+            ids(store.training_window(8, Some(104), None, 1).unwrap()),
             vec![5, 6, 7, 8]
         );
         assert_eq!(
-            ids(store.training_window(10, Some(102), Some(3)).unwrap()),
+            ids(store.training_window(10, Some(102), Some(3), 1).unwrap()),
             vec![8, 9, 10]
         );
         assert_eq!(
-            ids(store.training_window(10, None, Some(0)).unwrap()),
+            ids(store.training_window(10, None, Some(0), 1).unwrap()),
             Vec::<i64>::new()
         );
+        // Events of items past the served catalog are left out.
+        assert!(store.training_window(10, None, None, 0).unwrap().is_empty());
     }
 }

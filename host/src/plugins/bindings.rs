@@ -2,7 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use wasmtime::component::ResourceTable;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, ResourceTable, WasmStr};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bounded_io::BoundedIo;
@@ -105,16 +106,26 @@ impl WasiView for InstanceState {
 impl recohost::strategy::types::Host for InstanceState {}
 
 impl recohost::strategy::host_log::Host for InstanceState {
-    fn log(&mut self, level: recohost::strategy::host_log::Level, message: String) {
-        use recohost::strategy::host_log::Level;
-        // Bounded so a chatty plugin cannot flood the log: each message is cut to 2,000
-        // characters, and a call may log `max_log_bytes_per_call` in all.
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.log_message(level, &message);
+    }
+}
+
+use recohost::strategy::host_log::Level as LogLevel;
+
+/// Characters of one log message kept.
+const MAX_LOG_MESSAGE_CHARS: usize = 2_000;
+
+impl InstanceState {
+    /// Logs a plugin's message, bounded so a chatty plugin cannot flood the log: each message
+    /// is cut to 2,000 characters, and a call may log `max_log_bytes_per_call` in all.
+    fn log_message(&mut self, level: LogLevel, message: &str) {
         let plugin = &*self.plugin;
         if self.log_budget == 0 {
             self.log_messages_dropped += 1;
             return;
         }
-        let message: String = message.chars().take(2000).collect();
+        let message: String = message.chars().take(MAX_LOG_MESSAGE_CHARS).collect();
         if message.len() >= self.log_budget {
             self.log_budget = 0;
             self.log_messages_dropped += 1;
@@ -126,11 +137,42 @@ impl recohost::strategy::host_log::Host for InstanceState {
         }
         self.log_budget -= message.len();
         match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
         }
     }
+}
+
+/// Links `host-log.log` in place of the generated binding, which copies the whole message
+/// into a host `String` before the host can cut it: this one reads the guest's string where
+/// it lies and copies only the characters kept.
+pub fn link_host_log(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let name = format!(
+        "{WIT_PACKAGE}/host-log@{}.{}.{}",
+        WIT_VERSION.0, WIT_VERSION.1, WIT_VERSION.2
+    );
+    linker.instance(&name)?.func_wrap(
+        "log",
+        |mut store: StoreContextMut<'_, InstanceState>, (level, message): (LogLevel, WasmStr)| {
+            if store.data().log_budget == 0 {
+                // Past this call's log budget: dropped unread.
+                store.data_mut().log_messages_dropped += 1;
+                return Ok(());
+            }
+            // Invalid UTF-8 is refused by `to_str`; the cut is on characters.
+            let kept: String = message
+                .to_str(&store)?
+                .chars()
+                .take(MAX_LOG_MESSAGE_CHARS)
+                .collect();
+            store.data_mut().log_message(level, &kept);
+            Ok(())
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -125,6 +125,12 @@ impl Health {
         slow.0 = self.first_backoff;
     }
 
+    /// Ends a probe that told nothing (the plugin refused the probing request's input): the
+    /// plugin stays as it was, and the next request may probe.
+    pub fn probe_inconclusive(&self) {
+        self.probing.store(0, Ordering::Release);
+    }
+
     /// Records a failure; returns true when it made the plugin unhealthy.
     pub fn failed(&self, error: &str) -> bool {
         let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());

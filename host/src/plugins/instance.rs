@@ -87,21 +87,21 @@ pub struct PluginInstance {
 }
 
 impl PluginInstance {
-    /// A fresh instance, not yet configured.
+    /// A fresh instance, not yet configured; its start functions run under `budget`.
     pub fn new(
         engine: &PluginEngine,
         pre: &StrategyPre<InstanceState>,
         plugin: Arc<str>,
         limits: Arc<PluginLimits>,
+        budget: Duration,
     ) -> anyhow::Result<Self> {
         let state = InstanceState::new(plugin, limits.memory_bytes(), engine.observes_network());
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_max_component_handles(MAX_WASI_RESOURCES);
-        // Start functions run under the longest budget a call gets.
-        store.set_epoch_deadline(PluginEngine::ticks(limits.train()));
+        store.set_epoch_deadline(PluginEngine::ticks(budget));
         store.set_hostcall_fuel(CALL_FUEL);
-        store.data_mut().deadline = deadline_after(limits.train());
+        store.data_mut().deadline = deadline_after(budget);
         let exports = pre
             .instantiate(&mut store)
             .map_err(|e| anyhow::anyhow!("cannot instantiate: {e:#}"))?;
@@ -116,8 +116,8 @@ impl PluginInstance {
     }
 
     /// Runs one call under `budget`. `answer` is the most the host copies out of the guest
-    /// for it (the answer itself; an error's text gets [`ERROR_FUEL`] more), with what
-    /// limits it, for the error that names it.
+    /// for it (the answer itself; an error's text gets [`ERROR_FUEL`] more; at least
+    /// [`CALL_FUEL`] in all), with what limits it, for the error that names it.
     fn call<R>(
         &mut self,
         call: &'static str,
@@ -129,8 +129,9 @@ impl PluginInstance {
         ) -> wasmtime::Result<Result<R, StrategyError>>,
     ) -> Result<R, CallError> {
         self.store.set_epoch_deadline(PluginEngine::ticks(budget));
+        // Never below CALL_FUEL: a host call's arguments (a log message) get that much.
         self.store
-            .set_hostcall_fuel(answer.bytes.saturating_add(ERROR_FUEL));
+            .set_hostcall_fuel(answer.bytes.saturating_add(ERROR_FUEL).max(CALL_FUEL));
         let state = self.store.data_mut();
         state.deadline = deadline_after(budget);
         state.log_budget = self.limits.max_log_bytes_per_call;
@@ -220,7 +221,16 @@ impl PluginInstance {
     }
 
     pub fn configure(&mut self, config_json: &str, catalog: &[Item]) -> Result<(), CallError> {
-        let budget = self.limits.train();
+        self.configure_within(config_json, catalog, self.limits.train())
+    }
+
+    /// [`Self::configure`] under another budget (an instance rebuilt on a request's path).
+    pub fn configure_within(
+        &mut self,
+        config_json: &str,
+        catalog: &[Item],
+        budget: Duration,
+    ) -> Result<(), CallError> {
         self.call("configure", budget, AnswerLimit::SMALL, |e, s| {
             e.recohost_strategy_plugin()
                 .call_configure(s, config_json, catalog)
@@ -343,7 +353,11 @@ impl PluginInstance {
     }
 
     pub fn load(&mut self, snapshot: &[u8]) -> Result<(), CallError> {
-        let budget = self.limits.train();
+        self.load_within(snapshot, self.limits.train())
+    }
+
+    /// [`Self::load`] under another budget (an instance rebuilt on a request's path).
+    pub fn load_within(&mut self, snapshot: &[u8], budget: Duration) -> Result<(), CallError> {
         self.call("load", budget, AnswerLimit::SMALL, |e, s| {
             e.recohost_strategy_plugin().call_load(s, snapshot)
         })
@@ -375,7 +389,8 @@ impl PluginInstance {
 /// error whose text is longer fails the call unread.
 const ERROR_FUEL: usize = 64 * 1024;
 /// What a call whose answer has no limit of its own may copy out (`describe`, a training
-/// report), and what each of its host calls may pass (a `host-log` message).
+/// report), and the least any call gets: a host call's arguments (a `host-log` message, read
+/// in place and cut to 2,000 characters) may be this long.
 const CALL_FUEL: usize = 1024 * 1024;
 /// Size of a `scored` record in guest memory (`item: u32`, `score: f32`).
 const SCORED_BYTES: usize = 8;

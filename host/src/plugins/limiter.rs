@@ -31,6 +31,8 @@ pub struct SandboxLimiter {
     /// Bytes of linear memory and table storage granted so far (memories and tables only
     /// grow, so this is also what they hold).
     used: usize,
+    /// The last growth granted, given back if the engine then fails it.
+    last_grant: usize,
     /// The largest `used` has been.
     pub peak_bytes: usize,
 }
@@ -40,6 +42,7 @@ impl SandboxLimiter {
         Self {
             budget,
             used: 0,
+            last_grant: 0,
             peak_bytes: 0,
         }
     }
@@ -55,8 +58,15 @@ impl SandboxLimiter {
             .into());
         }
         self.used = wanted;
+        self.last_grant = more;
         self.peak_bytes = self.peak_bytes.max(wanted);
         Ok(true)
+    }
+
+    /// Gives back the last growth granted: the engine did not make it.
+    fn refund(&mut self) {
+        self.used -= self.last_grant;
+        self.last_grant = 0;
     }
 }
 
@@ -74,6 +84,7 @@ impl ResourceLimiter for SandboxLimiter {
         // The engine refused a growth the budget allowed (past the memory's own maximum, or
         // the host is out of memory): the guest sees -1 from `memory.grow`, as the spec says.
         tracing::debug!(%error, "a plugin's memory growth failed");
+        self.refund();
         Ok(())
     }
 
@@ -85,6 +96,12 @@ impl ResourceLimiter for SandboxLimiter {
     ) -> wasmtime::Result<bool> {
         let elements = desired.saturating_sub(current);
         self.grow("a table", elements.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        tracing::debug!(%error, "a plugin's table growth failed");
+        self.refund();
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -115,5 +132,15 @@ mod tests {
         assert!(limiter.table_growing(0, 50, None).unwrap());
         assert!(limiter.table_growing(50, 51, None).is_err());
         assert_eq!(limiter.peak_bytes, 1_000);
+    }
+
+    #[test]
+    fn a_growth_the_engine_fails_is_given_back() {
+        let mut limiter = SandboxLimiter::new(1_000);
+        assert!(limiter.memory_growing(0, 600, None).unwrap());
+        limiter
+            .memory_grow_failed(wasmtime::format_err!("past the memory's maximum"))
+            .unwrap();
+        assert!(limiter.memory_growing(0, 1_000, None).unwrap());
     }
 }

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -183,6 +184,7 @@ impl PluginRuntime {
             &mut linker,
             |state| state,
         )
+        .and_then(|()| super::bindings::link_host_log(&mut linker))
         .map_err(|e| invalid(format!("{e:#}")))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
@@ -193,8 +195,9 @@ impl PluginRuntime {
         let health = Health::new(&limits);
         let limits = Arc::new(limits);
         let plugin: Arc<str> = Arc::from(name);
-        let mut probe = PluginInstance::new(engine, &pre, plugin.clone(), limits.clone())
-            .map_err(|e| invalid(format!("{e:#}")))?;
+        let mut probe =
+            PluginInstance::new(engine, &pre, plugin.clone(), limits.clone(), limits.train())
+                .map_err(|e| invalid(format!("{e:#}")))?;
         let info = probe.describe().map_err(|e| invalid(e.to_string()))?;
         probe
             .configure(&config_json, &catalog)
@@ -309,19 +312,42 @@ impl PluginRuntime {
 
     /// A configured instance with no model.
     pub(super) fn configured_instance(&self) -> Result<PluginInstance, CallError> {
+        self.configured_instance_within(self.limits.train())
+    }
+
+    /// [`Self::configured_instance`], instantiated and configured within `budget` each.
+    fn configured_instance_within(&self, budget: Duration) -> Result<PluginInstance, CallError> {
         let mut instance = PluginInstance::new(
             &self.engine,
             &self.pre,
             self.name.clone(),
             self.limits.clone(),
+            budget,
         )
         .map_err(|e| CallError::Trapped {
             plugin: self.name.to_string(),
             call: "instantiate",
             reason: format!("{e:#}"),
         })?;
-        instance.configure(&self.config_json, &self.catalog)?;
+        instance.configure_within(&self.config_json, &self.catalog, budget)?;
         Ok(instance)
+    }
+
+    /// The budget of each step (instantiate, `configure`, `load`) of rebuilding a serving
+    /// instance on a request's path (after a trap discarded one): 8 x `recommend_ms`, at
+    /// least 2 s, at most `train_ms`. The learner's and `install`'s use `train_ms`; a plugin
+    /// that hangs in `load` must not hold a serving thread that long.
+    fn rebuild_budget(&self) -> Duration {
+        self.limits
+            .recommend()
+            .saturating_mul(8)
+            .max(Duration::from_secs(2))
+            .min(self.limits.train())
+    }
+
+    /// Items of the catalog it was configured with.
+    pub fn catalog_len(&self) -> usize {
+        self.catalog.len()
     }
 
     /// What the plugin says about itself (`describe`).
@@ -501,9 +527,13 @@ impl PluginRuntime {
                 self.checkin(instance);
             }
             Err(_) => {
-                // A refusal: the plugin works and said no to this input.
+                // A refusal: the plugin said no to this input. Neither a failure nor a sign of
+                // recovery: it leaves the breaker as it was (a probe that meets one frees
+                // the next request to probe).
                 self.stats.refusals.fetch_add(1, Ordering::Relaxed);
-                self.health.succeeded();
+                if probe {
+                    self.health.probe_inconclusive();
+                }
                 self.checkin(instance);
             }
             Ok(_) => {
@@ -547,8 +577,9 @@ impl PluginRuntime {
                 }
             }
         }
-        let mut instance = self.configured_instance()?;
-        instance.load(&model.snapshot)?;
+        let budget = self.rebuild_budget();
+        let mut instance = self.configured_instance_within(budget)?;
+        instance.load_within(&model.snapshot, budget)?;
         instance.model_version = model.version;
         Ok(instance)
     }
@@ -643,4 +674,59 @@ pub fn fingerprint(wasm: &[u8], config_json: &str, catalog_fingerprint: &str) ->
     digest.update(config_json.as_bytes());
     digest.update(catalog_fingerprint.as_bytes());
     hex(&digest.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The misbehaving fixture, built by `cargo xtask plugins` next to the bundled plugins.
+    fn misbehaving() -> PathBuf {
+        let plugins = crate::plugins::bundled_plugin_path("popularity");
+        let dist = plugins.parent().and_then(Path::parent).unwrap();
+        let path = dist.join("fixtures/misbehaving.wasm");
+        assert!(path.exists(), "{} is not built", path.display());
+        path
+    }
+
+    #[test]
+    fn rebuilding_a_serving_instance_on_a_request_has_a_short_budget() {
+        let data = crate::plugin_dev::check::dataset();
+        let engine = PluginEngine::new(None).unwrap();
+        let limits = PluginLimits {
+            train_ms: 60_000,
+            ..PluginLimits::default()
+        };
+        let runtime = PluginRuntime::load(
+            &engine,
+            "misbehaving",
+            &misbehaving(),
+            r#"{"load": "sleep"}"#.into(),
+            limits,
+            data.catalog.plugin_items(),
+            data.catalog.fingerprint(),
+        )
+        .unwrap();
+        let snapshot = runtime.train(&data.train).unwrap();
+        // Serving, with no instance in the pool (as after a trap discarded one): the next
+        // request rebuilds one, and this plugin's `load` never returns.
+        *runtime.model.write().unwrap() = Some(ModelVersion {
+            version: 1,
+            snapshot: Arc::new(snapshot),
+            created_at: 0,
+            through_event: 0,
+        });
+        let request = Request {
+            user: None,
+            count: 5,
+            history: Vec::new(),
+            exclude: Vec::new(),
+        };
+        let error = runtime.recommend(&request).unwrap_err().to_string();
+        assert!(
+            error.contains("`load`") && error.contains("time budget of 2000 ms"),
+            "{error}"
+        );
+        assert_eq!(runtime.status().failures, 1);
+    }
 }

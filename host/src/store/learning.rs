@@ -135,41 +135,53 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// How many events have an id in `(after, before)`: the events a plugin that learned
-    /// through `after` still needs beyond the learning buffer, which starts at `before`.
-    pub fn count_events_between(&self, after: i64, before: i64) -> StoreResult<u64> {
+    /// How many events of the first `items` items have an id in `(after, before)`: the
+    /// events a plugin that learned through `after` still needs beyond the learning buffer,
+    /// which starts at `before` (`items`: the catalog the plugins serve; events of items
+    /// imported since start wait for a restart).
+    pub fn count_events_between(&self, after: i64, before: i64, items: u32) -> StoreResult<u64> {
         Ok(self.lock().query_row(
-            "SELECT COUNT(*) FROM events WHERE id > ?1 AND id < ?2",
-            [after, before],
+            "SELECT COUNT(*) FROM events WHERE id > ?1 AND id < ?2 AND item_idx < ?3",
+            params![after, before, items],
             |row| row.get::<_, i64>(0),
         )? as u64)
     }
 
-    /// The events with an id in `(after, before)`, oldest first.
-    pub fn events_between(&self, after: i64, before: i64) -> StoreResult<Vec<EventRow>> {
+    /// The events of the first `items` items with an id in `(after, before)`, oldest first,
+    /// at most `limit` of them.
+    pub fn events_between(
+        &self,
+        after: i64,
+        before: i64,
+        items: u32,
+        limit: usize,
+    ) -> StoreResult<Vec<EventRow>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.query_events(
             "SELECT id, user_idx, item_idx, kind, value, timestamp FROM events
-             WHERE id > ?1 AND id < ?2 ORDER BY id",
-            &[&after, &before],
+             WHERE id > ?1 AND id < ?2 AND item_idx < ?3 ORDER BY id LIMIT ?4",
+            &[&after, &before, &items, &limit],
         )
     }
 
-    /// The training window of a retrain: events up to id `through_event`, no older than
-    /// `since_timestamp` (Unix seconds, when given), of those the newest `last_events` (when
-    /// given), oldest first. The filters run in SQL: only the window is read.
+    /// The training window of a retrain: events of the first `items` items up to id
+    /// `through_event`, no older than `since_timestamp` (Unix seconds, when given), of those
+    /// the newest `last_events` (when given), oldest first. The filters run in SQL: only the
+    /// window is read.
     pub fn training_window(
         &self,
         through_event: i64,
         since_timestamp: Option<u64>,
         last_events: Option<u64>,
+        items: u32,
     ) -> StoreResult<Vec<EventRow>> {
         let since = since_timestamp.map_or(i64::MIN, |t| i64::try_from(t).unwrap_or(i64::MAX));
         let last = last_events.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
         // The newest `last` of the window (LIMIT -1: all), put back in id order.
         let mut events = self.query_events(
             "SELECT id, user_idx, item_idx, kind, value, timestamp FROM events
-             WHERE id <= ?1 AND timestamp >= ?2 ORDER BY id DESC LIMIT ?3",
-            &[&through_event, &since, &last],
+             WHERE id <= ?1 AND timestamp >= ?2 AND item_idx < ?4 ORDER BY id DESC LIMIT ?3",
+            &[&through_event, &since, &last, &items],
         )?;
         events.reverse();
         Ok(events)
