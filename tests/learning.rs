@@ -860,18 +860,7 @@ fn an_import_into_a_running_server_loses_nothing_and_fails_no_client() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let import = std::process::Command::new(recohost_e2e::binary())
-        .args(["import", "--format", "movielens"])
-        .arg(&import_dir)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        import.status.success(),
-        "{}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    import(&import_dir, &data_dir);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for client in clients {
@@ -1054,18 +1043,7 @@ fn events_of_an_item_imported_while_running_are_never_fed_to_the_plugins() {
         ratings.push_str(&format!("{user},7,4.0,1700000000\n"));
     }
     std::fs::write(import_dir.join("ratings.csv"), ratings).unwrap();
-    let import = std::process::Command::new(recohost_e2e::binary())
-        .args(["import", "--format", "movielens"])
-        .arg(&import_dir)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        import.status.success(),
-        "{}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    import(&import_dir, &data_dir);
     server.wait_for("/users/910010", WAIT, |user| user["event_count"] == 1);
 
     let (status, answer) = server.post_as("/learning/trigger-update", None);
@@ -1084,4 +1062,20 @@ fn events_of_an_item_imported_while_running_are_never_fed_to_the_plugins() {
         );
     }
     assert_eq!(stats["unlearned_events"], 0, "{stats}");
+}
+
+/// `recohost import --format movielens FOLDER --data-dir DATA`, which must succeed.
+fn import(folder: &std::path::Path, data_dir: &std::path::Path) {
+    let import = std::process::Command::new(recohost_e2e::binary())
+        .args(["import", "--format", "movielens"])
+        .arg(folder)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
 }

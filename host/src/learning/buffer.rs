@@ -134,18 +134,9 @@ fn count_after<'a>(chunks: impl Iterator<Item = &'a Arc<[EventRow]>>, id: i64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::EventKind;
 
     fn rows(ids: std::ops::RangeInclusive<i64>) -> Vec<EventRow> {
-        ids.map(|id| EventRow {
-            id,
-            user: 0,
-            item: 0,
-            kind: EventKind::Click,
-            value: 1.0,
-            timestamp: 0,
-        })
-        .collect()
+        ids.map(super::super::tests::event).collect()
     }
 
     #[test]

@@ -414,7 +414,8 @@ mod tests {
     use crate::plugins::PluginRegistry;
     use crate::store::{EventKind, ImportBatch, ImportEvent, ItemRow};
 
-    fn event(id: i64) -> EventRow {
+    /// A click with id `id` (for the buffer's tests too).
+    pub(super) fn event(id: i64) -> EventRow {
         EventRow {
             id,
             user: 0,
