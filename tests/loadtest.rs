@@ -98,7 +98,9 @@ fn main() {
     results.insert("events_batch".into(), batch);
     drop(server);
 
-    let learning = "[learning]\nupdate_buffer_size = 1000\nupdate_interval_secs = 0\n[cache]\nbackend = \"off\"\n";
+    // Room for wrk's 64 connections and the feeder of scenario 4 (at the default
+    // `max_in_flight` of 64, one of them would be shed now and then).
+    let learning = "[http]\nmax_in_flight = 128\n[learning]\nupdate_buffer_size = 1000\nupdate_interval_secs = 0\n[cache]\nbackend = \"off\"\n";
     let server = start(dir, "recommend", learning);
     eprintln!("3/5 POST /recommend, no updates (64 connections, {DURATION})");
     let quiet = wrk(&server.base, RECOMMEND_LUA, 64, dir);
@@ -126,7 +128,12 @@ fn main() {
                     .json(&json!({ "events": events }))
                     .send()
                     .unwrap();
-                assert!(response.status().is_success());
+                let status = response.status();
+                assert!(
+                    status.is_success(),
+                    "{status}: {}",
+                    response.text().unwrap_or_default()
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         })

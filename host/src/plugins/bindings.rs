@@ -7,6 +7,7 @@ use wasmtime::component::{Linker, ResourceTable, WasmStr};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bounded_io::BoundedIo;
+use super::engine::EpochClock;
 use super::limiter::SandboxLimiter;
 
 wasmtime::component::bindgen!({
@@ -37,9 +38,10 @@ pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: SandboxLimiter,
-    /// When the call under way must end: blocking WASI calls give up then
+    /// The epoch tick at which the call under way must end: blocking WASI calls give up then
     /// ([`super::bounded_io`]).
-    pub deadline: tokio::time::Instant,
+    pub deadline_tick: u64,
+    clock: EpochClock,
     /// Bytes of log messages the current call may still send (reset before each call).
     pub log_budget: usize,
     /// Log messages dropped because a call reached its log budget, since the instance began.
@@ -55,7 +57,12 @@ impl InstanceState {
     ///
     /// With `observe_network` (`recohost plugin check`), sockets may be created so that a
     /// connect or bind reaches the address check, which refuses every address and notes it.
-    pub fn new(plugin: Arc<str>, memory_bytes: usize, observe_network: bool) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        memory_bytes: usize,
+        observe_network: bool,
+        clock: EpochClock,
+    ) -> Self {
         let denied_network = Arc::new(Mutex::new(Vec::new()));
         let noted = denied_network.clone();
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
@@ -78,7 +85,8 @@ impl InstanceState {
             wasi,
             table,
             limits: SandboxLimiter::new(memory_bytes),
-            deadline: tokio::time::Instant::now(),
+            deadline_tick: 0,
+            clock,
             log_budget: 0,
             log_messages_dropped: 0,
             denied_network,
@@ -89,7 +97,7 @@ impl InstanceState {
     pub fn bounded_io(&mut self) -> BoundedIo<'_> {
         BoundedIo {
             table: &mut self.table,
-            deadline: self.deadline,
+            deadline: tokio::time::Instant::now() + self.clock.until(self.deadline_tick),
         }
     }
 }

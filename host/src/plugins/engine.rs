@@ -7,6 +7,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,9 +18,27 @@ use wasmtime::{Config, Engine};
 /// How often the epoch advances: the granularity of every call's time budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// The epoch, as the host reads it: how many [`EPOCH_TICK`]s the ticker has counted. Reading
+/// it is one atomic load, so a call can note when it must end without asking the OS clock.
+#[derive(Clone, Default)]
+pub struct EpochClock(Arc<AtomicU64>);
+
+impl EpochClock {
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// How long until the clock reads `tick` (zero once it has).
+    pub fn until(&self, tick: u64) -> Duration {
+        let ticks = tick.saturating_sub(self.now());
+        EPOCH_TICK.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+}
+
 #[derive(Clone)]
 pub struct PluginEngine {
     engine: Engine,
+    clock: EpochClock,
     cache_dir: Option<Arc<PathBuf>>,
     /// See [`Self::observing_network`].
     observe_network: bool,
@@ -57,11 +76,14 @@ impl PluginEngine {
         }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let weak = engine.weak();
+        let clock = EpochClock::default();
+        let ticks = clock.0.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
+                    ticks.fetch_add(1, Ordering::Relaxed);
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }
@@ -74,6 +96,7 @@ impl PluginEngine {
         }
         Ok(Self {
             engine,
+            clock,
             cache_dir: cache_dir.map(Arc::new),
             observe_network: false,
         })
@@ -94,6 +117,11 @@ impl PluginEngine {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The epoch as the ticker counts it.
+    pub fn clock(&self) -> &EpochClock {
+        &self.clock
     }
 
     /// Deadline, in epoch ticks, for a call budget. Budgets are bounded at load

@@ -21,7 +21,7 @@ use super::bindings::{
     StrategyError, StrategyPre, TrainingReport,
 };
 use super::bounded_io::BudgetExceeded;
-use super::engine::PluginEngine;
+use super::engine::{EpochClock, PluginEngine};
 use super::fast_abi::{FastFeedback, LearnFn, RecommendFn, RequestArg};
 use super::limiter::MemoryCapExceeded;
 use super::limits::PluginLimits;
@@ -82,6 +82,7 @@ pub struct PluginInstance {
     /// types (the generated `call_*` would copy feedback lists field by field).
     hot: HotCalls,
     limits: Arc<PluginLimits>,
+    clock: EpochClock,
     /// Model version loaded into this instance (0: none).
     pub model_version: u64,
 }
@@ -95,13 +96,19 @@ impl PluginInstance {
         limits: Arc<PluginLimits>,
         budget: Duration,
     ) -> anyhow::Result<Self> {
-        let state = InstanceState::new(plugin, limits.memory_bytes(), engine.observes_network());
+        let clock = engine.clock().clone();
+        let state = InstanceState::new(
+            plugin,
+            limits.memory_bytes(),
+            engine.observes_network(),
+            clock.clone(),
+        );
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_max_component_handles(MAX_WASI_RESOURCES);
         store.set_epoch_deadline(PluginEngine::ticks(budget));
         store.set_hostcall_fuel(CALL_FUEL);
-        store.data_mut().deadline = deadline_after(budget);
+        store.data_mut().deadline_tick = clock.now() + PluginEngine::ticks(budget);
         let exports = pre
             .instantiate(&mut store)
             .map_err(|e| anyhow::anyhow!("cannot instantiate: {e:#}"))?;
@@ -111,6 +118,7 @@ impl PluginInstance {
             exports,
             hot,
             limits,
+            clock,
             model_version: 0,
         })
     }
@@ -128,12 +136,13 @@ impl PluginInstance {
             &mut Store<InstanceState>,
         ) -> wasmtime::Result<Result<R, StrategyError>>,
     ) -> Result<R, CallError> {
-        self.store.set_epoch_deadline(PluginEngine::ticks(budget));
+        let ticks = PluginEngine::ticks(budget);
+        self.store.set_epoch_deadline(ticks);
         // Never below CALL_FUEL: a host call's arguments (a log message) get that much.
         self.store
             .set_hostcall_fuel(answer.bytes.saturating_add(ERROR_FUEL).max(CALL_FUEL));
         let state = self.store.data_mut();
-        state.deadline = deadline_after(budget);
+        state.deadline_tick = self.clock.now() + ticks;
         state.log_budget = self.limits.max_log_bytes_per_call;
         let result = run(&self.exports, &mut self.store);
         // The plugin's name is only needed for an error: no allocation on the happy path.
@@ -175,10 +184,10 @@ impl PluginInstance {
                     } else {
                         format!(
                             " (the host copies out at most {} and {} KiB of error text)",
-                            answer.names.unwrap_or_else(|| format!(
-                                "{} KiB of answer",
-                                answer.bytes / 1024
-                            )),
+                            answer.names.map_or_else(
+                                || format!("{} KiB of answer", answer.bytes / 1024),
+                                |names| names.to_string()
+                            ),
                             ERROR_FUEL / 1024
                         )
                     };
@@ -282,7 +291,7 @@ impl PluginInstance {
         let cap = self.limits.max_result_items;
         let answer = AnswerLimit {
             bytes: cap.saturating_mul(SCORED_BYTES),
-            names: Some(format!("{cap} items (limits.max_result_items)")),
+            names: Some(LimitName::ResultItems(cap)),
         };
         let scored = self.call("recommend", budget, answer, |_, s| {
             // SAFETY: type-checked against this signature in `HotCalls::new`.
@@ -306,10 +315,7 @@ impl PluginInstance {
         let budget = self.limits.recommend();
         let answer = AnswerLimit {
             bytes: items.len().saturating_mul(4),
-            names: Some(format!(
-                "{} estimates, one per item asked about",
-                items.len()
-            )),
+            names: Some(LimitName::Estimates(items.len())),
         };
         let estimates = self.call("predict", budget, answer, |e, s| {
             e.recohost_strategy_plugin().call_predict(s, user, items)
@@ -331,10 +337,7 @@ impl PluginInstance {
         let budget = self.limits.train();
         let answer = AnswerLimit {
             bytes: self.limits.max_snapshot_bytes(),
-            names: Some(format!(
-                "a {} MiB snapshot (limits.max_snapshot_mb)",
-                self.limits.max_snapshot_mb
-            )),
+            names: Some(LimitName::SnapshotMb(self.limits.max_snapshot_mb)),
         };
         let snapshot = self.call("save", budget, answer, |e, s| {
             e.recohost_strategy_plugin().call_save(s)
@@ -401,8 +404,26 @@ pub const MAX_ERROR_CHARS: usize = 1_000;
 /// The most the host copies out of the guest for one call's answer.
 struct AnswerLimit {
     bytes: usize,
-    /// What the limit allows, for the error that names it.
-    names: Option<String>,
+    /// What the limit allows, for the error that names it (put in words only then: the
+    /// happy path formats nothing).
+    names: Option<LimitName>,
+}
+
+/// The limit an answer is held to.
+enum LimitName {
+    ResultItems(usize),
+    Estimates(usize),
+    SnapshotMb(u64),
+}
+
+impl std::fmt::Display for LimitName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ResultItems(cap) => write!(f, "{cap} items (limits.max_result_items)"),
+            Self::Estimates(n) => write!(f, "{n} estimates, one per item asked about"),
+            Self::SnapshotMb(mb) => write!(f, "a {mb} MiB snapshot (limits.max_snapshot_mb)"),
+        }
+    }
 }
 
 impl AnswerLimit {
@@ -410,14 +431,6 @@ impl AnswerLimit {
         bytes: CALL_FUEL,
         names: None,
     };
-}
-
-/// When a call that starts now with `budget` must end.
-fn deadline_after(budget: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    // Budgets are bounded at load (`PluginLimits::validate`); the fallback is only for safety.
-    now.checked_add(budget)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400))
 }
 
 /// `text`, cut to [`MAX_ERROR_CHARS`] characters.
