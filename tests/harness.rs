@@ -14,6 +14,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod browser;
+// The same test server the store's own test suite uses (std only, so both crates compile it).
+#[path = "../host/src/store/postgres/test_server.rs"]
+mod postgres_server;
+pub use postgres_server::TestPostgres;
 
 pub const PLUGINS: [&str; 5] = [
     "popularity",

@@ -24,6 +24,8 @@ pub const SNAPSHOTS_KEPT: u64 = 5;
 pub struct App {
     pub config: Config,
     pub store: Arc<Store>,
+    /// The database's schema version when it was opened (`/health`).
+    pub schema_version: usize,
     pub catalog: Arc<Catalog>,
     pub users: Arc<RwLock<Users>>,
     pub plugins: Arc<LivePlugins>,
@@ -54,8 +56,13 @@ impl App {
                 config.data_dir.display()
             )
         })?;
-        let database = config.data_dir.join("recohost.db");
-        let store = Arc::new(Store::open(&database).context("cannot open the database")?);
+        let database = config.database();
+        let store = Arc::new(
+            Store::connect(&database)
+                .with_context(|| format!("cannot open the database ({})", database.describe()))?,
+        );
+        let schema_version = store.schema_version()?;
+        tracing::info!(database = %database.describe(), schema_version, "opened the database");
         if store.counts()?.items == 0 && config.demo_data {
             let started = Instant::now();
             let batch = crate::import::demo::generate(&crate::import::demo::DemoSize::default());
@@ -163,6 +170,7 @@ impl App {
         Ok(Self {
             config,
             store,
+            schema_version,
             catalog,
             users,
             plugins,

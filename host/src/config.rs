@@ -3,6 +3,7 @@
 //! ```toml
 //! bind = "127.0.0.1:8080"        # RECOHOST_BIND
 //! data_dir = "data"              # RECOHOST_DATA_DIR; SQLite database and compiled-code cache
+//! database_url = "postgres://recohost@db:5432/recohost"  # RECOHOST_DATABASE_URL; unset: SQLite
 //! default_model = "hybrid"       # RECOHOST_DEFAULT_MODEL; used when a request names none
 //! history_limit = 500            # newest events of a user sent to plugins with each request
 //! max_recommendations = 100      # largest n_recommendations accepted
@@ -62,6 +63,9 @@ use crate::plugins::PluginLimits;
 pub struct Config {
     pub bind: String,
     pub data_dir: PathBuf,
+    /// PostgreSQL to keep everything in (`postgres://...`), shared by the nodes of a cluster.
+    /// Unset: SQLite in `data_dir` (one node). `data_dir` still holds the compiled-code cache.
+    pub database_url: Option<String>,
     pub default_model: String,
     pub history_limit: usize,
     pub max_recommendations: u32,
@@ -212,6 +216,7 @@ impl Default for Config {
         Self {
             bind: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("data"),
+            database_url: None,
             default_model: "hybrid".into(),
             history_limit: 500,
             max_recommendations: 100,
@@ -296,6 +301,9 @@ impl Config {
         if let Some(dir) = lookup("RECOHOST_DATA_DIR") {
             self.data_dir = PathBuf::from(dir);
         }
+        if let Some(url) = lookup("RECOHOST_DATABASE_URL") {
+            self.database_url = Some(url);
+        }
         if let Some(model) = lookup("RECOHOST_DEFAULT_MODEL") {
             self.default_model = model;
         }
@@ -328,7 +336,17 @@ impl Config {
         Ok(())
     }
 
+    /// The database this configuration keeps everything in.
+    pub fn database(&self) -> crate::store::Database {
+        crate::store::Database::from_url_or_dir(self.database_url.as_deref(), &self.data_dir)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("database_url must be a postgres:// URL (unset it to use SQLite in data_dir)");
+        }
         let mut names = std::collections::HashSet::new();
         for plugin in &self.plugins {
             if plugin.name.is_empty()

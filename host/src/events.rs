@@ -30,7 +30,7 @@ use crate::catalog::{Catalog, Users};
 use crate::config::EventsConfig;
 use crate::learning::{BufferStatus, Learning};
 use crate::store::{
-    AppendOutcome, AppendRequest, EventKind, NewEvent, Store, StoreError, unix_now,
+    AppendOutcome, AppendRequest, Database, EventKind, NewEvent, Store, StoreError, unix_now,
 };
 
 /// An event as a client describes it, before validation.
@@ -127,6 +127,11 @@ pub enum AppendError {
     Store(String),
     #[error("the event writer has stopped; the events may not have been stored")]
     Stopped,
+    /// The database could not be reached (PostgreSQL down or restarting). Nothing was
+    /// acknowledged; if the connection broke during the commit itself the events may have
+    /// been stored, which a retry with the same Idempotency-Key settles.
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
     #[error("the Idempotency-Key was used before for a different request")]
     KeyReused,
 }
@@ -254,28 +259,28 @@ struct Writer {
 }
 
 impl EventWriter {
-    /// Starts the writer thread on its own connection to the database at `path`.
+    /// Starts the writer thread on its own connection to `database`.
     /// `max_batch` is the largest append a request may make.
     pub fn start(
-        path: &std::path::Path,
+        database: &Database,
         users: Arc<RwLock<Users>>,
         learning: Arc<Learning>,
         catalog_len: usize,
         max_batch: usize,
     ) -> Result<Self, StoreError> {
         let capacity_events = MIN_QUEUE_EVENTS.max(max_batch.saturating_mul(4));
-        Self::start_with_queue(path, users, learning, catalog_len, capacity_events)
+        Self::start_with_queue(database, users, learning, catalog_len, capacity_events)
     }
 
     /// [`Self::start`] with a queue of `capacity_events` events.
     fn start_with_queue(
-        path: &std::path::Path,
+        database: &Database,
         users: Arc<RwLock<Users>>,
         learning: Arc<Learning>,
         catalog_len: usize,
         capacity_events: usize,
     ) -> Result<Self, StoreError> {
-        let store = Store::open(path)?;
+        let store = Store::connect(database)?;
         let (queue, jobs) = channel();
         let health = Arc::new(WriterHealth::default());
         let writer = Writer {
@@ -375,7 +380,8 @@ impl Writer {
             group.retain(|job| !job.reply.is_closed());
             if !group.is_empty() {
                 let writer = &self;
-                self.supervised("storing events", move || writer.store_group(group));
+                let jobs = &jobs;
+                self.supervised("storing events", move || writer.store_group(group, jobs));
             }
         }
     }
@@ -399,7 +405,9 @@ impl Writer {
         }
     }
 
-    fn store_group(&self, mut group: Vec<AppendJob>) {
+    /// Stores one group and answers its requests. `jobs` is the queue, for the requests that
+    /// must be turned away while the database cannot be reached.
+    fn store_group(&self, mut group: Vec<AppendJob>, jobs: &Receiver<AppendJob>) {
         #[cfg(test)]
         if group
             .iter()
@@ -428,9 +436,14 @@ impl Writer {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 tracing::error!(%error, events = group.iter().map(|j| j.events.len()).sum::<usize>(), "cannot store events");
+                let unavailable = error.is_unavailable();
                 let error = error.to_string();
                 for job in group {
-                    let _ = job.reply.send(Err(AppendError::Store(error.clone())));
+                    let _ = job.reply.send(Err(if unavailable {
+                        AppendError::Unavailable(error.clone())
+                    } else {
+                        AppendError::Store(error.clone())
+                    }));
                 }
                 return;
             }
@@ -447,6 +460,16 @@ impl Writer {
         let mut wait = Duration::from_millis(50);
         while let Err(error) = self.catch_up(first_stored) {
             tracing::error!(%error, "cannot read what another process stored; trying again");
+            if error.is_unavailable() {
+                // The database went away after this group's commit. Requests queued behind
+                // it were not attempted: tell them now instead of letting them wait out
+                // their timeout.
+                while let Ok(job) = jobs.try_recv() {
+                    let _ = job
+                        .reply
+                        .send(Err(AppendError::Unavailable(error.to_string())));
+                }
+            }
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(2));
         }
@@ -506,7 +529,7 @@ impl Writer {
             .collect();
         let view = self.users.read().unwrap_or_else(|p| p.into_inner());
         self.store
-            .append_requests(&requests, |id| view.index_of(id))
+            .append_requests(&requests, &|id| view.index_of(id))
     }
 
     /// When idle: anything another process stored.
@@ -622,7 +645,8 @@ mod tests {
         let learning =
             Arc::new(Learning::new(Default::default(), store, plugins, 1, &[], 0).unwrap());
         let users = Arc::new(RwLock::new(Users::default()));
-        EventWriter::start_with_queue(&path, users, learning, 1, capacity_events).unwrap()
+        EventWriter::start_with_queue(&Database::Sqlite(path), users, learning, 1, capacity_events)
+            .unwrap()
     }
 
     fn stored_events(dir: &std::path::Path) -> u64 {

@@ -32,6 +32,10 @@ enum Command {
         /// Data directory (SQLite database, compiled-code cache). Overrides the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// PostgreSQL to keep everything in (postgres://...) instead of SQLite. Overrides the
+        /// config and RECOHOST_DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
         /// Address to listen on, e.g. 127.0.0.1:8080. Overrides the config.
         #[arg(long)]
         bind: Option<String>,
@@ -51,6 +55,23 @@ enum Command {
         #[arg(long, env = "RECOHOST_CONFIG")]
         config: Option<PathBuf>,
         /// Data directory. Overrides the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// PostgreSQL to import into (postgres://...). Overrides the config.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Copy the data directory's SQLite database into an empty PostgreSQL database (every
+    /// table, ids and all, in one transaction; row counts verified), for a move to
+    /// `database_url`. Stop the server first.
+    Migrate {
+        /// The PostgreSQL database to fill (postgres://...); it must be empty.
+        #[arg(long)]
+        to: String,
+        /// Config file (TOML), for the data directory. Default: ./recohost.toml if it exists.
+        #[arg(long, env = "RECOHOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory holding recohost.db. Overrides the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -161,7 +182,11 @@ enum Format {
     Movielens,
 }
 
-fn load_config(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+fn load_config(
+    path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+) -> anyhow::Result<Config> {
     let mut config = match path {
         Some(path) => Config::load(&path)?,
         None if std::path::Path::new("recohost.toml").exists() => {
@@ -176,6 +201,10 @@ fn load_config(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Resu
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
+    if let Some(url) = database_url {
+        config.database_url = Some(url);
+    }
+    config.validate()?;
     Ok(config)
 }
 
@@ -191,10 +220,11 @@ fn main() -> anyhow::Result<()> {
         Command::Serve {
             config,
             data_dir,
+            database_url,
             bind,
             experiments,
         } => {
-            let mut config = load_config(config, data_dir)?;
+            let mut config = load_config(config, data_dir, database_url)?;
             if let Some(bind) = bind {
                 config.bind = bind;
             }
@@ -257,17 +287,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(url),
+        Command::Migrate {
+            to,
+            config,
+            data_dir,
+        } => migrate(&to, load_config(config, data_dir, None)?),
         Command::Import {
             format: Format::Movielens,
             path,
             config,
             data_dir,
+            database_url,
         } => {
-            let config = load_config(config, data_dir)?;
+            let config = load_config(config, data_dir, database_url)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let started = std::time::Instant::now();
             let batch = recohost::import::movielens::read(&path, true)?;
-            let store = Store::open(&config.data_dir.join("recohost.db"))?;
+            let store = Store::connect(&config.database())?;
             let added = store
                 .import(&batch)
                 .context("import failed; nothing was written")?;
@@ -321,7 +357,7 @@ fn external_plugin(spec: &str) -> anyhow::Result<recohost::config::PluginDeclara
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let mut config = load_config(args.config, None)?;
+    let mut config = load_config(args.config, None, None)?;
     for spec in &args.wasm {
         let plugin = external_plugin(spec)?;
         if config.plugins.iter().any(|p| p.name == plugin.name) {
@@ -514,4 +550,33 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("models saved; bye");
         anyhow::Ok(())
     })
+}
+
+/// `recohost migrate`: the SQLite database of `config`'s data directory into `to`.
+fn migrate(to: &str, config: Config) -> anyhow::Result<()> {
+    let source = config.data_dir.join("recohost.db");
+    let target = recohost::store::Database::Postgres(to.to_string());
+    eprintln!("copying {} into {}", source.display(), target.describe());
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows, {per_sec}, {eta} left")
+            .expect("a valid template"),
+    );
+    let report = recohost::store::migrate::sqlite_to_postgres(
+        &source,
+        to,
+        &mut |total| bar.set_length(total),
+        &mut |rows| bar.inc(rows),
+    );
+    bar.finish_and_clear();
+    let report = report.context("migration failed; nothing was written to PostgreSQL")?;
+    for (table, rows) in &report {
+        println!("{table:>20}: {rows} rows");
+    }
+    println!(
+        "copied {} rows in {:.1} s, counts verified; serve with database_url = {to:?}",
+        report.iter().map(|(_, rows)| rows).sum::<u64>(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -402,7 +402,13 @@ mod tests {
         registry.insert_shared(plugin.clone());
         let database = dir.join("db");
         let store = Arc::new(Store::open(&database).unwrap());
-        let experiments = Experiments::open(None, Box::new(Vec::new), store, &database).unwrap();
+        let experiments = Experiments::open(
+            None,
+            Box::new(Vec::new),
+            store,
+            &crate::store::Database::Sqlite(database),
+        )
+        .unwrap();
         let recommender = Recommender {
             catalog: Arc::new(data.catalog),
             users: Arc::new(RwLock::new(Users::default())),

@@ -232,6 +232,14 @@ async fn append(
                 ),
             )
             .retry_after(1),
+            AppendError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                format!(
+                    "{error}; nothing was acknowledged: retry later with the same Idempotency-Key"
+                ),
+            )
+            .retry_after(1),
             AppendError::Store(_) => ApiError::internal(error),
         })
 }

@@ -25,6 +25,8 @@ pub struct HealthResponse {
     cache: CacheReport,
     /// The thread that stores events: `ok` or `stopped`, and failures it went on after.
     event_writer: WriterReport,
+    /// The database engine (`sqlite` or `postgres`) and its schema version.
+    database: &'static str,
     schema_version: usize,
     version: &'static str,
 }
@@ -72,7 +74,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             .stats()
             .report(state.recommender.cache.backend()),
         event_writer: writer.report(),
-        schema_version: crate::store::schema_version(),
+        database: state.store.engine(),
+        schema_version: state.schema_version,
         version: env!("CARGO_PKG_VERSION"),
     });
     (code, body)

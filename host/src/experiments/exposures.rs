@@ -13,7 +13,6 @@
 //! it made one, is kept aside and stored with the next batch: it decides the user's arm after
 //! a restart, and there is at most one per user and experiment.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
@@ -22,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::live::LiveExperiment;
-use crate::store::{ExposureRow, StickyRow, Store, StoreError};
+use crate::store::{Database, Durability, ExposureRow, StickyRow, Store, StoreError};
 
 /// An exposure as the request path queues it: cheap to build (one `Arc` and the user ID);
 /// the writer thread turns it into an [`ExposureRow`].
@@ -91,17 +90,17 @@ pub struct ExposureLogCounts {
 }
 
 impl ExposureLog {
-    /// Starts the writer thread on its own connection to the database at `path`.
-    pub fn start(path: &Path) -> Result<Self, StoreError> {
-        Self::start_with_capacity(path, QUEUE_CAPACITY)
+    /// Starts the writer thread on its own connection to `database`.
+    pub fn start(database: &Database) -> Result<Self, StoreError> {
+        Self::start_with_capacity(database, QUEUE_CAPACITY)
     }
 
     /// [`Self::start`] with a queue of `capacity` records.
-    pub fn start_with_capacity(path: &Path, capacity: usize) -> Result<Self, StoreError> {
-        // Exposures are measurements nobody was promised: in WAL mode, NORMAL keeps them safe
+    pub fn start_with_capacity(database: &Database, capacity: usize) -> Result<Self, StoreError> {
+        // Exposures are measurements nobody was promised: relaxed durability keeps them safe
         // from a crash of the process and only a power cut can lose the last batches, and it
         // saves a disk sync per batch (the writer used a fifth of the server's CPU under load).
-        let store = Store::open_with_synchronous(path, "NORMAL")?;
+        let store = Store::connect_with(database, Durability::Relaxed)?;
         let (queue, messages) = sync_channel(capacity);
         let counters = Arc::new(Counters::default());
         let overflow = Arc::new(Mutex::new(Vec::new()));

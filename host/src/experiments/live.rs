@@ -16,7 +16,7 @@ use super::definition::{DefinitionError, Experiment, Group, Status, load_dir};
 use super::exposures::{ExposureLog, ExposureLogCounts, PendingExposure};
 use super::results::{Results, Tally};
 use super::results_cache::ResultsCache;
-use crate::store::{StickyRow, Store, StoreError, unix_now_ms};
+use crate::store::{Database, StickyRow, Store, StoreError, unix_now_ms};
 
 /// GrowthBook's hash version used for assignment.
 const HASH_VERSION: u32 = 2;
@@ -196,7 +196,7 @@ impl Experiments {
         dir: Option<PathBuf>,
         plugins: PluginNames,
         store: Arc<Store>,
-        database: &Path,
+        database: &Database,
     ) -> Result<Self, ExperimentError> {
         let definitions = match &dir {
             Some(dir) => load_dir(dir, &plugins())?,
@@ -225,7 +225,7 @@ impl Experiments {
             status: Mutex::new(status),
             sticky: RwLock::new(sticky),
             log: ExposureLog::start(database)?,
-            results_store: Store::open(database)?,
+            results_store: Store::connect(database)?,
             results: ResultsCache::default(),
         })
     }
@@ -384,7 +384,7 @@ impl Experiments {
             let after = tally.events_after();
             if after < i64::MAX {
                 self.results_store
-                    .for_each_event_after(after, |id, user, kind, value| {
+                    .for_each_event_after(after, &mut |id, user, kind, value| {
                         tally.event(id, user, kind, value)
                     })?;
             }
@@ -476,8 +476,13 @@ mod tests {
         let database = dir.path().join("db");
         let store = Arc::new(Store::open(&database).unwrap());
         let plugins = || vec!["collaborative".into(), "hybrid".into(), "popularity".into()];
-        let experiments =
-            Experiments::open(Some(experiments_dir), Box::new(plugins), store, &database).unwrap();
+        let experiments = Experiments::open(
+            Some(experiments_dir),
+            Box::new(plugins),
+            store,
+            &Database::Sqlite(database),
+        )
+        .unwrap();
         Fixture { dir, experiments }
     }
 
@@ -708,7 +713,7 @@ mod tests {
             Some(fixture.dir.path().join("experiments")),
             Box::new(|| vec!["collaborative".into(), "hybrid".into()]),
             Arc::new(Store::open(&database).unwrap()),
-            &database,
+            &Database::Sqlite(database),
         )
         .unwrap();
         let after_restart: Vec<Option<String>> = users

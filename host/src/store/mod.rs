@@ -1,32 +1,46 @@
-//! Durable storage in SQLite: items, users, events, model snapshots, the learning record.
+//! Durable storage: items, users, events, model snapshots, the learning record, experiment
+//! records. One interface ([`Backend`]), two engines side by side:
 //!
-//! A `Store` is one connection behind a mutex: SQLite serializes writers anyway, and every
-//! statement here is short. The server opens two: one for the event writer (group commits of
-//! live events, `events.rs`) and one for everything else, so that reads and snapshot writes do
-//! not queue behind event ingestion. WAL mode lets readers, the other connection and the
-//! `import` command work while a server runs. `synchronous = FULL`: a commit is on disk before
-//! the client is told, so an acknowledged event survives a power cut, not just a crash.
+//! - `sqlite/`: the embedded default, one file in `data_dir`, one node.
+//! - `postgres/`: the system of record of a cluster (`database_url = "postgres://..."`),
+//!   shared by every node.
+//!
+//! The rest of the host holds a [`Store`] and never knows which engine it has. The interface
+//! is synchronous, like the SQLite it grew from: callers already run store work on their own
+//! threads (the event writer, the exposure log, learning jobs) or in `spawn_blocking`, never
+//! on a tokio worker for anything slow. The PostgreSQL engine runs its async driver on a
+//! runtime of its own and blocks the calling thread, so both engines behave the same to a
+//! caller. `tests.rs` is the one test suite, run over both.
+//!
+//! The event log's ids are its order: a consumer that has read through id N never later
+//! finds a committed event with an id at or below N. SQLite gets this from its single writer;
+//! PostgreSQL, whose sequence values are handed out in another order than transactions
+//! commit, from one transaction-scoped lock that every event append and import takes (see
+//! `postgres/events.rs`; docs/architecture.md says why this and not a commit horizon).
 
-mod events;
-mod experiments;
-mod learning;
-mod migrations;
+pub mod migrate;
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod tests;
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use events::{AppendOutcome, AppendRequest, IDEMPOTENCY_KEY_TTL_SECS, NewEvent};
-pub use experiments::{ExposureKey, ExposureRow, StickyRow};
-pub use learning::{LearningRun, VersionRow};
-pub use migrations::latest_version as schema_version;
+#[cfg(test)]
+use postgres::test_server::TestPostgres;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("cannot reach PostgreSQL: {0}")]
+    Unavailable(String),
     #[error("corrupt row in the database: {0}")]
     Corrupt(String),
     #[error(
@@ -38,18 +52,65 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
-    /// Whether another connection held the lock for longer than the busy timeout: the same
+    /// Whether another writer held a lock for longer than the wait allowed: the same
     /// statement may succeed later.
     pub fn is_busy(&self) -> bool {
-        matches!(
-            self,
-            Self::Sqlite(rusqlite::Error::SqliteFailure(error, _))
-                if matches!(
-                    error.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                )
-        )
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+                error.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            Self::Postgres(error) => postgres::is_busy(error),
+            _ => false,
+        }
     }
+
+    /// Whether the database could not be reached (down, restarting, network): nothing was
+    /// done, and the same call may succeed once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Postgres(error) => postgres::is_unavailable(error),
+            _ => false,
+        }
+    }
+}
+
+/// Which database to open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string (`postgres://user@host:port/dbname`, or key=value).
+    Postgres(String),
+}
+
+impl Database {
+    /// The database of a configuration: `database_url` when set, else `data_dir/recohost.db`.
+    pub fn from_url_or_dir(url: Option<&str>, data_dir: &std::path::Path) -> Self {
+        match url {
+            Some(url) => Self::Postgres(url.to_string()),
+            None => Self::Sqlite(data_dir.join("recohost.db")),
+        }
+    }
+
+    /// Where it is, for logs and errors (a URL's password left out).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("SQLite {}", path.display()),
+            Self::Postgres(url) => format!("PostgreSQL {}", postgres::redact(url)),
+        }
+    }
+}
+
+/// How much a write must survive once it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk before the call returns: what an acknowledged event needs.
+    Full,
+    /// Safe from a crash of the server, not necessarily from a power cut or an OS crash:
+    /// for records nobody was promised (exposures), saving a disk sync per write.
+    Relaxed,
 }
 
 /// What kind of feedback an event is; stored as text.
@@ -121,350 +182,6 @@ pub struct StoreCounts {
     pub events: u64,
 }
 
-pub struct Store {
-    connection: Mutex<Connection>,
-}
-
-impl Store {
-    /// Opens (creating if needed) the database at `path` and migrates it.
-    pub fn open(path: &Path) -> StoreResult<Self> {
-        Self::open_with_synchronous(path, "FULL")
-    }
-
-    /// [`Store::open`] with another `PRAGMA synchronous` for this connection (`FULL` is what
-    /// acknowledged data needs).
-    pub fn open_with_synchronous(path: &Path, synchronous: &str) -> StoreResult<Self> {
-        let mut connection = Connection::open(path)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", synchronous)?;
-        connection.pragma_update(None, "foreign_keys", "ON")?;
-        // 64 MiB of page cache (the default is 2 MiB): event ingestion otherwise re-reads the
-        // B-tree pages it just wrote once the database outgrows the cache.
-        connection.pragma_update(None, "cache_size", -65_536)?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        let found: usize = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-        if found > migrations::latest_version() {
-            return Err(StoreError::TooNew {
-                found,
-                supported: migrations::latest_version(),
-            });
-        }
-        migrations::migrate(&mut connection)?;
-        Ok(Self {
-            connection: Mutex::new(connection),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
-        // back), so a poisoned lock is safe to keep using.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// This database's random identity, made on first use and kept for its life: model
-    /// versions count per database, so a cache shared by several servers (Redis) must tell
-    /// their entries apart by it.
-    pub fn store_id(&self) -> StoreResult<String> {
-        let connection = self.lock();
-        let fresh: u128 = rand::random();
-        connection.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
-            [format!("{fresh:032x}")],
-        )?;
-        Ok(
-            connection.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |row| {
-                row.get(0)
-            })?,
-        )
-    }
-
-    pub fn counts(&self) -> StoreResult<StoreCounts> {
-        let connection = self.lock();
-        let count = |table: &str| -> rusqlite::Result<u64> {
-            connection.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
-                row.get(0)
-            })
-        };
-        Ok(StoreCounts {
-            items: count("items")?,
-            users: count("users")?,
-            events: count("events")?,
-        })
-    }
-
-    /// All items, by dense index.
-    pub fn items(&self) -> StoreResult<Vec<ItemRow>> {
-        let connection = self.lock();
-        let mut statement =
-            connection.prepare("SELECT idx, external_id, title, tags FROM items ORDER BY idx")?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut items = Vec::new();
-        for row in rows {
-            let (idx, external_id, title, tags) = row?;
-            if idx != items.len() as i64 {
-                return Err(StoreError::Corrupt(format!(
-                    "item indices are not dense at {idx}"
-                )));
-            }
-            let tags = serde_json::from_str(&tags)
-                .map_err(|e| StoreError::Corrupt(format!("tags of item {external_id}: {e}")))?;
-            items.push(ItemRow {
-                external_id,
-                title,
-                tags,
-            });
-        }
-        Ok(items)
-    }
-
-    /// All users' external IDs, by dense index.
-    pub fn users(&self) -> StoreResult<Vec<String>> {
-        let connection = self.lock();
-        let mut statement =
-            connection.prepare("SELECT idx, external_id FROM users ORDER BY idx")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut users = Vec::new();
-        for row in rows {
-            let (idx, external_id) = row?;
-            if idx != users.len() as i64 {
-                return Err(StoreError::Corrupt(format!(
-                    "user indices are not dense at {idx}"
-                )));
-            }
-            users.push(external_id);
-        }
-        Ok(users)
-    }
-
-    /// Events with an id above `after`, oldest first.
-    pub fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>> {
-        self.query_events(
-            "SELECT id, user_idx, item_idx, kind, value, timestamp FROM events WHERE id > ?1 ORDER BY id",
-            &[&after],
-        )
-    }
-
-    /// The events `sql` selects (`id, user_idx, item_idx, kind, value, timestamp`).
-    fn query_events(
-        &self,
-        sql: &str,
-        parameters: &[&dyn rusqlite::ToSql],
-    ) -> StoreResult<Vec<EventRow>> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(sql)?;
-        let rows = statement.query_map(parameters, |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, u32>(1)?,
-                row.get::<_, u32>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, f64>(4)?,
-                row.get::<_, i64>(5)?,
-            ))
-        })?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (id, user, item, kind, value, timestamp) = row?;
-            let kind = EventKind::parse(&kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("event {id} has kind {kind:?}")))?;
-            events.push(EventRow {
-                id,
-                user,
-                item,
-                kind,
-                value: value as f32,
-                timestamp: timestamp.max(0) as u64,
-            });
-        }
-        Ok(events)
-    }
-
-    /// Id of the newest event, 0 when there are none.
-    pub fn last_event_id(&self) -> StoreResult<i64> {
-        let connection = self.lock();
-        Ok(
-            connection.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
-                row.get(0)
-            })?,
-        )
-    }
-
-    /// Writes a whole dataset (items, users, events) in one transaction: all or nothing.
-    /// Items and users already present (same external ID) keep their index; item titles and
-    /// tags are updated. Returns the number of events added.
-    pub fn import(&self, batch: &ImportBatch) -> StoreResult<u64> {
-        let mut connection = self.lock();
-        // IMMEDIATE: the write lock from the start, so a running server's writer cannot
-        // commit between this transaction's reads and its writes (in WAL mode that would
-        // fail the import with SQLITE_BUSY_SNAPSHOT instead of waiting).
-        let transaction =
-            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut item_index = std::collections::HashMap::new();
-        let mut user_index = std::collections::HashMap::new();
-        {
-            let mut next_item: i64 = transaction.query_row(
-                "SELECT COALESCE(MAX(idx) + 1, 0) FROM items",
-                [],
-                |row| row.get(0),
-            )?;
-            let mut find_item =
-                transaction.prepare("SELECT idx FROM items WHERE external_id = ?1")?;
-            let mut insert_item = transaction.prepare(
-                "INSERT INTO items (idx, external_id, title, tags) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut update_item =
-                transaction.prepare("UPDATE items SET title = ?2, tags = ?3 WHERE idx = ?1")?;
-            for item in &batch.items {
-                let tags = serde_json::to_string(&item.tags)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let existing: Option<i64> = find_item
-                    .query_row([&item.external_id], |row| row.get(0))
-                    .optional()?;
-                let idx = match existing {
-                    Some(idx) => {
-                        update_item.execute(params![idx, item.title, tags])?;
-                        idx
-                    }
-                    None => {
-                        insert_item.execute(params![
-                            next_item,
-                            item.external_id,
-                            item.title,
-                            tags
-                        ])?;
-                        next_item += 1;
-                        next_item - 1
-                    }
-                };
-                item_index.insert(item.external_id.as_str(), idx);
-            }
-            let mut next_user: i64 = transaction.query_row(
-                "SELECT COALESCE(MAX(idx) + 1, 0) FROM users",
-                [],
-                |row| row.get(0),
-            )?;
-            let mut find_user =
-                transaction.prepare("SELECT idx FROM users WHERE external_id = ?1")?;
-            let mut insert_user = transaction
-                .prepare("INSERT INTO users (idx, external_id, created_at) VALUES (?1, ?2, ?3)")?;
-            let now = unix_now();
-            for event in &batch.events {
-                if user_index.contains_key(event.user.as_str()) {
-                    continue;
-                }
-                let existing: Option<i64> = find_user
-                    .query_row([&event.user], |row| row.get(0))
-                    .optional()?;
-                let idx = match existing {
-                    Some(idx) => idx,
-                    None => {
-                        insert_user.execute(params![next_user, event.user, now])?;
-                        next_user += 1;
-                        next_user - 1
-                    }
-                };
-                user_index.insert(event.user.as_str(), idx);
-            }
-            let mut insert_event = transaction.prepare(
-                "INSERT INTO events (user_idx, item_idx, kind, value, timestamp) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for event in &batch.events {
-                let item = match item_index.get(event.item.as_str()) {
-                    Some(&idx) => idx,
-                    None => find_item
-                        .query_row([&event.item], |row| row.get(0))
-                        .optional()?
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!(
-                                "event refers to unknown item {}",
-                                event.item
-                            ))
-                        })?,
-                };
-                let user = user_index[event.user.as_str()];
-                insert_event.execute(params![
-                    user,
-                    item,
-                    event.kind.as_str(),
-                    f64::from(event.value),
-                    event.timestamp as i64
-                ])?;
-            }
-        }
-        transaction.commit()?;
-        Ok(batch.events.len() as u64)
-    }
-
-    /// The newest snapshot of `plugin`, if any.
-    pub fn latest_snapshot(&self, plugin: &str) -> StoreResult<Option<SnapshotRow>> {
-        let connection = self.lock();
-        let row = connection
-            .query_row(
-                "SELECT plugin, version, created_at, fingerprint, through_event, bytes FROM snapshots
-                 WHERE plugin = ?1 ORDER BY version DESC LIMIT 1",
-                [plugin],
-                |row| {
-                    Ok(SnapshotRow {
-                        plugin: row.get(0)?,
-                        version: row.get::<_, i64>(1)? as u64,
-                        created_at: row.get::<_, i64>(2)? as u64,
-                        fingerprint: row.get(3)?,
-                        through_event: row.get(4)?,
-                        bytes: row.get(5)?,
-                    })
-                },
-            )
-            .optional()?;
-        Ok(row)
-    }
-
-    /// Version of the newest stored snapshot of `plugin`, if any.
-    pub fn latest_snapshot_version(&self, plugin: &str) -> StoreResult<Option<u64>> {
-        let connection = self.lock();
-        let version: Option<i64> = connection.query_row(
-            "SELECT MAX(version) FROM snapshots WHERE plugin = ?1",
-            [plugin],
-            |row| row.get(0),
-        )?;
-        Ok(version.map(|v| v as u64))
-    }
-
-    /// Stores a snapshot and keeps only the newest `keep` of its plugin.
-    pub fn save_snapshot(&self, snapshot: &SnapshotRow, keep: u64) -> StoreResult<()> {
-        let mut connection = self.lock();
-        let transaction = connection.transaction()?;
-        transaction.execute(
-            "INSERT INTO snapshots (plugin, version, created_at, fingerprint, through_event, bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                snapshot.plugin,
-                snapshot.version as i64,
-                snapshot.created_at as i64,
-                snapshot.fingerprint,
-                snapshot.through_event,
-                snapshot.bytes
-            ],
-        )?;
-        transaction.execute(
-            "DELETE FROM snapshots WHERE plugin = ?1 AND version <= ?2",
-            params![snapshot.plugin, snapshot.version as i64 - keep as i64],
-        )?;
-        transaction.commit()?;
-        Ok(())
-    }
-}
-
 /// A dataset to import: items, and events naming users and items by external ID.
 #[derive(Debug, Default)]
 pub struct ImportBatch {
@@ -481,6 +198,238 @@ pub struct ImportEvent {
     pub timestamp: u64,
 }
 
+/// How long a client's idempotency key is remembered.
+pub const IDEMPOTENCY_KEY_TTL_SECS: u64 = 86_400;
+
+/// A validated event, its item resolved to a dense index, its user still an external ID.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub user: String,
+    pub item: u32,
+    pub kind: EventKind,
+    pub value: f32,
+    pub timestamp: u64,
+}
+
+/// One client's request within a group commit.
+pub struct AppendRequest<'a> {
+    pub events: &'a [NewEvent],
+    /// The client's idempotency key, and a hash of what the request asked to store.
+    pub idempotency: Option<(&'a str, &'a str)>,
+}
+
+/// What became of one request of a group commit (once the group is committed).
+#[derive(Debug, PartialEq)]
+pub enum AppendOutcome {
+    /// Stored: the rows with their ids and user indices, in the order given.
+    Stored(Vec<EventRow>),
+    /// Its idempotency key was seen before with the same request: nothing stored again.
+    Replayed { first_event_id: i64, stored: usize },
+    /// Its idempotency key was seen before with another request.
+    KeyReused,
+    /// It failed and stored nothing; the rest of the group is unaffected.
+    Failed(String),
+}
+
+/// One recommendation served under an experiment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExposureRow {
+    pub experiment_id: String,
+    pub group_name: String,
+    pub user_id: String,
+    pub plugin: String,
+    pub model_version: u64,
+    /// Newest stored event id when it was served: the user's events after it are feedback.
+    pub after_event: i64,
+    pub at_ms: u64,
+}
+
+/// The group a user of a sticky experiment keeps while the bucket version stays the same.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StickyRow {
+    pub experiment_id: String,
+    pub user_id: String,
+    pub group_name: String,
+    pub bucket_version: u32,
+    pub assigned_at_ms: u64,
+}
+
+/// An exposure as results need it: whose, which group, from which event on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExposureKey {
+    pub id: i64,
+    pub user_id: String,
+    pub group_name: String,
+    pub after_event: i64,
+}
+
+/// One model update or retrain, as `GET /learning/history` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LearningRun {
+    pub update_id: u64,
+    /// `update` (a batch of new events) or `retrain` (from scratch over the training window).
+    pub kind: String,
+    /// What started it: `buffer_size`, `interval`, `manual`, `schedule`.
+    pub trigger: String,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    pub duration_ms: f64,
+    pub feedback_count: u64,
+    pub through_event: i64,
+    pub models_updated: u64,
+    /// Plugin name → what happened to it.
+    #[schema(value_type = Object)]
+    pub outcomes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The newest version a plugin has served, and the newest event that version learned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VersionRow {
+    pub version: u64,
+    pub through_event: i64,
+}
+
+/// What every storage engine does, in three parts (one file each per engine). Methods block
+/// the calling thread (see the module doc).
+pub trait Backend: EventLog + ModelRecord + ExperimentRecord + Send + Sync {
+    /// Which engine this is (`sqlite`, `postgres`), for `/health`.
+    fn engine(&self) -> &'static str;
+    /// The schema version this database has.
+    fn schema_version(&self) -> StoreResult<usize>;
+    /// This database's random identity, made on first use and kept for its life: model
+    /// versions count per database, so a cache shared by several servers (Redis) must tell
+    /// their entries apart by it.
+    fn store_id(&self) -> StoreResult<String>;
+    fn counts(&self) -> StoreResult<StoreCounts>;
+}
+
+/// The catalog, the users and the event log (`events.rs` of each engine).
+pub trait EventLog {
+    /// All items, by dense index.
+    fn items(&self) -> StoreResult<Vec<ItemRow>>;
+    /// All users' external IDs, by dense index.
+    fn users(&self) -> StoreResult<Vec<String>>;
+    /// Users registered with an index of `from` or more, by index.
+    fn users_from(&self, from: u32) -> StoreResult<Vec<(u32, String)>>;
+    /// Writes a whole dataset (items, users, events) in one transaction: all or nothing.
+    /// Items and users already present (same external ID) keep their index; item titles and
+    /// tags are updated. Returns the number of events added.
+    fn import(&self, batch: &ImportBatch) -> StoreResult<u64>;
+    /// Stores each request in its own savepoint of one transaction: all of a request or
+    /// none of it, whatever the others do. `known_user` maps the users the caller knows to
+    /// their indices; new users get the next dense index inside the transaction, so another
+    /// writer (an import, another node) never collides with it. Fails as a whole only if
+    /// the transaction cannot begin or commit.
+    fn append_requests(
+        &self,
+        requests: &[AppendRequest<'_>],
+        known_user: &dyn Fn(&str) -> Option<u32>,
+    ) -> StoreResult<Vec<AppendOutcome>>;
+    /// Forgets idempotency keys older than [`IDEMPOTENCY_KEY_TTL_SECS`].
+    fn expire_idempotency_keys(&self) -> StoreResult<usize>;
+    /// Id of the newest event, 0 when there are none.
+    fn last_event_id(&self) -> StoreResult<i64>;
+    /// Events with an id above `after`, oldest first.
+    fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>>;
+    /// How many events of the first `items` items have an id in `(after, before)`: the
+    /// events a plugin that learned through `after` still needs beyond the learning buffer,
+    /// which starts at `before` (`items`: the catalog the plugins serve; events of items
+    /// imported since start wait for a restart).
+    fn count_events_between(&self, after: i64, before: i64, items: u32) -> StoreResult<u64>;
+    /// The events of the first `items` items with an id in `(after, before)`, oldest first,
+    /// at most `limit` of them.
+    fn events_between(
+        &self,
+        after: i64,
+        before: i64,
+        items: u32,
+        limit: usize,
+    ) -> StoreResult<Vec<EventRow>>;
+    /// The training window of a retrain: events of the first `items` items up to id
+    /// `through_event`, no older than `since_timestamp` (Unix seconds, when given), of those
+    /// the newest `last_events` (when given), oldest first. The filters run in the database:
+    /// only the window is read.
+    fn training_window(
+        &self,
+        through_event: i64,
+        since_timestamp: Option<u64>,
+        last_events: Option<u64>,
+        items: u32,
+    ) -> StoreResult<Vec<EventRow>>;
+    /// Calls `visit(event id, external user ID, kind, value)` for every event with an id above
+    /// `after`, oldest first, without holding them all in memory.
+    fn for_each_event_after(
+        &self,
+        after: i64,
+        visit: &mut dyn FnMut(i64, &str, EventKind, f32),
+    ) -> StoreResult<()>;
+}
+
+/// Model snapshots and the learning record (`learning.rs` of each engine).
+pub trait ModelRecord {
+    /// The newest snapshot of `plugin`, if any.
+    fn latest_snapshot(&self, plugin: &str) -> StoreResult<Option<SnapshotRow>>;
+    /// Version of the newest stored snapshot of `plugin`, if any.
+    fn latest_snapshot_version(&self, plugin: &str) -> StoreResult<Option<u64>>;
+    /// Stores a snapshot and keeps only the newest `keep` of its plugin.
+    fn save_snapshot(&self, snapshot: &SnapshotRow, keep: u64) -> StoreResult<()>;
+    fn record_learning_run(&self, run: &LearningRun) -> StoreResult<()>;
+    /// The newest `limit` runs, newest first.
+    fn learning_runs(&self, limit: usize) -> StoreResult<Vec<LearningRun>>;
+    /// (number of runs, highest run id).
+    fn learning_run_counts(&self) -> StoreResult<(u64, u64)>;
+    /// Records the versions about to be served, in one transaction (never lowering one).
+    fn reserve_model_versions(&self, rows: &[(String, VersionRow)]) -> StoreResult<()>;
+    fn set_model_version(&self, plugin: &str, row: VersionRow) -> StoreResult<()> {
+        self.reserve_model_versions(&[(plugin.to_string(), row)])
+    }
+    fn model_versions(&self) -> StoreResult<HashMap<String, VersionRow>>;
+}
+
+/// Experiment records: exposures and sticky assignments (`experiments.rs` of each engine).
+pub trait ExperimentRecord {
+    /// Stores exposures and sticky assignments in one transaction.
+    fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()>;
+    /// Every stored sticky assignment.
+    fn sticky_assignments(&self) -> StoreResult<Vec<StickyRow>>;
+    /// Every exposure of `experiment_id`, oldest first.
+    fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>>;
+}
+
+/// An open database, whichever engine holds it.
+pub struct Store {
+    backend: Box<dyn Backend>,
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) `database` with full durability.
+    pub fn connect(database: &Database) -> StoreResult<Self> {
+        Self::connect_with(database, Durability::Full)
+    }
+
+    /// [`Store::connect`] with the durability this connection's writes need.
+    pub fn connect_with(database: &Database, durability: Durability) -> StoreResult<Self> {
+        let backend: Box<dyn Backend> = match database {
+            Database::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path, durability)?),
+            Database::Postgres(url) => Box::new(postgres::PostgresStore::open(url, durability)?),
+        };
+        Ok(Self { backend })
+    }
+
+    /// Opens the SQLite database at `path` (the embedded default; tests and tools).
+    pub fn open(path: &std::path::Path) -> StoreResult<Self> {
+        Self::connect(&Database::Sqlite(path.to_path_buf()))
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -495,126 +444,4 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn batch() -> ImportBatch {
-        let items = (1..=3)
-            .map(|i| ItemRow {
-                external_id: i.to_string(),
-                title: format!("Item {i}"),
-                tags: vec!["drama".into()],
-            })
-            .collect();
-        let events = vec![
-            ImportEvent {
-                user: "u1".into(),
-                item: "2".into(),
-                kind: EventKind::Rate,
-                value: 4.0,
-                timestamp: 10,
-            },
-            ImportEvent {
-                user: "u2".into(),
-                item: "3".into(),
-                kind: EventKind::Click,
-                value: 1.0,
-                timestamp: 11,
-            },
-            ImportEvent {
-                user: "u1".into(),
-                item: "3".into(),
-                kind: EventKind::View,
-                value: 1.0,
-                timestamp: 12,
-            },
-        ];
-        ImportBatch { items, events }
-    }
-
-    #[test]
-    fn import_assigns_dense_indices_and_is_idempotent_for_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        assert_eq!(store.import(&batch()).unwrap(), 3);
-        assert_eq!(store.import(&batch()).unwrap(), 3);
-        let items = store.items().unwrap();
-        assert_eq!(items.len(), 3);
-        assert_eq!(items[1].external_id, "2");
-        assert_eq!(
-            store.users().unwrap(),
-            vec!["u1".to_string(), "u2".to_string()]
-        );
-        let events = store.events_after(0).unwrap();
-        assert_eq!(events.len(), 6);
-        assert_eq!(
-            (events[0].user, events[0].item, events[0].kind),
-            (0, 1, EventKind::Rate)
-        );
-        assert_eq!(store.last_event_id().unwrap(), 6);
-        assert_eq!(store.events_after(5).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn import_of_an_event_for_an_unknown_item_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let mut bad = batch();
-        bad.events.push(ImportEvent {
-            user: "u9".into(),
-            item: "404".into(),
-            kind: EventKind::Click,
-            value: 1.0,
-            timestamp: 1,
-        });
-        assert!(store.import(&bad).is_err());
-        assert_eq!(store.counts().unwrap().items, 0);
-        assert_eq!(store.counts().unwrap().events, 0);
-    }
-
-    #[test]
-    fn snapshots_keep_the_newest_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        for version in 1..=5 {
-            let row = SnapshotRow {
-                plugin: "p".into(),
-                version,
-                created_at: 0,
-                fingerprint: "f".into(),
-                through_event: version as i64,
-                bytes: vec![version as u8],
-            };
-            store.save_snapshot(&row, 2).unwrap();
-        }
-        let latest = store.latest_snapshot("p").unwrap().unwrap();
-        assert_eq!((latest.version, latest.bytes.clone()), (5, vec![5]));
-        assert!(store.latest_snapshot("q").unwrap().is_none());
-    }
-
-    #[test]
-    fn the_store_id_is_made_once_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let first = Store::open(&path).unwrap().store_id().unwrap();
-        assert_eq!(first.len(), 32);
-        assert_eq!(Store::open(&path).unwrap().store_id().unwrap(), first);
-        let other = Store::open(&dir.path().join("other"))
-            .unwrap()
-            .store_id()
-            .unwrap();
-        assert_ne!(other, first);
-    }
-
-    #[test]
-    fn reopening_keeps_data_and_schema_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        Store::open(&path).unwrap().import(&batch()).unwrap();
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.counts().unwrap().events, 3);
-    }
 }

@@ -1,0 +1,117 @@
+//! Experiment records in PostgreSQL: exposures and sticky assignments.
+
+use super::{PostgresStore, to_i64};
+use crate::store::{ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult};
+
+impl ExperimentRecord for PostgresStore {
+    fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()> {
+        self.run(async |client| {
+            let transaction = client.transaction().await?;
+            if !exposures.is_empty() {
+                let column = |f: fn(&ExposureRow) -> &str| -> Vec<&str> {
+                    exposures.iter().map(f).collect()
+                };
+                let versions: Vec<i64> =
+                    exposures.iter().map(|e| to_i64(e.model_version)).collect();
+                let after: Vec<i64> = exposures.iter().map(|e| e.after_event).collect();
+                let at: Vec<i64> = exposures.iter().map(|e| to_i64(e.at_ms)).collect();
+                let statement = transaction
+                    .prepare_cached(
+                        "INSERT INTO exposures (experiment_id, group_name, user_id, plugin,
+                                                model_version, after_event, at_ms)
+                         SELECT x, g, u, p, v, a, m
+                         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                                              $5::int8[], $6::int8[], $7::int8[])
+                             WITH ORDINALITY AS t(x, g, u, p, v, a, m, n)
+                         ORDER BY n",
+                    )
+                    .await?;
+                transaction
+                    .execute(
+                        &statement,
+                        &[
+                            &column(|e| e.experiment_id.as_str()),
+                            &column(|e| e.group_name.as_str()),
+                            &column(|e| e.user_id.as_str()),
+                            &column(|e| e.plugin.as_str()),
+                            &versions,
+                            &after,
+                            &at,
+                        ],
+                    )
+                    .await?;
+            }
+            let upsert = transaction
+                .prepare_cached(
+                    "INSERT INTO sticky_assignments
+                         (experiment_id, user_id, group_name, bucket_version, assigned_at_ms)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (experiment_id, user_id) DO UPDATE SET
+                         group_name = excluded.group_name,
+                         bucket_version = excluded.bucket_version,
+                         assigned_at_ms = excluded.assigned_at_ms",
+                )
+                .await?;
+            for s in sticky {
+                transaction
+                    .execute(
+                        &upsert,
+                        &[
+                            &s.experiment_id,
+                            &s.user_id,
+                            &s.group_name,
+                            &i64::from(s.bucket_version),
+                            &to_i64(s.assigned_at_ms),
+                        ],
+                    )
+                    .await?;
+            }
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn sticky_assignments(&self) -> StoreResult<Vec<StickyRow>> {
+        self.run(async |client| {
+            let mut rows = Vec::new();
+            for row in client
+                .query(
+                    "SELECT experiment_id, user_id, group_name, bucket_version, assigned_at_ms
+                     FROM sticky_assignments",
+                    &[],
+                )
+                .await?
+            {
+                rows.push(StickyRow {
+                    experiment_id: row.try_get(0)?,
+                    user_id: row.try_get(1)?,
+                    group_name: row.try_get(2)?,
+                    bucket_version: u32::try_from(row.try_get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                    assigned_at_ms: row.try_get::<_, i64>(4)?.max(0) as u64,
+                });
+            }
+            Ok(rows)
+        })
+    }
+
+    fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>> {
+        self.run(async |client| {
+            let statement = client
+                .prepare_cached(
+                    "SELECT id, user_id, group_name, after_event FROM exposures
+                     WHERE experiment_id = $1 ORDER BY id",
+                )
+                .await?;
+            let mut rows = Vec::new();
+            for row in client.query(&statement, &[&experiment_id]).await? {
+                rows.push(ExposureKey {
+                    id: row.try_get(0)?,
+                    user_id: row.try_get(1)?,
+                    group_name: row.try_get(2)?,
+                    after_event: row.try_get(3)?,
+                });
+            }
+            Ok(rows)
+        })
+    }
+}

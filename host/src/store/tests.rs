@@ -1,0 +1,517 @@
+//! The store's test suite, run over both engines: every test below is one function of a
+//! [`TestDb`], instantiated once per engine by `over_both_engines!` (`store::tests::sqlite::*`
+//! and `store::tests::postgres::*`). PostgreSQL is a real server (`TestPostgres`), one per
+//! test process, with a fresh database per test.
+
+use super::*;
+
+/// A fresh, empty database of one engine; [`TestDb::open`] connects to it (again).
+pub(crate) struct TestDb {
+    database: Database,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub(crate) fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            database: Database::Sqlite(dir.path().join("db")),
+            _dir: Some(dir),
+        }
+    }
+
+    pub(crate) fn postgres() -> Self {
+        Self {
+            database: Database::Postgres(TestPostgres::shared().create_database()),
+            _dir: None,
+        }
+    }
+
+    /// A new connection (a second writer, or the server after a restart).
+    pub(crate) fn open(&self) -> Store {
+        Store::connect(&self.database).unwrap()
+    }
+
+    /// Another empty database of the same engine.
+    fn another(&self) -> Self {
+        match self.database {
+            Database::Sqlite(_) => Self::sqlite(),
+            Database::Postgres(_) => Self::postgres(),
+        }
+    }
+}
+
+/// A plain session on a test database, for tests that play another client (hold a row
+/// lock, leave a transaction open).
+struct RawSession {
+    client: tokio_postgres::Client,
+}
+
+impl RawSession {
+    fn connect(url: &str) -> Self {
+        crate::store::postgres::block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("the test server accepts connections");
+            tokio::spawn(connection);
+            Self { client }
+        })
+    }
+
+    /// Runs `sql` (one or more statements), panicking on error.
+    fn execute(&self, sql: &str) {
+        crate::store::postgres::block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
+}
+
+macro_rules! over_both_engines {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $test() { super::$test(&super::TestDb::sqlite()) })*
+        }
+        mod postgres {
+            $(#[test] fn $test() { super::$test(&super::TestDb::postgres()) })*
+        }
+    };
+}
+
+over_both_engines!(
+    import_assigns_dense_indices_and_is_idempotent_for_ids,
+    import_of_an_event_for_an_unknown_item_changes_nothing,
+    snapshots_keep_the_newest_versions,
+    the_store_id_is_made_once_and_kept,
+    reopening_keeps_data_and_schema_version,
+    registers_new_users_once_and_returns_ids_in_order,
+    one_failing_request_leaves_the_rest_of_its_group_stored,
+    users_registered_by_another_writer_are_found_and_never_collide,
+    an_idempotency_key_stores_once_and_refuses_another_request,
+    runs_come_back_newest_first_and_survive_reopening,
+    model_versions_only_move_forward,
+    exposures_and_sticky_assignments_round_trip,
+    the_event_log_reads_back_what_was_written,
+);
+
+fn batch() -> ImportBatch {
+    let items = (1..=3)
+        .map(|i| ItemRow {
+            external_id: i.to_string(),
+            title: format!("Item {i}"),
+            tags: vec!["drama".into()],
+        })
+        .collect();
+    let events = vec![
+        ImportEvent {
+            user: "u1".into(),
+            item: "2".into(),
+            kind: EventKind::Rate,
+            value: 4.0,
+            timestamp: 10,
+        },
+        ImportEvent {
+            user: "u2".into(),
+            item: "3".into(),
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp: 11,
+        },
+        ImportEvent {
+            user: "u1".into(),
+            item: "3".into(),
+            kind: EventKind::View,
+            value: 1.0,
+            timestamp: 12,
+        },
+    ];
+    ImportBatch { items, events }
+}
+
+fn import_assigns_dense_indices_and_is_idempotent_for_ids(db: &TestDb) {
+    let store = db.open();
+    assert_eq!(store.import(&batch()).unwrap(), 3);
+    assert_eq!(store.import(&batch()).unwrap(), 3);
+    let items = store.items().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[1].external_id, "2");
+    assert_eq!(
+        store.users().unwrap(),
+        vec!["u1".to_string(), "u2".to_string()]
+    );
+    let events = store.events_after(0).unwrap();
+    assert_eq!(events.len(), 6);
+    assert_eq!(
+        (events[0].user, events[0].item, events[0].kind),
+        (0, 1, EventKind::Rate)
+    );
+    assert_eq!(store.last_event_id().unwrap(), 6);
+    assert_eq!(store.events_after(5).unwrap().len(), 1);
+}
+
+fn import_of_an_event_for_an_unknown_item_changes_nothing(db: &TestDb) {
+    let store = db.open();
+    let mut bad = batch();
+    bad.events.push(ImportEvent {
+        user: "u9".into(),
+        item: "404".into(),
+        kind: EventKind::Click,
+        value: 1.0,
+        timestamp: 1,
+    });
+    assert!(store.import(&bad).is_err());
+    assert_eq!(store.counts().unwrap().items, 0);
+    assert_eq!(store.counts().unwrap().events, 0);
+}
+
+fn snapshots_keep_the_newest_versions(db: &TestDb) {
+    let store = db.open();
+    for version in 1..=5 {
+        let row = SnapshotRow {
+            plugin: "p".into(),
+            version,
+            created_at: 0,
+            fingerprint: "f".into(),
+            through_event: version as i64,
+            bytes: vec![version as u8],
+        };
+        store.save_snapshot(&row, 2).unwrap();
+    }
+    let latest = store.latest_snapshot("p").unwrap().unwrap();
+    assert_eq!((latest.version, latest.bytes.clone()), (5, vec![5]));
+    assert!(store.latest_snapshot("q").unwrap().is_none());
+}
+
+fn the_store_id_is_made_once_and_kept(db: &TestDb) {
+    let first = db.open().store_id().unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(db.open().store_id().unwrap(), first);
+    let other = db.another().open().store_id().unwrap();
+    assert_ne!(other, first);
+}
+
+fn reopening_keeps_data_and_schema_version(db: &TestDb) {
+    db.open().import(&batch()).unwrap();
+    let store = db.open();
+    assert_eq!(store.counts().unwrap().events, 3);
+    assert!(store.schema_version().unwrap() >= 1);
+}
+
+fn store_with_items(db: &TestDb) -> Store {
+    let store = db.open();
+    let items = (0..3)
+        .map(|i| ItemRow {
+            external_id: i.to_string(),
+            title: format!("Item {i}"),
+            tags: vec![],
+        })
+        .collect();
+    store
+        .import(&ImportBatch {
+            items,
+            events: vec![],
+        })
+        .unwrap();
+    store
+}
+
+fn event(user: &str, item: u32) -> NewEvent {
+    NewEvent {
+        user: user.into(),
+        item,
+        kind: EventKind::Click,
+        value: 1.0,
+        timestamp: 5,
+    }
+}
+
+fn request(events: &[NewEvent]) -> AppendRequest<'_> {
+    AppendRequest {
+        events,
+        idempotency: None,
+    }
+}
+
+fn stored(outcome: &AppendOutcome) -> &[EventRow] {
+    match outcome {
+        AppendOutcome::Stored(rows) => rows,
+        other => panic!("not stored: {other:?}"),
+    }
+}
+
+fn registers_new_users_once_and_returns_ids_in_order(db: &TestDb) {
+    let store = store_with_items(db);
+    let first = store
+        .append_requests(&[request(&[event("old", 0)])], &|_| None)
+        .unwrap();
+    assert_eq!(stored(&first[0])[0].user, 0);
+    let known = |id: &str| (id == "old").then_some(0);
+    let events = [event("new", 1), event("old", 2), event("new", 0)];
+    let appended = store.append_requests(&[request(&events)], &known).unwrap();
+    let rows = stored(&appended[0]);
+    assert_eq!(
+        rows.iter().map(|r| r.user).collect::<Vec<_>>(),
+        vec![1, 0, 1]
+    );
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(store.events_after(1).unwrap(), rows);
+    assert_eq!(store.users_from(1).unwrap(), vec![(1, "new".to_string())]);
+}
+
+fn one_failing_request_leaves_the_rest_of_its_group_stored(db: &TestDb) {
+    let store = store_with_items(db);
+    // Item 9 does not exist: the foreign key fails that request, and only that one.
+    let good = [event("a", 1)];
+    let bad = [event("b", 1), event("b", 9)];
+    let also_good = [event("c", 2)];
+    let outcomes = store
+        .append_requests(
+            &[request(&good), request(&bad), request(&also_good)],
+            &|_| None,
+        )
+        .unwrap();
+    assert!(
+        matches!(outcomes[1], AppendOutcome::Failed(_)),
+        "{outcomes:?}"
+    );
+    assert_eq!(stored(&outcomes[0])[0].user, 0);
+    // "b" was rolled back with its request: "c" takes the next index.
+    assert_eq!(stored(&outcomes[2])[0].user, 1);
+    assert_eq!(store.counts().unwrap().events, 2);
+    assert_eq!(store.counts().unwrap().users, 2);
+}
+
+fn users_registered_by_another_writer_are_found_and_never_collide(db: &TestDb) {
+    let store = store_with_items(db);
+    store
+        .append_requests(&[request(&[event("live-1", 0)])], &|_| None)
+        .unwrap();
+    // `recohost import` into the same database, while the server runs.
+    let other = db.open();
+    other
+        .import(&ImportBatch {
+            items: vec![],
+            events: vec![ImportEvent {
+                user: "imported".into(),
+                item: "1".into(),
+                kind: EventKind::Click,
+                value: 1.0,
+                timestamp: 1,
+            }],
+        })
+        .unwrap();
+    // The server's view knows only "live-1" (index 0).
+    let known = |id: &str| (id == "live-1").then_some(0);
+    let events = [event("imported", 2), event("live-2", 2)];
+    let outcomes = store.append_requests(&[request(&events)], &known).unwrap();
+    let users: Vec<u32> = stored(&outcomes[0]).iter().map(|r| r.user).collect();
+    assert_eq!(users, vec![1, 2]);
+    assert_eq!(
+        store.users_from(1).unwrap(),
+        vec![(1, "imported".to_string()), (2, "live-2".to_string())]
+    );
+}
+
+fn an_idempotency_key_stores_once_and_refuses_another_request(db: &TestDb) {
+    let store = store_with_items(db);
+    let events = [event("a", 1), event("a", 2)];
+    let keyed = |hash| AppendRequest {
+        events: &events,
+        idempotency: Some(("key-1", hash)),
+    };
+    // The same key twice in one group, then again later.
+    let outcomes = store
+        .append_requests(&[keyed("h"), keyed("h")], &|_| None)
+        .unwrap();
+    let first_id = stored(&outcomes[0])[0].id;
+    assert_eq!(
+        outcomes[1],
+        AppendOutcome::Replayed {
+            first_event_id: first_id,
+            stored: 2
+        }
+    );
+    let again = store.append_requests(&[keyed("h")], &|_| None).unwrap();
+    assert!(matches!(again[0], AppendOutcome::Replayed { .. }));
+    let other = store.append_requests(&[keyed("other")], &|_| None).unwrap();
+    assert_eq!(other[0], AppendOutcome::KeyReused);
+    assert_eq!(store.counts().unwrap().events, 2);
+    assert_eq!(store.expire_idempotency_keys().unwrap(), 0);
+}
+
+fn run(id: u64) -> LearningRun {
+    let mut outcomes = serde_json::Map::new();
+    outcomes.insert("p".into(), serde_json::json!({"status": "updated"}));
+    LearningRun {
+        update_id: id,
+        kind: "update".into(),
+        trigger: "manual".into(),
+        started_at_ms: 1_000 + id,
+        duration_ms: 2.5,
+        feedback_count: 10,
+        through_event: 42,
+        models_updated: 1,
+        outcomes,
+    }
+}
+
+fn runs_come_back_newest_first_and_survive_reopening(db: &TestDb) {
+    {
+        let store = db.open();
+        for id in 1..=3 {
+            store.record_learning_run(&run(id)).unwrap();
+        }
+    }
+    let store = db.open();
+    let runs = store.learning_runs(2).unwrap();
+    assert_eq!(runs, vec![run(3), run(2)]);
+    assert_eq!(store.learning_run_counts().unwrap(), (3, 3));
+}
+
+fn model_versions_only_move_forward(db: &TestDb) {
+    let store = db.open();
+    let row = |version, through_event| VersionRow {
+        version,
+        through_event,
+    };
+    store.set_model_version("p", row(3, 30)).unwrap();
+    store.set_model_version("p", row(2, 20)).unwrap();
+    assert_eq!(store.model_versions().unwrap()["p"], row(3, 30));
+    store.set_model_version("p", row(4, 40)).unwrap();
+    assert_eq!(store.model_versions().unwrap()["p"], row(4, 40));
+}
+
+fn exposure(user: &str, group: &str) -> ExposureRow {
+    ExposureRow {
+        experiment_id: "e".into(),
+        group_name: group.into(),
+        user_id: user.into(),
+        plugin: "p".into(),
+        model_version: 1,
+        after_event: 0,
+        at_ms: 1,
+    }
+}
+
+fn exposures_and_sticky_assignments_round_trip(db: &TestDb) {
+    let store = db.open();
+    let sticky = |group: &str, version| StickyRow {
+        experiment_id: "e".into(),
+        user_id: "u1".into(),
+        group_name: group.into(),
+        bucket_version: version,
+        assigned_at_ms: 5,
+    };
+    store
+        .append_exposures(
+            &[
+                exposure("u1", "a"),
+                exposure("u1", "a"),
+                exposure("u2", "b"),
+            ],
+            &[sticky("a", 1)],
+        )
+        .unwrap();
+    store.append_exposures(&[], &[sticky("b", 2)]).unwrap();
+    assert_eq!(store.sticky_assignments().unwrap(), vec![sticky("b", 2)]);
+    let exposures = store.exposures_of("e").unwrap();
+    assert_eq!(
+        exposures
+            .iter()
+            .map(|e| (e.user_id.as_str(), e.group_name.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("u1", "a"), ("u1", "a"), ("u2", "b")]
+    );
+    assert!(store.exposures_of("other").unwrap().is_empty());
+}
+
+fn the_event_log_reads_back_what_was_written(db: &TestDb) {
+    let store = store_with_items(db);
+    let events: Vec<NewEvent> = (0..50)
+        .map(|i| event(&format!("u{}", i % 7), i % 3))
+        .collect();
+    let outcomes = store
+        .append_requests(&[request(&events[..20]), request(&events[20..])], &|_| None)
+        .unwrap();
+    let rows: Vec<EventRow> = outcomes.iter().flat_map(|o| stored(o).to_vec()).collect();
+    assert_eq!(store.events_after(0).unwrap(), rows);
+    assert_eq!(store.last_event_id().unwrap(), rows[49].id);
+    let (after, before) = (rows[9].id, rows[40].id);
+    assert_eq!(store.count_events_between(after, before, 3).unwrap(), 30);
+    assert_eq!(store.count_events_between(after, before, 1).unwrap(), 10);
+    assert_eq!(
+        store.events_between(after, before, 3, 5).unwrap(),
+        rows[10..15].to_vec()
+    );
+    assert_eq!(
+        store
+            .training_window(rows[29].id, None, Some(4), 3)
+            .unwrap(),
+        rows[26..30].to_vec()
+    );
+    assert_eq!(
+        store
+            .training_window(rows[29].id, Some(6), None, 3)
+            .unwrap(),
+        Vec::new()
+    );
+    let mut visited = Vec::new();
+    store
+        .for_each_event_after(rows[44].id, &mut |id, user, kind, _| {
+            visited.push((id, user.to_string(), kind))
+        })
+        .unwrap();
+    let expected: Vec<_> = rows[45..]
+        .iter()
+        .zip(&events[45..])
+        .map(|(row, event)| (row.id, event.user.clone(), row.kind))
+        .collect();
+    assert_eq!(visited, expected);
+    assert_eq!(store.users().unwrap().len(), 7);
+}
+
+/// PostgreSQL hands out sequence values in another order than transactions commit. A reader
+/// that has seen id N must never later find a committed event at or below N: here a slow
+/// transaction (held up by a row lock, the way a busy disk or a GC pause would hold it)
+/// draws an id first, a fast one commits meanwhile, and the reader reads in between.
+#[test]
+fn a_slow_concurrent_append_is_never_skipped_by_a_reader() {
+    let db = TestDb::postgres();
+    let store = std::sync::Arc::new(store_with_items(&db));
+    let Database::Postgres(url) = &db.database else {
+        unreachable!()
+    };
+    // Another session locks item 1's row: the foreign-key check of an event of item 1
+    // waits for it, after the event has drawn its id.
+    // Both users exist already, so that nothing but the event log orders the two appends.
+    store
+        .append_requests(&[request(&[event("slow", 0), event("fast", 0)])], &|_| None)
+        .unwrap();
+    let known = |user: &str| match user {
+        "slow" => Some(0),
+        "fast" => Some(1),
+        _ => None,
+    };
+    let first = store.last_event_id().unwrap();
+    let blocker = RawSession::connect(url);
+    blocker.execute("BEGIN; SELECT * FROM items WHERE idx = 1 FOR UPDATE");
+    let slow = {
+        let store = store.clone();
+        std::thread::spawn(move || store.append_requests(&[request(&[event("slow", 1)])], &known))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let fast = {
+        let store = store.clone();
+        std::thread::spawn(move || store.append_requests(&[request(&[event("fast", 2)])], &known))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let seen = store.events_after(first).unwrap();
+    let position = seen.last().map_or(first, |row| row.id);
+    blocker.execute("ROLLBACK");
+    slow.join().unwrap().unwrap();
+    fast.join().unwrap().unwrap();
+    let later = store.events_after(position).unwrap();
+    assert_eq!(
+        seen.len() + later.len(),
+        2,
+        "a reader at position {position} missed an event: first {seen:?}, then {later:?}"
+    );
+}
