@@ -29,6 +29,7 @@ use recohost_e2e::{Server, config_text, fixture};
 use serde_json::{Value, json};
 
 #[path = "wrk.rs"]
+#[allow(dead_code)] // shared by the load test binaries; each uses part of it
 mod wrk;
 use wrk::{COUNT_STATUSES_LUA, RECOMMEND_LUA, wrk};
 

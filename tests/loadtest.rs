@@ -30,37 +30,7 @@ use recohost_e2e::{Server, config_text};
 #[allow(dead_code)] // shared by the load test binaries; each uses part of it
 mod wrk;
 use serde_json::{Value, json};
-use wrk::{DURATION, ITEMS, RECOMMEND_LUA, USERS, wrk};
-
-const EVENTS_LUA: &str = r#"
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local kinds = {"click", "view", "purchase"}
-request = function()
-  local body = string.format('{"user_id":%d,"item_id":%d,"event_type":"%s"}',
-    math.random(1, USERS), math.random(1, ITEMS), kinds[math.random(1, 3)])
-  return wrk.format(nil, "/events", nil, body)
-end
-"#;
-
-const BATCH_LUA: &str = r#"
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local bodies = {}
-for b = 1, 16 do
-  local events = {}
-  for i = 1, 1000 do
-    events[i] = string.format('{"user_id":%d,"item_id":%d,"event_type":"view"}',
-      math.random(1, USERS), math.random(1, ITEMS))
-  end
-  bodies[b] = '{"events":[' .. table.concat(events, ",") .. ']}'
-end
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format(nil, "/events/batch", nil, bodies[(n % 16) + 1])
-end
-"#;
+use wrk::{BATCH_LUA, DURATION, EVENTS_LUA, ITEMS, RECOMMEND_LUA, USERS, wrk};
 
 const HEALTH_LUA: &str = r#"
 wrk.method = "GET"

@@ -22,6 +22,38 @@ request = function()
 end
 "#;
 
+/// `POST /events`, one random demo event per request.
+pub const EVENTS_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local kinds = {"click", "view", "purchase"}
+request = function()
+  local body = string.format('{"user_id":%d,"item_id":%d,"event_type":"%s"}',
+    math.random(1, USERS), math.random(1, ITEMS), kinds[math.random(1, 3)])
+  return wrk.format(nil, "/events", nil, body)
+end
+"#;
+
+/// `POST /events/batch`, 1,000 random demo events per request.
+pub const BATCH_LUA: &str = r#"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {}
+for b = 1, 16 do
+  local events = {}
+  for i = 1, 1000 do
+    events[i] = string.format('{"user_id":%d,"item_id":%d,"event_type":"view"}',
+      math.random(1, USERS), math.random(1, ITEMS))
+  end
+  bodies[b] = '{"events":[' .. table.concat(events, ",") .. ']}'
+end
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/events/batch", nil, bodies[(n % 16) + 1])
+end
+"#;
+
 /// Prepend to a script to count responses by status (200, 503, and 503s carrying
 /// `Retry-After`) into the report. Costs wrk some speed, so only scripts that need it do.
 pub const COUNT_STATUSES_LUA: &str = r#"

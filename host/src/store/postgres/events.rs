@@ -95,11 +95,9 @@ impl EventLog for PostgresStore {
             let transaction = client.transaction().await?;
             lock_event_log(&transaction).await?;
             let items = upsert_items(&transaction, &batch.items).await?;
-            let mut next_user = next_user_index(&transaction).await?;
             let users = resolve_users(
                 &transaction,
                 batch.events.iter().map(|event| event.user.as_str()),
-                &mut next_user,
             )
             .await?;
             // Items the batch does not carry must already be stored.
@@ -154,43 +152,36 @@ impl EventLog for PostgresStore {
     ) -> StoreResult<Vec<AppendOutcome>> {
         block_on(async {
             let mut client = self.pool.get().await.map_err(pool_error)?;
-            let mut transaction = client.transaction().await?;
+            // The whole group as one batch: about four round trips whatever its size.
+            let transaction = client.transaction().await?;
             lock_event_log(&transaction).await?;
-            let mut next_user = next_user_index(&transaction).await?;
-            // The whole group as one batch; on failure, request by request.
-            let savepoint = transaction.savepoint("whole_group").await?;
-            let mut next = next_user;
-            let outcomes = match append_batch(&savepoint, requests, known_user, &mut next).await {
+            match append_batch(&transaction, requests, known_user).await {
                 Ok(outcomes) => {
-                    savepoint.commit().await?;
-                    next_user = next;
-                    outcomes
+                    transaction.commit().await?;
+                    return Ok(outcomes);
                 }
                 Err(error) if error.is_unavailable() => return Err(error),
-                Err(_) => {
-                    savepoint.rollback().await?;
-                    let mut outcomes = Vec::with_capacity(requests.len());
-                    for request in requests {
-                        let savepoint = transaction.savepoint("one_request").await?;
-                        let mut next = next_user;
-                        let single = std::slice::from_ref(request);
-                        match append_batch(&savepoint, single, known_user, &mut next).await {
-                            Ok(mut outcome) => {
-                                savepoint.commit().await?;
-                                next_user = next;
-                                outcomes.push(outcome.remove(0));
-                            }
-                            Err(error) if error.is_unavailable() => return Err(error),
-                            Err(error) => {
-                                savepoint.rollback().await?;
-                                outcomes.push(AppendOutcome::Failed(error.to_string()));
-                            }
-                        }
+                Err(_) => transaction.rollback().await?,
+            }
+            // Some request failed the batch: again, each request in a savepoint of its own.
+            let mut transaction = client.transaction().await?;
+            lock_event_log(&transaction).await?;
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                let savepoint = transaction.savepoint("one_request").await?;
+                let single = std::slice::from_ref(request);
+                match append_batch(&savepoint, single, known_user).await {
+                    Ok(mut outcome) => {
+                        savepoint.commit().await?;
+                        outcomes.push(outcome.remove(0));
                     }
-                    outcomes
+                    Err(error) if error.is_unavailable() => return Err(error),
+                    Err(error) => {
+                        savepoint.rollback().await?;
+                        outcomes.push(AppendOutcome::Failed(error.to_string()));
+                    }
                 }
-            };
-            let _ = next_user;
+            }
             transaction.commit().await?;
             Ok(outcomes)
         })
@@ -330,13 +321,6 @@ async fn lock_event_log(transaction: &Transaction<'_>) -> StoreResult<()> {
     Ok(())
 }
 
-/// The index the next new user gets (under the event-log lock).
-async fn next_user_index(transaction: &Transaction<'_>) -> StoreResult<i32> {
-    let row = transaction
-        .query_one("SELECT COALESCE(MAX(idx) + 1, 0) FROM users", &[])
-        .await?;
-    Ok(row.try_get(0)?)
-}
 
 /// Writes one batch of requests: their idempotency keys, new users and events, in a few
 /// statements whatever their number.
@@ -344,7 +328,6 @@ async fn append_batch(
     transaction: &Transaction<'_>,
     requests: &[AppendRequest<'_>],
     known_user: &dyn Fn(&str) -> Option<u32>,
-    next_user: &mut i32,
 ) -> StoreResult<Vec<AppendOutcome>> {
     // Requests whose key was seen, in an earlier commit or earlier in this batch.
     enum Plan {
@@ -410,7 +393,7 @@ async fn append_batch(
         .flat_map(|request| request.events.iter())
         .map(|event| event.user.as_str())
         .filter(|user| known_user(user).is_none());
-    let resolved = resolve_users(transaction, unknown, next_user).await?;
+    let resolved = resolve_users(transaction, unknown).await?;
     let mut columns = EventColumns::default();
     for event in to_store().flat_map(|request| request.events.iter()) {
         let user = match known_user(&event.user) {
@@ -488,11 +471,11 @@ async fn append_batch(
 }
 
 /// The indices of `users` (external IDs, repeats allowed): those stored are looked up, the
-/// others registered with the next indices, in order of first appearance.
+/// others registered with the next indices (after the highest stored: the caller holds the
+/// event-log lock), in order of first appearance.
 async fn resolve_users<'a>(
     transaction: &Transaction<'_>,
     users: impl Iterator<Item = &'a str>,
-    next_user: &mut i32,
 ) -> StoreResult<HashMap<&'a str, i32>> {
     let mut order = Vec::new();
     let mut indices = HashMap::new();
@@ -514,13 +497,22 @@ async fn resolve_users<'a>(
         }
     }
     let (mut new_indices, mut new_ids) = (Vec::new(), Vec::new());
+    let mut next_user: Option<i32> = None;
     for user in order {
         let index = indices.get_mut(user).expect("every user is in the map");
         if *index < 0 {
-            *index = *next_user;
-            *next_user = next_user
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt("user indices exhausted".into()))?;
+            let next = match next_user {
+                Some(next) => next,
+                None => transaction
+                    .query_one("SELECT COALESCE(MAX(idx) + 1, 0) FROM users", &[])
+                    .await?
+                    .try_get(0)?,
+            };
+            *index = next;
+            next_user = Some(
+                next.checked_add(1)
+                    .ok_or_else(|| StoreError::Corrupt("user indices exhausted".into()))?,
+            );
             new_indices.push(*index);
             new_ids.push(user);
         }
