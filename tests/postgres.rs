@@ -280,10 +280,20 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
     let postgres = TestPostgres::shared();
     let temp = tempfile::tempdir().unwrap();
     let data_dir = temp.path().join("data");
-    // A SQLite deployment with a history of its own: new users, keyed events, an update.
+    // A SQLite deployment with a history of its own: new users, a keyed event, an update,
+    // the shipped experiment's exposures.
+    let experiments = format!(
+        "experiments_dir = {:?}\n",
+        recohost_e2e::workspace_root()
+            .join("experiments")
+            .display()
+            .to_string()
+    );
     let server = Server::start_in(
         &data_dir,
-        &config_text("[learning]\nsnapshot_interval_secs = 0\n"),
+        &config_text(&format!(
+            "{experiments}[learning]\nsnapshot_interval_secs = 0\n"
+        )),
     )
     .unwrap();
     for item in 1..=8 {
@@ -293,11 +303,8 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
         );
         assert_eq!(response.status(), 200);
     }
-    let (status, body) = server.post(
-        "/events",
-        &json!({"user_id": "keyed", "item_id": 5, "event_type": "view"}),
-    );
-    assert_eq!(status, 200, "{body}");
+    let (status, first_receipt) = server_post_keyed(&server.base, "move-1");
+    assert_eq!(status, 200, "{first_receipt}");
     let (status, answer) = server.post_as("/learning/trigger-update", None);
     assert_eq!(status, 202, "{answer}");
     server.wait_for("/learning/stats", Duration::from_secs(60), |stats| {
@@ -306,6 +313,8 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
     let users = ["1", "2", "17", "300", "mover", "keyed", "never-seen"];
     let before = answers(&server, &users);
     let health_before = server.get("/health").1;
+    // Exposures are written behind the answers: wait until they are.
+    std::thread::sleep(Duration::from_secs(1));
     server.kill();
 
     let url = postgres.create_database();
@@ -338,6 +347,14 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
             "{table}"
         );
     }
+    assert!(
+        count(postgres, database, "SELECT COUNT(*) FROM exposures") > 0,
+        "the test meant to copy exposures"
+    );
+    assert_eq!(
+        count(postgres, database, "SELECT COUNT(*) FROM idempotency_keys"),
+        1
+    );
     // Again into the same, no longer empty, database: refused, nothing added.
     let again = migrate();
     assert!(!again.status.success());
@@ -348,14 +365,22 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
     );
 
     // Served from PostgreSQL: the same counts, models and answers.
-    let server = Server::start_in(&data_dir, &config(&url)).unwrap();
+    let server = Server::start_in(
+        &data_dir,
+        &config_text(&format!("{experiments}database_url = {url:?}\n")),
+    )
+    .unwrap();
     let health_after = server.get("/health").1;
     for key in ["items", "users", "events"] {
         assert_eq!(health_after[key], health_before[key], "{key}");
     }
     assert_eq!(health_after["database"], "postgres");
     assert_eq!(answers(&server, &users), before);
-    // New events continue the copied ids.
+    // A retry of the keyed event is recognised, and new events continue the copied ids.
+    let (status, replay) = server_post_keyed(&server.base, "move-1");
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["replayed"], true, "{replay}");
+    assert_eq!(replay["event_id"], first_receipt["event_id"]);
     let (status, receipt) = server.post(
         "/events",
         &json!({"user_id": "mover", "item_id": 99, "event_type": "click"}),
@@ -365,4 +390,15 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
         .query_row("SELECT MAX(id) FROM events", [], |row| row.get(0))
         .unwrap();
     assert_eq!(receipt["event_id"].as_i64(), Some(newest + 1), "{receipt}");
+}
+
+/// `POST /events` of the keyed test event with `Idempotency-Key: key`.
+fn server_post_keyed(base: &str, key: &str) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{base}/events"))
+        .header("Idempotency-Key", key)
+        .json(&json!({"user_id": "keyed", "item_id": 5, "event_type": "view"}))
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.json().unwrap())
 }

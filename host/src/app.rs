@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::catalog::{Catalog, Users, to_feedback};
+use crate::cluster::Node;
 use crate::config::{Config, LearningConfig, PluginDeclaration};
 use crate::events::EventWriter;
 use crate::experiments::Experiments;
@@ -15,7 +16,7 @@ use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
 use crate::plugins::{LivePlugins, ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
 use crate::recommend::Recommender;
-use crate::store::{Store, VersionRow, unix_now};
+use crate::store::{Store, unix_now};
 
 /// Snapshots kept per plugin; older ones are deleted.
 pub const SNAPSHOTS_KEPT: u64 = 5;
@@ -26,6 +27,8 @@ pub struct App {
     pub store: Arc<Store>,
     /// The database's schema version when it was opened (`/health`).
     pub schema_version: usize,
+    /// This node: its id, role, and whether it is its cluster's learner.
+    pub node: Arc<Node>,
     pub catalog: Arc<Catalog>,
     pub users: Arc<RwLock<Users>>,
     pub plugins: Arc<LivePlugins>,
@@ -66,13 +69,19 @@ impl App {
         if store.counts()?.items == 0 && config.demo_data {
             let started = Instant::now();
             let batch = crate::import::demo::generate(&crate::import::demo::DemoSize::default());
-            store.import(&batch).context("cannot store the demo data")?;
-            tracing::info!(
-                items = batch.items.len(),
-                events = batch.events.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "empty database: generated demo data"
-            );
+            // `seed`: another node starting on the same empty database may get there first.
+            if store
+                .seed(&batch)
+                .context("cannot store the demo data")?
+                .is_some()
+            {
+                tracing::info!(
+                    items = batch.items.len(),
+                    events = batch.events.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "empty database: generated demo data"
+                );
+            }
         }
         let catalog = Arc::new(Catalog::new(store.items()?));
         let events = store.events_after(0)?;
@@ -85,14 +94,12 @@ impl App {
 
         let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?;
         let registry = load_plugins(&config, &engine, &catalog)?;
-        let versions = store.model_versions()?;
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let tasks: Vec<_> = registry
                 .iter()
                 .map(|plugin| {
-                    let highest = versions.get(plugin.name()).map(|v| v.version).unwrap_or(0);
                     let (store, learning) = (&store, &config.learning);
-                    scope.spawn(move || restore_or_train(plugin, store, learning, highest))
+                    scope.spawn(move || restore_or_train(plugin, store, learning))
                 })
                 .collect();
             for task in tasks {
@@ -117,14 +124,34 @@ impl App {
             );
         }
         let plugins = Arc::new(LivePlugins::new(registry));
-        let learning = Arc::new(Learning::new(
+        let node_id = config
+            .cluster
+            .node_id
+            .clone()
+            .unwrap_or_else(crate::cluster::default_node_id);
+        let node = Arc::new(match database {
+            crate::store::Database::Postgres(_) => Node::clustered(node_id, config.cluster.role),
+            crate::store::Database::Sqlite(_) => Node::single(node_id),
+        });
+        let mut learning = Learning::new(
             config.learning.clone(),
             store.clone(),
             plugins.clone(),
             u32::try_from(catalog.len()).unwrap_or(u32::MAX),
             unlearned,
             events.len() as u64,
-        )?);
+        )?;
+        if let crate::store::Database::Postgres(_) = database {
+            learning = learning.in_cluster(node.learner.clone());
+        }
+        let learning = Arc::new(learning);
+        node.start(
+            store.clone(),
+            learning.clone(),
+            plugins.clone(),
+            std::time::Duration::from_secs(config.cluster.lease_secs),
+        )
+        .context("cannot start the cluster thread")?;
         drop(events);
         let events = EventWriter::start(
             &database,
@@ -171,6 +198,7 @@ impl App {
             config,
             store,
             schema_version,
+            node,
             catalog,
             users,
             plugins,
@@ -239,11 +267,9 @@ pub(crate) fn restore_or_train(
     plugin: &PluginRuntime,
     store: &Store,
     config: &LearningConfig,
-    highest_version: u64,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let latest = store.latest_snapshot(plugin.name())?;
-    let next_version = highest_version.max(latest.as_ref().map(|s| s.version).unwrap_or(0)) + 1;
     if let Some(snapshot) = latest.filter(|s| s.fingerprint == plugin.fingerprint()) {
         let model = ModelVersion {
             version: snapshot.version,
@@ -271,19 +297,13 @@ pub(crate) fn restore_or_train(
     let (window, through_event) = crate::learning::training_window(store, config, items)?;
     let feedback: Vec<_> = window.iter().map(to_feedback).collect();
     let bytes = plugin.train(&feedback)?;
+    let next_version = store.allocate_model_versions(&[plugin.name()], through_event)?[0];
     plugin.install(ModelVersion {
         version: next_version,
         snapshot: Arc::new(bytes),
         created_at: unix_now(),
         through_event,
     })?;
-    store.set_model_version(
-        plugin.name(),
-        VersionRow {
-            version: next_version,
-            through_event,
-        },
-    )?;
     save_snapshot(store, plugin)?;
     tracing::info!(
         plugin = plugin.name(),

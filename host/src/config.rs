@@ -42,6 +42,11 @@
 //! failed_update_backoff_secs = 10        # a plugin whose update failed waits this long, doubled
 //! max_failed_update_backoff_secs = 600   # after each failure in a row, up to this
 //!
+//! [cluster]                      # with database_url: nodes sharing the database
+//! lease_secs = 10                # the learner's lease; another node takes over within it
+//! role = "all"                   # RECOHOST_ROLE, --role; all | serve (never the learner)
+//! node_id = "node-a"             # RECOHOST_NODE_ID; default: host name and process id
+//!
 //! [[plugins]]
 //! name = "popularity"
 //! path = "dist/plugins/popularity.wasm"   # relative to this file
@@ -83,10 +88,33 @@ pub struct Config {
     pub events: EventsConfig,
     pub cache: CacheConfig,
     pub learning: LearningConfig,
+    pub cluster: ClusterConfig,
     pub plugins: Vec<PluginDeclaration>,
     /// The file this was read from; its `[[plugins]]` are re-read on reload.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[cluster]`: this node among the others sharing its PostgreSQL database (ignored on
+/// SQLite, where the one node is always the learner).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// How long the learner's lease lasts without renewal: the longest a cluster goes
+    /// without a learner when it dies.
+    pub lease_secs: u64,
+    pub role: crate::cluster::Role,
+    pub node_id: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: 10,
+            role: crate::cluster::Role::All,
+            node_id: None,
+        }
+    }
 }
 
 /// `[http]`: how much load the server takes before it sheds.
@@ -228,6 +256,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             cache: CacheConfig::default(),
             learning: LearningConfig::default(),
+            cluster: ClusterConfig::default(),
             plugins: Vec::new(),
             source: None,
         }
@@ -304,6 +333,16 @@ impl Config {
         if let Some(url) = lookup("RECOHOST_DATABASE_URL") {
             self.database_url = Some(url);
         }
+        if let Some(role) = lookup("RECOHOST_ROLE") {
+            self.cluster.role = match role.as_str() {
+                "all" => crate::cluster::Role::All,
+                "serve" => crate::cluster::Role::Serve,
+                other => bail!("RECOHOST_ROLE must be all or serve, not {other:?}"),
+            };
+        }
+        if let Some(id) = lookup("RECOHOST_NODE_ID") {
+            self.cluster.node_id = Some(id);
+        }
         if let Some(model) = lookup("RECOHOST_DEFAULT_MODEL") {
             self.default_model = model;
         }
@@ -346,6 +385,9 @@ impl Config {
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             bail!("database_url must be a postgres:// URL (unset it to use SQLite in data_dir)");
+        }
+        if !(1..=3600).contains(&self.cluster.lease_secs) {
+            bail!("[cluster] lease_secs must be between 1 and 3600");
         }
         let mut names = std::collections::HashSet::new();
         for plugin in &self.plugins {

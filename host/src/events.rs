@@ -166,9 +166,11 @@ pub struct EventWriter {
 const MIN_QUEUE_EVENTS: usize = 100_000;
 /// Most events stored by one transaction.
 const MAX_GROUP_EVENTS: usize = 50_000;
-/// How often an idle writer looks for events and users another process stored (`recohost
-/// import` into a running server's database).
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How often an idle writer looks for events and users another process stored (another node
+/// of a cluster, `recohost import` into a running server's database): an event accepted by
+/// any node changes what this one recommends within about this long. A look is one indexed
+/// `MAX(id)` query.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// How often expired idempotency keys are deleted.
 const KEY_EXPIRY_INTERVAL: Duration = Duration::from_secs(3_600);
 /// Events of another writer taken in at once (each page under a short write lock on the view).
@@ -438,6 +440,12 @@ impl Writer {
                 tracing::error!(%error, events = group.iter().map(|j| j.events.len()).sum::<usize>(), "cannot store events");
                 let unavailable = error.is_unavailable();
                 let error = error.to_string();
+                if unavailable {
+                    // Those queued behind this group would meet the same: tell them now.
+                    while let Ok(job) = jobs.try_recv() {
+                        group.push(job);
+                    }
+                }
                 for job in group {
                     let _ = job.reply.send(Err(if unavailable {
                         AppendError::Unavailable(error.clone())

@@ -24,6 +24,7 @@ pub mod api;
 pub mod app;
 pub mod cache;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod eval;

@@ -36,6 +36,10 @@ enum Command {
         /// config and RECOHOST_DATABASE_URL.
         #[arg(long)]
         database_url: Option<String>,
+        /// In a cluster: `all` (serve, and stand for election as the learner) or `serve`
+        /// (serve only). Overrides the config and RECOHOST_ROLE.
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
         /// Address to listen on, e.g. 127.0.0.1:8080. Overrides the config.
         #[arg(long)]
         bind: Option<String>,
@@ -182,6 +186,12 @@ enum Format {
     Movielens,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    All,
+    Serve,
+}
+
 fn load_config(
     path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -221,10 +231,16 @@ fn main() -> anyhow::Result<()> {
             config,
             data_dir,
             database_url,
+            role,
             bind,
             experiments,
         } => {
             let mut config = load_config(config, data_dir, database_url)?;
+            match role {
+                Some(RoleArg::All) => config.cluster.role = recohost::cluster::Role::All,
+                Some(RoleArg::Serve) => config.cluster.role = recohost::cluster::Role::Serve,
+                None => {}
+            }
             if let Some(bind) = bind {
                 config.bind = bind;
             }
@@ -545,6 +561,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // A clean stop stores every model, so the next start has nothing to catch up on.
         let learning = app.learning.clone();
         tokio::task::spawn_blocking(move || learning.save_snapshots()).await?;
+        // Then, in a cluster, hand the learning over at once instead of after the lease.
+        let (node, store) = (app.node.clone(), app.store.clone());
+        tokio::task::spawn_blocking(move || node.resign(&store)).await?;
         let experiments = app.experiments.clone();
         tokio::task::spawn_blocking(move || experiments.flush()).await?;
         tracing::info!("models saved; bye");

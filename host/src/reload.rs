@@ -148,11 +148,9 @@ impl App {
                     format!("plugin {:?}: cannot load its serving model", plugin.name())
                 })?,
                 None => {
-                    let version = self.learning.reserve_version(plugin.name())?;
-                    restore_or_train(&plugin, &self.store, &self.config.learning, version - 1)
-                        .with_context(|| {
-                            format!("plugin {:?}: cannot train a model", plugin.name())
-                        })?;
+                    restore_or_train(&plugin, &self.store, &self.config.learning).with_context(
+                        || format!("plugin {:?}: cannot train a model", plugin.name()),
+                    )?;
                 }
             }
             // A replaced plugin starts afresh: its predecessor's failed updates are not its.

@@ -73,6 +73,7 @@ pub async fn history(
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "Scheduled", body = JobAnswer),
+        (status = 409, description = "This node is not its cluster's learner: ask the node /health names as learner", body = JobAnswer),
         (status = 200, description = "Nothing to learn", body = JobAnswer),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "No admin token configured on a public address", body = ErrorBody),
@@ -89,6 +90,7 @@ pub async fn trigger_update(
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "Scheduled", body = JobAnswer),
+        (status = 409, description = "This node is not its cluster's learner: ask the node /health names as learner", body = JobAnswer),
         (status = 200, description = "Nothing to learn", body = JobAnswer),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "No admin token configured on a public address", body = ErrorBody),
@@ -105,6 +107,7 @@ fn answer(scheduled: Scheduled) -> (StatusCode, Json<JobAnswer>) {
         Scheduled::New(id) => (StatusCode::ACCEPTED, "scheduled", Some(id), None),
         Scheduled::Already(id) => (StatusCode::ACCEPTED, "already_scheduled", Some(id), None),
         Scheduled::NothingToLearn => (StatusCode::OK, "nothing_to_learn", None, Some(0)),
+        Scheduled::NotLearner => (StatusCode::CONFLICT, "not_the_learner", None, None),
     };
     (
         status,

@@ -27,12 +27,16 @@ pub struct HealthResponse {
     event_writer: WriterReport,
     /// The database engine (`sqlite` or `postgres`) and its schema version.
     database: &'static str,
+    /// This node: id, role, and whether it is its cluster's learner.
+    node: crate::cluster::NodeReport,
     schema_version: usize,
     version: &'static str,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct PluginsResponse {
+    /// The node answering: each node serves the versions it has installed.
+    node: crate::cluster::NodeReport,
     default_model: String,
     plugins: Vec<PluginStatus>,
     reload: PluginReloadStatus,
@@ -75,6 +79,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             .report(state.recommender.cache.backend()),
         event_writer: writer.report(),
         database: state.store.engine(),
+        node: state.node.report(),
         schema_version: state.schema_version,
         version: env!("CARGO_PKG_VERSION"),
     });
@@ -85,6 +90,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
 #[utoipa::path(get, path = "/plugins", tag = "system", responses((status = 200, body = PluginsResponse)))]
 pub async fn plugins(State(state): State<AppState>) -> Json<PluginsResponse> {
     Json(PluginsResponse {
+        node: state.node.report(),
         default_model: state.recommender.default_model().to_string(),
         plugins: state.plugins.current().iter().map(|p| p.status()).collect(),
         reload: state.plugin_reload_status(),

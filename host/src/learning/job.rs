@@ -17,6 +17,11 @@ impl Learning {
     /// Runs `job` to the end and records it. Each plugin switches serving to its new version
     /// as soon as it is ready; a plugin that fails keeps its previous version.
     pub(super) fn run(&self, job: Job) {
+        if !self.is_learner() {
+            // The lease was lost between scheduling and now: another node learns these.
+            self.finish(job, None);
+            return;
+        }
         let started = Instant::now();
         let started_at_ms = unix_now_ms();
         // The plugins serving when the run starts; one added meanwhile learns next time.
@@ -29,29 +34,31 @@ impl Learning {
                 return;
             }
         };
-        // Version numbers are reserved durably before any model is served under them, so a
-        // crash at any point cannot make a number serve two different models. A plugin that
-        // ends up unchanged leaves its number unused.
-        let reserved: Vec<(String, VersionRow)> = {
-            let mut state = self.lock();
-            plugins
+        // Version numbers are handed out by the database before any model is served under
+        // them: no crash, and no other node, can make a number serve two different models.
+        // A plugin that ends up unchanged leaves its number unused.
+        let names: Vec<&str> = plugins.iter().map(|plugin| plugin.name()).collect();
+        let reserved: Vec<(String, VersionRow)> = match self
+            .store
+            .allocate_model_versions(&names, through_event)
+        {
+            Ok(versions) => names
                 .iter()
-                .map(|plugin| {
-                    let highest = state.versions.entry(plugin.name().to_string()).or_insert(0);
-                    *highest += 1;
+                .zip(versions)
+                .map(|(name, version)| {
                     let row = VersionRow {
-                        version: *highest,
+                        version,
                         through_event,
                     };
-                    (plugin.name().to_string(), row)
+                    (name.to_string(), row)
                 })
-                .collect()
+                .collect(),
+            Err(error) => {
+                tracing::error!(update_id = job.id, %error, "cannot reserve model versions; skipping the run");
+                self.finish(job, None);
+                return;
+            }
         };
-        if let Err(error) = self.store.reserve_model_versions(&reserved) {
-            tracing::error!(update_id = job.id, %error, "cannot reserve model versions; skipping the run");
-            self.finish(job, None);
-            return;
-        }
         // Plugins learn one after another, on this one thread: an update then takes at most
         // one core from serving. Learning them in parallel made updates ~40% shorter but
         // doubled their effect on `/recommend` tail latency (docs/benchmarks.md).
@@ -97,7 +104,7 @@ impl Learning {
         if let Err(error) = self.store.record_learning_run(&run) {
             tracing::error!(%error, "cannot record the learning run");
         }
-        self.save_snapshots_if_due(job.kind == JobKind::Retrain);
+        self.save_snapshots_if_due(job.kind == JobKind::Retrain || self.publish_each_version);
         tracing::info!(
             update_id = run.update_id,
             kind = %run.kind,

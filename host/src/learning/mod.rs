@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use buffer::Buffer;
 
+use crate::cluster::Learner;
 use crate::config::LearningConfig;
 use crate::plugins::LivePlugins;
 use crate::store::{EventRow, LearningRun, Store, StoreResult};
@@ -63,6 +64,8 @@ pub enum Trigger {
     Schedule,
     /// A plugin whose update failed is due to be tried again.
     Retry,
+    /// This node became the learner: it learns what the previous one had not.
+    Takeover,
 }
 
 impl Trigger {
@@ -73,6 +76,7 @@ impl Trigger {
             Self::Manual => "manual",
             Self::Schedule => "schedule",
             Self::Retry => "retry",
+            Self::Takeover => "takeover",
         }
     }
 }
@@ -104,6 +108,8 @@ pub enum Scheduled {
     Already(u64),
     /// An update was asked for but no event waits to be learned.
     NothingToLearn,
+    /// This node is not the learner of its cluster: ask the one that is.
+    NotLearner,
 }
 
 struct State {
@@ -129,8 +135,6 @@ struct State {
     waiting_since: Option<Instant>,
     last_retrain: Instant,
     last_snapshot: Instant,
-    /// Highest model version handed out per plugin: versions never repeat.
-    versions: HashMap<String, u64>,
     /// Plugins whose last updates failed, by name.
     failing: HashMap<String, Failing>,
 }
@@ -170,6 +174,10 @@ pub struct Learning {
     plugins: Arc<LivePlugins>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
+    /// Whether this node learns now (always, unless it is one node of a cluster).
+    learner: Arc<Learner>,
+    /// Cluster mode: every new version is stored at once, for the other nodes to install.
+    publish_each_version: bool,
 }
 
 /// `GET /learning/stats`, answered from memory.
@@ -242,16 +250,11 @@ impl Learning {
     ) -> StoreResult<Self> {
         let (runs, highest_id) = store.learning_run_counts()?;
         let last_run = store.learning_runs(1)?.into_iter().next();
-        let versions = store
-            .model_versions()?
-            .into_iter()
-            .map(|(plugin, row)| (plugin, row.version))
-            .collect::<HashMap<_, _>>();
         let now = Instant::now();
         let newest = store.last_event_id()?;
         let mut buffer = Buffer::new(config.max_lag());
         buffer.push(unlearned);
-        let mut state = State {
+        let state = State {
             buffer,
             waiting: unlearned.len(),
             unlearned: unlearned.len() as u64,
@@ -266,16 +269,8 @@ impl Learning {
             waiting_since: (!unlearned.is_empty()).then_some(now),
             last_retrain: now,
             last_snapshot: now,
-            versions,
             failing: HashMap::new(),
         };
-        // Include the versions of models restored or trained at start-up.
-        for plugin in plugins.current().iter() {
-            if let Some(model) = plugin.model() {
-                let highest = state.versions.entry(plugin.name().to_string()).or_insert(0);
-                *highest = (*highest).max(model.version);
-            }
-        }
         let learning = Self {
             config,
             items,
@@ -283,6 +278,8 @@ impl Learning {
             plugins,
             state: Mutex::new(state),
             wake: tokio::sync::Notify::new(),
+            learner: Arc::new(Learner::always()),
+            publish_each_version: false,
         };
         let mut state = learning.lock();
         if state.waiting >= learning.config.update_buffer_size {
@@ -293,25 +290,52 @@ impl Learning {
         Ok(learning)
     }
 
-    /// Hands out the next model version of `plugin` for a model made outside a learning run
-    /// (a plugin added or replaced while the server runs), durably, like a run does.
-    pub fn reserve_version(&self, plugin: &str) -> StoreResult<u64> {
-        // Numbered under the lock, written after it: the event writer and `/learning/stats`
-        // take this lock, and the write may wait for another process's write lock.
-        let version = {
-            let mut state = self.lock();
-            let highest = state.versions.entry(plugin.to_string()).or_insert(0);
-            *highest += 1;
-            *highest
-        };
-        self.store.reserve_model_versions(&[(
-            plugin.to_string(),
-            crate::store::VersionRow {
-                version,
-                through_event: 0,
-            },
-        )])?;
-        Ok(version)
+    /// Makes this the learning of one node of a cluster: it learns only while `learner`
+    /// says so, and stores every new model version at once for the other nodes.
+    pub fn in_cluster(mut self, learner: Arc<Learner>) -> Self {
+        self.learner = learner;
+        self.publish_each_version = true;
+        self
+    }
+
+    pub(crate) fn is_learner(&self) -> bool {
+        self.learner.is_learner()
+    }
+
+    /// This node has just become the learner: continue the numbering of learning runs where
+    /// the last learner left it, and learn what the models (just installed from the store)
+    /// have not.
+    pub fn take_over(&self) {
+        let counts = self.store.learning_run_counts();
+        let last_run = self.store.learning_runs(1);
+        let behind = self
+            .plugins
+            .current()
+            .iter()
+            .map(|plugin| plugin.model().map_or(i64::MAX, |model| model.through_event))
+            .min();
+        let mut state = self.lock();
+        match counts {
+            Ok((runs, highest)) => {
+                state.next_job_id = state.next_job_id.max(highest + 1);
+                state.runs = runs;
+                // A job asked for before this node learned (at its start) gets a number
+                // after every run the other learners recorded.
+                let next = state.next_job_id;
+                if let Some(pending) = state.pending.as_mut() {
+                    pending.id = next;
+                    state.next_job_id += 1;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the learning record"),
+        }
+        if let Ok(Some(run)) = last_run.map(|runs| runs.into_iter().next()) {
+            state.last_run = Some(run);
+        }
+        if behind.is_some_and(|through| through < state.newest) {
+            state.schedule(JobKind::Update, Trigger::Takeover);
+            self.wake.notify_one();
+        }
     }
 
     /// Forgets the failed updates of `plugin` (it was replaced: the new one starts afresh).
@@ -342,6 +366,7 @@ impl Learning {
         let mut scheduled = None;
         if should_update
             && state.pending.is_none()
+            && self.learner.is_learner()
             && let Scheduled::New(id) = state.schedule(JobKind::Update, Trigger::BufferSize)
         {
             scheduled = Some(id);
@@ -357,6 +382,9 @@ impl Learning {
 
     /// Asks for a job (an operator's request or the schedule).
     pub fn request(&self, kind: JobKind, trigger: Trigger) -> Scheduled {
+        if !self.learner.is_learner() {
+            return Scheduled::NotLearner;
+        }
         let mut state = self.lock();
         if kind == JobKind::Update && state.unlearned == 0 {
             return Scheduled::NothingToLearn;

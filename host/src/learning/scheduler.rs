@@ -22,12 +22,16 @@ impl Learning {
             }
         };
         loop {
-            let job = {
+            // Only the learner runs jobs; on other nodes of a cluster they wait (none are
+            // asked for there) until this node is elected.
+            let job = if self.is_learner() {
                 let mut state = self.lock();
                 self.check_timers(&mut state);
                 let job = state.pending.take();
                 state.running = job;
                 job
+            } else {
+                None
             };
             match job {
                 Some(job) => {

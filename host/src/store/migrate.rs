@@ -225,7 +225,10 @@ pub fn sqlite_to_postgres(
     }
     let source = SqliteStore::open(sqlite, Durability::Full)?;
     let target = PostgresStore::open(url, Durability::Full)?;
-    let connection = source.lock();
+    let mut guard = source.lock();
+    // One read transaction for the counts and every table: a consistent copy even if a
+    // server is still writing (which it should not be: stop it first).
+    let connection = guard.transaction()?;
     let mut counts = Vec::with_capacity(TABLES.len());
     for table in TABLES {
         let count: i64 =
@@ -313,6 +316,7 @@ pub fn sqlite_to_postgres(
         transaction.commit().await?;
         Ok(())
     })?;
+    drop(connection);
     Ok(counts)
 }
 

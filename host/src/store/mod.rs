@@ -81,7 +81,7 @@ impl StoreError {
 pub enum Database {
     /// An SQLite file (created if missing).
     Sqlite(PathBuf),
-    /// A PostgreSQL connection string (`postgres://user@host:port/dbname`, or key=value).
+    /// A PostgreSQL URL (`postgres://user:password@host:port/dbname?param=value`).
     Postgres(String),
 }
 
@@ -291,7 +291,7 @@ pub struct VersionRow {
 
 /// What every storage engine does, in three parts (one file each per engine). Methods block
 /// the calling thread (see the module doc).
-pub trait Backend: EventLog + ModelRecord + ExperimentRecord + Send + Sync {
+pub trait Backend: EventLog + ModelRecord + ExperimentRecord + Leases + Send + Sync {
     /// Which engine this is (`sqlite`, `postgres`), for `/health`.
     fn engine(&self) -> &'static str;
     /// The schema version this database has.
@@ -314,7 +314,17 @@ pub trait EventLog {
     /// Writes a whole dataset (items, users, events) in one transaction: all or nothing.
     /// Items and users already present (same external ID) keep their index; item titles and
     /// tags are updated. Returns the number of events added.
-    fn import(&self, batch: &ImportBatch) -> StoreResult<u64>;
+    fn import(&self, batch: &ImportBatch) -> StoreResult<u64> {
+        Ok(self.import_if(batch, false)?.unwrap_or(0))
+    }
+    /// [`EventLog::import`] into a database without items only (`None` otherwise), decided
+    /// inside the import's transaction: nodes starting together on an empty database seed
+    /// the demo data once.
+    fn seed(&self, batch: &ImportBatch) -> StoreResult<Option<u64>> {
+        self.import_if(batch, true)
+    }
+    /// [`EventLog::import`], or nothing if `only_into_empty` and the database has items.
+    fn import_if(&self, batch: &ImportBatch, only_into_empty: bool) -> StoreResult<Option<u64>>;
     /// Stores each request in its own savepoint of one transaction: all of a request or
     /// none of it, whatever the others do. `known_user` maps the users the caller knows to
     /// their indices; new users get the next dense index inside the transaction, so another
@@ -378,11 +388,17 @@ pub trait ModelRecord {
     fn learning_runs(&self, limit: usize) -> StoreResult<Vec<LearningRun>>;
     /// (number of runs, highest run id).
     fn learning_run_counts(&self) -> StoreResult<(u64, u64)>;
-    /// Records the versions about to be served, in one transaction (never lowering one).
-    fn reserve_model_versions(&self, rows: &[(String, VersionRow)]) -> StoreResult<()>;
-    fn set_model_version(&self, plugin: &str, row: VersionRow) -> StoreResult<()> {
-        self.reserve_model_versions(&[(plugin.to_string(), row)])
-    }
+    /// Hands out the next model version of each of `plugins` (their highest ever plus one),
+    /// recording it with `through_event`, in one transaction. The database counts, not the
+    /// caller: two nodes (a learner that lost its lease and the one that took it, or nodes
+    /// training at the same start) never get the same number, and a crash at any point
+    /// cannot make a number serve two different models. A number handed out but never used
+    /// stays unused.
+    fn allocate_model_versions(
+        &self,
+        plugins: &[&str],
+        through_event: i64,
+    ) -> StoreResult<Vec<u64>>;
     fn model_versions(&self) -> StoreResult<HashMap<String, VersionRow>>;
 }
 
@@ -394,6 +410,28 @@ pub trait ExperimentRecord {
     fn sticky_assignments(&self) -> StoreResult<Vec<StickyRow>>;
     /// Every exposure of `experiment_id`, oldest first.
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>>;
+}
+
+/// Leases: which node holds a role (the learner) until when, by the database's clock, so
+/// that nodes whose clocks disagree still agree on who holds it (`leases.rs` of each engine).
+pub trait Leases {
+    /// Takes the lease `name` for `holder` for `duration_ms`, or renews it if `holder` has
+    /// it. Returns the lease's term (raised by one whenever the holder changes), or `None`
+    /// when another holder's lease has not expired.
+    fn acquire_lease(&self, name: &str, holder: &str, duration_ms: u64)
+    -> StoreResult<Option<u64>>;
+    /// Gives the lease up at once, if `holder` has it (another node may take it right away).
+    fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+    /// Who holds the lease, its term, and for how many more milliseconds (0: expired).
+    fn lease(&self, name: &str) -> StoreResult<Option<LeaseRow>>;
+}
+
+/// A lease as [`Leases::lease`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub holder: String,
+    pub term: u64,
+    pub remaining_ms: u64,
 }
 
 /// An open database, whichever engine holds it.

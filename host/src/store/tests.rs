@@ -87,9 +87,11 @@ over_both_engines!(
     users_registered_by_another_writer_are_found_and_never_collide,
     an_idempotency_key_stores_once_and_refuses_another_request,
     runs_come_back_newest_first_and_survive_reopening,
-    model_versions_only_move_forward,
+    model_versions_are_never_handed_out_twice,
     exposures_and_sticky_assignments_round_trip,
     the_event_log_reads_back_what_was_written,
+    a_lease_has_one_holder_until_it_expires_or_is_released,
+    seeding_fills_an_empty_database_once,
 );
 
 fn batch() -> ImportBatch {
@@ -366,17 +368,37 @@ fn runs_come_back_newest_first_and_survive_reopening(db: &TestDb) {
     assert_eq!(store.learning_run_counts().unwrap(), (3, 3));
 }
 
-fn model_versions_only_move_forward(db: &TestDb) {
-    let store = db.open();
-    let row = |version, through_event| VersionRow {
-        version,
-        through_event,
-    };
-    store.set_model_version("p", row(3, 30)).unwrap();
-    store.set_model_version("p", row(2, 20)).unwrap();
-    assert_eq!(store.model_versions().unwrap()["p"], row(3, 30));
-    store.set_model_version("p", row(4, 40)).unwrap();
-    assert_eq!(store.model_versions().unwrap()["p"], row(4, 40));
+fn model_versions_are_never_handed_out_twice(db: &TestDb) {
+    assert_eq!(
+        db.open().allocate_model_versions(&["p", "q"], 7).unwrap(),
+        vec![1, 1]
+    );
+    // Four writers on connections of their own, at once.
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = db.open();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|i| store.allocate_model_versions(&["p"], i).unwrap()[0])
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = writers
+        .into_iter()
+        .flat_map(|writer| writer.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (2..=101).collect::<Vec<u64>>());
+    let versions = db.open().model_versions().unwrap();
+    assert_eq!(versions["p"].version, 101);
+    assert_eq!(
+        versions["q"],
+        VersionRow {
+            version: 1,
+            through_event: 7
+        }
+    );
 }
 
 fn exposure(user: &str, group: &str) -> ExposureRow {
@@ -514,4 +536,70 @@ fn a_slow_concurrent_append_is_never_skipped_by_a_reader() {
         2,
         "a reader at position {position} missed an event: first {seen:?}, then {later:?}"
     );
+}
+
+fn a_lease_has_one_holder_until_it_expires_or_is_released(db: &TestDb) {
+    let (a, b) = (db.open(), db.open());
+    assert_eq!(a.lease("learner").unwrap(), None);
+    assert_eq!(a.acquire_lease("learner", "a", 60_000).unwrap(), Some(1));
+    // Renewed by its holder: the same term.
+    assert_eq!(a.acquire_lease("learner", "a", 60_000).unwrap(), Some(1));
+    assert_eq!(b.acquire_lease("learner", "b", 60_000).unwrap(), None);
+    let held = b.lease("learner").unwrap().unwrap();
+    assert_eq!((held.holder.as_str(), held.term), ("a", 1));
+    assert!(held.remaining_ms > 50_000, "{held:?}");
+    // Only its holder can give it up; then the next holder gets the next term.
+    b.release_lease("learner", "b").unwrap();
+    assert_eq!(b.acquire_lease("learner", "b", 60_000).unwrap(), None);
+    a.release_lease("learner", "a").unwrap();
+    assert_eq!(b.acquire_lease("learner", "b", 60_000).unwrap(), Some(2));
+    // Left to expire: taken over once the database's clock passes it.
+    assert_eq!(b.acquire_lease("learner", "b", 200).unwrap(), Some(2));
+    assert_eq!(a.acquire_lease("learner", "a", 60_000).unwrap(), None);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(b.lease("learner").unwrap().unwrap().remaining_ms, 0);
+    assert_eq!(a.acquire_lease("learner", "a", 60_000).unwrap(), Some(3));
+    // Leases of other names are their own.
+    assert_eq!(b.acquire_lease("other", "b", 60_000).unwrap(), Some(1));
+}
+
+fn seeding_fills_an_empty_database_once(db: &TestDb) {
+    let seeders: Vec<_> = (0..3)
+        .map(|_| {
+            let store = db.open();
+            std::thread::spawn(move || store.seed(&batch()).unwrap())
+        })
+        .collect();
+    let seeded: Vec<Option<u64>> = seeders.into_iter().map(|s| s.join().unwrap()).collect();
+    assert_eq!(
+        seeded.iter().filter(|s| s.is_some()).count(),
+        1,
+        "{seeded:?}"
+    );
+    assert_eq!(db.open().counts().unwrap().events, 3);
+}
+
+/// An import (or another node's commit) holding the event log past `lock_timeout` makes an
+/// append fail as busy, which the event writer retries while its clients wait, instead of
+/// waiting without end or failing the request for good.
+#[test]
+fn an_append_behind_a_long_held_event_log_lock_fails_as_busy() {
+    let db = TestDb::postgres();
+    let store = store_with_items(&db);
+    let Database::Postgres(url) = &db.database else {
+        unreachable!()
+    };
+    let importer = RawSession::connect(url);
+    importer.execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({})",
+        crate::store::postgres::lock_keys::EVENT_LOG
+    ));
+    let error = store
+        .append_requests(&[request(&[event("waiting", 1)])], &|_| None)
+        .unwrap_err();
+    assert!(error.is_busy(), "{error}");
+    importer.execute("ROLLBACK");
+    store
+        .append_requests(&[request(&[event("waiting", 1)])], &|_| None)
+        .unwrap();
 }

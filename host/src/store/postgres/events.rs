@@ -8,9 +8,11 @@
 //! only after the previous one is visible, so "every event with an id above N" never skips
 //! one. The lock also makes "the next user index" (`MAX(idx) + 1`) safe across nodes, which
 //! dense user indices need anyway. It serializes appends cluster-wide, but each holder is a
-//! whole group commit of many requests written in a handful of round trips, so the lock is
-//! held for a few milliseconds per batch (docs/architecture.md weighs this against reading
-//! below a commit horizon, and docs/benchmarks.md measures it).
+//! whole group commit of many requests written in a handful of round trips, so an append
+//! holds it for a few milliseconds (docs/architecture.md weighs this against reading below a
+//! commit horizon, and docs/benchmarks.md measures it). An import or `migrate` holds it for
+//! its whole run, as SQLite's write lock does: appends wait (`lock_timeout`, then the writer
+//! retries for as long as their clients wait).
 //!
 //! **Group commit.** A group of clients' requests is first written as one batch (a few
 //! statements whatever its size). If that fails, the batch is rolled back and each request
@@ -90,10 +92,19 @@ impl EventLog for PostgresStore {
         })
     }
 
-    fn import(&self, batch: &ImportBatch) -> StoreResult<u64> {
+    fn import_if(&self, batch: &ImportBatch, only_into_empty: bool) -> StoreResult<Option<u64>> {
         self.run(async |client| {
             let transaction = client.transaction().await?;
             lock_event_log(&transaction).await?;
+            if only_into_empty {
+                let items: i64 = transaction
+                    .query_one("SELECT COUNT(*) FROM items", &[])
+                    .await?
+                    .try_get(0)?;
+                if items > 0 {
+                    return Ok(None);
+                }
+            }
             let items = upsert_items(&transaction, &batch.items).await?;
             let users = resolve_users(
                 &transaction,
@@ -141,7 +152,7 @@ impl EventLog for PostgresStore {
             }
             rows.insert(&transaction, false).await?;
             transaction.commit().await?;
-            Ok(batch.events.len() as u64)
+            Ok(Some(batch.events.len() as u64))
         })
     }
 
@@ -160,7 +171,8 @@ impl EventLog for PostgresStore {
                     transaction.commit().await?;
                     return Ok(outcomes);
                 }
-                Err(error) if error.is_unavailable() => return Err(error),
+                // Gone, or a lock held past the timeout: the writer tries the group again.
+                Err(error) if error.is_unavailable() || error.is_busy() => return Err(error),
                 Err(_) => transaction.rollback().await?,
             }
             // Some request failed the batch: again, each request in a savepoint of its own.
@@ -175,7 +187,7 @@ impl EventLog for PostgresStore {
                         savepoint.commit().await?;
                         outcomes.push(outcome.remove(0));
                     }
-                    Err(error) if error.is_unavailable() => return Err(error),
+                    Err(error) if error.is_unavailable() || error.is_busy() => return Err(error),
                     Err(error) => {
                         savepoint.rollback().await?;
                         outcomes.push(AppendOutcome::Failed(error.to_string()));
@@ -320,7 +332,6 @@ async fn lock_event_log(transaction: &Transaction<'_>) -> StoreResult<()> {
         .await?;
     Ok(())
 }
-
 
 /// Writes one batch of requests: their idempotency keys, new users and events, in a few
 /// statements whatever their number.
@@ -541,7 +552,11 @@ async fn upsert_items<'a>(
     if items.is_empty() {
         return Ok(indices);
     }
-    let ids: Vec<&str> = items.iter().map(|item| item.external_id.as_str()).collect();
+    let by_id: HashMap<&str, &'a ItemRow> = items
+        .iter()
+        .map(|item| (item.external_id.as_str(), item))
+        .collect();
+    let ids: Vec<&str> = by_id.keys().copied().collect();
     for row in transaction
         .query(
             "SELECT external_id, idx FROM items WHERE external_id = ANY($1)",
@@ -549,8 +564,8 @@ async fn upsert_items<'a>(
         )
         .await?
     {
-        let external_id: String = row.try_get(0)?;
-        if let Some(item) = items.iter().find(|item| item.external_id == external_id) {
+        let external_id: &str = row.try_get(0)?;
+        if let Some(item) = by_id.get(external_id) {
             indices.insert(item.external_id.as_str(), row.try_get::<_, i32>(1)?);
         }
     }

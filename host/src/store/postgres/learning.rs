@@ -145,31 +145,32 @@ impl ModelRecord for PostgresStore {
         })
     }
 
-    fn reserve_model_versions(&self, rows: &[(String, VersionRow)]) -> StoreResult<()> {
+    fn allocate_model_versions(
+        &self,
+        plugins: &[&str],
+        through_event: i64,
+    ) -> StoreResult<Vec<u64>> {
         self.run(async |client| {
             let transaction = client.transaction().await?;
             let statement = transaction
                 .prepare_cached(
-                    // Never lowers a version: a node that lost the learner lease cannot undo
-                    // the reservations of the one that took it.
                     "INSERT INTO model_versions (plugin, version, through_event, updated_at)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (plugin) DO UPDATE SET version = excluded.version,
+                     VALUES ($1, 1, $2, $3)
+                     ON CONFLICT (plugin) DO UPDATE SET version = model_versions.version + 1,
                          through_event = excluded.through_event, updated_at = excluded.updated_at
-                     WHERE excluded.version > model_versions.version",
+                     RETURNING version",
                 )
                 .await?;
             let now = crate::store::unix_now() as i64;
-            for (plugin, row) in rows {
-                transaction
-                    .execute(
-                        &statement,
-                        &[plugin, &to_i64(row.version), &row.through_event, &now],
-                    )
+            let mut versions = Vec::with_capacity(plugins.len());
+            for plugin in plugins {
+                let row = transaction
+                    .query_one(&statement, &[plugin, &through_event, &now])
                     .await?;
+                versions.push(row.try_get::<_, i64>(0)?.max(0) as u64);
             }
             transaction.commit().await?;
-            Ok(())
+            Ok(versions)
         })
     }
 

@@ -91,6 +91,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
     "#,
+    // 2: leases (SQLite's 7).
+    r#"
+    CREATE TABLE leases (
+        name          TEXT PRIMARY KEY,
+        holder        TEXT NOT NULL,
+        term          BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to the newest version; refuses a database newer than this build.

@@ -13,6 +13,7 @@
 mod events;
 mod experiments;
 mod learning;
+mod leases;
 mod migrations;
 #[cfg(test)]
 pub(super) mod test_server;
@@ -33,6 +34,9 @@ use super::{Backend, Durability, EventKind, EventRow, StoreCounts, StoreError, S
 const POOL_SIZE: usize = 4;
 /// How long a call waits for a connection before the database counts as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement waits for a lock (another node's group commit, an import) before it
+/// fails as busy; SQLite's busy timeout is the same.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Transaction-scoped advisory lock keys (`pg_advisory_xact_lock`): one namespace for
 /// recohost ("reco" in ASCII in the high bits), one key per thing serialized.
@@ -57,12 +61,29 @@ impl PostgresStore {
             .map_err(|e| StoreError::Unavailable(format!("invalid database_url: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("recohost");
-        if durability == Durability::Relaxed {
-            // A commit returns before its WAL is flushed: safe from a crash of recohost, and
-            // PostgreSQL's own crash loses at most the last fraction of a second of these
-            // writes, never makes them inconsistent.
-            config.options("-c synchronous_commit=off");
-        }
+        // A server that vanishes without closing the connection (host crash, partition) is
+        // noticed within seconds, not at the kernel's TCP timeout a quarter of an hour later.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(10));
+        // What the code relies on, whatever the server's or role's defaults say: read
+        // committed (each statement sees the commits before it, so `MAX(idx) + 1` read after
+        // the event-log lock is current), and a lock wait that ends (then `is_busy`: the
+        // event writer waits on, dropping requests whose clients gave up). A commit is
+        // flushed before it returns, except on relaxed connections (exposures), where
+        // PostgreSQL's own crash may lose the last fraction of a second of writes, never
+        // leave them inconsistent.
+        let synchronous_commit = match durability {
+            Durability::Full => "on",
+            Durability::Relaxed => "off",
+        };
+        config.options(format!(
+            "-c synchronous_commit={synchronous_commit} \
+             -c default_transaction_isolation=read\\ committed -c lock_timeout={}",
+            LOCK_TIMEOUT.as_millis()
+        ));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -153,12 +174,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// Runs `future` to completion on this thread, inside the store runtime's context (so the
-/// pool's timers and new connections' tasks land there). Unlike `Runtime::block_on`, this
-/// may be called from any thread, a tokio worker's included (where it blocks that worker,
-/// as an SQLite call would).
+/// pool's timers and new connections' tasks land there). For threads of the caller's own
+/// (the event writer, learning, `spawn_blocking`), never for async code: on a tokio worker
+/// it would block that worker for as long as the database takes. `unconstrained`: tokio's
+/// cooperative budget would otherwise defer a wake-up to a scheduler this thread never
+/// returns to.
 pub(super) fn block_on<F: Future>(future: F) -> F::Output {
     let _context = runtime().enter();
-    futures_executor::block_on(future)
+    futures_executor::block_on(tokio::task::unconstrained(future))
 }
 
 fn pool_error(error: PoolError) -> StoreError {
@@ -186,7 +209,8 @@ pub(super) fn is_unavailable(error: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Whether `error` is a conflict that the same transaction, retried, may not meet again.
+/// Whether `error` is a conflict that the same transaction, retried, may not meet again
+/// (a lock held past `lock_timeout` included).
 pub(super) fn is_busy(error: &tokio_postgres::Error) -> bool {
     error.code().is_some_and(|code| {
         *code == SqlState::T_R_SERIALIZATION_FAILURE
@@ -195,22 +219,28 @@ pub(super) fn is_busy(error: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// `url` without its password, for logs.
+/// `url` (`postgres://...`) without its password, for logs: neither `user:password@` nor a
+/// `password=` query parameter.
 pub(super) fn redact(url: &str) -> String {
-    match url.split_once("://") {
+    let (address, query) = url.split_once('?').unwrap_or((url, ""));
+    let address = match address.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((credentials, host)) => {
                 let user = credentials.split(':').next().unwrap_or("");
                 format!("{scheme}://{user}@{host}")
             }
-            None => url.to_string(),
+            None => address.to_string(),
         },
-        // key=value form: drop any password=... pair.
-        None => url
-            .split_whitespace()
-            .filter(|pair| !pair.starts_with("password="))
-            .collect::<Vec<_>>()
-            .join(" "),
+        None => address.to_string(),
+    };
+    let query: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("password="))
+        .collect();
+    if query.is_empty() {
+        address
+    } else {
+        format!("{address}?{}", query.join("&"))
     }
 }
 

@@ -84,13 +84,20 @@ impl EventLog for SqliteStore {
         )
     }
 
-    fn import(&self, batch: &ImportBatch) -> StoreResult<u64> {
+    fn import_if(&self, batch: &ImportBatch, only_into_empty: bool) -> StoreResult<Option<u64>> {
         let mut connection = self.lock();
         // IMMEDIATE: the write lock from the start, so a running server's writer cannot
         // commit between this transaction's reads and its writes (in WAL mode that would
         // fail the import with SQLITE_BUSY_SNAPSHOT instead of waiting).
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if only_into_empty {
+            let items: i64 =
+                transaction.query_row("SELECT COUNT(*) FROM items", [], |row| row.get(0))?;
+            if items > 0 {
+                return Ok(None);
+            }
+        }
         let mut item_index = std::collections::HashMap::new();
         let mut user_index = std::collections::HashMap::new();
         {
@@ -184,7 +191,7 @@ impl EventLog for SqliteStore {
             }
         }
         transaction.commit()?;
-        Ok(batch.events.len() as u64)
+        Ok(Some(batch.events.len() as u64))
     }
 
     fn append_requests(

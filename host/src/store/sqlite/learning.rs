@@ -131,14 +131,31 @@ impl ModelRecord for SqliteStore {
         )?)
     }
 
-    fn reserve_model_versions(&self, rows: &[(String, VersionRow)]) -> StoreResult<()> {
+    fn allocate_model_versions(
+        &self,
+        plugins: &[&str],
+        through_event: i64,
+    ) -> StoreResult<Vec<u64>> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
-        for (plugin, row) in rows {
-            set_model_version(&transaction, plugin, *row)?;
+        let mut versions = Vec::with_capacity(plugins.len());
+        {
+            let mut allocate = transaction.prepare_cached(
+                "INSERT INTO model_versions (plugin, version, through_event, updated_at)
+                 VALUES (?1, 1, ?2, ?3)
+                 ON CONFLICT (plugin) DO UPDATE SET version = model_versions.version + 1,
+                     through_event = excluded.through_event, updated_at = excluded.updated_at
+                 RETURNING version",
+            )?;
+            let now = crate::store::unix_now() as i64;
+            for plugin in plugins {
+                let version: i64 =
+                    allocate.query_row(params![plugin, through_event, now], |row| row.get(0))?;
+                versions.push(version.max(0) as u64);
+            }
         }
         transaction.commit()?;
-        Ok(())
+        Ok(versions)
     }
 
     fn model_versions(&self) -> StoreResult<HashMap<String, VersionRow>> {
@@ -156,25 +173,4 @@ impl ModelRecord for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-}
-
-/// Raises `plugin`'s recorded version to `row` (never lowers it).
-fn set_model_version(
-    connection: &rusqlite::Connection,
-    plugin: &str,
-    row: VersionRow,
-) -> rusqlite::Result<usize> {
-    connection.execute(
-        "INSERT INTO model_versions (plugin, version, through_event, updated_at)
-         VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (plugin) DO UPDATE SET version = excluded.version,
-             through_event = excluded.through_event, updated_at = excluded.updated_at
-         WHERE excluded.version > model_versions.version",
-        params![
-            plugin,
-            row.version as i64,
-            row.through_event,
-            crate::store::unix_now() as i64
-        ],
-    )
 }

@@ -108,6 +108,15 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
     "#,
+    // 7: leases (the learner's): who holds one, since which change of holder, until when.
+    r#"
+    CREATE TABLE leases (
+        name          TEXT PRIMARY KEY,
+        holder        TEXT NOT NULL,              -- node id
+        term          INTEGER NOT NULL,           -- raised by one at each change of holder
+        expires_at_ms INTEGER NOT NULL            -- Unix milliseconds, the database's clock
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

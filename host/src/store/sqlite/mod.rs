@@ -11,6 +11,7 @@
 mod events;
 mod experiments;
 mod learning;
+mod leases;
 mod migrations;
 
 use std::path::Path;

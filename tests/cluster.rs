@@ -1,0 +1,327 @@
+//! Three recohost nodes on one PostgreSQL (a real server started here from Debian's
+//! package): every node serves, one learns, events posted to any node reach every node, the
+//! learner's models reach every node, and killing the learner hands learning to another node
+//! without losing an acknowledged event or reusing a model version.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use recohost_e2e::{PLUGINS, Server, TestPostgres, config_text};
+use serde_json::{Value, json};
+
+/// The learner's lease in these tests.
+const LEASE_SECS: u64 = 2;
+
+fn node_config(url: &str, node: &str) -> String {
+    config_text(&format!(
+        "database_url = {url:?}\n[cluster]\nlease_secs = {LEASE_SECS}\nnode_id = {node:?}\n"
+    ))
+}
+
+/// Three nodes on a fresh database; the first starts alone, seeding the demo data and
+/// training the first models, which the others then restore.
+fn three_nodes(postgres: &TestPostgres) -> (String, Vec<Server>, tempfile::TempDir) {
+    let url = postgres.create_database();
+    let temp = tempfile::tempdir().unwrap();
+    let nodes = ["a", "b", "c"]
+        .iter()
+        .map(|node| Server::start_in(&temp.path().join(node), &node_config(&url, node)).unwrap())
+        .collect();
+    (url, nodes, temp)
+}
+
+fn is_learner(server: &Server) -> bool {
+    server.get("/health").1["node"]["learner"] == true
+}
+
+/// Waits until exactly one of `nodes` is the learner; returns its index.
+fn learner(nodes: &[&Server], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let learners: Vec<usize> = (0..nodes.len()).filter(|&i| is_learner(nodes[i])).collect();
+        if learners.len() == 1 {
+            return learners[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} learners after {within:?}",
+            learners.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Each plugin's serving version on `server`.
+fn versions(server: &Server) -> Vec<u64> {
+    let (status, body) = server.get("/plugins");
+    assert_eq!(status, 200, "{body}");
+    PLUGINS
+        .iter()
+        .map(|name| {
+            body["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == *name)
+                .unwrap()["model_version"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn recommended(server: &Server, user: &str) -> HashSet<u64> {
+    let (status, body) = server.post(
+        "/recommend",
+        &json!({"user_id": user, "n_recommendations": 50}),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Runs an update on the learner and waits until every node serves its versions.
+fn update_everywhere(nodes: &[&Server], learner: usize) -> Vec<u64> {
+    let before = versions(nodes[learner]);
+    let (status, answer) = nodes[learner].post_as("/learning/trigger-update", None);
+    assert_eq!(status, 202, "{answer}");
+    let learned = nodes[learner].wait_for("/learning/stats", Duration::from_secs(60), |stats| {
+        stats["running"].is_null()
+            && stats["pending"].is_null()
+            && stats["last_update"]["update_id"] == answer["update_id"]
+    });
+    let after = versions(nodes[learner]);
+    assert!(
+        after.iter().zip(&before).all(|(new, old)| new > old),
+        "the learner did not learn: {before:?} -> {after:?} {learned}"
+    );
+    let installed = Instant::now();
+    for node in nodes {
+        while versions(node) != after {
+            assert!(
+                installed.elapsed() < Duration::from_secs(5),
+                "a node still serves {:?}, not {after:?}",
+                versions(node)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "every node served the new versions {:?} after the learner: {} ms",
+        after,
+        installed.elapsed().as_millis()
+    );
+    after
+}
+
+#[test]
+fn every_node_sees_every_event_one_learns_and_all_serve_its_models() {
+    let postgres = TestPostgres::shared();
+    let (_url, nodes, _temp) = three_nodes(postgres);
+    let nodes: Vec<&Server> = nodes.iter().collect();
+    let first = learner(&nodes, Duration::from_secs(LEASE_SECS + 5));
+    let follower = (first + 1) % 3;
+    for (i, node) in nodes.iter().enumerate() {
+        let health = node.get("/health").1;
+        assert_eq!(health["database"], "postgres", "{health}");
+        assert_eq!(health["node"]["id"], ["a", "b", "c"][i]);
+    }
+    // Only the learner takes learning requests.
+    let (status, answer) = nodes[follower].post_as("/learning/trigger-update", None);
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (409, Some("not_the_learner"))
+    );
+
+    // Events posted to one node change what another recommends to that user.
+    let before = recommended(nodes[2], "roamer");
+    let items: Vec<u64> = before.iter().copied().take(5).collect();
+    for item in &items {
+        let (status, body) = nodes[0].post(
+            "/events",
+            &json!({"user_id": "roamer", "item_id": item, "event_type": "purchase"}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let posted = Instant::now();
+    loop {
+        let now = recommended(nodes[2], "roamer");
+        if items.iter().all(|item| !now.contains(item)) {
+            break;
+        }
+        assert!(
+            posted.elapsed() < Duration::from_secs(5),
+            "node c still recommends items the user bought at node a"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "node c excluded what was bought at node a after {} ms",
+        posted.elapsed().as_millis()
+    );
+    assert_eq!(nodes[1].seen_items("roamer").len(), items.len());
+
+    // The learner's update reaches every node.
+    update_everywhere(&nodes, first);
+}
+
+#[test]
+fn killing_the_learner_hands_learning_over_and_loses_nothing() {
+    let postgres = TestPostgres::shared();
+    let (url, mut nodes, _temp) = three_nodes(postgres);
+    let refs: Vec<&Server> = nodes.iter().collect();
+    let first = learner(&refs, Duration::from_secs(LEASE_SECS + 5));
+    let demo_events = refs[0].get("/health").1["events"].as_u64().unwrap();
+    let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.base.clone()).collect());
+    let killed = Arc::new(AtomicU64::new(u64::MAX));
+
+    // Four clients post events round-robin to every node, each with its own key, moving on
+    // to the next node (same key) when one does not answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (bases, stop, acknowledged) = (bases.clone(), stop.clone(), acknowledged.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .unwrap();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = json!({"user_id": format!("c{client}-{}", i % 40), "item_id": 1 + (i * 7 + client) % 200, "event_type": "click"});
+                    let mut node = (i as usize + client as usize) % 3;
+                    loop {
+                        let response = http
+                            .post(format!("{}/events", bases[node]))
+                            .header("Idempotency-Key", format!("client-{client}-{i}"))
+                            .json(&body)
+                            .send();
+                        match response {
+                            Ok(response) if response.status() == 200 => break,
+                            Ok(response) => {
+                                let status = response.status().as_u16();
+                                let answer: Value = response.json().unwrap();
+                                assert_eq!(status, 503, "{answer}");
+                            }
+                            Err(_) => {}
+                        }
+                        node = (node + 1) % 3;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // And a client asks every surviving node for recommendations all along.
+    let recommender = {
+        let (bases, stop, killed) = (bases.clone(), stop.clone(), killed.clone());
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            let mut failures = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let node = i % 3;
+                i += 1;
+                if killed.load(Ordering::Relaxed) == node as u64 {
+                    continue;
+                }
+                if let Ok(response) = http
+                    .post(format!("{}/recommend", bases[node]))
+                    .json(&json!({"user_id": format!("u{}", i % 100), "n_recommendations": 10}))
+                    .send()
+                    && response.status().is_server_error()
+                    && killed.load(Ordering::Relaxed) != node as u64
+                {
+                    failures.push(format!("node {node}: {}", response.status()));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            failures
+        })
+    };
+
+    std::thread::sleep(Duration::from_secs(2));
+    let versions_before = versions(&nodes[first]);
+    killed.store(first as u64, Ordering::Relaxed);
+    nodes.remove(first).kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<&Server> = nodes.iter().collect();
+    let next = learner(&survivors, Duration::from_secs(LEASE_SECS + 5));
+    eprintln!(
+        "a new learner after {} ms (lease {LEASE_SECS} s)",
+        killed_at.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let failures = recommender.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // Every acknowledged event is stored exactly once...
+    let acknowledged = acknowledged.load(Ordering::Relaxed);
+    let database = url.rsplit('/').next().unwrap();
+    let count = |sql: &str| -> u64 {
+        let output = TestPostgres::shared()
+            .psql(database)
+            .args(["-t", "-A", "-c", sql])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM events"),
+        demo_events + acknowledged
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM idempotency_keys"), acknowledged);
+    // ...and learned: once the new learner has taken in every node's events,
+    // under versions never used before, which every survivor then serves.
+    survivors[next].wait_for("/health", Duration::from_secs(10), |health| {
+        health["events"].as_u64() == Some(demo_events + acknowledged)
+    });
+    // its update takes every plugin to the newest event,
+    let after = update_everywhere(&survivors, next);
+    assert!(
+        after
+            .iter()
+            .zip(&versions_before)
+            .all(|(new, old)| new > old),
+        "{versions_before:?} -> {after:?}"
+    );
+    let newest = count("SELECT MAX(id) FROM events");
+    let stats = survivors[next].get("/learning/stats").1;
+    for plugin in PLUGINS {
+        assert_eq!(
+            stats["models"][plugin]["through_event"].as_u64(),
+            Some(newest),
+            "{plugin}: {stats}"
+        );
+    }
+    // No version served two models: one stored snapshot per (plugin, version) is the
+    // table's key, and the database handed out every number once.
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM (SELECT plugin, version FROM snapshots GROUP BY 1, 2 HAVING COUNT(*) > 1) t"
+        ),
+        0
+    );
+    let survivor_log = survivors.iter().map(|s| s.log()).collect::<String>();
+    assert!(
+        !survivor_log.contains("cannot record the learning run"),
+        "{survivor_log}"
+    );
+}
