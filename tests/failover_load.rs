@@ -1,0 +1,130 @@
+//! Failover time of a three-node cluster: from `kill -9` of the learner to the first new
+//! model version served by a surviving node, while a client posts events all along, ten
+//! times (a fresh node replaces the killed one after each run):
+//!
+//!     cargo xtask loadtest failover      (needs Debian's postgresql)
+//!
+//! Default `lease_secs` (10), `update_buffer_size = 200`: with events arriving, the learner
+//! updates every plugin a few times a second, so the time measured is the election plus the
+//! new learner's first update and its publication.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use recohost_e2e::{Server, TestPostgres, config_text};
+use serde_json::{Value, json};
+
+const RUNS: usize = 10;
+const PLUGIN: &str = "popularity";
+
+fn start(dir: &std::path::Path, url: &str, node: usize) -> Server {
+    let config = config_text(&format!(
+        "database_url = {url:?}\n[cluster]\nnode_id = \"node-{node}\"\n\
+         [learning]\nupdate_buffer_size = 200\nupdate_interval_secs = 1\n"
+    ));
+    Server::start_in(&dir.join(format!("node-{node}")), &config).unwrap()
+}
+
+fn served_version(server: &Server) -> Option<u64> {
+    server.plugin_status(PLUGIN)?["model_version"].as_u64()
+}
+
+fn is_learner(server: &Server) -> bool {
+    server.get("/health").1["node"]["learner"] == true
+}
+
+fn main() {
+    let temp = tempfile::tempdir().unwrap();
+    let postgres = TestPostgres::start();
+    let url = postgres.create_database();
+    let mut started = 0;
+    let mut nodes: Vec<Server> = (0..3)
+        .map(|_| {
+            started += 1;
+            start(temp.path(), &url, started)
+        })
+        .collect();
+    let bases = Arc::new(Mutex::new(
+        nodes.iter().map(|n| n.base.clone()).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (bases, stop) = (bases.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let events: Vec<Value> = (0..50)
+                    .map(|i| {
+                        n = n.wrapping_add(7919);
+                        json!({"user_id": 1 + (n + i) % 2000, "item_id": 1 + (n * 31 + i) % 1200, "event_type": "click"})
+                    })
+                    .collect();
+                let targets = bases.lock().unwrap().clone();
+                let base = &targets[n as usize % targets.len()];
+                let _ = http
+                    .post(format!("{base}/events/batch"))
+                    .json(&json!({ "events": events }))
+                    .send();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let mut times = Vec::new();
+    for run in 1..=RUNS {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let learner = loop {
+            if let Some(i) = nodes.iter().position(is_learner) {
+                break i;
+            }
+            assert!(Instant::now() < deadline, "no learner");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // Let the learner publish a version or two first.
+        std::thread::sleep(Duration::from_secs(2));
+        let before = nodes.iter().filter_map(served_version).max().unwrap();
+        let killed = nodes.remove(learner);
+        bases.lock().unwrap().retain(|base| *base != killed.base);
+        killed.kill();
+        let killed_at = Instant::now();
+        let elapsed = loop {
+            if nodes
+                .iter()
+                .filter_map(served_version)
+                .any(|version| version > before)
+            {
+                break killed_at.elapsed();
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(60),
+                "no new version within a minute"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!("run {run}: {} ms", elapsed.as_millis());
+        times.push(elapsed.as_secs_f64() * 1e3);
+        started += 1;
+        let replacement = start(temp.path(), &url, started);
+        bases.lock().unwrap().push(replacement.base.clone());
+        nodes.push(replacement);
+    }
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    times.sort_by(f64::total_cmp);
+    let median = (times[RUNS / 2 - 1] + times[RUNS / 2]) / 2.0;
+    println!(
+        "{}",
+        json!({"runs": RUNS, "lease_secs": 10, "failover_ms": times, "median_ms": median, "max_ms": times[RUNS - 1]})
+    );
+    println!(
+        "\nfailover (kill -9 of the learner -> a new {PLUGIN} version served), {RUNS} runs: median {:.0} ms, max {:.0} ms (lease 10 s)",
+        median,
+        times[RUNS - 1]
+    );
+}
