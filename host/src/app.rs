@@ -3,7 +3,7 @@
 //! training), and put the events no model has learned yet back into the learning buffer.
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -69,12 +69,19 @@ impl App {
         if store.counts()?.items == 0 && config.demo_data {
             let started = Instant::now();
             let batch = crate::import::demo::generate(&crate::import::demo::DemoSize::default());
-            // `seed`: another node starting on the same empty database may get there first.
-            if store
-                .seed(&batch)
-                .context("cannot store the demo data")?
-                .is_some()
-            {
+            // `seed`: another node starting on the same empty database may get there first;
+            // while it writes, this one waits (busy), then finds the data there.
+            let seeded = loop {
+                match store.seed(&batch) {
+                    Err(error)
+                        if error.is_busy() && started.elapsed() < Duration::from_secs(300) =>
+                    {
+                        tracing::info!("another node is storing the demo data; waiting");
+                    }
+                    other => break other.context("cannot store the demo data")?,
+                }
+            };
+            if seeded.is_some() {
                 tracing::info!(
                     items = batch.items.len(),
                     events = batch.events.len(),
@@ -146,7 +153,8 @@ impl App {
         }
         let learning = Arc::new(learning);
         node.start(
-            store.clone(),
+            // A connection of its own: a lease claim never waits behind the event writer.
+            Arc::new(Store::connect(&database)?),
             learning.clone(),
             plugins.clone(),
             std::time::Duration::from_secs(config.cluster.lease_secs),
@@ -297,7 +305,7 @@ pub(crate) fn restore_or_train(
     let (window, through_event) = crate::learning::training_window(store, config, items)?;
     let feedback: Vec<_> = window.iter().map(to_feedback).collect();
     let bytes = plugin.train(&feedback)?;
-    let next_version = store.allocate_model_versions(&[plugin.name()], through_event)?[0];
+    let next_version = store.allocate_model_versions(&[plugin.name()], through_event, None)?[0];
     plugin.install(ModelVersion {
         version: next_version,
         snapshot: Arc::new(bytes),

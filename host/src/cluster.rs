@@ -3,9 +3,10 @@
 //!
 //! Every node serves. The learner (the holder of the `learner` lease, a row with a term and
 //! an expiry by the database's clock, see `store::Leases`) runs the update scheduler and
-//! stores every new model version at once; the other nodes poll for versions newer than
-//! theirs and install them the way a single node installs its own (a fresh pool of serving
-//! instances, switched in one step).
+//! stores every new model version at once and announces it (NOTIFY); the other nodes install
+//! versions newer than theirs, the way a single node installs its own (a fresh pool of
+//! serving instances, switched in one step), when announced or at their next poll (every
+//! second), whichever comes first.
 //!
 //! **Safety.** A node counts itself the learner until `sent + lease - margin`, where `sent`
 //! is when it sent its last successful claim. The database set the lease's expiry to its own
@@ -28,10 +29,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::learning::Learning;
 use crate::plugins::{LivePlugins, ModelVersion};
-use crate::store::Store;
+use crate::store::{Fence, Store};
 
 /// The name of the learner's lease.
 const LEARNER_LEASE: &str = "learner";
+/// Where the learner announces each new model it stored (LISTEN/NOTIFY).
+pub const MODELS_CHANNEL: &str = "recohost_models";
 
 /// What a node does in a cluster (`[cluster] role`, `--role`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -48,6 +51,10 @@ pub enum Role {
 pub struct Learner {
     /// A single node on SQLite: always the learner, no lease.
     always: bool,
+    /// Who claims the lease: the node id and a random part of this process's own, so that
+    /// two processes given the same `node_id` (or a node restarted within its old lease)
+    /// are never both the holder.
+    holder: String,
     /// Until when this node may act as the learner (its own clock).
     held_until: Mutex<Option<Instant>>,
     /// The lease's term while held.
@@ -59,17 +66,29 @@ impl Learner {
     pub fn always() -> Self {
         Self {
             always: true,
+            holder: String::new(),
             held_until: Mutex::new(None),
             term: AtomicU64::new(0),
         }
     }
 
     /// A node of a cluster: the learner while it holds the lease.
-    pub fn by_lease() -> Self {
+    pub fn by_lease(node_id: &str) -> Self {
         Self {
             always: false,
+            holder: format!("{node_id}/{:08x}", rand::random::<u32>()),
             ..Self::always()
         }
+    }
+
+    /// What the database checks before handing out model versions: this node's claim on
+    /// the lease (whether or not it still holds it). `None` for a single node.
+    pub fn fence(&self) -> Option<Fence> {
+        (!self.always).then(|| Fence {
+            lease: LEARNER_LEASE,
+            holder: self.holder.clone(),
+            term: self.term.load(Ordering::Relaxed),
+        })
     }
 
     pub fn is_learner(&self) -> bool {
@@ -87,8 +106,10 @@ impl Learner {
     }
 
     fn hold(&self, until: Option<Instant>, term: u64) {
+        if until.is_some() {
+            self.term.store(term, Ordering::Relaxed);
+        }
         *self.held_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
-        self.term.store(term, Ordering::Relaxed);
     }
 }
 
@@ -112,6 +133,8 @@ pub struct Node {
     /// Cluster mode: a lease to hold and models to follow (PostgreSQL); else a single node.
     clustered: bool,
     stopping: AtomicBool,
+    /// The cluster thread, joined when the node resigns.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Node {
@@ -123,17 +146,19 @@ impl Node {
             learner: Arc::new(Learner::always()),
             clustered: false,
             stopping: AtomicBool::new(false),
+            thread: Mutex::new(None),
         }
     }
 
     /// A node of a cluster: learns only while it holds the lease.
     pub fn clustered(id: String, role: Role) -> Self {
         Self {
+            learner: Arc::new(Learner::by_lease(&id)),
             id,
             role,
-            learner: Arc::new(Learner::by_lease()),
             clustered: true,
             stopping: AtomicBool::new(false),
+            thread: Mutex::new(None),
         }
     }
 
@@ -147,7 +172,8 @@ impl Node {
     }
 
     /// Starts the thread that claims the lease (role `all`) and follows the learner's models
-    /// while this node is not the learner. Nothing to do for a single node.
+    /// while this node is not the learner. Nothing to do for a single node. `store` should be
+    /// a connection of the thread's own: a claim must not wait behind the event writer.
     pub fn start(
         self: &Arc<Self>,
         store: Arc<Store>,
@@ -159,20 +185,27 @@ impl Node {
             return Ok(());
         }
         let node = self.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("cluster".into())
             .spawn(move || node.run(&store, &learning, &plugins, lease))?;
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(())
     }
 
-    /// Stops claiming and gives the lease up (a clean shutdown, after the models are
-    /// stored): another node takes over at its next claim instead of after the expiry.
+    /// Stops claiming, waits for the claim under way, and gives the lease up (a clean
+    /// shutdown, once the learning has stopped and the models are stored): another node
+    /// takes over at its next claim instead of after the expiry.
     pub fn resign(&self, store: &Store) {
         self.stopping.store(true, Ordering::Relaxed);
-        if self.clustered && self.learner.is_learner() {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        if self.clustered {
             self.learner.hold(None, 0);
-            match store.release_lease(LEARNER_LEASE, &self.id) {
-                Ok(()) => tracing::info!(node = %self.id, "gave up the learner lease"),
+            // Released only if this process holds it (the holder names the process).
+            match store.release_lease(LEARNER_LEASE, &self.learner.holder) {
+                Ok(()) => tracing::info!(node = %self.id, "left the learner election"),
                 Err(error) => {
                     tracing::warn!(%error, "cannot give up the learner lease; it expires by itself")
                 }
@@ -187,22 +220,25 @@ impl Node {
         // and the time a claim takes to arrive.
         let margin = lease / 5;
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let mut listener: Option<Box<dyn crate::store::Listener>> = None;
+        // Stored models this node cannot follow (made by another .wasm, config or catalog),
+        // by plugin: the newest one warned about.
+        let mut warned = std::collections::HashMap::new();
         while !self.stopping.load(Ordering::Relaxed) {
             let started = Instant::now();
             if self.role == Role::All {
                 let was_learner = self.learner.is_learner();
-                match store.acquire_lease(LEARNER_LEASE, &self.id, lease_ms) {
+                match store.acquire_lease(LEARNER_LEASE, &self.learner.holder, lease_ms) {
                     Ok(Some(term)) if !self.stopping.load(Ordering::Relaxed) => {
                         if !was_learner {
-                            // Before learning: the newest models the last learner stored.
-                            follow_models(store, plugins);
+                            // Before learning: the newest models the last learner stored,
+                            // and the learning record it left; only then may jobs start.
+                            follow_models(store, plugins, learning, &mut warned);
+                            learning.take_over();
                             tracing::info!(node = %self.id, term, "this node is the learner now");
                         }
                         self.learner
                             .hold(Some(started + lease.saturating_sub(margin)), term);
-                        if !was_learner {
-                            learning.take_over();
-                        }
                     }
                     Ok(_) => {
                         if was_learner {
@@ -217,16 +253,48 @@ impl Node {
                 }
             }
             if !self.learner.is_learner() {
-                follow_models(store, plugins);
+                follow_models(store, plugins, learning, &mut warned);
             }
-            std::thread::sleep(every.saturating_sub(started.elapsed()));
+            // Until the next claim: woken early by the learner's announcement of a new model.
+            let next_claim = started + every;
+            loop {
+                let left = next_claim.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let announced = match &listener {
+                    Some(waiting) => waiting.wait(left).unwrap_or_else(|error| {
+                        tracing::warn!(%error, "stopped listening for new models; polling");
+                        listener = None;
+                        false
+                    }),
+                    None => {
+                        listener = store.listen(MODELS_CHANNEL).ok();
+                        if listener.is_none() {
+                            std::thread::sleep(left);
+                        }
+                        false
+                    }
+                };
+                if announced && !self.learner.is_learner() {
+                    follow_models(store, plugins, learning, &mut warned);
+                }
+            }
         }
     }
 }
 
 /// Installs, for each plugin, the newest model stored for it if it is newer than the one
-/// serving and was made by the same plugin, config and catalog.
-fn follow_models(store: &Store, plugins: &LivePlugins) {
+/// serving and was made by the same plugin, config and catalog (one made by another is
+/// warned about once: that node's plugins or catalog differ from this one's). Then the
+/// learning buffer lets go of what the installed models have learned.
+fn follow_models(
+    store: &Store,
+    plugins: &LivePlugins,
+    learning: &Learning,
+    warned: &mut std::collections::HashMap<String, u64>,
+) {
+    let mut installed = false;
     for plugin in plugins.current().iter() {
         let serving = plugin.model_version().unwrap_or(0);
         let newest = match store.latest_snapshot_version(plugin.name()) {
@@ -239,7 +307,20 @@ fn follow_models(store: &Store, plugins: &LivePlugins) {
         };
         let snapshot = match store.latest_snapshot(plugin.name()) {
             Ok(Some(snapshot)) if snapshot.fingerprint == plugin.fingerprint() => snapshot,
-            Ok(_) => continue,
+            Ok(Some(snapshot)) => {
+                if warned.insert(plugin.name().to_string(), snapshot.version)
+                    != Some(snapshot.version)
+                {
+                    tracing::warn!(
+                        plugin = plugin.name(),
+                        version = snapshot.version,
+                        "cannot follow the newest stored model: another node made it with \
+                         another .wasm, plugin config or catalog (give every node the same)"
+                    );
+                }
+                continue;
+            }
+            Ok(None) => continue,
             Err(error) => {
                 tracing::warn!(plugin = plugin.name(), %error, "cannot read a new model");
                 return;
@@ -253,16 +334,22 @@ fn follow_models(store: &Store, plugins: &LivePlugins) {
             through_event: snapshot.through_event,
         };
         match plugin.install(model) {
-            Ok(()) => tracing::info!(
-                plugin = plugin.name(),
-                version,
-                newest,
-                "installed the model the learner published"
-            ),
+            Ok(()) => {
+                installed = true;
+                tracing::info!(
+                    plugin = plugin.name(),
+                    version,
+                    newest,
+                    "installed the model the learner published"
+                );
+            }
             Err(error) => {
                 tracing::warn!(plugin = plugin.name(), version, %error, "cannot install a published model")
             }
         }
+    }
+    if installed {
+        learning.followed();
     }
 }
 

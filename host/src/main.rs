@@ -558,9 +558,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
         axum::serve(listener, recohost::api::router(app.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await?;
-        // A clean stop stores every model, so the next start has nothing to catch up on.
+        // A clean stop lets the running learning job end, then stores every model, so the
+        // next start has nothing to catch up on.
         let learning = app.learning.clone();
-        tokio::task::spawn_blocking(move || learning.save_snapshots()).await?;
+        tokio::task::spawn_blocking(move || {
+            learning.stop(std::time::Duration::from_secs(60));
+            learning.save_snapshots()
+        })
+        .await?;
         // Then, in a cluster, hand the learning over at once instead of after the lease.
         let (node, store) = (app.node.clone(), app.store.clone());
         tokio::task::spawn_blocking(move || node.resign(&store)).await?;

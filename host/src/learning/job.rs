@@ -38,10 +38,11 @@ impl Learning {
         // them: no crash, and no other node, can make a number serve two different models.
         // A plugin that ends up unchanged leaves its number unused.
         let names: Vec<&str> = plugins.iter().map(|plugin| plugin.name()).collect();
-        let reserved: Vec<(String, VersionRow)> = match self
-            .store
-            .allocate_model_versions(&names, through_event)
-        {
+        let reserved: Vec<(String, VersionRow)> = match self.store.allocate_model_versions(
+            &names,
+            through_event,
+            self.learner.fence().as_ref(),
+        ) {
             Ok(versions) => names
                 .iter()
                 .zip(versions)
@@ -53,6 +54,14 @@ impl Learning {
                     (name.to_string(), row)
                 })
                 .collect(),
+            Err(crate::store::StoreError::Fenced(_)) => {
+                tracing::warn!(
+                    update_id = job.id,
+                    "another node is the learner now; this run makes no model"
+                );
+                self.finish(job, None);
+                return;
+            }
             Err(error) => {
                 tracing::error!(update_id = job.id, %error, "cannot reserve model versions; skipping the run");
                 self.finish(job, None);
@@ -105,6 +114,14 @@ impl Learning {
             tracing::error!(%error, "cannot record the learning run");
         }
         self.save_snapshots_if_due(job.kind == JobKind::Retrain || self.publish_each_version);
+        if self.publish_each_version
+            && models_updated > 0
+            && let Err(error) = self
+                .store
+                .announce(crate::cluster::MODELS_CHANNEL, &run.update_id.to_string())
+        {
+            tracing::warn!(%error, "cannot announce the new models; the other nodes poll");
+        }
         tracing::info!(
             update_id = run.update_id,
             kind = %run.kind,

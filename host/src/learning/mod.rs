@@ -178,6 +178,8 @@ pub struct Learning {
     learner: Arc<Learner>,
     /// Cluster mode: every new version is stored at once, for the other nodes to install.
     publish_each_version: bool,
+    /// Set at shutdown: no job starts any more.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// `GET /learning/stats`, answered from memory.
@@ -280,6 +282,7 @@ impl Learning {
             wake: tokio::sync::Notify::new(),
             learner: Arc::new(Learner::always()),
             publish_each_version: false,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         };
         let mut state = learning.lock();
         if state.waiting >= learning.config.update_buffer_size {
@@ -299,7 +302,40 @@ impl Learning {
     }
 
     pub(crate) fn is_learner(&self) -> bool {
-        self.learner.is_learner()
+        self.learner.is_learner() && !self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts no job any more and waits (up to `patience`) for the one running to end: at
+    /// shutdown, before the models are stored and, in a cluster, the lease given up.
+    pub fn stop(&self, patience: std::time::Duration) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + patience;
+        while self.lock().running.is_some() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// This node (not the learner) installed models another node stored: the buffer lets go
+    /// of what they have learned, and the counts follow, so that a node that never learns
+    /// holds only what it would need if it were elected.
+    pub fn followed(&self) {
+        let learned = self
+            .plugins
+            .current()
+            .iter()
+            .map(|plugin| plugin.model().map_or(0, |model| model.through_event))
+            .min();
+        let Some(learned) = learned else { return };
+        let mut state = self.lock();
+        state.buffer.drop_through(learned);
+        let unlearned = state.buffer.count_after(learned);
+        state.unlearned = unlearned as u64;
+        state.waiting = unlearned;
+        state.offered_through = state.offered_through.max(learned);
+        if unlearned == 0 {
+            state.waiting_since = None;
+        }
     }
 
     /// This node has just become the learner: continue the numbering of learning runs where

@@ -43,6 +43,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("corrupt row in the database: {0}")]
     Corrupt(String),
+    #[error("this node no longer holds the {0} lease")]
+    Fenced(&'static str),
     #[error(
         "database schema version {found} is newer than this build of recohost understands ({supported})"
     )]
@@ -291,7 +293,9 @@ pub struct VersionRow {
 
 /// What every storage engine does, in three parts (one file each per engine). Methods block
 /// the calling thread (see the module doc).
-pub trait Backend: EventLog + ModelRecord + ExperimentRecord + Leases + Send + Sync {
+pub trait Backend:
+    EventLog + ModelRecord + ExperimentRecord + Leases + Announcements + Send + Sync
+{
     /// Which engine this is (`sqlite`, `postgres`), for `/health`.
     fn engine(&self) -> &'static str;
     /// The schema version this database has.
@@ -394,10 +398,15 @@ pub trait ModelRecord {
     /// training at the same start) never get the same number, and a crash at any point
     /// cannot make a number serve two different models. A number handed out but never used
     /// stays unused.
+    ///
+    /// With a `fence`, only while that lease is held by that holder under that term (checked
+    /// in the same transaction, the lease row locked): a learner that lost its lease gets
+    /// [`StoreError::Fenced`] and makes no model.
     fn allocate_model_versions(
         &self,
         plugins: &[&str],
         through_event: i64,
+        fence: Option<&Fence>,
     ) -> StoreResult<Vec<u64>>;
     fn model_versions(&self) -> StoreResult<HashMap<String, VersionRow>>;
 }
@@ -424,6 +433,32 @@ pub trait Leases {
     fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
     /// Who holds the lease, its term, and for how many more milliseconds (0: expired).
     fn lease(&self, name: &str) -> StoreResult<Option<LeaseRow>>;
+}
+
+/// Announcements from one node to the others (PostgreSQL's LISTEN/NOTIFY): "a new model is
+/// stored", so that followers need not wait for their next poll. Best effort: listeners
+/// still poll, an announcement only wakes them early. SQLite has one node and nobody to
+/// tell (`listen` then only waits).
+pub trait Announcements {
+    /// Tells every node listening on `channel` (an SQL identifier) that `payload` happened.
+    fn announce(&self, channel: &'static str, payload: &str) -> StoreResult<()>;
+    /// Listens on `channel` on a connection of its own.
+    fn listen(&self, channel: &'static str) -> StoreResult<Box<dyn Listener>>;
+}
+
+/// A connection listening for announcements.
+pub trait Listener: Send {
+    /// Waits up to `timeout`: `Ok(true)` when an announcement came, `Ok(false)` when none
+    /// did, an error when the connection is gone (listen again).
+    fn wait(&self, timeout: std::time::Duration) -> StoreResult<bool>;
+}
+
+/// A lease its holder believes it holds: what version allocation checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub lease: &'static str,
+    pub holder: String,
+    pub term: u64,
 }
 
 /// A lease as [`Leases::lease`] reads it.

@@ -92,6 +92,8 @@ over_both_engines!(
     the_event_log_reads_back_what_was_written,
     a_lease_has_one_holder_until_it_expires_or_is_released,
     seeding_fills_an_empty_database_once,
+    an_announcement_wakes_the_listeners_of_other_nodes,
+    only_the_lease_holder_gets_model_versions_when_fenced,
 );
 
 fn batch() -> ImportBatch {
@@ -370,7 +372,9 @@ fn runs_come_back_newest_first_and_survive_reopening(db: &TestDb) {
 
 fn model_versions_are_never_handed_out_twice(db: &TestDb) {
     assert_eq!(
-        db.open().allocate_model_versions(&["p", "q"], 7).unwrap(),
+        db.open()
+            .allocate_model_versions(&["p", "q"], 7, None)
+            .unwrap(),
         vec![1, 1]
     );
     // Four writers on connections of their own, at once.
@@ -379,7 +383,7 @@ fn model_versions_are_never_handed_out_twice(db: &TestDb) {
             let store = db.open();
             std::thread::spawn(move || {
                 (0..25)
-                    .map(|i| store.allocate_model_versions(&["p"], i).unwrap()[0])
+                    .map(|i| store.allocate_model_versions(&["p"], i, None).unwrap()[0])
                     .collect::<Vec<_>>()
             })
         })
@@ -602,4 +606,83 @@ fn an_append_behind_a_long_held_event_log_lock_fails_as_busy() {
     store
         .append_requests(&[request(&[event("waiting", 1)])], &|_| None)
         .unwrap();
+}
+
+fn an_announcement_wakes_the_listeners_of_other_nodes(db: &TestDb) {
+    let (learner, follower) = (db.open(), db.open());
+    let listener = follower.listen("test_models").unwrap();
+    let quiet = std::time::Duration::from_millis(50);
+    assert!(!listener.wait(quiet).unwrap());
+    learner.announce("test_models", "7").unwrap();
+    // PostgreSQL delivers it; SQLite has one node and nobody to tell.
+    let delivered = learner.engine() == "postgres";
+    let wait = std::time::Duration::from_secs(if delivered { 5 } else { 0 });
+    assert_eq!(listener.wait(wait).unwrap(), delivered);
+    assert!(!listener.wait(quiet).unwrap());
+}
+
+fn only_the_lease_holder_gets_model_versions_when_fenced(db: &TestDb) {
+    let store = db.open();
+    let fence = |holder: &str, term| Fence {
+        lease: "learner",
+        holder: holder.into(),
+        term,
+    };
+    let fenced = |result: StoreResult<Vec<u64>>| matches!(result, Err(StoreError::Fenced(_)));
+    // Nobody holds the lease yet.
+    assert!(fenced(store.allocate_model_versions(
+        &["p"],
+        1,
+        Some(&fence("a", 1))
+    )));
+    assert_eq!(
+        store.acquire_lease("learner", "a", 60_000).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .allocate_model_versions(&["p"], 1, Some(&fence("a", 1)))
+            .unwrap(),
+        vec![1]
+    );
+    // Another holder, or the same under an old term after losing it, gets nothing.
+    assert!(fenced(store.allocate_model_versions(
+        &["p"],
+        2,
+        Some(&fence("b", 1))
+    )));
+    store.release_lease("learner", "a").unwrap();
+    assert_eq!(
+        store.acquire_lease("learner", "b", 60_000).unwrap(),
+        Some(2)
+    );
+    assert!(fenced(store.allocate_model_versions(
+        &["p"],
+        2,
+        Some(&fence("a", 1))
+    )));
+    assert_eq!(
+        store
+            .allocate_model_versions(&["p"], 2, Some(&fence("b", 2)))
+            .unwrap(),
+        vec![2]
+    );
+    // A snapshot stored without a `model_versions` row (an old database) is never reused.
+    store
+        .save_snapshot(
+            &SnapshotRow {
+                plugin: "old".into(),
+                version: 9,
+                created_at: 0,
+                fingerprint: "f".into(),
+                through_event: 0,
+                bytes: vec![1],
+            },
+            5,
+        )
+        .unwrap();
+    assert_eq!(
+        store.allocate_model_versions(&["old"], 0, None).unwrap(),
+        vec![10]
+    );
 }

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use super::{PostgresStore, to_i64};
-use crate::store::{LearningRun, ModelRecord, SnapshotRow, StoreError, StoreResult, VersionRow};
+use crate::store::{
+    Fence, LearningRun, ModelRecord, SnapshotRow, StoreError, StoreResult, VersionRow,
+};
 
 impl ModelRecord for PostgresStore {
     fn latest_snapshot(&self, plugin: &str) -> StoreResult<Option<SnapshotRow>> {
@@ -149,14 +151,24 @@ impl ModelRecord for PostgresStore {
         &self,
         plugins: &[&str],
         through_event: i64,
+        fence: Option<&Fence>,
     ) -> StoreResult<Vec<u64>> {
         self.run(async |client| {
             let transaction = client.transaction().await?;
+            if let Some(fence) = fence
+                && !super::leases::holds(&transaction, fence).await?
+            {
+                return Err(StoreError::Fenced(fence.lease));
+            }
+            // Above every stored snapshot too (a row may be missing for old snapshots).
             let statement = transaction
                 .prepare_cached(
                     "INSERT INTO model_versions (plugin, version, through_event, updated_at)
-                     VALUES ($1, 1, $2, $3)
-                     ON CONFLICT (plugin) DO UPDATE SET version = model_versions.version + 1,
+                     VALUES ($1, 1 + COALESCE((SELECT MAX(version) FROM snapshots WHERE plugin = $1), 0),
+                             $2, $3)
+                     ON CONFLICT (plugin) DO UPDATE SET
+                         version = 1 + GREATEST(model_versions.version,
+                             COALESCE((SELECT MAX(version) FROM snapshots WHERE plugin = $1), 0)),
                          through_event = excluded.through_event, updated_at = excluded.updated_at
                      RETURNING version",
                 )

@@ -52,6 +52,8 @@ pub(super) mod lock_keys {
 
 pub struct PostgresStore {
     pool: Pool,
+    /// For connections of their own (LISTEN), outside the pool.
+    listen_config: tokio_postgres::Config,
 }
 
 impl PostgresStore {
@@ -84,6 +86,7 @@ impl PostgresStore {
              -c default_transaction_isolation=read\\ committed -c lock_timeout={}",
             LOCK_TIMEOUT.as_millis()
         ));
+        let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -99,7 +102,10 @@ impl PostgresStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            listen_config,
+        };
         store.run(async |client| migrations::migrate(client).await)?;
         Ok(store)
     }

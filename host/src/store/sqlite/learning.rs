@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::store::{LearningRun, ModelRecord, SnapshotRow, StoreError, StoreResult, VersionRow};
+use crate::store::{
+    Fence, LearningRun, ModelRecord, SnapshotRow, StoreError, StoreResult, VersionRow,
+};
 
 impl ModelRecord for SqliteStore {
     fn latest_snapshot(&self, plugin: &str) -> StoreResult<Option<SnapshotRow>> {
@@ -135,15 +137,27 @@ impl ModelRecord for SqliteStore {
         &self,
         plugins: &[&str],
         through_event: i64,
+        fence: Option<&Fence>,
     ) -> StoreResult<Vec<u64>> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(fence) = fence
+            && !super::leases::holds(&transaction, fence)?
+        {
+            return Err(StoreError::Fenced(fence.lease));
+        }
         let mut versions = Vec::with_capacity(plugins.len());
         {
+            // Above every stored snapshot too: databases from before `model_versions` have
+            // snapshots without a row.
             let mut allocate = transaction.prepare_cached(
                 "INSERT INTO model_versions (plugin, version, through_event, updated_at)
-                 VALUES (?1, 1, ?2, ?3)
-                 ON CONFLICT (plugin) DO UPDATE SET version = model_versions.version + 1,
+                 VALUES (?1, 1 + COALESCE((SELECT MAX(version) FROM snapshots WHERE plugin = ?1), 0),
+                         ?2, ?3)
+                 ON CONFLICT (plugin) DO UPDATE SET
+                     version = 1 + MAX(model_versions.version,
+                         COALESCE((SELECT MAX(version) FROM snapshots WHERE plugin = ?1), 0)),
                      through_event = excluded.through_event, updated_at = excluded.updated_at
                  RETURNING version",
             )?;

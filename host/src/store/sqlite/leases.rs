@@ -1,9 +1,10 @@
-//! Leases in SQLite (one node, but the same rules: `recohost` processes sharing a file agree).
+//! Leases in SQLite (one node, but the same rules: `recohost` processes sharing a file agree),
+//! and announcements, which on one node have nobody to reach.
 
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::store::{LeaseRow, Leases, StoreResult};
+use crate::store::{Fence, LeaseRow, Leases, StoreResult};
 
 /// The database's clock, in Unix milliseconds.
 const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
@@ -61,4 +62,41 @@ impl Leases for SqliteStore {
             )
             .optional()?)
     }
+}
+
+impl crate::store::Announcements for SqliteStore {
+    fn announce(&self, _channel: &'static str, _payload: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn listen(&self, _channel: &'static str) -> StoreResult<Box<dyn crate::store::Listener>> {
+        Ok(Box::new(Nobody))
+    }
+}
+
+/// One node: no announcement ever comes.
+struct Nobody;
+
+impl crate::store::Listener for Nobody {
+    fn wait(&self, timeout: std::time::Duration) -> StoreResult<bool> {
+        std::thread::sleep(timeout);
+        Ok(false)
+    }
+}
+
+/// Whether `fence`'s holder holds its lease under its term, unexpired (inside the caller's
+/// write transaction: no one can take the lease before it commits).
+pub(super) fn holds(connection: &rusqlite::Connection, fence: &Fence) -> StoreResult<bool> {
+    let term = i64::try_from(fence.term).unwrap_or(i64::MAX);
+    Ok(connection
+        .query_row(
+            &format!(
+                "SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND term = ?3
+                 AND expires_at_ms > {NOW_MS}"
+            ),
+            params![fence.lease, fence.holder, term],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
