@@ -184,74 +184,7 @@ fn killing_the_learner_hands_learning_over_and_loses_nothing() {
     let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.base.clone()).collect());
     let killed = Arc::new(AtomicU64::new(u64::MAX));
 
-    // Four clients post events round-robin to every node, each with its own key, moving on
-    // to the next node (same key) when one does not answer.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|client| {
-            let (bases, stop, acknowledged) = (bases.clone(), stop.clone(), acknowledged.clone());
-            std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(15))
-                    .build()
-                    .unwrap();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = json!({"user_id": format!("c{client}-{}", i % 40), "item_id": 1 + (i * 7 + client) % 200, "event_type": "click"});
-                    let mut node = (i as usize + client as usize) % 3;
-                    loop {
-                        let response = http
-                            .post(format!("{}/events", bases[node]))
-                            .header("Idempotency-Key", format!("client-{client}-{i}"))
-                            .json(&body)
-                            .send();
-                        match response {
-                            Ok(response) if response.status() == 200 => break,
-                            Ok(response) => {
-                                let status = response.status().as_u16();
-                                let answer: Value = response.json().unwrap();
-                                assert_eq!(status, 503, "{answer}");
-                            }
-                            Err(_) => {}
-                        }
-                        node = (node + 1) % 3;
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                }
-            })
-        })
-        .collect();
-    // And a client asks every surviving node for recommendations all along.
-    let recommender = {
-        let (bases, stop, killed) = (bases.clone(), stop.clone(), killed.clone());
-        std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::new();
-            let mut failures = Vec::new();
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let node = i % 3;
-                i += 1;
-                if killed.load(Ordering::Relaxed) == node as u64 {
-                    continue;
-                }
-                if let Ok(response) = http
-                    .post(format!("{}/recommend", bases[node]))
-                    .json(&json!({"user_id": format!("u{}", i % 100), "n_recommendations": 10}))
-                    .send()
-                    && response.status().is_server_error()
-                    && killed.load(Ordering::Relaxed) != node as u64
-                {
-                    failures.push(format!("node {node}: {}", response.status()));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            failures
-        })
-    };
-
+    let load = Load::start(bases, killed.clone());
     std::thread::sleep(Duration::from_secs(2));
     let versions_before = versions(&nodes[first]);
     killed.store(first as u64, Ordering::Relaxed);
@@ -296,15 +229,9 @@ fn killing_the_learner_hands_learning_over_and_loses_nothing() {
         killed_at.elapsed().as_millis()
     );
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let failures = recommender.join().unwrap();
-    assert!(failures.is_empty(), "{failures:?}");
+    let acknowledged = load.finish();
 
     // Every acknowledged event is stored exactly once...
-    let acknowledged = acknowledged.load(Ordering::Relaxed);
     let database = url.rsplit('/').next().unwrap();
     let count = |sql: &str| -> u64 {
         let output = TestPostgres::shared()
@@ -354,4 +281,158 @@ fn killing_the_learner_hands_learning_over_and_loses_nothing() {
     ] {
         assert!(!survivor_log.contains(sign), "{survivor_log}");
     }
+}
+
+/// Clients of a cluster under test: four post events round-robin to every node, each event
+/// with its own key, moving on to the next node (same key) when one does not answer or
+/// answers 503; one asks every node but the `down` one for recommendations and records any
+/// 5xx.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicU64>,
+    posters: Vec<std::thread::JoinHandle<()>>,
+    recommender: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start(bases: Arc<Vec<String>>, down: Arc<AtomicU64>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let posters = (0..4u64)
+            .map(|client| {
+                let (bases, stop, acknowledged) =
+                    (bases.clone(), stop.clone(), acknowledged.clone());
+                std::thread::spawn(move || {
+                    let http = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(15))
+                        .build()
+                        .unwrap();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let body = json!({"user_id": format!("c{client}-{}", i % 40), "item_id": 1 + (i * 7 + client) % 200, "event_type": "click"});
+                        let mut node = (i + client) as usize % bases.len();
+                        loop {
+                            let response = http
+                                .post(format!("{}/events", bases[node]))
+                                .header("Idempotency-Key", format!("client-{client}-{i}"))
+                                .json(&body)
+                                .send();
+                            match response {
+                                Ok(response) if response.status() == 200 => break,
+                                Ok(response) => {
+                                    let status = response.status().as_u16();
+                                    let answer: Value = response.json().unwrap();
+                                    assert_eq!(status, 503, "{answer}");
+                                }
+                                Err(_) => {}
+                            }
+                            node = (node + 1) % bases.len();
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let recommender = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                let mut failures = Vec::new();
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let node = i % bases.len();
+                    i += 1;
+                    if down.load(Ordering::Relaxed) == node as u64 {
+                        continue;
+                    }
+                    if let Ok(response) = http
+                        .post(format!("{}/recommend", bases[node]))
+                        .json(&json!({"user_id": format!("u{}", i % 100), "n_recommendations": 10}))
+                        .send()
+                        && response.status().is_server_error()
+                        && down.load(Ordering::Relaxed) != node as u64
+                    {
+                        failures.push(format!("node {node}: {}", response.status()));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                failures
+            })
+        };
+        Self {
+            stop,
+            acknowledged,
+            posters,
+            recommender,
+        }
+    }
+
+    /// Stops the clients, checks no recommendation failed, and returns how many events
+    /// were acknowledged.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for poster in self.posters {
+            poster.join().unwrap();
+        }
+        let failures = self.recommender.join().unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+}
+
+/// How many rows `sql` counts in database `name` of `postgres`.
+fn count(postgres: &TestPostgres, name: &str, sql: &str) -> u64 {
+    let output = postgres
+        .psql(name)
+        .args(["-t", "-A", "-c", sql])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_cluster_rides_out_a_postgres_restart_under_load() {
+    // A server of its own: this test stops it.
+    let postgres = TestPostgres::start();
+    let (url, nodes, _temp) = three_nodes(&postgres);
+    let refs: Vec<&Server> = nodes.iter().collect();
+    learner(&refs, Duration::from_secs(LEASE_SECS + 5));
+    let demo_events = refs[0].get("/health").1["events"].as_u64().unwrap();
+    let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.base.clone()).collect());
+    let load = Load::start(bases, Arc::new(AtomicU64::new(u64::MAX)));
+    std::thread::sleep(Duration::from_secs(1));
+    postgres.stop();
+    // Down longer than the lease: the learner must stop learning.
+    std::thread::sleep(Duration::from_secs(LEASE_SECS + 1));
+    assert!(
+        refs.iter().all(|node| !is_learner(node)),
+        "a node still counts itself learner with the database down"
+    );
+    postgres.resume();
+    let next = learner(&refs, Duration::from_secs(LEASE_SECS + 10));
+    std::thread::sleep(Duration::from_secs(1));
+    let acknowledged = load.finish();
+
+    // Nothing acknowledged lost or stored twice, and nothing refused stored.
+    let database = url.rsplit('/').next().unwrap();
+    assert_eq!(
+        count(&postgres, database, "SELECT COUNT(*) FROM events"),
+        demo_events + acknowledged
+    );
+    assert_eq!(
+        count(&postgres, database, "SELECT COUNT(*) FROM idempotency_keys"),
+        acknowledged
+    );
+    // Learning and distribution resumed without a restart.
+    for node in &refs {
+        node.wait_for("/health", Duration::from_secs(10), |health| {
+            health["events"].as_u64() == Some(demo_events + acknowledged)
+        });
+    }
+    update_everywhere(&refs, next);
 }
