@@ -436,3 +436,134 @@ fn the_cluster_rides_out_a_postgres_restart_under_load() {
     }
     update_everywhere(&refs, next);
 }
+
+/// An experiment of `weights` between the collaborative and popularity plugins.
+fn experiment(control: f64) -> String {
+    format!(
+        "id = \"arms\"\nname = \"Arms\"\nstatus = \"running\"\ncoverage = 1.0\n\
+         [[groups]]\nname = \"control\"\nplugin = \"collaborative\"\nweight = {control}\n\
+         [[groups]]\nname = \"treatment\"\nplugin = \"popularity\"\nweight = {}\n",
+        1.0 - control
+    )
+}
+
+/// Each of `users`' group in experiment `arms` on `node` (`None`: not in it).
+fn groups(node: &Server, users: &[String]) -> Vec<Option<String>> {
+    users
+        .iter()
+        .map(|user| {
+            let (status, body) = node.get(&format!(
+                "/users/{user}/experiment-group?experiment_id=arms"
+            ));
+            match status {
+                200 => body["group_name"].as_str().map(str::to_string),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn an_experiment_published_through_one_node_is_in_force_on_every_node() {
+    let postgres = TestPostgres::shared();
+    let (_url, nodes, temp) = three_nodes(postgres);
+    let refs: Vec<&Server> = nodes.iter().collect();
+    let users: Vec<String> = (1..=200).map(|u| u.to_string()).collect();
+    let publish =
+        |node: &Server, files: Value| node.post("/admin/experiments", &json!({ "files": files }));
+
+    // An invalid revision is refused whole, on any node, and nothing changes.
+    let (status, answer) = publish(
+        refs[2],
+        json!({"arms.toml": experiment(0.5), "broken.toml": "id = \"x\"\n[[groups]]\nplugin = \"nope\"\n"}),
+    );
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = publish(refs[2], json!({"../escape.toml": experiment(0.5)}));
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        refs[0].get("/health").1["experiments_revision"],
+        Value::Null
+    );
+
+    // Published through node b: in force on every node within 2 s, the same arms for the
+    // same users everywhere.
+    let (status, answer) = publish(refs[1], json!({"arms.toml": experiment(0.5)}));
+    assert_eq!(status, 200, "{answer}");
+    let revision = answer["revision"].as_u64().unwrap();
+    let published = Instant::now();
+    for node in &refs {
+        node.wait_for("/health", Duration::from_secs(2), |health| {
+            health["experiments_revision"].as_u64() == Some(revision)
+        });
+    }
+    eprintln!(
+        "revision {revision} in force on every node after {} ms",
+        published.elapsed().as_millis()
+    );
+    let first = groups(refs[0], &users);
+    assert!(first.iter().all(Option::is_some), "{first:?}");
+    for node in &refs[1..] {
+        assert_eq!(groups(node, &users), first);
+    }
+    let (status, body) = refs[2].post(
+        "/recommend",
+        &json!({"user_id": "1", "n_recommendations": 5}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["experiment"]["id"], "arms", "{body}");
+
+    // The next revision moves users only where the weights say so, on every node alike.
+    let (status, answer) = publish(refs[0], json!({"arms.toml": experiment(0.9)}));
+    assert_eq!(status, 200, "{answer}");
+    let next = answer["revision"].as_u64().unwrap();
+    assert!(next > revision);
+    for node in &refs {
+        node.wait_for("/health", Duration::from_secs(2), |health| {
+            health["experiments_revision"].as_u64() == Some(next)
+        });
+    }
+    let after = groups(refs[0], &users);
+    for node in &refs[1..] {
+        assert_eq!(groups(node, &users), after);
+    }
+    let controls = after
+        .iter()
+        .filter(|g| g.as_deref() == Some("control"))
+        .count();
+    assert!(controls > 150, "{controls} of 200 in control at 90%");
+
+    // The command line publishes a folder the same way (with node a's config: its plugins
+    // and database_url); an invalid folder publishes nothing.
+    let apply = |dir: &std::path::Path| {
+        std::process::Command::new(recohost_e2e::binary())
+            .args(["experiments", "apply"])
+            .arg(dir)
+            .arg("--config")
+            .arg(temp.path().join("a.toml"))
+            .output()
+            .unwrap()
+    };
+    let folder = temp.path().join("experiments");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("arms.toml"), experiment(0.2)).unwrap();
+    std::fs::write(folder.join("bad.toml"), "id = \"arms\"\n").unwrap();
+    let refused = apply(&folder);
+    assert!(!refused.status.success());
+    std::fs::remove_file(folder.join("bad.toml")).unwrap();
+    let output = apply(&folder);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("revision {}", next + 1)),
+        "{stdout}"
+    );
+    for node in &refs {
+        node.wait_for("/health", Duration::from_secs(2), |health| {
+            health["experiments_revision"].as_u64() == Some(next + 1)
+        });
+    }
+}

@@ -263,7 +263,7 @@ fn answers(server: &Server, users: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "items",
     "users",
     "events",
@@ -273,6 +273,7 @@ const TABLES: [&str; 9] = [
     "exposures",
     "sticky_assignments",
     "idempotency_keys",
+    "experiment_revisions",
 ];
 
 #[test]

@@ -152,14 +152,7 @@ impl App {
             learning = learning.in_cluster(node.learner.clone());
         }
         let learning = Arc::new(learning);
-        node.start(
-            // A connection of its own: a lease claim never waits behind the event writer.
-            Arc::new(Store::connect(&database)?),
-            learning.clone(),
-            plugins.clone(),
-            std::time::Duration::from_secs(config.cluster.lease_secs),
-        )
-        .context("cannot start the cluster thread")?;
+
         drop(events);
         let events = EventWriter::start(
             &database,
@@ -188,6 +181,19 @@ impl App {
         );
         let running = experiments.current().experiments.len();
         tracing::info!(experiments = running, "loaded the experiments");
+        if let crate::store::Database::Postgres(_) = database {
+            // The cluster's published experiments, if any, before the first request.
+            crate::cluster::follow_experiments(&store, &experiments);
+        }
+        node.start(
+            // A connection of its own: a lease claim never waits behind the event writer.
+            Arc::new(Store::connect(&database)?),
+            learning.clone(),
+            plugins.clone(),
+            experiments.clone(),
+            std::time::Duration::from_secs(config.cluster.lease_secs),
+        )
+        .context("cannot start the cluster thread")?;
 
         let recommender = Recommender {
             catalog: catalog.clone(),

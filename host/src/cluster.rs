@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::experiments::Experiments;
 use crate::learning::Learning;
 use crate::plugins::{LivePlugins, ModelVersion};
 use crate::store::{Fence, Store};
@@ -179,6 +180,7 @@ impl Node {
         store: Arc<Store>,
         learning: Arc<Learning>,
         plugins: Arc<LivePlugins>,
+        experiments: Arc<Experiments>,
         lease: Duration,
     ) -> std::io::Result<()> {
         if !self.clustered {
@@ -187,7 +189,7 @@ impl Node {
         let node = self.clone();
         let thread = std::thread::Builder::new()
             .name("cluster".into())
-            .spawn(move || node.run(&store, &learning, &plugins, lease))?;
+            .spawn(move || node.run(&store, &learning, &plugins, &experiments, lease))?;
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(())
     }
@@ -213,7 +215,14 @@ impl Node {
         }
     }
 
-    fn run(&self, store: &Store, learning: &Learning, plugins: &LivePlugins, lease: Duration) {
+    fn run(
+        &self,
+        store: &Store,
+        learning: &Learning,
+        plugins: &LivePlugins,
+        experiments: &Experiments,
+        lease: Duration,
+    ) {
         // Claims three times per lease: two in a row may fail before the lease lapses.
         let every = (lease / 3).min(Duration::from_secs(1));
         // Our own deadline ends this much before the database's, for clock rates that differ
@@ -255,6 +264,7 @@ impl Node {
             if !self.learner.is_learner() {
                 follow_models(store, plugins, learning, &mut warned);
             }
+            follow_experiments(store, experiments);
             // Until the next claim: woken early by the learner's announcement of a new model.
             let next_claim = started + every;
             loop {
@@ -350,6 +360,29 @@ fn follow_models(
     }
     if installed {
         learning.followed();
+    }
+}
+
+/// Puts the newest published experiment revision in force if it is newer than the one in
+/// force (every node polls each second, so an edit published through any node is in force
+/// everywhere within about a second).
+pub fn follow_experiments(store: &Store, experiments: &Experiments) {
+    let applied = experiments.current().revision.unwrap_or(0);
+    match store.latest_experiment_revision() {
+        Ok(newest) if newest > applied => {}
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!(%error, "cannot look for published experiments");
+            return;
+        }
+    }
+    match store.latest_experiments() {
+        // An invalid revision is logged and reported by `apply_revision`; the set stays.
+        Ok(Some((revision, files))) => {
+            let _ = experiments.apply_revision(revision, &files);
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the published experiments"),
     }
 }
 

@@ -79,6 +79,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Cluster experiments: publish a folder of experiment files to every node.
+    Experiments {
+        #[command(subcommand)]
+        command: ExperimentsCommand,
+    },
     /// Evaluate the declared plugins offline: P@k, R@k, NDCG@k, MAP@k and training time.
     Eval(EvalArgs),
     /// Tools for plugin authors: generate a plugin crate, check a built plugin.
@@ -92,6 +97,23 @@ enum Command {
         /// Default: the port of RECOHOST_BIND on 127.0.0.1, else 8080.
         #[arg(long)]
         url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExperimentsCommand {
+    /// Validate every NAME.toml of DIR against the config's plugins and publish them as the
+    /// cluster's new experiment revision (all nodes switch within about a second). Invalid
+    /// files: nothing is published.
+    Apply {
+        /// Folder of experiment files.
+        dir: PathBuf,
+        /// Config file (TOML): the plugins the groups may name, and database_url.
+        #[arg(long, env = "RECOHOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// The cluster's PostgreSQL (postgres://...). Overrides the config.
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -303,6 +325,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(url),
+        Command::Experiments {
+            command:
+                ExperimentsCommand::Apply {
+                    dir,
+                    config,
+                    database_url,
+                },
+        } => publish_experiments(&dir, load_config(config, None, database_url)?),
         Command::Migrate {
             to,
             config,
@@ -601,6 +631,47 @@ fn migrate(to: &str, config: Config) -> anyhow::Result<()> {
         "copied {} rows in {:.1} s, counts verified; serve with database_url = {to:?}",
         report.iter().map(|(_, rows)| rows).sum::<u64>(),
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `recohost experiments apply`: `dir`'s experiment files, validated, as a new revision.
+fn publish_experiments(dir: &std::path::Path, config: Config) -> anyhow::Result<()> {
+    let Some(url) = config.database_url.clone() else {
+        anyhow::bail!(
+            "experiments are published to a cluster: give --database-url (a single node reads its experiments directory)"
+        );
+    };
+    let plugins: Vec<String> = config.plugins.iter().map(|p| p.name.clone()).collect();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            let name = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .context("a file name that is not UTF-8")?
+                .to_string();
+            files.push((name, std::fs::read_to_string(&path)?));
+        }
+    }
+    files.sort();
+    let named: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(name, text)| (dir.join(name), text.clone()))
+        .collect();
+    let experiments = recohost::experiments::definition::load_files(&named, &plugins)
+        .context("nothing was published")?;
+    let store = Store::connect(&recohost::store::Database::Postgres(url))?;
+    let revision = store.publish_experiments(&files)?;
+    println!(
+        "published revision {revision}: {} experiment(s) ({}); every node puts it in force within about a second",
+        experiments.len(),
+        experiments
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }

@@ -335,3 +335,81 @@ pub async fn reload(
         }),
     }))
 }
+
+/// Experiment files to publish to every node of a cluster.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    /// File name (`NAME.toml`) -> TOML text, for every experiment the cluster should run: a
+    /// revision replaces the one before whole.
+    files: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PublishAnswer {
+    /// The new revision's number; every node puts it in force within about a second.
+    revision: u64,
+    /// The ids of its experiments.
+    experiments: Vec<String>,
+}
+
+/// Publishes experiment definitions to every node of the cluster (operator). Validated
+/// whole: one invalid file and nothing is published.
+#[utoipa::path(post, path = "/admin/experiments", tag = "experiments",
+    security(("admin_token" = [])),
+    request_body = PublishBody,
+    responses(
+        (status = 200, body = PublishAnswer),
+        (status = 400, description = "Malformed JSON or a file name that is not NAME.toml", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "No admin token configured on a public address", body = ErrorBody),
+        (status = 409, description = "A single node (SQLite): edit its experiments directory instead", body = ErrorBody),
+        (status = 415, description = "Body not sent as JSON", body = ErrorBody),
+        (status = 422, description = "An experiment file is invalid; nothing was published", body = ErrorBody),
+    ))]
+pub async fn publish(
+    _operator: Operator,
+    State(state): State<AppState>,
+    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PublishAnswer>, ApiError> {
+    let Json(body) = body?;
+    if state.store.engine() != "postgres" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "single_node",
+            "experiments are published to a cluster (database_url); a single node reads its experiments directory: edit it, or POST /admin/reload",
+        ));
+    }
+    for name in body.files.keys() {
+        let plain = name.ends_with(".toml")
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(ApiError::bad_request(
+                "invalid_file_name",
+                format!("{name:?}: name each file NAME.toml (letters, digits, '-', '_', '.')"),
+            ));
+        }
+    }
+    let files: Vec<(String, String)> = body.files.into_iter().collect();
+    let (store, experiments) = (state.store.clone(), state.experiments.clone());
+    let set = tokio::task::spawn_blocking(move || {
+        experiments.validate(&files)?;
+        let revision = store
+            .publish_experiments(&files)
+            .map_err(crate::experiments::live::ExperimentError::Store)?;
+        experiments.apply_revision(revision, &files)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(PublishAnswer {
+        revision: set.revision.unwrap_or(0),
+        experiments: set
+            .experiments
+            .iter()
+            .map(|e| e.definition.id.clone())
+            .collect(),
+    }))
+}

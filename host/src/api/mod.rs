@@ -17,6 +17,7 @@
 //! | `GET /experiments/{id}/results` | [`experiments::results`] |
 //! | `GET /users/{id}/experiment-group` | [`experiments::user_group`] |
 //! | `POST /admin/reload`  | [`experiments::reload`] (operator) |
+//! | `POST /admin/experiments` | [`experiments::publish`] (operator, cluster) |
 //! | `GET /health`         | [`system::health`]       |
 //! | `GET /plugins`        | [`system::plugins`]      |
 //! | `GET /metrics`        | [`metrics::metrics`]     |
@@ -101,6 +102,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/experiments/{id}/results", get(experiments::results))
         .route("/users/{id}/experiment-group", get(experiments::user_group))
         .route("/admin/reload", post(experiments::reload))
+        .route("/admin/experiments", post(experiments::publish))
         .route("/items/{id}", get(catalog::item))
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))

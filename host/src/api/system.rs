@@ -30,6 +30,8 @@ pub struct HealthResponse {
     /// This node: id, role, and whether it is its cluster's learner.
     node: crate::cluster::NodeReport,
     schema_version: usize,
+    /// The published experiment revision in force (cluster mode), if any.
+    experiments_revision: Option<u64>,
     version: &'static str,
 }
 
@@ -81,6 +83,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         database: state.store.engine(),
         node: state.node.report(),
         schema_version: state.schema_version,
+        experiments_revision: state.experiments.current().revision,
         version: env!("CARGO_PKG_VERSION"),
     });
     (code, body)

@@ -276,14 +276,33 @@ pub fn load_dir(dir: &Path, plugins: &[String]) -> Result<Vec<Experiment>, Defin
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
         .collect();
     paths.sort();
-    let mut experiments: Vec<Experiment> = Vec::new();
+    let mut files = Vec::with_capacity(paths.len());
     for path in paths {
         let text =
             std::fs::read_to_string(&path).map_err(|e| fail(&path, "(file)", e.to_string()))?;
-        let experiment = Experiment::parse(&path, &text, plugins)?;
+        files.push((path, text));
+    }
+    load_files(&files, plugins)
+}
+
+/// Experiment files given as (path or name, TOML text), validated, in the order given. Ids
+/// must be unique. What [`load_dir`] does with a folder's files, and what a published
+/// revision holds.
+pub fn load_files(
+    files: &[(PathBuf, String)],
+    plugins: &[String],
+) -> Result<Vec<Experiment>, DefinitionError> {
+    let fail = |path: &Path, field: &str, reason: String| DefinitionError {
+        path: path.display().to_string(),
+        field: field.into(),
+        reason,
+    };
+    let mut experiments: Vec<Experiment> = Vec::new();
+    for (path, text) in files {
+        let experiment = Experiment::parse(path, text, plugins)?;
         if let Some(other) = experiments.iter().find(|e| e.id == experiment.id) {
             return Err(fail(
-                &path,
+                path,
                 "id",
                 format!(
                     "{:?} is also the id of {}",

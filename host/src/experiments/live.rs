@@ -12,11 +12,19 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::assignment::{bucket_ranges, choose_variation, hash, in_namespace};
-use super::definition::{DefinitionError, Experiment, Group, Status, load_dir};
+use super::definition::{DefinitionError, Experiment, Group, Status, load_dir, load_files};
 use super::exposures::{ExposureLog, ExposureLogCounts, PendingExposure};
 use super::results::{Results, Tally};
 use super::results_cache::ResultsCache;
 use crate::store::{Database, StickyRow, Store, StoreError, unix_now_ms};
+
+/// Published files as the parser takes them (their names stand for paths in errors).
+fn as_paths(files: &[(String, String)]) -> Vec<(PathBuf, String)> {
+    files
+        .iter()
+        .map(|(name, text)| (PathBuf::from(name), text.clone()))
+        .collect()
+}
 
 /// GrowthBook's hash version used for assignment.
 const HASH_VERSION: u32 = 2;
@@ -111,6 +119,9 @@ pub enum ExperimentError {
 pub struct ExperimentSet {
     pub experiments: Vec<Arc<LiveExperiment>>,
     pub loaded_at_ms: u64,
+    /// The published revision this set is (cluster mode), `None` when it came from the
+    /// experiments directory.
+    pub revision: Option<u64>,
 }
 
 impl ExperimentSet {
@@ -126,6 +137,7 @@ impl ExperimentSet {
         Self {
             experiments,
             loaded_at_ms: unix_now_ms(),
+            revision: None,
         }
     }
 
@@ -253,6 +265,16 @@ impl Experiments {
         let dir = self.dir.as_ref().ok_or(ExperimentError::Disabled)?;
         // One reload at a time, so an older read of the directory never replaces a newer one.
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load_full();
+        if let Some(revision) = current.revision {
+            // A cluster's experiments are its published revisions; this node's folder does
+            // not override them.
+            tracing::warn!(
+                revision,
+                "experiments are published in the database; the directory is not read"
+            );
+            return Ok(current);
+        }
         match load_dir(dir, &(self.plugins)()) {
             Ok(definitions) => {
                 let set = Arc::new(ExperimentSet::new(definitions));
@@ -271,6 +293,51 @@ impl Experiments {
                 status.error = Some(ReloadFailure {
                     at_ms: unix_now_ms(),
                     message: error.to_string(),
+                });
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Validates experiment files as a revision would be (all or nothing), without applying
+    /// them.
+    pub fn validate(&self, files: &[(String, String)]) -> Result<usize, ExperimentError> {
+        Ok(load_files(&as_paths(files), &(self.plugins)())?.len())
+    }
+
+    /// Puts published revision `revision` in force, unless a revision as new is already in
+    /// force. On failure the set in force stays (and the error is kept for the API).
+    pub fn apply_revision(
+        &self,
+        revision: u64,
+        files: &[(String, String)],
+    ) -> Result<Arc<ExperimentSet>, ExperimentError> {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load_full();
+        if current.revision.is_some_and(|applied| applied >= revision) {
+            return Ok(current);
+        }
+        match load_files(&as_paths(files), &(self.plugins)()) {
+            Ok(definitions) => {
+                let mut set = ExperimentSet::new(definitions);
+                set.revision = Some(revision);
+                let set = Arc::new(set);
+                self.current.store(set.clone());
+                status.reloads += 1;
+                status.loaded_at_ms = set.loaded_at_ms;
+                status.error = None;
+                tracing::info!(
+                    revision,
+                    experiments = set.experiments.len(),
+                    "put a published experiment revision in force"
+                );
+                Ok(set)
+            }
+            Err(error) => {
+                tracing::warn!(revision, %error, "a published experiment revision is invalid here; the set in force stays");
+                status.error = Some(ReloadFailure {
+                    at_ms: unix_now_ms(),
+                    message: format!("revision {revision}: {error}"),
                 });
                 Err(error.into())
             }

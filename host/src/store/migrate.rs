@@ -152,6 +152,16 @@ const TABLES: &[Table] = &[
         order: "key",
         identity: None,
     },
+    Table {
+        name: "experiment_revisions",
+        columns: &[
+            ("revision", Kind::Int),
+            ("files", Kind::Text),
+            ("published_at_ms", Kind::Int),
+        ],
+        order: "revision",
+        identity: Some("revision"),
+    },
 ];
 
 /// One column's values of a page of rows, as one PostgreSQL array.

@@ -411,8 +411,16 @@ pub trait ModelRecord {
     fn model_versions(&self) -> StoreResult<HashMap<String, VersionRow>>;
 }
 
-/// Experiment records: exposures and sticky assignments (`experiments.rs` of each engine).
+/// Experiment records: exposures and sticky assignments, and the experiment definitions a
+/// cluster runs, published as numbered revisions (`experiments.rs` of each engine).
 pub trait ExperimentRecord {
+    /// Stores a new revision of the experiment definitions (file name -> TOML text, all of
+    /// them: a revision replaces the one before whole) and returns its number.
+    fn publish_experiments(&self, files: &[(String, String)]) -> StoreResult<u64>;
+    /// The number of the newest revision, 0 when none was ever published (a cheap poll).
+    fn latest_experiment_revision(&self) -> StoreResult<u64>;
+    /// The newest revision and its files, if any.
+    fn latest_experiments(&self) -> StoreResult<Option<(u64, ExperimentFiles)>>;
     /// Stores exposures and sticky assignments in one transaction.
     fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()>;
     /// Every stored sticky assignment.
@@ -501,6 +509,25 @@ impl std::ops::Deref for Store {
     fn deref(&self) -> &Self::Target {
         &*self.backend
     }
+}
+
+/// Experiment definition files: file name -> TOML text.
+pub type ExperimentFiles = Vec<(String, String)>;
+
+/// A revision's files as stored: a JSON object, file name -> text.
+fn revision_json(files: &[(String, String)]) -> StoreResult<String> {
+    let object: serde_json::Map<String, serde_json::Value> = files
+        .iter()
+        .map(|(name, text)| (name.clone(), serde_json::Value::String(text.clone())))
+        .collect();
+    serde_json::to_string(&object).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A revision's files read back, in file-name order.
+fn revision_files(json: &str) -> StoreResult<Vec<(String, String)>> {
+    let object: std::collections::BTreeMap<String, String> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("an experiment revision: {e}")))?;
+    Ok(object.into_iter().collect())
 }
 
 /// Milliseconds since the Unix epoch.

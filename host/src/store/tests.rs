@@ -94,6 +94,7 @@ over_both_engines!(
     seeding_fills_an_empty_database_once,
     an_announcement_wakes_the_listeners_of_other_nodes,
     only_the_lease_holder_gets_model_versions_when_fenced,
+    experiment_revisions_are_numbered_and_read_back_whole,
 );
 
 fn batch() -> ImportBatch {
@@ -685,4 +686,24 @@ fn only_the_lease_holder_gets_model_versions_when_fenced(db: &TestDb) {
         store.allocate_model_versions(&["old"], 0, None).unwrap(),
         vec![10]
     );
+}
+
+fn experiment_revisions_are_numbered_and_read_back_whole(db: &TestDb) {
+    let store = db.open();
+    assert_eq!(store.latest_experiment_revision().unwrap(), 0);
+    assert_eq!(store.latest_experiments().unwrap(), None);
+    let files = |text: &str| {
+        vec![
+            ("b.toml".to_string(), text.to_string()),
+            ("a.toml".to_string(), "id = \"a\"\n".to_string()),
+        ]
+    };
+    assert_eq!(store.publish_experiments(&files("one")).unwrap(), 1);
+    assert_eq!(db.open().publish_experiments(&files("two")).unwrap(), 2);
+    assert_eq!(store.latest_experiment_revision().unwrap(), 2);
+    let (revision, read) = store.latest_experiments().unwrap().unwrap();
+    assert_eq!(revision, 2);
+    let mut expected = files("two");
+    expected.sort();
+    assert_eq!(read, expected);
 }

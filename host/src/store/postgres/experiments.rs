@@ -1,9 +1,56 @@
 //! Experiment records in PostgreSQL: exposures and sticky assignments.
 
 use super::{PostgresStore, to_i64};
-use crate::store::{ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult};
+use crate::store::{
+    ExperimentFiles, ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult,
+};
 
 impl ExperimentRecord for PostgresStore {
+    fn publish_experiments(&self, files: &[(String, String)]) -> StoreResult<u64> {
+        let files = crate::store::revision_json(files)?;
+        let now = to_i64(crate::store::unix_now_ms());
+        self.run(async |client| {
+            let row = client
+                .query_one(
+                    "INSERT INTO experiment_revisions (files, published_at_ms) VALUES ($1, $2)
+                     RETURNING revision",
+                    &[&files, &now],
+                )
+                .await?;
+            Ok(row.try_get::<_, i64>(0)?.max(0) as u64)
+        })
+    }
+
+    fn latest_experiment_revision(&self) -> StoreResult<u64> {
+        self.run(async |client| {
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(MAX(revision), 0) FROM experiment_revisions",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get::<_, i64>(0)?.max(0) as u64)
+        })
+    }
+
+    fn latest_experiments(&self) -> StoreResult<Option<(u64, ExperimentFiles)>> {
+        self.run(async |client| {
+            let row = client
+                .query_opt(
+                    "SELECT revision, files FROM experiment_revisions
+                     ORDER BY revision DESC LIMIT 1",
+                    &[],
+                )
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            let revision = row.try_get::<_, i64>(0)?.max(0) as u64;
+            Ok(Some((
+                revision,
+                crate::store::revision_files(row.try_get(1)?)?,
+            )))
+        })
+    }
+
     fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()> {
         self.run(async |client| {
             let transaction = client.transaction().await?;

@@ -1,12 +1,51 @@
 //! Experiment records in SQLite: exposures (what was served to whom under which arm) and the
 //! groups that sticky experiments keep per user.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::store::{ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult};
+use crate::store::{
+    ExperimentFiles, ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult,
+};
 
 impl ExperimentRecord for SqliteStore {
+    fn publish_experiments(&self, files: &[(String, String)]) -> StoreResult<u64> {
+        let files = crate::store::revision_json(files)?;
+        let connection = self.lock();
+        connection.execute(
+            "INSERT INTO experiment_revisions (files, published_at_ms) VALUES (?1, ?2)",
+            params![files, crate::store::unix_now_ms() as i64],
+        )?;
+        Ok(connection.last_insert_rowid().max(0) as u64)
+    }
+
+    fn latest_experiment_revision(&self) -> StoreResult<u64> {
+        let revision: i64 = self.lock().query_row(
+            "SELECT COALESCE(MAX(revision), 0) FROM experiment_revisions",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(revision.max(0) as u64)
+    }
+
+    fn latest_experiments(&self) -> StoreResult<Option<(u64, ExperimentFiles)>> {
+        let row: Option<(i64, String)> = self
+            .lock()
+            .query_row(
+                "SELECT revision, files FROM experiment_revisions ORDER BY revision DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(revision, files)| {
+            Ok((
+                revision.max(0) as u64,
+                crate::store::revision_files(&files)?,
+            ))
+        })
+        .transpose()
+    }
+
     fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;

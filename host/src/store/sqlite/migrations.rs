@@ -117,6 +117,15 @@ const MIGRATIONS: &[&str] = &[
         expires_at_ms INTEGER NOT NULL            -- Unix milliseconds, the database's clock
     ) WITHOUT ROWID;
     "#,
+    // 8: experiment definitions published as numbered revisions (a cluster's nodes all run
+    // the newest); `files` is a JSON object, file name -> TOML text.
+    r#"
+    CREATE TABLE experiment_revisions (
+        revision        INTEGER PRIMARY KEY AUTOINCREMENT,
+        files           TEXT NOT NULL,
+        published_at_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.
