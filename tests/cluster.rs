@@ -233,17 +233,7 @@ fn killing_the_learner_hands_learning_over_and_loses_nothing() {
 
     // Every acknowledged event is stored exactly once...
     let database = url.rsplit('/').next().unwrap();
-    let count = |sql: &str| -> u64 {
-        let output = TestPostgres::shared()
-            .psql(database)
-            .args(["-t", "-A", "-c", sql])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let count = |sql: &str| TestPostgres::shared().count(database, sql);
     assert_eq!(
         count("SELECT COUNT(*) FROM events"),
         demo_events + acknowledged
@@ -382,19 +372,6 @@ impl Load {
     }
 }
 
-/// How many rows `sql` counts in database `name` of `postgres`.
-fn count(postgres: &TestPostgres, name: &str, sql: &str) -> u64 {
-    let output = postgres
-        .psql(name)
-        .args(["-t", "-A", "-c", sql])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn the_cluster_rides_out_a_postgres_restart_under_load() {
     // A server of its own: this test stops it.
@@ -421,11 +398,11 @@ fn the_cluster_rides_out_a_postgres_restart_under_load() {
     // Nothing acknowledged lost or stored twice, and nothing refused stored.
     let database = url.rsplit('/').next().unwrap();
     assert_eq!(
-        count(&postgres, database, "SELECT COUNT(*) FROM events"),
+        postgres.count(database, "SELECT COUNT(*) FROM events"),
         demo_events + acknowledged
     );
     assert_eq!(
-        count(&postgres, database, "SELECT COUNT(*) FROM idempotency_keys"),
+        postgres.count(database, "SELECT COUNT(*) FROM idempotency_keys"),
         acknowledged
     );
     // Learning and distribution resumed without a restart.

@@ -33,24 +33,6 @@ fn versions(server: &Server) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// How many rows `sql` counts, read straight from the database.
-fn count(postgres: &TestPostgres, database: &str, sql: &str) -> u64 {
-    let output = postgres
-        .psql(database)
-        .args(["-t", "-A", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn database_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
@@ -76,7 +58,7 @@ fn a_server_on_postgres_stores_serves_learns_and_restarts_with_everything() {
     let demo_events = events_stored(&server);
     assert!(demo_events > 10_000, "{health}");
     assert_eq!(
-        count(postgres, database_name(&url), "SELECT COUNT(*) FROM events"),
+        postgres.count(database_name(&url), "SELECT COUNT(*) FROM events"),
         demo_events
     );
 
@@ -121,8 +103,7 @@ fn a_server_on_postgres_stores_serves_learns_and_restarts_with_everything() {
     let learned = versions(&server);
     for ((name, old), (_, new)) in before.iter().zip(&learned) {
         assert!(new > old, "{name} did not learn: {old} -> {new}");
-        let stored = count(
-            postgres,
+        let stored = postgres.count(
             database_name(&url),
             &format!("SELECT COALESCE(MAX(version), 0) FROM snapshots WHERE plugin = '{name}'"),
         );
@@ -232,11 +213,11 @@ fn with_postgres_down_events_are_refused_recommendations_served_and_all_resumes(
     // events (one per key), the "after" event, and the demo data.
     let database = database_name(&url);
     assert_eq!(
-        count(&postgres, database, "SELECT COUNT(*) FROM events"),
+        postgres.count(database, "SELECT COUNT(*) FROM events"),
         demo_events + acknowledged + 1
     );
     assert_eq!(
-        count(&postgres, database, "SELECT COUNT(*) FROM idempotency_keys"),
+        postgres.count(database, "SELECT COUNT(*) FROM idempotency_keys"),
         acknowledged
     );
     assert_eq!(events_stored(&server), demo_events + acknowledged + 1);
@@ -343,17 +324,17 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
             })
             .unwrap();
         assert_eq!(
-            count(postgres, database, &format!("SELECT COUNT(*) FROM {table}")),
+            postgres.count(database, &format!("SELECT COUNT(*) FROM {table}")),
             rows,
             "{table}"
         );
     }
     assert!(
-        count(postgres, database, "SELECT COUNT(*) FROM exposures") > 0,
+        postgres.count(database, "SELECT COUNT(*) FROM exposures") > 0,
         "the test meant to copy exposures"
     );
     assert_eq!(
-        count(postgres, database, "SELECT COUNT(*) FROM idempotency_keys"),
+        postgres.count(database, "SELECT COUNT(*) FROM idempotency_keys"),
         1
     );
     // Again into the same, no longer empty, database: refused, nothing added.

@@ -103,6 +103,24 @@ impl TestPostgres {
         );
     }
 
+    /// The number `sql` (a `SELECT COUNT(*)` or the like) returns in database `name`.
+    pub fn count(&self, name: &str, sql: &str) -> u64 {
+        let output = self
+            .psql(name)
+            .args(["-t", "-A", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql} gave {text:?}"))
+    }
+
     /// `psql` on database `name`, quiet, as the superuser.
     pub fn psql(&self, name: &str) -> Command {
         let mut command = Command::new(self.bin.join("psql"));
