@@ -6,8 +6,8 @@
 //!   plugins, demo data).
 //! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the
 //!   workspace and (without ARGS) `api-check`.
-//! - `loadtest [main | hardening | storage | failover]`: `plugins`, the release build, then the load
-//!   tests (`tests/loadtest.rs`, `hardening_load.rs`, `storage_load.rs`, `failover_load.rs`:
+//! - `loadtest [main | hardening | storage | cluster]`: `plugins`, the release build, then the load
+//!   tests (`tests/loadtest.rs`, `hardening_load.rs`, `storage_load.rs`, `cluster_load.rs`:
 //!   the real server under load; not part of `test` because they take minutes and need wrk).
 //!
 //! - `api-check`: `plugins`, the release build, then schemathesis against a live server from
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         Some("container-test") => container::container_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening | storage | failover] | api-check | screenshots | fuzz [RUNS] | container-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening | storage | cluster] | api-check | screenshots | fuzz [RUNS] | container-test>"
             );
             return ExitCode::from(2);
         }
@@ -168,23 +168,18 @@ fn build_server_and_tests() -> Result<(), String> {
     run(cargo().args(["build", "--release", "--workspace", "--bins", "--tests"]))
 }
 
-/// `loadtest` runs every load test; `loadtest main`, `hardening`, `storage` or `failover`
+/// `loadtest` runs every load test; `loadtest main`, `hardening`, `storage` or `cluster`
 /// one of them.
 fn loadtest(which: Option<&str>) -> Result<(), String> {
     let binaries: &[&str] = match which {
-        None => &[
-            "loadtest",
-            "hardening-load",
-            "storage-load",
-            "failover-load",
-        ],
+        None => &["loadtest", "hardening-load", "storage-load", "cluster-load"],
         Some("main") => &["loadtest"],
         Some("hardening") => &["hardening-load"],
         Some("storage") => &["storage-load"],
-        Some("failover") => &["failover-load"],
+        Some("cluster") => &["cluster-load"],
         Some(other) => {
             return Err(format!(
-                "unknown load test {other:?}: main, hardening, storage or failover"
+                "unknown load test {other:?}: main, hardening, storage or cluster"
             ));
         }
     };

@@ -1,12 +1,16 @@
-//! Failover time of a three-node cluster: from `kill -9` of the learner to the first new
-//! model version served by a surviving node, while a client posts events all along, ten
-//! times (a fresh node replaces the killed one after each run):
+//! A three-node cluster on one PostgreSQL, against one node on SQLite, same machine, same run:
 //!
-//!     cargo xtask loadtest failover      (needs Debian's postgresql)
+//!     cargo xtask loadtest cluster      (needs wrk and Debian's postgresql)
 //!
-//! Default `lease_secs` (10), `update_buffer_size = 200`: with events arriving, the learner
-//! updates every plugin a few times a second, so the time measured is the election plus the
-//! new learner's first update and its publication.
+//! 1. `POST /recommend` (cache off: every request reaches a plugin), 64 connections: to one
+//!    SQLite node (the baseline), then spread over the three nodes (three wrk at once, 22
+//!    connections each), with their total throughput and worst p99.
+//! 2. Failover: from `kill -9` of the learner to the first new model version served by a
+//!    surviving node, while a client posts events all along, ten times (a fresh node
+//!    replaces the killed one after each run). Default `lease_secs` (10),
+//!    `update_buffer_size = 200`: the learner updates every plugin a few times a second, so
+//!    the time measured is the election plus the new learner's first update and its
+//!    publication.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +19,11 @@ use std::time::{Duration, Instant};
 
 use recohost_e2e::{Server, TestPostgres, config_text};
 use serde_json::{Value, json};
+
+#[path = "wrk.rs"]
+#[allow(dead_code)] // shared by the load test binaries; each uses part of it
+mod wrk;
+use wrk::{DURATION, RECOMMEND_LUA, wrk};
 
 const RUNS: usize = 10;
 const PLUGIN: &str = "popularity";
@@ -35,9 +44,64 @@ fn is_learner(server: &Server) -> bool {
     server.get("/health").1["node"]["learner"] == true
 }
 
+/// `POST /recommend` against one SQLite node, then spread over three PostgreSQL nodes.
+fn recommend_spread(dir: &std::path::Path, postgres: &TestPostgres) -> Value {
+    let cache_off = "[cache]\nbackend = \"off\"\n[http]\nmax_in_flight = 128\n";
+    eprintln!("1/2 POST /recommend: one SQLite node, 64 connections, {DURATION}");
+    let single = Server::start_in(&dir.join("single"), &config_text(cache_off)).unwrap();
+    let baseline = wrk(&single.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(baseline["non_2xx"], 0, "{baseline}");
+    drop(single);
+    eprintln!("1/2 POST /recommend: three PostgreSQL nodes, 3 x 22 connections, {DURATION}");
+    let url = postgres.create_database();
+    let nodes: Vec<Server> = (0..3)
+        .map(|node| {
+            let config = config_text(&format!(
+                "database_url = {url:?}\n[cluster]\nnode_id = \"spread-{node}\"\n{cache_off}"
+            ));
+            Server::start_in(&dir.join(format!("spread-{node}")), &config).unwrap()
+        })
+        .collect();
+    let runs: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let own = dir.join(format!("wrk-{i}"));
+                std::fs::create_dir_all(&own).unwrap();
+                scope.spawn(move || wrk(&node.base, RECOMMEND_LUA, 22, &own))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for run in &runs {
+        assert_eq!(run["non_2xx"], 0, "{run}");
+    }
+    let total: f64 = runs
+        .iter()
+        .map(|r| r["requests_per_second"].as_f64().unwrap())
+        .sum();
+    let worst_p99 = runs
+        .iter()
+        .map(|r| r["p99_us"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let single_rps = baseline["requests_per_second"].as_f64().unwrap();
+    let single_p99 = baseline["p99_us"].as_f64().unwrap();
+    println!(
+        "\n/recommend, cache off: one SQLite node {single_rps:.0} req/s, p99 {:.1} ms; three PostgreSQL nodes {total:.0} req/s ({:.2}x), worst p99 {:.1} ms ({:.2}x)",
+        single_p99 / 1e3,
+        total / single_rps,
+        worst_p99 / 1e3,
+        worst_p99 / single_p99
+    );
+    json!({"single": baseline, "three_nodes": runs, "throughput_ratio": total / single_rps, "p99_ratio": worst_p99 / single_p99})
+}
+
 fn main() {
     let temp = tempfile::tempdir().unwrap();
     let postgres = TestPostgres::start();
+    let spread = recommend_spread(temp.path(), &postgres);
+    eprintln!("2/2 failover, {RUNS} runs");
     let url = postgres.create_database();
     let mut started = 0;
     let mut nodes: Vec<Server> = (0..3)
@@ -120,7 +184,7 @@ fn main() {
     let median = (times[RUNS / 2 - 1] + times[RUNS / 2]) / 2.0;
     println!(
         "{}",
-        json!({"runs": RUNS, "lease_secs": 10, "failover_ms": times, "median_ms": median, "max_ms": times[RUNS - 1]})
+        json!({"recommend": spread, "failover": {"runs": RUNS, "lease_secs": 10, "failover_ms": times, "median_ms": median, "max_ms": times[RUNS - 1]}})
     );
     println!(
         "\nfailover (kill -9 of the learner -> a new {PLUGIN} version served), {RUNS} runs: median {:.0} ms, max {:.0} ms (lease 10 s)",
