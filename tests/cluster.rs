@@ -488,6 +488,11 @@ fn an_experiment_published_through_one_node_is_in_force_on_every_node() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["experiment"]["id"], "arms", "{body}");
+    assert_eq!(
+        body["experiment"]["revision"].as_u64(),
+        Some(revision),
+        "{body}"
+    );
 
     // The next revision moves users only where the weights say so, on every node alike.
     let (status, answer) = publish(refs[0], json!({"arms.toml": experiment(0.9)}));

@@ -467,12 +467,15 @@ fn plugins_added_or_replaced_in_the_config_serve_without_a_restart() {
 
     // Replace the .wasm: a new model version of the new code serves under the same name.
     install("content");
+    // The new plugins serve first, then the reload's outcome is published (the status is
+    // never held up by a reload under way): wait for both.
     let replaced = server.wait_for("/plugins", Duration::from_secs(30), |body| {
         body["plugins"]
             .as_array()
             .unwrap()
             .iter()
             .any(|p| p["name"] == "arm" && p["description"] != first["description"])
+            && body["reload"]["last_changes"]["replaced"] == json!(["arm"])
     });
     let arm = replaced["plugins"]
         .as_array()

@@ -60,6 +60,8 @@ pub struct ServedArm {
     pub experiment_id: String,
     pub experiment_name: String,
     pub group: String,
+    /// The published experiment revision that placed the user (cluster mode).
+    pub revision: Option<u64>,
 }
 
 /// Why the fallback plugin answered instead of the chosen one.
@@ -231,6 +233,7 @@ impl Recommender {
                 experiment_id: definition.id.clone(),
                 experiment_name: definition.name.clone(),
                 group: assignment.group().name.clone(),
+                revision: assignment.experiment.revision,
             }
         });
         Ok(Recommendation {

@@ -85,6 +85,7 @@ pub async fn recommend(
         id: &arm.experiment_id,
         name: &arm.experiment_name,
         group: &arm.group,
+        revision: arm.revision,
     });
     let recommendations = recommendation
         .items
@@ -141,4 +142,7 @@ pub struct ArmBody<'a> {
     id: &'a str,
     name: &'a str,
     group: &'a str,
+    /// The published experiment revision that placed the user (cluster mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
 }

@@ -35,13 +35,19 @@ pub struct LiveExperiment {
     pub definition: Experiment,
     /// Each group's `[start, end)` range of the hash, at the experiment's coverage.
     pub ranges: Vec<(f64, f64)>,
+    /// The published revision it came with (cluster mode); `None` from a directory.
+    pub revision: Option<u64>,
 }
 
 impl LiveExperiment {
-    fn new(definition: Experiment) -> Self {
+    fn new(definition: Experiment, revision: Option<u64>) -> Self {
         let weights: Vec<f64> = definition.groups.iter().map(|g| g.weight).collect();
         let ranges = bucket_ranges(weights.len() as i64, definition.coverage, Some(&weights));
-        Self { definition, ranges }
+        Self {
+            definition,
+            ranges,
+            revision,
+        }
     }
 }
 
@@ -125,10 +131,10 @@ pub struct ExperimentSet {
 }
 
 impl ExperimentSet {
-    fn new(definitions: Vec<Experiment>) -> Self {
+    fn new(definitions: Vec<Experiment>, revision: Option<u64>) -> Self {
         let mut experiments: Vec<Arc<LiveExperiment>> = definitions
             .into_iter()
-            .map(|d| Arc::new(LiveExperiment::new(d)))
+            .map(|d| Arc::new(LiveExperiment::new(d, revision)))
             .collect();
         experiments.sort_by(|a, b| {
             (b.definition.priority, &a.definition.id)
@@ -137,7 +143,7 @@ impl ExperimentSet {
         Self {
             experiments,
             loaded_at_ms: unix_now_ms(),
-            revision: None,
+            revision,
         }
     }
 
@@ -224,7 +230,7 @@ impl Experiments {
                 },
             );
         }
-        let set = ExperimentSet::new(definitions);
+        let set = ExperimentSet::new(definitions, None);
         let status = ReloadStatus {
             reloads: 1,
             loaded_at_ms: set.loaded_at_ms,
@@ -277,7 +283,7 @@ impl Experiments {
         }
         match load_dir(dir, &(self.plugins)()) {
             Ok(definitions) => {
-                let set = Arc::new(ExperimentSet::new(definitions));
+                let set = Arc::new(ExperimentSet::new(definitions, None));
                 self.current.store(set.clone());
                 status.reloads += 1;
                 status.loaded_at_ms = set.loaded_at_ms;
@@ -319,9 +325,7 @@ impl Experiments {
         }
         match load_files(&as_paths(files), &(self.plugins)()) {
             Ok(definitions) => {
-                let mut set = ExperimentSet::new(definitions);
-                set.revision = Some(revision);
-                let set = Arc::new(set);
+                let set = Arc::new(ExperimentSet::new(definitions, Some(revision)));
                 self.current.store(set.clone());
                 status.reloads += 1;
                 status.loaded_at_ms = set.loaded_at_ms;
