@@ -439,13 +439,11 @@ impl Writer {
             Err(error) => {
                 tracing::error!(%error, events = group.iter().map(|j| j.events.len()).sum::<usize>(), "cannot store events");
                 let unavailable = error.is_unavailable();
-                let error = error.to_string();
                 if unavailable {
-                    // Those queued behind this group would meet the same: tell them now.
-                    while let Ok(job) = jobs.try_recv() {
-                        group.push(job);
-                    }
+                    // Those queued behind this group would meet the same.
+                    turn_away_queued(jobs, &error);
                 }
+                let error = error.to_string();
                 for job in group {
                     let _ = job.reply.send(Err(if unavailable {
                         AppendError::Unavailable(error.clone())
@@ -469,14 +467,8 @@ impl Writer {
         while let Err(error) = self.catch_up(first_stored) {
             tracing::error!(%error, "cannot read what another process stored; trying again");
             if error.is_unavailable() {
-                // The database went away after this group's commit. Requests queued behind
-                // it were not attempted: tell them now instead of letting them wait out
-                // their timeout.
-                while let Ok(job) = jobs.try_recv() {
-                    let _ = job
-                        .reply
-                        .send(Err(AppendError::Unavailable(error.to_string())));
-                }
+                // The database went away after this group's commit.
+                turn_away_queued(jobs, &error);
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(2));
@@ -609,6 +601,15 @@ impl Writer {
             tracing::info!(events = taken, "took in events another process stored");
         }
         Ok(())
+    }
+}
+
+/// Answers every request still queued with `error` (the database cannot be reached): they
+/// were not attempted, so they are told now instead of waiting out their timeout.
+fn turn_away_queued(jobs: &Receiver<AppendJob>, error: &StoreError) {
+    let error = error.to_string();
+    while let Ok(job) = jobs.try_recv() {
+        let _ = job.reply.send(Err(AppendError::Unavailable(error.clone())));
     }
 }
 

@@ -91,23 +91,22 @@ impl TestPostgres {
 
     /// Runs `sql` in the `postgres` database.
     pub fn admin(&self, sql: &str) {
-        let output = self
-            .psql("postgres")
-            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.query("postgres", sql);
     }
 
     /// The number `sql` (a `SELECT COUNT(*)` or the like) returns in database `name`.
     pub fn count(&self, name: &str, sql: &str) -> u64 {
+        let text = self.query(name, sql);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql} gave {text:?}"))
+    }
+
+    /// Runs `sql` in database `name`, panicking on an error; what it printed, unaligned.
+    fn query(&self, name: &str, sql: &str) -> String {
         let output = self
             .psql(name)
-            .args(["-t", "-A", "-c", sql])
+            .args(["-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("psql runs");
         assert!(
@@ -115,10 +114,7 @@ impl TestPostgres {
             "{sql}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let text = String::from_utf8_lossy(&output.stdout);
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{sql} gave {text:?}"))
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// `psql` on database `name`, quiet, as the superuser.
