@@ -609,6 +609,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// `recohost migrate`: the SQLite database of `config`'s data directory into `to`.
 fn migrate(to: &str, config: Config) -> anyhow::Result<()> {
     let source = config.data_dir.join("recohost.db");
+    if !source.exists() {
+        anyhow::bail!(
+            "there is no SQLite database at {} (give the data directory with --data-dir or the config)",
+            source.display()
+        );
+    }
     let target = recohost::store::Database::Postgres(to.to_string());
     eprintln!("copying {} into {}", source.display(), target.describe());
     let started = std::time::Instant::now();
