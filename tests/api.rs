@@ -167,6 +167,21 @@ fn bad_inputs_get_json_errors_and_the_server_keeps_serving() {
     let (status, body) = server.post_oversized("/recommend", &oversized);
     assert_eq!((status, error_code(&body).as_str()), (413, "invalid_body"));
 
+    // A single node runs what its own files say: nothing is published to it.
+    let wasm = std::fs::read(recohost_e2e::plugins_dir().join("popularity.wasm")).unwrap();
+    let (status, body) = server.post_bytes("/admin/plugins/trending", "application/wasm", wasm);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (409, "single_node"),
+        "{body}"
+    );
+    let (status, body) = server.post("/admin/experiments", &json!({"files": {}}));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (409, "single_node"),
+        "{body}"
+    );
+
     // Still serving, and nothing was stored by the bad requests.
     let (status, health) = server.get("/health");
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));

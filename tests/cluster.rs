@@ -549,3 +549,169 @@ fn an_experiment_published_through_one_node_is_in_force_on_every_node() {
         });
     }
 }
+
+/// `name`'s entry on `node`'s `/plugins`.
+fn plugin_entry(node: &Server, name: &str) -> Value {
+    node.plugin_status(name)
+        .unwrap_or_else(|| panic!("{name} is not served: {}", node.get("/plugins").1))
+}
+
+#[test]
+fn a_plugin_pushed_once_is_served_by_every_node_without_shared_files() {
+    let postgres = TestPostgres::shared();
+    let (_url, nodes, temp) = three_nodes(postgres);
+    let refs: Vec<&Server> = nodes.iter().collect();
+    // The .wasm to publish lives only here, and is deleted once published: the nodes can
+    // only have it from the database.
+    let upload = tempfile::tempdir().unwrap();
+    let source = |plugin: &str| {
+        let path = upload.path().join(format!("{plugin}-upload.wasm"));
+        std::fs::copy(
+            recohost_e2e::plugins_dir().join(format!("{plugin}.wasm")),
+            &path,
+        )
+        .unwrap();
+        path
+    };
+    let push = |node: &Server, name: &str, query: &str, wasm: Vec<u8>| {
+        node.post_bytes(
+            &format!("/admin/plugins/{name}{query}"),
+            "application/wasm",
+            wasm,
+        )
+    };
+
+    // Refused whole, on any node, nothing published: not a component, a bad name, bad
+    // limits, a config the plugin refuses.
+    let popularity = source("popularity");
+    let bytes = std::fs::read(&popularity).unwrap();
+    for (name, query, wasm, status, code) in [
+        ("trending", "", b"not wasm".to_vec(), 422, "invalid_plugin"),
+        ("Trending!", "", bytes.clone(), 422, "invalid_plugin"),
+        (
+            "trending",
+            "?limits=%7B%22memory_mb%22%3A0%7D",
+            bytes.clone(),
+            422,
+            "invalid_plugin",
+        ),
+        (
+            "trending",
+            "?config=%7B%22surprise%22%3A1%7D",
+            bytes.clone(),
+            422,
+            "invalid_plugin",
+        ),
+        (
+            "trending",
+            "?config=not-json",
+            bytes.clone(),
+            400,
+            "invalid_query",
+        ),
+    ] {
+        let (got, body) = push(refs[2], name, query, wasm);
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{name}{query}: {body}"
+        );
+    }
+    let (status, body) = refs[2].post_raw("/admin/plugins/trending", "{}");
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(refs[0].get("/health").1["plugins_revision"], Value::Null);
+
+    // Published through node b as a new plugin with its own config: every node serves it
+    // within 2 s of the answer, from the bytes in the database.
+    let (status, answer) = push(
+        refs[1],
+        "trending",
+        "?config=%7B%22half_life_days%22%3A7%7D",
+        bytes,
+    );
+    assert_eq!(status, 200, "{answer}");
+    std::fs::remove_file(&popularity).unwrap();
+    let revision = answer["revision"].as_u64().unwrap();
+    assert_eq!(answer["changes"]["added"], json!(["trending"]), "{answer}");
+    let published = Instant::now();
+    for node in &refs {
+        node.wait_for("/health", Duration::from_secs(2), |health| {
+            health["plugins_revision"].as_u64() == Some(revision)
+        });
+    }
+    eprintln!(
+        "plugin revision {revision} in force on every node after {} ms",
+        published.elapsed().as_millis()
+    );
+    let mut trained = HashSet::new();
+    for node in &refs {
+        let entry = plugin_entry(node, "trending");
+        assert_eq!(
+            entry["published_revision"].as_u64(),
+            Some(revision),
+            "{entry}"
+        );
+        assert_eq!(entry["status"], "ready", "{entry}");
+        trained.insert(entry["model_version"].as_u64().unwrap());
+        let (status, body) = node.post(
+            "/recommend",
+            &json!({"user_id": "3", "n_recommendations": 5, "model_type": "trending"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model"], "trending", "{body}");
+        assert_eq!(body["plugin_revision"].as_u64(), Some(revision), "{body}");
+        assert_eq!(
+            body["recommendations"].as_array().unwrap().len(),
+            5,
+            "{body}"
+        );
+    }
+    // Trained once, by the publishing node; the others restored its model.
+    assert_eq!(trained.len(), 1, "{trained:?}");
+
+    // The command line replaces a declared plugin (its config and limits kept from node a's
+    // file): "content" now runs the popularity code on every node.
+    let output = std::process::Command::new(recohost_e2e::binary())
+        .args(["plugin", "push"])
+        .arg(source("popularity"))
+        .args(["--name", "content", "--config"])
+        .arg(temp.path().join("a.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let next = revision + 1;
+    assert!(
+        stdout.contains(&format!("plugin revision {next}")),
+        "{stdout}"
+    );
+    let description = plugin_entry(refs[0], "trending")["description"].clone();
+    for node in &refs {
+        node.wait_for("/health", Duration::from_secs(2), |health| {
+            health["plugins_revision"].as_u64() == Some(next)
+        });
+        let content = plugin_entry(node, "content");
+        assert_eq!(content["description"], description, "{content}");
+        assert_eq!(
+            content["published_revision"].as_u64(),
+            Some(next),
+            "{content}"
+        );
+        // The earlier publication stays in force beside it.
+        assert_eq!(
+            plugin_entry(node, "trending")["published_revision"].as_u64(),
+            Some(revision)
+        );
+    }
+    // A node started afterwards runs the published set from the start.
+    let late = Server::start_in(&temp.path().join("d"), &node_config(&_url, "d")).unwrap();
+    assert_eq!(
+        late.get("/health").1["plugins_revision"].as_u64(),
+        Some(next)
+    );
+    assert_eq!(plugin_entry(&late, "content")["description"], description);
+}

@@ -360,6 +360,19 @@ impl Server {
         (status, value)
     }
 
+    /// POSTs `body` as it is with `Content-Type: content_type` (a plugin's .wasm).
+    pub fn post_bytes(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .timeout(Duration::from_secs(120))
+            .body(body)
+            .send()
+            .expect("POST succeeds");
+        decode(response)
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, &body.to_string())
     }

@@ -47,8 +47,8 @@ fn service(files: &[(&str, String)]) -> (tempfile::TempDir, Experiments) {
     for (name, text) in files {
         std::fs::write(dir.join(name), text).expect("write");
     }
-    let database = temp.path().join("db");
-    let store = Arc::new(Store::open(&database).expect("store"));
+    let database = recohost::store::Database::Sqlite(temp.path().join("db"));
+    let store = Arc::new(Store::connect(&database).expect("store"));
     let plugins = || vec!["collaborative".to_string(), "hybrid".to_string()];
     let experiments =
         Experiments::open(Some(dir), Box::new(plugins), store, &database).expect("open");

@@ -14,6 +14,7 @@ use crate::events::EventWriter;
 use crate::experiments::Experiments;
 use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
+use crate::plugin_set::PublishedSet;
 use crate::plugins::{LivePlugins, ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
 use crate::recommend::Recommender;
 use crate::store::{Store, unix_now};
@@ -100,7 +101,21 @@ impl App {
         );
 
         let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?;
-        let registry = load_plugins(&config, &engine, &catalog)?;
+        // A cluster runs the plugins published to it over those its config file declares.
+        let published = match database {
+            crate::store::Database::Postgres(_) => store
+                .latest_plugins()?
+                .map(|(revision, plugins)| PublishedSet { revision, plugins }),
+            crate::store::Database::Sqlite(_) => None,
+        };
+        let declarations = crate::plugin_set::overlay(
+            config.plugins.clone(),
+            published.as_ref(),
+            &store,
+            &crate::plugin_set::wasm_dir(&config.data_dir),
+        )
+        .context("cannot fetch the plugins published to the cluster")?;
+        let registry = load_plugins(&declarations, &engine, &catalog)?;
         std::thread::scope(|scope| -> anyhow::Result<()> {
             let tasks: Vec<_> = registry
                 .iter()
@@ -221,7 +236,7 @@ impl App {
             learning,
             events,
             experiments,
-            plugin_reload: Default::default(),
+            plugin_reload: crate::reload::PluginReloads::new(published),
             http_metrics: Default::default(),
             overload,
             timeline: Default::default(),
@@ -244,17 +259,17 @@ pub fn load_declared(
         declaration.limits.clone(),
         catalog.plugin_items(),
         catalog.fingerprint(),
-    )?)
+    )?
+    .published_in(declaration.published_revision))
 }
 
 fn load_plugins(
-    config: &Config,
+    declarations: &[PluginDeclaration],
     engine: &PluginEngine,
     catalog: &Catalog,
 ) -> anyhow::Result<PluginRegistry> {
     let loaded: Vec<anyhow::Result<PluginRuntime>> = std::thread::scope(|scope| {
-        let tasks: Vec<_> = config
-            .plugins
+        let tasks: Vec<_> = declarations
             .iter()
             .map(|declaration| scope.spawn(move || load_declared(engine, declaration, catalog)))
             .collect();

@@ -163,6 +163,11 @@ impl Node {
         }
     }
 
+    /// Whether this node shares its database with others (PostgreSQL).
+    pub fn in_cluster(&self) -> bool {
+        self.clustered
+    }
+
     pub fn report(&self) -> NodeReport {
         NodeReport {
             id: self.id.clone(),

@@ -276,6 +276,9 @@ pub struct PluginDeclaration {
     pub config: toml::Table,
     #[serde(default)]
     pub limits: PluginLimits,
+    /// Set for a plugin published to the cluster (`plugin_set.rs`): the revision it came in.
+    #[serde(skip)]
+    pub published_revision: Option<u64>,
 }
 
 impl PluginDeclaration {

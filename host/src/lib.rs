@@ -2,7 +2,11 @@
 //!
 //! Where things live:
 //! - [`config`]: the TOML config file and its environment overrides.
-//! - [`store`]: SQLite (items, users, events, model snapshots) and its migrations.
+//! - [`store`]: durable records (items, users, events, snapshots, experiments) in SQLite or
+//!   PostgreSQL, behind one interface, with each engine's migrations.
+//! - [`cluster`]: this node among others on one PostgreSQL: the learner's lease, following
+//!   the models and experiments the cluster publishes.
+//! - [`plugin_set`]: plugins published to a whole cluster, over each node's declared ones.
 //! - [`catalog`]: the in-memory maps from external IDs to the dense indices plugins use.
 //! - [`plugins`]: the wasmtime host: engine, contract check, limits, instances, pools.
 //! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
@@ -34,6 +38,7 @@ pub mod histogram;
 pub mod import;
 pub mod learning;
 pub mod plugin_dev;
+pub mod plugin_set;
 pub mod plugins;
 pub mod recommend;
 pub mod reload;

@@ -128,6 +128,31 @@ enum PluginCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Publish a plugin to every node of a cluster: FILE is loaded against the cluster's
+    /// catalog and trained on its events here (the model is stored for the nodes to
+    /// restore), then stored in PostgreSQL as a new plugin revision; every node runs it
+    /// within seconds, no restart, no shared files. A plugin that fails: nothing published.
+    Push {
+        /// The component, e.g. target/wasm32-wasip2/release/NAME.wasm.
+        file: PathBuf,
+        /// The name requests and experiments use (replaces a plugin of that name).
+        #[arg(long)]
+        name: String,
+        /// Its config as a JSON object (default: what it was published with before, else
+        /// the config file's `[plugins.config]` for that name, else `{}`).
+        #[arg(long)]
+        plugin_config: Option<String>,
+        /// Its limits as JSON with keys of `[plugins.limits]` (default: as before, else the
+        /// config file's, else the defaults).
+        #[arg(long)]
+        limits: Option<String>,
+        /// Server config file (TOML): database_url, `[learning]` and the declared plugins.
+        #[arg(long, env = "RECOHOST_CONFIG")]
+        config: Option<PathBuf>,
+        /// The cluster's PostgreSQL (postgres://...). Overrides the config.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Run a built plugin through everything the server asks of it, on a generated dataset
     /// under the production limits; exit 1 with the reason if it breaks the contract.
     Check {
@@ -324,6 +349,23 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Plugin {
+            command:
+                PluginCommand::Push {
+                    file,
+                    name,
+                    plugin_config,
+                    limits,
+                    config,
+                    database_url,
+                },
+        } => push_plugin(
+            &file,
+            &name,
+            plugin_config.as_deref(),
+            limits.as_deref(),
+            load_config(config, None, database_url)?,
+        ),
         Command::Healthcheck { url } => healthcheck(url),
         Command::Experiments {
             command:
@@ -399,6 +441,7 @@ fn external_plugin(spec: &str) -> anyhow::Result<recohost::config::PluginDeclara
         path,
         config: Default::default(),
         limits: Default::default(),
+        published_revision: None,
     })
 }
 
@@ -649,19 +692,7 @@ fn publish_experiments(dir: &std::path::Path, config: Config) -> anyhow::Result<
         );
     };
     let plugins: Vec<String> = config.plugins.iter().map(|p| p.name.clone()).collect();
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "toml") {
-            let name = path
-                .file_name()
-                .and_then(|name| name.to_str())
-                .context("a file name that is not UTF-8")?
-                .to_string();
-            files.push((name, std::fs::read_to_string(&path)?));
-        }
-    }
-    files.sort();
+    let files = recohost::experiments::definition::dir_files(dir)?;
     let named: Vec<(PathBuf, String)> = files
         .iter()
         .map(|(name, text)| (dir.join(name), text.clone()))
@@ -678,6 +709,61 @@ fn publish_experiments(dir: &std::path::Path, config: Config) -> anyhow::Result<
             .map(|e| e.id.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+/// `recohost plugin push`: `file` proven against the cluster's data, then published.
+fn push_plugin(
+    file: &std::path::Path,
+    name: &str,
+    plugin_config: Option<&str>,
+    limits: Option<&str>,
+    config: Config,
+) -> anyhow::Result<()> {
+    use recohost::plugin_set;
+    let Some(url) = config.database_url.clone() else {
+        anyhow::bail!(
+            "plugins are published to a cluster: give --database-url (a single node runs the plugins of its config file)"
+        );
+    };
+    let plugin_config = plugin_config
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--plugin-config must be a JSON object: {e}"))?;
+    let limits = limits
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--limits: {e}"))?;
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let started = std::time::Instant::now();
+    let store = Store::connect(&recohost::store::Database::Postgres(url))?;
+    let newest = store
+        .latest_plugins()?
+        .map(|(revision, plugins)| plugin_set::PublishedSet { revision, plugins });
+    let entry = plugin_set::entry(
+        name,
+        &wasm,
+        plugin_config,
+        limits,
+        newest.as_ref(),
+        &config.plugins,
+    )
+    .context("nothing was published")?;
+    let catalog = recohost::catalog::Catalog::new(store.items()?);
+    let declaration = plugin_set::declaration(&entry, file.to_path_buf(), None)?;
+    // No compiled-code cache: this is a one-off, and the nodes keep their own.
+    let engine = recohost::plugins::PluginEngine::new(None)?;
+    let plugin =
+        plugin_set::load_with_model(&engine, &declaration, &catalog, &store, &config.learning)
+            .context("nothing was published")?;
+    let revision = store.publish_plugin(&entry, &wasm)?;
+    println!(
+        "published {name:?} ({} KiB, sha256 {}) as plugin revision {revision} in {:.1} s, with model version {}; every node runs it within seconds",
+        wasm.len() / 1024,
+        &entry.wasm_sha256[..12],
+        started.elapsed().as_secs_f64(),
+        plugin.model_version().unwrap_or(0),
     );
     Ok(())
 }

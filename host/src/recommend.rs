@@ -78,6 +78,9 @@ pub struct Recommendation {
     /// The plugin that answered (the fallback's name when `fallback` is set).
     pub model: String,
     pub model_version: u64,
+    /// The published plugin revision the answering plugin came in (cluster mode), if it
+    /// was published rather than declared in the config file.
+    pub plugin_revision: Option<u64>,
     /// The experiment and group that chose the model, if any.
     pub experiment: Option<ServedArm>,
     /// Set when the chosen plugin failed and the fallback plugin answered.
@@ -181,8 +184,11 @@ impl Recommender {
             (user, users.last_event_id())
         };
         let count = count as u32;
-        let (model, answer, fallback) = match self.answer(&model, &plugin, &user, count).await {
-            Ok(answer) => (model, answer, None),
+        let (model, answer, fallback, plugin_revision) = match self
+            .answer(&model, &plugin, &user, count)
+            .await
+        {
+            Ok(answer) => (model, answer, None, plugin.published_revision()),
             Err(source) => {
                 let fallback = self
                     .fallback_model
@@ -209,7 +215,12 @@ impl Recommender {
                     from: model,
                     reason: source.to_string(),
                 };
-                (fallback_name.clone(), answer, Some(fallback))
+                (
+                    fallback_name.clone(),
+                    answer,
+                    Some(fallback),
+                    fallback_plugin.published_revision(),
+                )
             }
         };
         let items = answer
@@ -239,6 +250,7 @@ impl Recommender {
         Ok(Recommendation {
             model,
             model_version: answer.model_version,
+            plugin_revision,
             experiment,
             fallback,
             cold_start: user.version == 0,

@@ -19,7 +19,8 @@ use serde::Serialize;
 use crate::app::{App, load_declared, restore_or_train};
 use crate::config::Config;
 use crate::experiments::live::ReloadFailure;
-use crate::plugins::fingerprint;
+use crate::plugin_set::{self, PublishedSet};
+use crate::plugins::{PluginRegistry, fingerprint};
 use crate::store::unix_now_ms;
 
 /// Quiet time after the last change before reloading.
@@ -51,6 +52,35 @@ pub struct PluginReloads {
     /// Held for a whole reload, by the blocking thread that runs it (never by a request).
     running: std::sync::Mutex<()>,
     status: arc_swap::ArcSwap<PluginReloadStatus>,
+    /// The published plugin revision in force (cluster mode), if any.
+    published: arc_swap::ArcSwapOption<PublishedSet>,
+    /// A published revision that failed to load here, and when: tried again only after
+    /// `RETRY_FAILED_REVISION` (a database that was away), or when a newer one comes.
+    failed: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+}
+
+/// How long a published plugin revision that failed to load waits before it is tried again.
+const RETRY_FAILED_REVISION: Duration = Duration::from_secs(30);
+
+impl PluginReloads {
+    /// Reloads that start with `published` in force (what start-up loaded).
+    pub fn new(published: Option<PublishedSet>) -> Self {
+        Self {
+            published: arc_swap::ArcSwapOption::from_pointee(published),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a plugin could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// What the operator sent cannot run: nothing was published.
+    #[error("{0:#}")]
+    Invalid(anyhow::Error),
+    /// The node could not do its part (database, config file): nothing was published.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
 }
 
 impl App {
@@ -58,12 +88,153 @@ impl App {
     /// given a model (their latest matching snapshot, else a training over the training window)
     /// while the old ones serve; then all of them are swapped in at once. Blocking.
     pub fn reload_plugins(&self) -> anyhow::Result<PluginChanges> {
+        self.reloading(|| {
+            let path = self.config.source.as_ref().context(
+                "the server was started without a config file, so there is no plugin list to re-read",
+            )?;
+            let declared = Config::load(path)?.plugins;
+            let published = self.plugin_reload.published.load_full();
+            let declarations = self.over_published(declared, published.as_deref())?;
+            let (registry, changes) = self.prepare(&declarations)?;
+            if let Some(registry) = registry {
+                self.plugins.replace(registry);
+            }
+            Ok(changes)
+        })
+    }
+
+    /// The outcome of the latest reload; never waits for one under way.
+    pub fn plugin_reload_status(&self) -> PluginReloadStatus {
+        (*self.plugin_reload.status.load_full()).clone()
+    }
+
+    /// The published plugin revision in force (cluster mode), if any.
+    pub fn published_plugins(&self) -> Option<Arc<PublishedSet>> {
+        self.plugin_reload.published.load_full()
+    }
+
+    /// Puts the newest published plugin revision in force if it is newer than the one in
+    /// force and did not fail here before (the cluster's nodes poll this). Blocking.
+    pub fn follow_published_plugins(&self) -> anyhow::Result<()> {
+        let in_force = |app: &Self| app.published_plugins().map_or(0, |set| set.revision);
+        let newest = self.store.latest_plugin_revision()?;
+        let failed_recently = self
+            .plugin_reload
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(revision, at)| {
+                revision == newest && at.elapsed() < RETRY_FAILED_REVISION
+            });
+        if newest <= in_force(self) || failed_recently {
+            return Ok(());
+        }
+        self.reloading(|| {
+            let Some((revision, plugins)) = self.store.latest_plugins()? else {
+                return Ok(PluginChanges::default());
+            };
+            if revision <= in_force(self) {
+                return Ok(PluginChanges::default());
+            }
+            let set = PublishedSet { revision, plugins };
+            let outcome = self
+                .over_published(self.declared_now()?, Some(&set))
+                .and_then(|declarations| self.prepare(&declarations));
+            let (registry, changes) = outcome.inspect_err(|_| {
+                *self
+                    .plugin_reload
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some((revision, std::time::Instant::now()));
+            })?;
+            if let Some(registry) = registry {
+                self.plugins.replace(registry);
+            }
+            self.plugin_reload.published.store(Some(Arc::new(set)));
+            tracing::info!(revision, "put a published plugin revision in force");
+            Ok(changes)
+        })
+        .map(|_| ())
+        .map_err(|error: anyhow::Error| {
+            error.context("a published plugin revision cannot run here")
+        })
+    }
+
+    /// Publishes `wasm` as plugin `name` to the cluster: proven here first (loaded against
+    /// the catalog and given a model, stored as a snapshot that the other nodes restore),
+    /// then stored as a new revision and swapped in on this node. Nothing is published when
+    /// any step fails. Blocking.
+    pub fn publish_plugin(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        config: Option<serde_json::Map<String, serde_json::Value>>,
+        limits: Option<crate::plugins::PluginLimits>,
+    ) -> Result<(u64, PluginChanges), PublishError> {
+        let mut revision = 0;
+        let changes = self.reloading(|| {
+            let failed = PublishError::Failed;
+            let declared = self.declared_now().map_err(failed)?;
+            let newest = self
+                .store
+                .latest_plugins()
+                .map_err(|e| failed(e.into()))?
+                .map(|(revision, plugins)| PublishedSet { revision, plugins });
+            let entry = plugin_set::entry(name, wasm, config, limits, newest.as_ref(), &declared)
+                .map_err(PublishError::Invalid)?;
+            // The new plugin is written where followers will write it, and loaded from there.
+            let dir = plugin_set::wasm_dir(&self.config.data_dir);
+            let path = dir.join(format!("{}.wasm", entry.wasm_sha256));
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&path, wasm))
+                .with_context(|| format!("cannot write {}", path.display()))
+                .map_err(failed)?;
+            let base = newest.as_ref().map_or(0, |set| set.revision);
+            let mut candidate = newest.unwrap_or(PublishedSet {
+                revision: 0,
+                plugins: Vec::new(),
+            });
+            candidate.plugins.retain(|p| p.name != entry.name);
+            candidate.plugins.push(entry.clone());
+            candidate.revision = base + 1;
+            let declarations = self
+                .over_published(declared, Some(&candidate))
+                .map_err(failed)?;
+            let (registry, changes) = self.prepare(&declarations).map_err(PublishError::Invalid)?;
+            revision = self
+                .store
+                .publish_plugin(&entry, wasm)
+                .map_err(|e| failed(e.into()))?;
+            if let Some(registry) = registry {
+                self.plugins.replace(registry);
+            }
+            // Another publication landed between our read and ours: what runs here is not
+            // all of that revision, so it is recorded as the older one and the follower puts
+            // the new one in force at its next poll.
+            if revision != candidate.revision {
+                candidate.revision = base;
+            }
+            self.plugin_reload
+                .published
+                .store(Some(Arc::new(candidate)));
+            tracing::info!(plugin = name, revision, "published a plugin to the cluster");
+            Ok(changes)
+        })?;
+        Ok((revision, changes))
+    }
+
+    /// Runs one plugin reload under the reload lock and records its outcome.
+    fn reloading<E: std::fmt::Display>(
+        &self,
+        reload: impl FnOnce() -> Result<PluginChanges, E>,
+    ) -> Result<PluginChanges, E> {
         let _one_at_a_time = self
             .plugin_reload
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let result = self.reload_plugins_locked();
+        let result = reload();
         let mut status = (*self.plugin_reload.status.load_full()).clone();
         match &result {
             Ok(changes) => {
@@ -83,20 +254,38 @@ impl App {
         result
     }
 
-    /// The outcome of the latest reload; never waits for one under way.
-    pub fn plugin_reload_status(&self) -> PluginReloadStatus {
-        (*self.plugin_reload.status.load_full()).clone()
+    /// The plugins the config file declares now (the start-up config's without a file).
+    fn declared_now(&self) -> anyhow::Result<Vec<crate::config::PluginDeclaration>> {
+        match &self.config.source {
+            Some(path) => Ok(Config::load(path)?.plugins),
+            None => Ok(self.config.plugins.clone()),
+        }
     }
 
-    fn reload_plugins_locked(&self) -> anyhow::Result<PluginChanges> {
-        let path = self.config.source.as_ref().context(
-            "the server was started without a config file, so there is no plugin list to re-read",
-        )?;
-        let config = Config::load(path)?;
+    fn over_published(
+        &self,
+        declared: Vec<crate::config::PluginDeclaration>,
+        published: Option<&PublishedSet>,
+    ) -> anyhow::Result<Vec<crate::config::PluginDeclaration>> {
+        plugin_set::overlay(
+            declared,
+            published,
+            &self.store,
+            &plugin_set::wasm_dir(&self.config.data_dir),
+        )
+    }
+
+    /// Loads what `declarations` add or change, each given a model, while the plugins in
+    /// force serve. Returns the registry to swap in (`None`: nothing changed) and what
+    /// changed. Any failure leaves everything as it is.
+    fn prepare(
+        &self,
+        declarations: &[crate::config::PluginDeclaration],
+    ) -> anyhow::Result<(Option<PluginRegistry>, PluginChanges)> {
         let current = self.plugins.current();
         let mut changes = PluginChanges::default();
         let mut fresh = Vec::new();
-        for declaration in &config.plugins {
+        for declaration in declarations {
             let wasm = std::fs::read(&declaration.path).with_context(|| {
                 format!(
                     "plugin {:?}: cannot read {}",
@@ -128,10 +317,10 @@ impl App {
         changes.removed_but_kept = current
             .names()
             .into_iter()
-            .filter(|name| !config.plugins.iter().any(|d| d.name == *name))
+            .filter(|name| !declarations.iter().any(|d| d.name == *name))
             .collect();
         if fresh.is_empty() {
-            return Ok(changes);
+            return Ok((None, changes));
         }
         let mut registry = (*current).clone();
         for declaration in fresh {
@@ -157,13 +346,12 @@ impl App {
             self.learning.forget_failures(plugin.name());
             registry.insert_shared(Arc::new(plugin));
         }
-        self.plugins.replace(registry);
         tracing::info!(
             added = ?changes.added,
             replaced = ?changes.replaced,
             "plugins reloaded"
         );
-        Ok(changes)
+        Ok((Some(registry), changes))
     }
 }
 
@@ -235,29 +423,59 @@ fn folder_of(path: &Path) -> Option<PathBuf> {
     dir.is_dir().then(|| dir.to_path_buf())
 }
 
+/// How often a cluster node looks for a newly published plugin revision.
+const PUBLISHED_PLUGINS_POLL: Duration = Duration::from_millis(250);
+
+/// Whether a change to `path` in the experiments folder matters: an experiment file, or
+/// the `..data` link a Kubernetes ConfigMap volume swaps to update its files at once.
+fn is_experiment_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml")
+        || path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with(".."))
+}
+
 /// Starts the watchers: the experiments directory, and the config file with the folders of
-/// the plugins' .wasm files.
+/// the plugins' .wasm files; in a cluster also the thread that follows published plugins.
+/// A cluster node publishes its experiments folder when it changes (the cluster's
+/// experiments live in the database, so that is how a folder edit reaches them).
 pub fn watch(app: &Arc<App>) -> anyhow::Result<()> {
     if let Some(dir) = app.experiments.dir() {
         let dir = dir.to_path_buf();
-        let experiments = app.experiments.clone();
+        let app = app.clone();
         watch_dirs(
             "experiments",
             move || vec![dir.clone()],
-            |path| path.extension().is_some_and(|e| e == "toml"),
+            is_experiment_file,
             move || {
-                // A rejected set is logged and kept in the reload status by `reload`.
-                let _ = experiments.reload();
+                // A rejected set is logged and kept in the reload status.
+                if app.node.in_cluster() {
+                    match app.experiments.publish_dir(&app.store) {
+                        Ok(Some(set)) => tracing::info!(
+                            revision = set.revision,
+                            "published the experiments folder to the cluster"
+                        ),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "the experiments folder was not published")
+                        }
+                    }
+                } else {
+                    let _ = app.experiments.reload();
+                }
             },
         )?;
     }
     if let Some(config_file) = app.config.source.clone() {
         let config_name = config_file.file_name().map(ToOwned::to_owned);
         let plugins = app.plugins.clone();
+        // Published .wasm files are written by this node itself, from the database.
+        let published = plugin_set::wasm_dir(&app.config.data_dir);
         let dirs = move || {
             let mut dirs: Vec<PathBuf> = std::iter::once(folder_of(&config_file))
                 .chain(plugins.current().iter().map(|p| folder_of(p.path())))
                 .flatten()
+                .filter(|dir| *dir != published)
                 .collect();
             dirs.sort();
             dirs.dedup();
@@ -278,6 +496,21 @@ pub fn watch(app: &Arc<App>) -> anyhow::Result<()> {
                 }
             },
         )?;
+    }
+    if app.node.in_cluster() {
+        let app = app.clone();
+        std::thread::Builder::new()
+            .name("published-plugins".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(PUBLISHED_PLUGINS_POLL);
+                    // Errors are logged and kept in the reload status; the next revision
+                    // (or the database back) is tried at the next poll.
+                    if let Err(error) = app.follow_published_plugins() {
+                        tracing::debug!(error = %format!("{error:#}"), "published plugins not followed");
+                    }
+                }
+            })?;
     }
     Ok(())
 }

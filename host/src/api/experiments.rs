@@ -395,15 +395,9 @@ pub async fn publish(
     }
     let files: Vec<(String, String)> = body.files.into_iter().collect();
     let (store, experiments) = (state.store.clone(), state.experiments.clone());
-    let set = tokio::task::spawn_blocking(move || {
-        experiments.validate(&files)?;
-        let revision = store
-            .publish_experiments(&files)
-            .map_err(crate::experiments::live::ExperimentError::Store)?;
-        experiments.apply_revision(revision, &files)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let set = tokio::task::spawn_blocking(move || experiments.publish(&store, &files))
+        .await
+        .map_err(ApiError::internal)??;
     Ok(Json(PublishAnswer {
         revision: set.revision.unwrap_or(0),
         experiments: set

@@ -18,6 +18,7 @@
 //! | `GET /users/{id}/experiment-group` | [`experiments::user_group`] |
 //! | `POST /admin/reload`  | [`experiments::reload`] (operator) |
 //! | `POST /admin/experiments` | [`experiments::publish`] (operator, cluster) |
+//! | `POST /admin/plugins/{name}` | [`plugins::publish`] (operator, cluster) |
 //! | `GET /health`         | [`system::health`]       |
 //! | `GET /plugins`        | [`system::plugins`]      |
 //! | `GET /metrics`        | [`metrics::metrics`]     |
@@ -35,6 +36,7 @@ mod metrics;
 pub mod openapi;
 pub mod overload;
 mod overview;
+mod plugins;
 mod recommend;
 mod system;
 
@@ -65,6 +67,9 @@ pub fn limit(given: Option<usize>, default: usize, max: usize) -> Result<usize, 
 /// Largest request body accepted, in bytes: room for a batch of 10,000 events.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Where bodies may be larger: a published plugin's .wasm.
+const PLUGIN_UPLOAD: &str = "/admin/plugins/";
+
 /// Refuses a body whose declared `Content-Length` is over [`MAX_BODY_BYTES`] before reading
 /// any of it. A client that waits for `100 Continue` (curl does for large bodies) then gets
 /// the 413 without uploading, instead of having the connection closed mid-upload. Bodies
@@ -78,11 +83,16 @@ async fn refuse_oversized(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    let limit = if request.uri().path().starts_with(PLUGIN_UPLOAD) {
+        crate::plugin_set::MAX_WASM_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    if declared.is_some_and(|length| length > limit as u64) {
         return axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_body",
-            format!("the request body is over the {MAX_BODY_BYTES}-byte limit"),
+            format!("the request body is over the {limit}-byte limit"),
         ));
     }
     next.run(request).await
@@ -103,6 +113,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/{id}/experiment-group", get(experiments::user_group))
         .route("/admin/reload", post(experiments::reload))
         .route("/admin/experiments", post(experiments::publish))
+        .route(
+            "/admin/plugins/{name}",
+            post(plugins::publish).layer(axum::extract::DefaultBodyLimit::max(
+                crate::plugin_set::MAX_WASM_BYTES,
+            )),
+        )
         .route("/items/{id}", get(catalog::item))
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))

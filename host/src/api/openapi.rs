@@ -14,7 +14,9 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{catalog, events, experiments, learning, metrics, overview, recommend, system};
+use super::{
+    catalog, events, experiments, learning, metrics, overview, plugins, recommend, system,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,6 +44,7 @@ request may get 413 (body over 2 MiB), 415 (body not sent as JSON) or 503 with `
         experiments::user_group,
         experiments::reload,
         experiments::publish,
+        plugins::publish,
         system::health,
         system::plugins,
         overview::overview,

@@ -3,7 +3,9 @@
 //! `Retry-After` (queueing it would only make every request slow, then time out); a request
 //! past its deadline gets 503 too. `/health`, `/metrics`, `/overview` and the dashboard's files
 //! are exempt, so probes, scrapes and an operator opening the dashboard still see an
-//! overloaded server (all four answer from memory).
+//! overloaded server (all four answer from memory). Operator actions under `/admin/` have no
+//! deadline: they load, compile and train (seconds to minutes), and that work would go on
+//! after a timeout answer, which would then say the opposite of what happened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -75,6 +77,9 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
         .retry_after(overload.retry_after_secs)
         .into_response();
     };
+    if path.starts_with("/admin/") {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(overload.timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {

@@ -104,6 +104,7 @@ pub async fn recommend(
         recommendations,
         model: &recommendation.model,
         model_version: recommendation.model_version,
+        plugin_revision: recommendation.plugin_revision,
         experiment,
         fallback: recommendation.fallback.as_ref(),
         cold_start: recommendation.cold_start,
@@ -120,6 +121,10 @@ pub struct RecommendResponse<'a> {
     /// The plugin that answered.
     model: &'a str,
     model_version: u64,
+    /// The published plugin revision the answering plugin came in (cluster mode, published
+    /// plugins only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin_revision: Option<u64>,
     experiment: Option<ArmBody<'a>>,
     /// Present when the chosen plugin failed and the fallback plugin answered.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -32,6 +32,8 @@ pub struct HealthResponse {
     schema_version: usize,
     /// The published experiment revision in force (cluster mode), if any.
     experiments_revision: Option<u64>,
+    /// The published plugin revision in force (cluster mode), if any.
+    plugins_revision: Option<u64>,
     version: &'static str,
 }
 
@@ -42,6 +44,8 @@ pub struct PluginsResponse {
     default_model: String,
     plugins: Vec<PluginStatus>,
     reload: PluginReloadStatus,
+    /// The published plugin revision in force (cluster mode), if any.
+    plugins_revision: Option<u64>,
 }
 
 /// Whether the server is up, and what it holds.
@@ -84,6 +88,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         node: state.node.report(),
         schema_version: state.schema_version,
         experiments_revision: state.experiments.current().revision,
+        plugins_revision: state.published_plugins().map(|set| set.revision),
         version: env!("CARGO_PKG_VERSION"),
     });
     (code, body)
@@ -97,5 +102,6 @@ pub async fn plugins(State(state): State<AppState>) -> Json<PluginsResponse> {
         default_model: state.recommender.default_model().to_string(),
         plugins: state.plugins.current().iter().map(|p| p.status()).collect(),
         reload: state.plugin_reload_status(),
+        plugins_revision: state.published_plugins().map(|set| set.revision),
     })
 }

@@ -265,6 +265,16 @@ impl Experiment {
 
 /// Every `*.toml` file of `dir`, validated, in file-name order. Ids must be unique.
 pub fn load_dir(dir: &Path, plugins: &[String]) -> Result<Vec<Experiment>, DefinitionError> {
+    let files = dir_files(dir)?
+        .into_iter()
+        .map(|(name, text)| (dir.join(name), text))
+        .collect::<Vec<_>>();
+    load_files(&files, plugins)
+}
+
+/// Every `*.toml` file of `dir` as (file name, text), in file-name order, unvalidated: what
+/// a cluster node publishes from its folder.
+pub fn dir_files(dir: &Path) -> Result<Vec<(String, String)>, DefinitionError> {
     let fail = |path: &Path, field: &str, reason: String| DefinitionError {
         path: path.display().to_string(),
         field: field.into(),
@@ -278,11 +288,16 @@ pub fn load_dir(dir: &Path, plugins: &[String]) -> Result<Vec<Experiment>, Defin
     paths.sort();
     let mut files = Vec::with_capacity(paths.len());
     for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or_else(|| fail(&path, "(file)", "a file name that is not UTF-8".into()))?
+            .to_string();
         let text =
             std::fs::read_to_string(&path).map_err(|e| fail(&path, "(file)", e.to_string()))?;
-        files.push((path, text));
+        files.push((name, text));
     }
-    load_files(&files, plugins)
+    Ok(files)
 }
 
 /// Experiment files given as (path or name, TOML text), validated, in the order given. Ids

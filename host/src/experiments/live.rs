@@ -311,6 +311,36 @@ impl Experiments {
         Ok(load_files(&as_paths(files), &(self.plugins)())?.len())
     }
 
+    /// Publishes `files` as the cluster's next experiment revision and puts it in force here:
+    /// validated whole first (one invalid file and nothing is published).
+    pub fn publish(
+        &self,
+        store: &Store,
+        files: &[(String, String)],
+    ) -> Result<Arc<ExperimentSet>, ExperimentError> {
+        self.validate(files)?;
+        let revision = store.publish_experiments(files)?;
+        self.apply_revision(revision, files)
+    }
+
+    /// Publishes this node's experiments directory as the cluster's next revision, unless
+    /// the newest revision holds the same files (every node watching the same folder, a
+    /// Kubernetes ConfigMap mounted on each, sees the same edit). `None` when unchanged.
+    pub fn publish_dir(
+        &self,
+        store: &Store,
+    ) -> Result<Option<Arc<ExperimentSet>>, ExperimentError> {
+        let dir = self.dir.as_ref().ok_or(ExperimentError::Disabled)?;
+        let files = super::definition::dir_files(dir)?;
+        if store
+            .latest_experiments()?
+            .is_some_and(|(_, published)| published == files)
+        {
+            return Ok(None);
+        }
+        self.publish(store, &files).map(Some)
+    }
+
     /// Puts published revision `revision` in force, unless a revision as new is already in
     /// force. On failure the set in force stays (and the error is kept for the API).
     pub fn apply_revision(

@@ -86,6 +86,9 @@ pub struct PluginStatus {
     pub description: String,
     pub wit_version: String,
     pub path: String,
+    /// The published plugin revision it came in (cluster mode), if it was published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_revision: Option<u64>,
     /// Whether its machine code was compiled at load or came from the compiled-code cache.
     pub code: CodeSource,
     pub model_version: Option<u64>,
@@ -117,6 +120,8 @@ pub struct PluginStatus {
 pub struct PluginRuntime {
     name: Arc<str>,
     path: PathBuf,
+    /// The published plugin revision it came in (`plugin_set.rs`), if it was published.
+    published_revision: Option<u64>,
     info: PluginInfo,
     wit_version: String,
     code: CodeSource,
@@ -216,6 +221,7 @@ impl PluginRuntime {
         Ok(Self {
             name: plugin,
             path: path.into(),
+            published_revision: None,
             info,
             wit_version,
             code,
@@ -246,6 +252,17 @@ impl PluginRuntime {
     }
 
     /// The .wasm file it was loaded from.
+    /// Marks it as published to the cluster in `revision`.
+    pub fn published_in(mut self, revision: Option<u64>) -> Self {
+        self.published_revision = revision;
+        self
+    }
+
+    /// The published plugin revision it came in, if it was published.
+    pub fn published_revision(&self) -> Option<u64> {
+        self.published_revision
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -278,6 +295,7 @@ impl PluginRuntime {
             description: self.info.description.clone(),
             wit_version: self.wit_version.clone(),
             path: self.path.display().to_string(),
+            published_revision: self.published_revision,
             code: self.code,
             model_version: model.as_ref().map(|m| m.version),
             model_created_at: model.as_ref().map(|m| m.created_at),

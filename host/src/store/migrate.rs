@@ -162,6 +162,26 @@ const TABLES: &[Table] = &[
         order: "revision",
         identity: Some("revision"),
     },
+    Table {
+        name: "plugin_wasm",
+        columns: &[
+            ("sha256", Kind::Text),
+            ("bytes", Kind::Blob),
+            ("stored_at_ms", Kind::Int),
+        ],
+        order: "sha256",
+        identity: None,
+    },
+    Table {
+        name: "plugin_revisions",
+        columns: &[
+            ("revision", Kind::Int),
+            ("plugins", Kind::Text),
+            ("published_at_ms", Kind::Int),
+        ],
+        order: "revision",
+        identity: Some("revision"),
+    },
 ];
 
 /// One column's values of a page of rows, as one PostgreSQL array.

@@ -294,7 +294,7 @@ pub struct VersionRow {
 /// What every storage engine does, in three parts (one file each per engine). Methods block
 /// the calling thread (see the module doc).
 pub trait Backend:
-    EventLog + ModelRecord + ExperimentRecord + Leases + Announcements + Send + Sync
+    EventLog + ModelRecord + ExperimentRecord + PluginSetRecord + Leases + Announcements + Send + Sync
 {
     /// Which engine this is (`sqlite`, `postgres`), for `/health`.
     fn engine(&self) -> &'static str;
@@ -427,6 +427,72 @@ pub trait ExperimentRecord {
     fn sticky_assignments(&self) -> StoreResult<Vec<StickyRow>>;
     /// Every exposure of `experiment_id`, oldest first.
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>>;
+}
+
+/// The plugins a cluster runs beyond what each node's config file declares: their .wasm
+/// stored once per content (SHA-256), and numbered revisions of the published set
+/// (`plugin_sets.rs` of each engine).
+pub trait PluginSetRecord {
+    /// Stores `wasm` (once per content) and a new revision: the newest one with `plugin`
+    /// added, or replacing the plugin of its name, in one transaction (two publications at
+    /// once both end up in the set). `plugin.wasm_sha256` must be `wasm`'s
+    /// ([`PublishedPlugin::new`]). Returns the new revision's number.
+    fn publish_plugin(&self, plugin: &PublishedPlugin, wasm: &[u8]) -> StoreResult<u64>;
+    /// The number of the newest revision, 0 when none was ever published (a cheap poll).
+    fn latest_plugin_revision(&self) -> StoreResult<u64>;
+    /// The newest revision and its plugins, by name, if any.
+    fn latest_plugins(&self) -> StoreResult<Option<(u64, Vec<PublishedPlugin>)>>;
+    /// The .wasm stored under `sha256`, if any.
+    fn plugin_wasm(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
+}
+
+/// A plugin published to a cluster: which .wasm (by content), with which config and limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublishedPlugin {
+    pub name: String,
+    /// Hex SHA-256 of the .wasm bytes.
+    pub wasm_sha256: String,
+    /// What `[plugins.config]` would hold.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    pub limits: crate::plugins::PluginLimits,
+}
+
+impl PublishedPlugin {
+    pub fn new(
+        name: &str,
+        wasm: &[u8],
+        config: serde_json::Map<String, serde_json::Value>,
+        limits: crate::plugins::PluginLimits,
+    ) -> Self {
+        use sha2::Digest;
+        Self {
+            name: name.to_string(),
+            wasm_sha256: crate::plugins::engine::hex(&sha2::Sha256::digest(wasm)),
+            config,
+            limits,
+        }
+    }
+}
+
+/// `plugins` with `plugin` added or put in place of the one of its name, sorted by name.
+fn with_plugin(
+    mut plugins: Vec<PublishedPlugin>,
+    plugin: &PublishedPlugin,
+) -> Vec<PublishedPlugin> {
+    plugins.retain(|p| p.name != plugin.name);
+    plugins.push(plugin.clone());
+    plugins.sort_by(|a, b| a.name.cmp(&b.name));
+    plugins
+}
+
+/// A published plugin set as stored: a JSON array.
+fn plugin_set_json(plugins: &[PublishedPlugin]) -> StoreResult<String> {
+    serde_json::to_string(plugins).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A published plugin set read back.
+fn plugin_set_from_json(json: &str) -> StoreResult<Vec<PublishedPlugin>> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("a plugin revision: {e}")))
 }
 
 /// Leases: which node holds a role (the learner) until when, by the database's clock, so

@@ -95,6 +95,7 @@ over_both_engines!(
     an_announcement_wakes_the_listeners_of_other_nodes,
     only_the_lease_holder_gets_model_versions_when_fenced,
     experiment_revisions_are_numbered_and_read_back_whole,
+    a_published_plugin_joins_or_replaces_its_name_in_the_next_revision,
 );
 
 fn batch() -> ImportBatch {
@@ -706,4 +707,33 @@ fn experiment_revisions_are_numbered_and_read_back_whole(db: &TestDb) {
     let mut expected = files("two");
     expected.sort();
     assert_eq!(read, expected);
+}
+
+fn a_published_plugin_joins_or_replaces_its_name_in_the_next_revision(db: &TestDb) {
+    use crate::store::PublishedPlugin;
+    let store = db.open();
+    assert_eq!(store.latest_plugin_revision().unwrap(), 0);
+    assert_eq!(store.latest_plugins().unwrap(), None);
+    let config = |k: i64| serde_json::json!({ "k": k }).as_object().unwrap().clone();
+    let a1 = PublishedPlugin::new("a", b"wasm a1", config(1), Default::default());
+    let b1 = PublishedPlugin::new("b", b"wasm b1", config(2), Default::default());
+    let a2 = PublishedPlugin::new("a", b"wasm a2", config(3), Default::default());
+    assert_eq!(store.publish_plugin(&a1, b"wasm a1").unwrap(), 1);
+    // Another connection (another node) extends the newest revision, it does not replace it.
+    assert_eq!(db.open().publish_plugin(&b1, b"wasm b1").unwrap(), 2);
+    assert_eq!(store.publish_plugin(&a2, b"wasm a2").unwrap(), 3);
+    // The same bytes again: stored once, still a new revision.
+    assert_eq!(store.publish_plugin(&a2, b"wasm a2").unwrap(), 4);
+    assert_eq!(store.latest_plugin_revision().unwrap(), 4);
+    let (revision, plugins) = store.latest_plugins().unwrap().unwrap();
+    assert_eq!(revision, 4);
+    assert_eq!(plugins, vec![a2.clone(), b1.clone()]);
+    assert_ne!(a1.wasm_sha256, a2.wasm_sha256);
+    for (plugin, bytes) in [(&a1, b"wasm a1"), (&b1, b"wasm b1"), (&a2, b"wasm a2")] {
+        assert_eq!(
+            store.plugin_wasm(&plugin.wasm_sha256).unwrap().as_deref(),
+            Some(&bytes[..])
+        );
+    }
+    assert_eq!(store.plugin_wasm("0000").unwrap(), None);
 }

@@ -15,6 +15,7 @@ mod experiments;
 mod learning;
 mod leases;
 mod migrations;
+mod plugin_sets;
 #[cfg(test)]
 pub(super) mod test_server;
 
@@ -48,6 +49,9 @@ pub(super) mod lock_keys {
     pub const EVENT_LOG: i64 = NAMESPACE | 1;
     /// Schema migrations, so that nodes starting together migrate once.
     pub const MIGRATIONS: i64 = NAMESPACE | 2;
+    /// Publishing a plugin: a revision is the one before plus one plugin, so two
+    /// publications read and extend the newest one in turn.
+    pub const PLUGIN_REVISIONS: i64 = NAMESPACE | 3;
 }
 
 pub struct PostgresStore {

@@ -126,6 +126,20 @@ const MIGRATIONS: &[&str] = &[
         published_at_ms INTEGER NOT NULL
     );
     "#,
+    // 9: plugins published to a cluster: .wasm by content hash, and numbered revisions of
+    // the published set (`plugins` is a JSON array of name, hash, config, limits).
+    r#"
+    CREATE TABLE plugin_wasm (
+        sha256       TEXT PRIMARY KEY,
+        bytes        BLOB NOT NULL,
+        stored_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE plugin_revisions (
+        revision        INTEGER PRIMARY KEY AUTOINCREMENT,
+        plugins         TEXT NOT NULL,
+        published_at_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

@@ -13,6 +13,7 @@ mod experiments;
 mod learning;
 mod leases;
 mod migrations;
+mod plugin_sets;
 
 use std::path::Path;
 use std::sync::Mutex;
