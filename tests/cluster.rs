@@ -715,3 +715,60 @@ fn a_plugin_pushed_once_is_served_by_every_node_without_shared_files() {
     );
     assert_eq!(plugin_entry(&late, "content")["description"], description);
 }
+
+#[test]
+fn a_cluster_node_publishes_its_experiments_folder_when_it_changes() {
+    let postgres = TestPostgres::shared();
+    let url = postgres.create_database();
+    let temp = tempfile::tempdir().unwrap();
+    // The folder as a Kubernetes ConfigMap volume lays it out: the files are links through
+    // `..data`, a link to a timestamped folder that an edit replaces in one rename.
+    let folder = temp.path().join("experiments");
+    std::fs::create_dir_all(folder.join("..v1")).unwrap();
+    std::fs::write(folder.join("..v1/arms.toml"), experiment(0.5)).unwrap();
+    std::os::unix::fs::symlink("..v1", folder.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/arms.toml", folder.join("arms.toml")).unwrap();
+    let with_folder = format!(
+        "database_url = {url:?}\nexperiments_dir = {:?}\n[cluster]\nlease_secs = {LEASE_SECS}\nnode_id = \"a\"\n",
+        folder.display().to_string()
+    );
+    let a = Server::start_in(&temp.path().join("a"), &config_text(&with_folder)).unwrap();
+    let b = Server::start_in(&temp.path().join("b"), &node_config(&url, "b")).unwrap();
+    // At start the folder is this node's own set: nothing is published yet.
+    assert_eq!(a.get("/health").1["experiments_revision"], Value::Null);
+    let edit = |version: &str, text: &str| {
+        std::fs::create_dir_all(folder.join(version)).unwrap();
+        std::fs::write(folder.join(version).join("arms.toml"), text).unwrap();
+        std::os::unix::fs::symlink(version, folder.join("..data_tmp")).unwrap();
+        std::fs::rename(folder.join("..data_tmp"), folder.join("..data")).unwrap();
+    };
+
+    // An edit is published (once) and in force on every node.
+    edit("..v2", &experiment(0.9));
+    let mut revision = None;
+    for node in [&a, &b] {
+        let health = node.wait_for("/health", Duration::from_secs(3), |health| {
+            health["experiments_revision"].is_u64()
+        });
+        revision = revision.or(health["experiments_revision"].as_u64());
+        assert_eq!(health["experiments_revision"].as_u64(), revision);
+    }
+    let users: Vec<String> = (1..=200).map(|u| u.to_string()).collect();
+    assert_eq!(groups(&a, &users), groups(&b, &users));
+    let controls = groups(&b, &users)
+        .iter()
+        .filter(|g| g.as_deref() == Some("control"))
+        .count();
+    assert!(controls > 150, "{controls} of 200 in control at 90%");
+
+    // An invalid edit publishes nothing, and says why on the node that read it.
+    edit("..v3", "id = \"arms\"\n[[groups]]\nplugin = \"nope\"\n");
+    a.wait_for("/experiments", Duration::from_secs(3), |body| {
+        !body["reload"]["error"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        b.get("/health").1["experiments_revision"].as_u64(),
+        revision
+    );
+}

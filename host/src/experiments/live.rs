@@ -331,14 +331,25 @@ impl Experiments {
         store: &Store,
     ) -> Result<Option<Arc<ExperimentSet>>, ExperimentError> {
         let dir = self.dir.as_ref().ok_or(ExperimentError::Disabled)?;
-        let files = super::definition::dir_files(dir)?;
-        if store
-            .latest_experiments()?
-            .is_some_and(|(_, published)| published == files)
-        {
-            return Ok(None);
+        let outcome = super::definition::dir_files(dir)
+            .map_err(ExperimentError::from)
+            .and_then(|files| {
+                if store
+                    .latest_experiments()?
+                    .is_some_and(|(_, published)| published == files)
+                {
+                    return Ok(None);
+                }
+                self.publish(store, &files).map(Some)
+            });
+        // Kept for the API, as a rejected folder is on a single node.
+        if let Err(error) = &outcome {
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).error = Some(ReloadFailure {
+                at_ms: unix_now_ms(),
+                message: error.to_string(),
+            });
         }
-        self.publish(store, &files).map(Some)
+        outcome
     }
 
     /// Puts published revision `revision` in force, unless a revision as new is already in
