@@ -9,28 +9,35 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use recohost_e2e::{PLUGINS, Server, TestPostgres, config_text};
+use recohost_e2e::{PLUGINS, Redis, Server, TestPostgres, config_text};
 use serde_json::{Value, json};
 
 /// The learner's lease in these tests.
 const LEASE_SECS: u64 = 2;
 
-fn node_config(url: &str, node: &str) -> String {
+/// A node's config: the cluster's database and its Redis (the recommendation cache a
+/// cluster shares by default).
+fn node_config(url: &str, node: &str, redis: &Redis) -> String {
     config_text(&format!(
-        "database_url = {url:?}\n[cluster]\nlease_secs = {LEASE_SECS}\nnode_id = {node:?}\n"
+        "database_url = {url:?}\n[cluster]\nlease_secs = {LEASE_SECS}\nnode_id = {node:?}\n\
+         [cache]\nredis_url = {:?}\nretry_after_ms = 200\n",
+        redis.url()
     ))
 }
 
-/// Three nodes on a fresh database; the first starts alone, seeding the demo data and
-/// training the first models, which the others then restore.
-fn three_nodes(postgres: &TestPostgres) -> (String, Vec<Server>, tempfile::TempDir) {
+/// Three nodes on a fresh database and a Redis of their own; the first starts alone,
+/// seeding the demo data and training the first models, which the others then restore.
+fn three_nodes(postgres: &TestPostgres) -> (String, Vec<Server>, tempfile::TempDir, Redis) {
     let url = postgres.create_database();
+    let redis = Redis::start();
     let temp = tempfile::tempdir().unwrap();
     let nodes = ["a", "b", "c"]
         .iter()
-        .map(|node| Server::start_in(&temp.path().join(node), &node_config(&url, node)).unwrap())
+        .map(|node| {
+            Server::start_in(&temp.path().join(node), &node_config(&url, node, &redis)).unwrap()
+        })
         .collect();
-    (url, nodes, temp)
+    (url, nodes, temp, redis)
 }
 
 fn is_learner(server: &Server) -> bool {
@@ -124,7 +131,7 @@ fn update_everywhere(nodes: &[&Server], learner: usize) -> Vec<u64> {
 #[test]
 fn every_node_sees_every_event_one_learns_and_all_serve_its_models() {
     let postgres = TestPostgres::shared();
-    let (_url, nodes, _temp) = three_nodes(postgres);
+    let (_url, nodes, _temp, _redis) = three_nodes(postgres);
     let nodes: Vec<&Server> = nodes.iter().collect();
     let first = learner(&nodes, Duration::from_secs(LEASE_SECS + 5));
     let follower = (first + 1) % 3;
@@ -177,7 +184,7 @@ fn every_node_sees_every_event_one_learns_and_all_serve_its_models() {
 #[test]
 fn killing_the_learner_hands_learning_over_and_loses_nothing() {
     let postgres = TestPostgres::shared();
-    let (url, mut nodes, _temp) = three_nodes(postgres);
+    let (url, mut nodes, _temp, _redis) = three_nodes(postgres);
     let refs: Vec<&Server> = nodes.iter().collect();
     let first = learner(&refs, Duration::from_secs(LEASE_SECS + 5));
     let demo_events = refs[0].get("/health").1["events"].as_u64().unwrap();
@@ -376,7 +383,7 @@ impl Load {
 fn the_cluster_rides_out_a_postgres_restart_under_load() {
     // A server of its own: this test stops it.
     let postgres = TestPostgres::start();
-    let (url, nodes, _temp) = three_nodes(&postgres);
+    let (url, nodes, _temp, _redis) = three_nodes(&postgres);
     let refs: Vec<&Server> = nodes.iter().collect();
     learner(&refs, Duration::from_secs(LEASE_SECS + 5));
     let demo_events = refs[0].get("/health").1["events"].as_u64().unwrap();
@@ -414,6 +421,64 @@ fn the_cluster_rides_out_a_postgres_restart_under_load() {
     update_everywhere(&refs, next);
 }
 
+/// A node's recommendation cache as `/health` reports it.
+fn cache(node: &Server) -> Value {
+    node.get("/health").1["cache"].clone()
+}
+
+#[test]
+fn the_cluster_rides_out_a_redis_restart_under_load() {
+    let postgres = TestPostgres::shared();
+    let (url, nodes, _temp, mut redis) = three_nodes(postgres);
+    let refs: Vec<&Server> = nodes.iter().collect();
+    learner(&refs, Duration::from_secs(LEASE_SECS + 5));
+    // A cluster shares its answers through Redis by default.
+    for node in &refs {
+        assert_eq!(cache(node)["backend"], "redis");
+    }
+    let demo_events = refs[0].get("/health").1["events"].as_u64().unwrap();
+    let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.base.clone()).collect());
+    let load = Load::start(bases, Arc::new(AtomicU64::new(u64::MAX)));
+    std::thread::sleep(Duration::from_secs(2));
+    let hits_before: u64 = refs
+        .iter()
+        .map(|n| cache(n)["hits"].as_u64().unwrap())
+        .sum();
+    assert!(hits_before > 0, "the shared cache answers before the fault");
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let faults: u64 = refs
+        .iter()
+        .map(|n| cache(n)["faults"].as_u64().unwrap())
+        .sum();
+    assert!(faults > 0, "the nodes noticed Redis gone");
+    redis.restart();
+    // Back in use without a restart: the cache answers again.
+    std::thread::sleep(Duration::from_secs(2));
+    let hits_paused: u64 = refs
+        .iter()
+        .map(|n| cache(n)["hits"].as_u64().unwrap())
+        .sum();
+    std::thread::sleep(Duration::from_secs(1));
+    let hits_after: u64 = refs
+        .iter()
+        .map(|n| cache(n)["hits"].as_u64().unwrap())
+        .sum();
+    assert!(
+        hits_after > hits_paused,
+        "no cache hits after Redis came back"
+    );
+    // No 5xx from /recommend (`finish` checks), nothing acknowledged lost or doubled.
+    let acknowledged = load.finish();
+    let database = url.rsplit('/').next().unwrap();
+    let count = |sql: &str| TestPostgres::shared().count(database, sql);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM events"),
+        demo_events + acknowledged
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM idempotency_keys"), acknowledged);
+}
+
 /// An experiment of `weights` between the collaborative and popularity plugins.
 fn experiment(control: f64) -> String {
     format!(
@@ -443,7 +508,7 @@ fn groups(node: &Server, users: &[String]) -> Vec<Option<String>> {
 #[test]
 fn an_experiment_published_through_one_node_is_in_force_on_every_node() {
     let postgres = TestPostgres::shared();
-    let (_url, nodes, temp) = three_nodes(postgres);
+    let (_url, nodes, temp, _redis) = three_nodes(postgres);
     let refs: Vec<&Server> = nodes.iter().collect();
     let users: Vec<String> = (1..=200).map(|u| u.to_string()).collect();
     let publish =
@@ -559,7 +624,7 @@ fn plugin_entry(node: &Server, name: &str) -> Value {
 #[test]
 fn a_plugin_pushed_once_is_served_by_every_node_without_shared_files() {
     let postgres = TestPostgres::shared();
-    let (_url, nodes, temp) = three_nodes(postgres);
+    let (url, nodes, temp, redis) = three_nodes(postgres);
     let refs: Vec<&Server> = nodes.iter().collect();
     // The .wasm to publish lives only here, and is deleted once published: the nodes can
     // only have it from the database.
@@ -708,7 +773,7 @@ fn a_plugin_pushed_once_is_served_by_every_node_without_shared_files() {
         );
     }
     // A node started afterwards runs the published set from the start.
-    let late = Server::start_in(&temp.path().join("d"), &node_config(&_url, "d")).unwrap();
+    let late = Server::start_in(&temp.path().join("d"), &node_config(&url, "d", &redis)).unwrap();
     assert_eq!(
         late.get("/health").1["plugins_revision"].as_u64(),
         Some(next)
@@ -728,12 +793,15 @@ fn a_cluster_node_publishes_its_experiments_folder_when_it_changes() {
     std::fs::write(folder.join("..v1/arms.toml"), experiment(0.5)).unwrap();
     std::os::unix::fs::symlink("..v1", folder.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/arms.toml", folder.join("arms.toml")).unwrap();
+    let redis = Redis::start();
     let with_folder = format!(
-        "database_url = {url:?}\nexperiments_dir = {:?}\n[cluster]\nlease_secs = {LEASE_SECS}\nnode_id = \"a\"\n",
-        folder.display().to_string()
+        "database_url = {url:?}\nexperiments_dir = {:?}\n[cluster]\nlease_secs = {LEASE_SECS}\nnode_id = \"a\"\n\
+         [cache]\nredis_url = {:?}\n",
+        folder.display().to_string(),
+        redis.url()
     );
     let a = Server::start_in(&temp.path().join("a"), &config_text(&with_folder)).unwrap();
-    let b = Server::start_in(&temp.path().join("b"), &node_config(&url, "b")).unwrap();
+    let b = Server::start_in(&temp.path().join("b"), &node_config(&url, "b", &redis)).unwrap();
     // At start the folder is this node's own set: nothing is published yet.
     assert_eq!(a.get("/health").1["experiments_revision"], Value::Null);
     let edit = |version: &str, text: &str| {

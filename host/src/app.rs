@@ -215,7 +215,7 @@ impl App {
             users: users.clone(),
             plugins: plugins.clone(),
             experiments: experiments.clone(),
-            cache: crate::cache::from_config(&config.cache)?,
+            cache: crate::cache::from_config(&config.cache, node.in_cluster())?,
             store_id: store.store_id()?,
             default_model: config.default_model.clone(),
             fallback_model: config.fallback_model.clone(),

@@ -24,6 +24,7 @@
 //!
 //! [cache]
 //! backend = "memory"             # RECOHOST_CACHE; memory | redis | off (REDIS_URL implies redis)
+//!                                # unset: memory on one node, redis in a cluster (shared by all)
 //! redis_url = "redis://127.0.0.1:6379"   # REDIS_URL
 //! max_entries = 100000           # memory: most entries kept
 //! ttl_secs = 600                 # entries expire after this long
@@ -174,7 +175,8 @@ pub enum CacheBackend {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    pub backend: CacheBackend,
+    /// Unset: [`CacheConfig::backend_for`] picks by deployment.
+    pub backend: Option<CacheBackend>,
     pub redis_url: String,
     pub max_entries: u64,
     pub ttl_secs: u64,
@@ -182,10 +184,23 @@ pub struct CacheConfig {
     pub retry_after_ms: u64,
 }
 
+impl CacheConfig {
+    /// The backend in force: as configured, else the in-process cache on a single node and
+    /// Redis in a cluster, where every node then finds the answers any node computed (and
+    /// none keeps a second copy of them).
+    pub fn backend_for(&self, clustered: bool) -> CacheBackend {
+        self.backend.unwrap_or(if clustered {
+            CacheBackend::Redis
+        } else {
+            CacheBackend::Memory
+        })
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            backend: CacheBackend::Memory,
+            backend: None,
             redis_url: "redis://127.0.0.1:6379".into(),
             max_entries: 100_000,
             ttl_secs: 600,
@@ -357,15 +372,15 @@ impl Config {
         }
         if let Some(url) = lookup("REDIS_URL") {
             self.cache.redis_url = url;
-            self.cache.backend = CacheBackend::Redis;
+            self.cache.backend = Some(CacheBackend::Redis);
         }
         if let Some(backend) = lookup("RECOHOST_CACHE") {
-            self.cache.backend = match backend.as_str() {
+            self.cache.backend = Some(match backend.as_str() {
                 "memory" => CacheBackend::Memory,
                 "redis" => CacheBackend::Redis,
                 "off" => CacheBackend::Off,
                 other => bail!("RECOHOST_CACHE={other:?}: expected memory, redis or off"),
-            };
+            });
         }
         if let Some(token) = lookup("RECOHOST_ADMIN_TOKEN") {
             self.admin_token = Some(token);

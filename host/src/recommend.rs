@@ -429,7 +429,7 @@ mod tests {
             users: Arc::new(RwLock::new(Users::default())),
             plugins: Arc::new(LivePlugins::new(registry)),
             experiments: Arc::new(experiments),
-            cache: cache::from_config(&CacheConfig::default()).unwrap(),
+            cache: cache::from_config(&CacheConfig::default(), false).unwrap(),
             store_id: "test".into(),
             default_model: "popularity".into(),
             fallback_model: None,

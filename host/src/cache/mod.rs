@@ -107,9 +107,12 @@ impl RecommendationCache for NoCache {
     }
 }
 
-/// The configured cache.
-pub fn from_config(config: &CacheConfig) -> anyhow::Result<Arc<dyn RecommendationCache>> {
-    Ok(match config.backend {
+/// The configured cache (`clustered`: this node shares its database with others).
+pub fn from_config(
+    config: &CacheConfig,
+    clustered: bool,
+) -> anyhow::Result<Arc<dyn RecommendationCache>> {
+    Ok(match config.backend_for(clustered) {
         CacheBackend::Off => Arc::new(NoCache::default()),
         CacheBackend::Memory => Arc::new(memory::MemoryCache::new(config)),
         CacheBackend::Redis => Arc::new(redis::RedisCache::new(config)?),
