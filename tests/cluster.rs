@@ -840,3 +840,98 @@ fn a_cluster_node_publishes_its_experiments_folder_when_it_changes() {
         revision
     );
 }
+
+#[test]
+fn the_shared_feature_store_holds_every_user_whole_and_survives_losing_redis() {
+    let postgres = TestPostgres::shared();
+    let (url, nodes, _temp, mut redis) = three_nodes(postgres);
+    let refs: Vec<&Server> = nodes.iter().collect();
+    learner(&refs, Duration::from_secs(LEASE_SECS + 5));
+    let database = url.rsplit('/').next().unwrap();
+    let count = |sql: &str| TestPostgres::shared().count(database, sql);
+    // Four clients post each user's events to the three nodes in turn: each node writes
+    // what it stored to Redis, in whatever order their writes arrive.
+    let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.base.clone()).collect());
+    let load = Load::start(bases, Arc::new(AtomicU64::new(u64::MAX)));
+    std::thread::sleep(Duration::from_secs(3));
+    load.finish();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Every user Redis holds is a whole prefix of their events: the count and the history
+    // length agree with the database up to the newest event it names.
+    let keys = redis.cli(&["--scan", "--pattern", "rh:f:1:*:u:*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert!(keys.len() >= 100, "{} users in Redis", keys.len());
+    for key in &keys {
+        let user = key.rsplit(':').next().unwrap();
+        let fields = redis.cli(&["HMGET", key, "t", "n"]);
+        let fields: Vec<u64> = fields.lines().map(|v| v.parse().unwrap()).collect();
+        let (through, events) = (fields[0], fields[1]);
+        assert_eq!(
+            events,
+            count(&format!(
+                "SELECT COUNT(*) FROM events WHERE user_idx = {user} AND id <= {through}"
+            )),
+            "{key}"
+        );
+        let history_key = key.replace(":u:", ":h:");
+        let length: u64 = redis.cli(&["LLEN", &history_key]).trim().parse().unwrap();
+        assert_eq!(length, events.min(500), "{key}");
+    }
+
+    // What a user bought at one node stays excluded everywhere when Redis loses everything,
+    // and when it is gone: the nodes read the database instead.
+    // Known to every node first (each caches what it read of them)...
+    let (status, body) = refs[2].post(
+        "/events",
+        &json!({"user_id": "collector", "item_id": 1, "event_type": "view"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    let bought: Vec<u64> = recommended(refs[1], "collector")
+        .into_iter()
+        .take(3)
+        .collect();
+    for node in &refs {
+        assert!(
+            bought
+                .iter()
+                .all(|item| recommended(node, "collector").contains(item))
+        );
+    }
+    // ...then buying at one node.
+    for item in &bought {
+        let (status, body) = refs[0].post(
+            "/events",
+            &json!({"user_id": "collector", "item_id": item, "event_type": "purchase"}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let excluded = |node: &Server| {
+        let now = recommended(node, "collector");
+        bought.iter().all(|item| !now.contains(item))
+    };
+    assert!(refs.iter().all(|node| excluded(node)));
+    // Users the nodes have not read yet: only the database has their whole history.
+    let events_of = |user: &str| {
+        count(&format!(
+            "SELECT COUNT(*) FROM events JOIN users ON users.idx = events.user_idx
+             WHERE users.external_id = '{user}'"
+        )) as usize
+    };
+    redis.cli(&["FLUSHALL"]);
+    for (node, user) in refs.iter().zip(["c1-3", "c2-4", "c3-5"]) {
+        assert!(excluded(node));
+        assert!(events_of(user) > 0);
+        assert_eq!(node.seen_items(user).len(), events_of(user), "{user}");
+    }
+    redis.kill();
+    for (node, user) in refs.iter().zip(["c1-6", "c2-7", "c3-8"]) {
+        assert!(excluded(node));
+        assert_eq!(node.seen_items(user).len(), events_of(user), "{user}");
+        let features = node.get("/health").1["features"].clone();
+        assert!(features["rebuilds"].as_u64() > Some(0), "{features}");
+        assert_eq!(features["unavailable"], 0, "{features}");
+    }
+}

@@ -501,6 +501,17 @@ impl Redis {
         }
     }
 
+    /// Runs `redis-cli` against it; what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs (Debian's redis-tools, which redis-server brings)");
+        assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// SIGSTOP (`resume`: SIGCONT): the server hangs with its connections open, like a
     /// Redis that stopped answering.
     pub fn pause(&self) {

@@ -35,9 +35,15 @@ fn bench(c: &mut Criterion) {
 
     // A typical user: the one closest to 50 events.
     let user = (0..users.len() as u32)
-        .min_by_key(|&u| users.history(u).len().abs_diff(50))
+        .min_by_key(|&u| users.version(u).abs_diff(50))
         .unwrap_or(0);
-    let history: Vec<_> = users.history(user).iter().rev().cloned().collect();
+    let history: Vec<_> = users
+        .history(user)
+        .unwrap_or(&[])
+        .iter()
+        .rev()
+        .cloned()
+        .collect();
     let mut exclude: Vec<u32> = history.iter().map(|e| e.item).collect();
     exclude.sort_unstable();
     exclude.dedup();

@@ -12,6 +12,7 @@ use crate::cluster::Node;
 use crate::config::{Config, LearningConfig, PluginDeclaration};
 use crate::events::EventWriter;
 use crate::experiments::Experiments;
+use crate::features::{Features, SharedFeatures};
 use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
 use crate::plugin_set::PublishedSet;
@@ -93,7 +94,30 @@ impl App {
         }
         let catalog = Arc::new(Catalog::new(store.items()?));
         let events = store.events_after(0)?;
-        let users = Arc::new(RwLock::new(Users::new(store.users()?, &events)));
+        let clustered = matches!(database, crate::store::Database::Postgres(_));
+        // A cluster node keeps no user histories: they are in the shared feature store.
+        let users = Arc::new(RwLock::new(if clustered {
+            Users::without_histories(store.users()?, &events)
+        } else {
+            Users::new(store.users()?, &events)
+        }));
+        let store_id = store.store_id()?;
+        let features = Arc::new(if clustered {
+            Features::Shared(Arc::new(SharedFeatures::new(
+                &config.cache,
+                &store_id,
+                users.clone(),
+                // A pool of its own: reads on the request path never queue behind learning.
+                Arc::new(Store::connect(&database)?),
+                u32::try_from(catalog.len()).unwrap_or(u32::MAX),
+                config.history_limit,
+            )?))
+        } else {
+            Features::Local {
+                users: users.clone(),
+                history_limit: config.history_limit,
+            }
+        });
         tracing::info!(
             items = catalog.len(),
             events = events.len(),
@@ -172,6 +196,7 @@ impl App {
         let events = EventWriter::start(
             &database,
             users.clone(),
+            features.clone(),
             learning.clone(),
             catalog.len(),
             config.events.max_batch,
@@ -213,13 +238,13 @@ impl App {
         let recommender = Recommender {
             catalog: catalog.clone(),
             users: users.clone(),
+            features: features.clone(),
             plugins: plugins.clone(),
             experiments: experiments.clone(),
             cache: crate::cache::from_config(&config.cache, node.in_cluster())?,
-            store_id: store.store_id()?,
+            store_id,
             default_model: config.default_model.clone(),
             fallback_model: config.fallback_model.clone(),
-            history_limit: config.history_limit,
             max_recommendations: config.max_recommendations,
         };
         let overload = crate::api::overload::Overload::new(&config.http);

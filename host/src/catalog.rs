@@ -77,13 +77,20 @@ impl Catalog {
     }
 }
 
-/// Registered users and their histories.
+/// Registered users: their IDs, event counts and newest event ids, and (on a single node)
+/// their histories. A cluster node keeps no histories: they are in the shared feature
+/// store (`features`), and the counts and newest ids say whether what it reads there is
+/// current.
 #[derive(Default)]
 pub struct Users {
     external_ids: Vec<String>,
     by_external_id: HashMap<String, u32>,
-    /// Each user's events, oldest first.
-    histories: Vec<Vec<Feedback>>,
+    /// Each user's event count: their version.
+    counts: Vec<u32>,
+    /// Each user's newest event id (0: none).
+    newest: Vec<i64>,
+    /// Each user's events, oldest first, when kept here.
+    histories: Option<Vec<Vec<Feedback>>>,
     /// Id of the newest event recorded: an experiment exposure served now is answered by the
     /// user's events after it.
     last_event_id: i64,
@@ -92,25 +99,36 @@ pub struct Users {
 }
 
 impl Users {
+    /// Users with their histories (a single node).
     pub fn new(external_ids: Vec<String>, events: &[EventRow]) -> Self {
+        Self::with(external_ids, events, true)
+    }
+
+    /// Users without their histories (a cluster node: they are in the feature store).
+    pub fn without_histories(external_ids: Vec<String>, events: &[EventRow]) -> Self {
+        Self::with(external_ids, events, false)
+    }
+
+    fn with(external_ids: Vec<String>, events: &[EventRow], keep_histories: bool) -> Self {
         let by_external_id = external_ids
             .iter()
             .enumerate()
             .map(|(i, id)| (id.clone(), i as u32))
             .collect();
-        let mut histories = vec![Vec::new(); external_ids.len()];
-        for event in events {
-            if let Some(history) = histories.get_mut(event.user as usize) {
-                history.push(to_feedback(event));
-            }
-        }
-        Self {
+        let users = external_ids.len();
+        let mut this = Self {
             external_ids,
             by_external_id,
-            histories,
-            last_event_id: events.last().map(|e| e.id).unwrap_or(0),
-            event_count: events.len() as u64,
+            counts: vec![0; users],
+            newest: vec![0; users],
+            histories: keep_histories.then(|| vec![Vec::new(); users]),
+            last_event_id: 0,
+            event_count: 0,
+        };
+        for event in events {
+            this.record(event);
         }
+        this
     }
 
     /// Adds a user registered in the store under `index` (the next free one).
@@ -118,16 +136,26 @@ impl Users {
         debug_assert_eq!(index as usize, self.external_ids.len());
         self.by_external_id.insert(external_id.clone(), index);
         self.external_ids.push(external_id);
-        self.histories.push(Vec::new());
+        self.counts.push(0);
+        self.newest.push(0);
+        if let Some(histories) = &mut self.histories {
+            histories.push(Vec::new());
+        }
     }
 
-    /// Appends a stored event to its user's history.
-    pub fn record(&mut self, event: &EventRow) {
-        if let Some(history) = self.histories.get_mut(event.user as usize) {
-            history.push(to_feedback(event));
-            self.event_count += 1;
-        }
+    /// Appends a stored event to its user's record. Returns the user's previous newest
+    /// event id (0: this is their first), or `None` for an unknown user.
+    pub fn record(&mut self, event: &EventRow) -> Option<i64> {
         self.last_event_id = self.last_event_id.max(event.id);
+        let user = event.user as usize;
+        let newest = self.newest.get_mut(user)?;
+        let previous = std::mem::replace(newest, event.id);
+        self.counts[user] = self.counts[user].saturating_add(1);
+        if let Some(history) = self.histories.as_mut().and_then(|h| h.get_mut(user)) {
+            history.push(to_feedback(event));
+        }
+        self.event_count += 1;
+        Some(previous)
     }
 
     /// Notes that the events up to `id` have been seen, though not all recorded (events of
@@ -150,7 +178,12 @@ impl Users {
     /// the same after a restart (events are never deleted), so cache keys built on it can
     /// outlive the process (Redis) without ever naming a stale answer.
     pub fn version(&self, user: u32) -> u64 {
-        self.history(user).len() as u64
+        self.counts.get(user as usize).copied().map_or(0, u64::from)
+    }
+
+    /// The id of the user's newest event (0: none).
+    pub fn newest_event(&self, user: u32) -> i64 {
+        self.newest.get(user as usize).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
@@ -165,12 +198,15 @@ impl Users {
         self.by_external_id.get(external_id).copied()
     }
 
-    /// The user's events, oldest first.
-    pub fn history(&self, user: u32) -> &[Feedback] {
-        self.histories
-            .get(user as usize)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+    /// The user's events, oldest first, when histories are kept here (else `None`).
+    pub fn history(&self, user: u32) -> Option<&[Feedback]> {
+        let histories = self.histories.as_ref()?;
+        Some(
+            histories
+                .get(user as usize)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        )
     }
 }
 

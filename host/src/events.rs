@@ -17,6 +17,7 @@
 //! users get their indices inside the transaction, and the writer takes in the users and
 //! events stored by others, between and after its own groups.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,7 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::catalog::{Catalog, Users};
 use crate::config::EventsConfig;
+use crate::features::Features;
 use crate::learning::{BufferStatus, Learning};
+use crate::store::EventRow;
 use crate::store::{
     AppendOutcome, AppendRequest, Database, EventKind, NewEvent, Store, StoreError, unix_now,
 };
@@ -253,6 +256,9 @@ impl Drop for StoppedOnExit {
 struct Writer {
     store: Store,
     users: Arc<RwLock<Users>>,
+    /// Told of every event taken in, in event order, before the view counts it (a
+    /// cluster's feature store).
+    features: Arc<Features>,
     learning: Arc<Learning>,
     /// Items the serving catalog holds: events for items imported since start wait for a
     /// restart (plugins know only this catalog).
@@ -266,18 +272,27 @@ impl EventWriter {
     pub fn start(
         database: &Database,
         users: Arc<RwLock<Users>>,
+        features: Arc<Features>,
         learning: Arc<Learning>,
         catalog_len: usize,
         max_batch: usize,
     ) -> Result<Self, StoreError> {
         let capacity_events = MIN_QUEUE_EVENTS.max(max_batch.saturating_mul(4));
-        Self::start_with_queue(database, users, learning, catalog_len, capacity_events)
+        Self::start_with_queue(
+            database,
+            users,
+            features,
+            learning,
+            catalog_len,
+            capacity_events,
+        )
     }
 
     /// [`Self::start`] with a queue of `capacity_events` events.
     fn start_with_queue(
         database: &Database,
         users: Arc<RwLock<Users>>,
+        features: Arc<Features>,
         learning: Arc<Learning>,
         catalog_len: usize,
         capacity_events: usize,
@@ -288,6 +303,7 @@ impl EventWriter {
         let writer = Writer {
             store,
             users,
+            features,
             learning,
             catalog_len: u32::try_from(catalog_len).unwrap_or(u32::MAX),
             health: health.clone(),
@@ -473,16 +489,10 @@ impl Writer {
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(2));
         }
-        {
-            let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
-            for outcome in &outcomes {
-                if let AppendOutcome::Stored(rows) = outcome {
-                    for row in rows {
-                        view.record(row);
-                    }
-                }
-            }
-        }
+        self.take_in(outcomes.iter().flat_map(|outcome| match outcome {
+            AppendOutcome::Stored(rows) => rows.as_slice(),
+            _ => &[],
+        }));
         for (job, outcome) in group.into_iter().zip(outcomes) {
             let reply = match outcome {
                 AppendOutcome::Stored(rows) => {
@@ -547,6 +557,33 @@ impl Writer {
         }
     }
 
+    /// Takes stored events (in event order, after everything before them) into the feature
+    /// store, then into the view. In that order: a reader that finds the view's newest
+    /// event id for a user then finds it in the feature store too.
+    fn take_in<'a>(&self, rows: impl IntoIterator<Item = &'a EventRow> + Clone) {
+        if let Features::Shared(_) = *self.features {
+            let view = self.users.read().unwrap_or_else(|p| p.into_inner());
+            let mut newest: HashMap<u32, i64> = HashMap::new();
+            let events: Vec<(EventRow, i64)> = rows
+                .clone()
+                .into_iter()
+                .filter(|row| (row.user as usize) < view.len())
+                .map(|row| {
+                    let before = newest
+                        .entry(row.user)
+                        .or_insert(view.newest_event(row.user));
+                    (*row, std::mem::replace(before, row.id))
+                })
+                .collect();
+            drop(view);
+            self.features.recorded(&events);
+        }
+        let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
+        for row in rows {
+            view.record(row);
+        }
+    }
+
     /// Brings the in-memory view and the learning buffer up to what the store holds before
     /// event `before` (exclusive): users registered by anyone, and events another writer
     /// stored (`recohost import` into this database), a page at a time so that requests
@@ -584,13 +621,11 @@ impl Writer {
                 Some(last) if !complete => last.id,
                 _ => before - 1,
             };
-            {
-                let mut view = self.users.write().unwrap_or_else(|p| p.into_inner());
-                for row in &page {
-                    view.record(row);
-                }
-                view.skip_to(seen);
-            }
+            self.take_in(&page);
+            self.users
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .skip_to(seen);
             taken += page.len();
             self.learning.push(&page);
             if complete {
@@ -654,8 +689,19 @@ mod tests {
         let learning =
             Arc::new(Learning::new(Default::default(), store, plugins, 1, &[], 0).unwrap());
         let users = Arc::new(RwLock::new(Users::default()));
-        EventWriter::start_with_queue(&Database::Sqlite(path), users, learning, 1, capacity_events)
-            .unwrap()
+        let features = Arc::new(Features::Local {
+            users: users.clone(),
+            history_limit: 500,
+        });
+        EventWriter::start_with_queue(
+            &Database::Sqlite(path),
+            users,
+            features,
+            learning,
+            1,
+            capacity_events,
+        )
+        .unwrap()
     }
 
     fn stored_events(dir: &std::path::Path) -> u64 {

@@ -11,6 +11,9 @@
 //! - [`plugins`]: the wasmtime host: engine, contract check, limits, instances, pools.
 //! - [`recommend`]: the recommendation service (model choice, plugin call, answer checks).
 //! - [`cache`]: the recommendation cache (in-process or Redis) and its keys.
+//! - [`features`]: what a recommendation needs of its user: in memory on one node, in Redis
+//!   (with PostgreSQL behind it) in a cluster.
+//! - [`redis_link`]: a Redis connection with deadlines that steps aside after a fault.
 //! - [`events`]: validation and durable group-committed storage of live events.
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
 //! - [`experiments`]: experiment files, GrowthBook-compatible assignment, exposures, results.
@@ -34,6 +37,7 @@ pub mod dashboard;
 pub mod eval;
 pub mod events;
 pub mod experiments;
+pub mod features;
 pub mod histogram;
 pub mod import;
 pub mod learning;
@@ -41,6 +45,7 @@ pub mod plugin_dev;
 pub mod plugin_set;
 pub mod plugins;
 pub mod recommend;
+pub mod redis_link;
 pub mod reload;
 pub mod store;
 pub mod timeline;

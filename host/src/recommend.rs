@@ -10,6 +10,7 @@ use thiserror::Error;
 use crate::cache::{self, KeyScope, RecommendationCache};
 use crate::catalog::{Catalog, Users};
 use crate::experiments::{ExperimentError, Experiments};
+use crate::features::UserFeatures;
 use crate::plugins::bindings::{Request, Scored};
 use crate::plugins::{LivePlugins, PluginRuntime, RecommendCallError};
 
@@ -114,6 +115,8 @@ struct UserView<'a> {
 pub struct Recommender {
     pub catalog: Arc<Catalog>,
     pub users: Arc<RwLock<Users>>,
+    /// What requests send the plugins about their user (`features`).
+    pub features: Arc<crate::features::Features>,
     pub plugins: Arc<LivePlugins>,
     pub experiments: Arc<Experiments>,
     pub cache: Arc<dyn RecommendationCache>,
@@ -122,8 +125,6 @@ pub struct Recommender {
     pub default_model: String,
     /// Answers when the chosen plugin fails or is unhealthy (`None`: 503).
     pub fallback_model: Option<String>,
-    /// Newest events of a user sent with each request.
-    pub history_limit: usize,
     pub max_recommendations: u32,
 }
 
@@ -293,11 +294,29 @@ impl Recommender {
                 cached: true,
             });
         }
-        // The view is read again to build the request: the user may have had their first
-        // (or next) event meanwhile, so the answer is stored only under the key of what it
-        // was built from.
-        let (request, built_from) = self.request(user.id, count);
-        let exclude = request.exclude.clone();
+        // The user's features are read now, and may be newer than the version the key was
+        // made with (or the user unknown then may have had their first event since): the
+        // answer is stored only under the key of what it was built from.
+        let index = user.index.or_else(|| {
+            self.users
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .index_of(user.id)
+        });
+        let features = match index {
+            Some(index) => self.features.user(index).await,
+            None => UserFeatures::default(),
+        };
+        let built_from = index
+            .filter(|_| features.is_complete())
+            .map(|_| features.version);
+        let exclude = features.exclude;
+        let request = Request {
+            user: index,
+            count,
+            history: features.history,
+            exclude: exclude.clone(),
+        };
         let (scored, model_version) = plugin.recommend_async(request).await?;
         let received = scored.len();
         let entries = self.check(scored, &exclude, count as usize);
@@ -312,7 +331,9 @@ impl Recommender {
         // Store only what the key describes: the same model version, and the same user
         // version (for a user unknown at lookup and known now, the keys differ: the cold
         // key must never hold one user's exclusions).
+        let described = index.is_none() || built_from.is_some();
         if let Some(key) = key
+            && described
             && key
                 == cache::key(
                     scope(model_version),
@@ -347,38 +368,6 @@ impl Recommender {
             .map(|s| (s.item, s.score))
             .take(count)
             .collect()
-    }
-
-    /// The plugin request for a user (newest history first, capped; all seen items
-    /// excluded), and the user's version it was built from (`None`: unknown, a cold start).
-    fn request(&self, user_id: &str, count: u32) -> (Request, Option<u64>) {
-        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
-        let Some(user) = users.index_of(user_id) else {
-            let request = Request {
-                user: None,
-                count,
-                history: Vec::new(),
-                exclude: Vec::new(),
-            };
-            return (request, None);
-        };
-        let full = users.history(user);
-        let history = full
-            .iter()
-            .rev()
-            .take(self.history_limit)
-            .cloned()
-            .collect();
-        let mut exclude: Vec<u32> = full.iter().map(|event| event.item).collect();
-        exclude.sort_unstable();
-        exclude.dedup();
-        let request = Request {
-            user: Some(user),
-            count,
-            history,
-            exclude,
-        };
-        (request, Some(users.version(user)))
     }
 }
 
@@ -424,16 +413,20 @@ mod tests {
             &crate::store::Database::Sqlite(database),
         )
         .unwrap();
+        let users = Arc::new(RwLock::new(Users::new(Vec::new(), &[])));
         let recommender = Recommender {
             catalog: Arc::new(data.catalog),
-            users: Arc::new(RwLock::new(Users::default())),
+            features: Arc::new(crate::features::Features::Local {
+                users: users.clone(),
+                history_limit: 500,
+            }),
+            users,
             plugins: Arc::new(LivePlugins::new(registry)),
             experiments: Arc::new(experiments),
             cache: cache::from_config(&CacheConfig::default(), false).unwrap(),
             store_id: "test".into(),
             default_model: "popularity".into(),
             fallback_model: None,
-            history_limit: 500,
             max_recommendations: 100,
         };
         (recommender, plugin)

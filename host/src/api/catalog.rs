@@ -80,7 +80,8 @@ pub async fn item(
     .into_response())
 }
 
-/// A user's event count and newest events.
+/// A user's event count and newest events (in a cluster, at most `history_limit` of them:
+/// what the shared feature store keeps).
 #[utoipa::path(get, path = "/users/{id}", tag = "catalog",
     params(("id" = PathId, Path, description = "The user's external ID"), UserQuery),
     responses(
@@ -96,15 +97,16 @@ pub async fn user(
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = super::limit(query.limit, RECENT_EVENTS, MAX_RECENT_EVENTS)?;
     let id = ids::from_text("user_id", &id)?;
-    let users = state.users.read().unwrap_or_else(|p| p.into_inner());
-    let index = users
-        .index_of(&id)
-        .ok_or_else(|| ApiError::not_found("unknown_user", format!("no user with id {id:?}")))?;
-    let history = users.history(index);
-    let recent_events: Vec<UserEvent> = history
+    let (index, event_count) = {
+        let users = state.users.read().unwrap_or_else(|p| p.into_inner());
+        let index = users.index_of(&id).ok_or_else(|| {
+            ApiError::not_found("unknown_user", format!("no user with id {id:?}"))
+        })?;
+        (index, users.version(index))
+    };
+    let recent = state.recommender.features.recent_events(index, limit).await;
+    let recent_events: Vec<UserEvent> = recent
         .iter()
-        .rev()
-        .take(limit)
         .filter_map(|event| {
             let item = state.catalog.get(event.item)?;
             Some(UserEvent {
@@ -118,7 +120,7 @@ pub async fn user(
         .collect();
     Ok(Json(UserResponse {
         user_id: ids::to_json(&id),
-        event_count: history.len(),
+        event_count: event_count as usize,
         recent_events,
     }))
 }

@@ -23,6 +23,9 @@ pub struct HealthResponse {
     plugins: usize,
     plugins_ready: usize,
     cache: CacheReport,
+    /// Where users' histories are read from: `memory` (one node) or `redis` (a cluster,
+    /// with PostgreSQL behind it), and how those reads went.
+    features: crate::features::FeatureReport,
     /// The thread that stores events: `ok` or `stopped`, and failures it went on after.
     event_writer: WriterReport,
     /// The database engine (`sqlite` or `postgres`) and its schema version.
@@ -83,6 +86,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
             .cache
             .stats()
             .report(state.recommender.cache.backend()),
+        features: state.recommender.features.report(),
         event_writer: writer.report(),
         database: state.store.engine(),
         node: state.node.report(),

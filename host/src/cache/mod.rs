@@ -43,8 +43,8 @@ pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub stores: AtomicU64,
-    /// Errors and timeouts of the backend.
-    pub faults: AtomicU64,
+    /// Errors and timeouts of the backend (shared with its Redis link, which counts them).
+    pub faults: Arc<AtomicU64>,
     /// Requests that went uncached because the backend was pausing after a fault.
     pub bypassed: AtomicU64,
 }

@@ -165,6 +165,19 @@ pub struct EventRow {
     pub timestamp: u64,
 }
 
+/// One user's events as [`EventLog::user_history`] reads them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserHistory {
+    /// How many events the user has.
+    pub count: u64,
+    /// The id of their newest event (0: none).
+    pub through: i64,
+    /// Their newest events, newest first.
+    pub recent: Vec<EventRow>,
+    /// Every item they had an event with, ascending.
+    pub items: Vec<u32>,
+}
+
 /// A stored model snapshot.
 #[derive(Clone, Debug)]
 pub struct SnapshotRow {
@@ -370,6 +383,10 @@ pub trait EventLog {
         last_events: Option<u64>,
         items: u32,
     ) -> StoreResult<Vec<EventRow>>;
+    /// One user's events of the first `items` items, read in one snapshot: how many, the
+    /// newest id, the newest `limit` (newest first) and every item among them. What a
+    /// cluster node serves a user from when the shared feature store cannot answer.
+    fn user_history(&self, user: u32, items: u32, limit: usize) -> StoreResult<UserHistory>;
     /// Calls `visit(event id, external user ID, kind, value)` for every event with an id above
     /// `after`, oldest first, without holding them all in memory.
     fn for_each_event_after(

@@ -96,6 +96,7 @@ over_both_engines!(
     only_the_lease_holder_gets_model_versions_when_fenced,
     experiment_revisions_are_numbered_and_read_back_whole,
     a_published_plugin_joins_or_replaces_its_name_in_the_next_revision,
+    a_user_history_is_counted_newest_first_with_every_item,
 );
 
 fn batch() -> ImportBatch {
@@ -736,4 +737,31 @@ fn a_published_plugin_joins_or_replaces_its_name_in_the_next_revision(db: &TestD
         );
     }
     assert_eq!(store.plugin_wasm("0000").unwrap(), None);
+}
+
+fn a_user_history_is_counted_newest_first_with_every_item(db: &TestDb) {
+    let store = store_with_items(db);
+    let events: Vec<NewEvent> = (0..30)
+        .map(|i| event(&format!("u{}", i % 3), (i / 3) % 3))
+        .collect();
+    let outcomes = store
+        .append_requests(&[request(&events)], &|_| None)
+        .unwrap();
+    let rows: Vec<EventRow> = outcomes.iter().flat_map(|o| stored(o).to_vec()).collect();
+    let user = rows[0].user;
+    let mine: Vec<EventRow> = rows.iter().filter(|r| r.user == user).copied().collect();
+    let history = store.user_history(user, 3, 4).unwrap();
+    assert_eq!(history.count, 10);
+    assert_eq!(history.through, mine[9].id);
+    let newest: Vec<EventRow> = mine.iter().rev().take(4).copied().collect();
+    assert_eq!(history.recent, newest);
+    assert_eq!(history.items, vec![0, 1, 2]);
+    // Only the catalog's first items count.
+    let first_item = store.user_history(user, 1, 100).unwrap();
+    assert_eq!(
+        first_item.count,
+        mine.iter().filter(|r| r.item == 0).count() as u64
+    );
+    assert_eq!(first_item.items, vec![0]);
+    assert_eq!(store.user_history(9_999, 3, 4).unwrap(), Default::default());
 }

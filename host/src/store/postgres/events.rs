@@ -26,7 +26,7 @@ use futures_util::{TryStreamExt, pin_mut};
 use super::{PostgresStore, block_on, event_row, index, lock_keys, pool_error};
 use crate::store::{
     AppendOutcome, AppendRequest, EventKind, EventLog, EventRow, IDEMPOTENCY_KEY_TTL_SECS,
-    ImportBatch, ItemRow, StoreError, StoreResult, unix_now,
+    ImportBatch, ItemRow, StoreError, StoreResult, UserHistory, unix_now,
 };
 
 /// Events per INSERT statement of an import.
@@ -276,6 +276,54 @@ impl EventLog for PostgresStore {
         )?;
         events.reverse();
         Ok(events)
+    }
+
+    fn user_history(&self, user: u32, items: u32, limit: usize) -> StoreResult<UserHistory> {
+        let (user, items) = (i64::from(user), i64::from(items));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(async |client| {
+            // One snapshot for the three reads: the count, ids and items agree.
+            let transaction = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let summary = transaction
+                .query_one(
+                    "SELECT COUNT(*), COALESCE(MAX(id), 0),
+                            COALESCE(array_agg(DISTINCT item_idx), '{}')
+                     FROM events WHERE user_idx = $1::int8 AND item_idx < $2::int8",
+                    &[&user, &items],
+                )
+                .await?;
+            let recent = transaction
+                .query(
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM events
+                         WHERE user_idx = $1::int8 AND item_idx < $2::int8
+                         ORDER BY id DESC LIMIT $3"
+                    ),
+                    &[&user, &items, &limit],
+                )
+                .await?
+                .iter()
+                .map(event_row)
+                .collect::<StoreResult<Vec<_>>>()?;
+            transaction.commit().await?;
+            let mut items: Vec<u32> = summary
+                .try_get::<_, Vec<i32>>(2)?
+                .into_iter()
+                .map(|item| item.max(0) as u32)
+                .collect();
+            items.sort_unstable();
+            Ok(UserHistory {
+                count: summary.try_get::<_, i64>(0)?.max(0) as u64,
+                through: summary.try_get(1)?,
+                recent,
+                items,
+            })
+        })
     }
 
     fn for_each_event_after(

@@ -122,6 +122,10 @@ const MIGRATIONS: &[&str] = &[
         published_at_ms BIGINT NOT NULL
     );
     "#,
+    // 5: a user's events by id, for the reads of a cluster's feature store.
+    r#"
+    CREATE INDEX events_by_user ON events(user_idx, id);
+    "#,
 ];
 
 /// Brings the schema up to the newest version; refuses a database newer than this build.

@@ -13,7 +13,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{SqliteStore, event_row};
 use crate::store::{
     AppendOutcome, AppendRequest, EventKind, EventLog, EventRow, IDEMPOTENCY_KEY_TTL_SECS,
-    ImportBatch, ItemRow, StoreError, StoreResult, unix_now,
+    ImportBatch, ItemRow, StoreError, StoreResult, UserHistory, unix_now,
 };
 
 impl EventLog for SqliteStore {
@@ -284,6 +284,48 @@ impl EventLog for SqliteStore {
         )?;
         events.reverse();
         Ok(events)
+    }
+
+    fn user_history(&self, user: u32, items: u32, limit: usize) -> StoreResult<UserHistory> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // A single node serves users from memory: this scans (no index by user), for the
+        // one interface and its tests.
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let (count, through): (i64, i64) = transaction.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM events
+             WHERE user_idx = ?1 AND item_idx < ?2",
+            params![user, items],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let recent = {
+            let mut statement = transaction.prepare_cached(
+                "SELECT id, user_idx, item_idx, kind, value, timestamp FROM events
+                 WHERE user_idx = ?1 AND item_idx < ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let mut rows = statement.query(params![user, items, limit])?;
+            let mut recent = Vec::new();
+            while let Some(row) = rows.next()? {
+                recent.push(event_row(row)?);
+            }
+            recent
+        };
+        let items = {
+            let mut statement = transaction.prepare_cached(
+                "SELECT DISTINCT item_idx FROM events WHERE user_idx = ?1 AND item_idx < ?2
+                 ORDER BY item_idx",
+            )?;
+            statement
+                .query_map(params![user, items], |row| row.get::<_, u32>(0))?
+                .collect::<rusqlite::Result<Vec<u32>>>()?
+        };
+        transaction.commit()?;
+        Ok(UserHistory {
+            count: count.max(0) as u64,
+            through,
+            recent,
+            items,
+        })
     }
 
     fn for_each_event_after(
