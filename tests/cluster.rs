@@ -935,3 +935,62 @@ fn the_shared_feature_store_holds_every_user_whole_and_survives_losing_redis() {
         assert_eq!(features["unavailable"], 0, "{features}");
     }
 }
+
+#[test]
+fn a_sticky_user_keeps_their_arm_on_every_node_when_the_weights_move() {
+    let postgres = TestPostgres::shared();
+    let (_url, nodes, _temp, _redis) = three_nodes(postgres);
+    let refs: Vec<&Server> = nodes.iter().collect();
+    let sticky = |control: f64| {
+        experiment(control).replace("coverage = 1.0", "coverage = 1.0\nsticky = true")
+    };
+    let publish = |node: &Server, text: String| {
+        let (status, answer) =
+            node.post("/admin/experiments", &json!({"files": {"arms.toml": text}}));
+        assert_eq!(status, 200, "{answer}");
+        let revision = answer["revision"].as_u64().unwrap();
+        for node in &refs {
+            node.wait_for("/health", Duration::from_secs(2), |health| {
+                health["experiments_revision"].as_u64() == Some(revision)
+            });
+        }
+    };
+    publish(refs[0], sticky(0.5));
+    // Placed by node a (half of them in control)...
+    let users: Vec<String> = (1..=60).map(|u| u.to_string()).collect();
+    let mut placed = Vec::new();
+    for user in &users {
+        let (status, body) = refs[0].post(
+            "/recommend",
+            &json!({"user_id": user, "n_recommendations": 3}),
+        );
+        assert_eq!(status, 200, "{body}");
+        placed.push(body["experiment"]["group"].as_str().unwrap().to_string());
+    }
+    let controls = placed.iter().filter(|g| *g == "control").count();
+    assert!((10..=50).contains(&controls), "{controls} of 60 in control");
+    std::thread::sleep(Duration::from_secs(3));
+    // ...then everyone to treatment by weight: the users node a placed keep their arm on
+    // nodes b and c, which never served them.
+    publish(refs[1], sticky(0.01));
+    for node in &refs[1..] {
+        for (user, group) in users.iter().zip(&placed) {
+            let (status, body) = node.post(
+                "/recommend",
+                &json!({"user_id": user, "n_recommendations": 3}),
+            );
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                body["experiment"]["group"].as_str(),
+                Some(group.as_str()),
+                "user {user}"
+            );
+        }
+    }
+    // A user nobody placed before goes by the new weights.
+    let (_, body) = refs[2].post(
+        "/recommend",
+        &json!({"user_id": "newcomer", "n_recommendations": 3}),
+    );
+    assert_eq!(body["experiment"]["group"], "treatment", "{body}");
+}

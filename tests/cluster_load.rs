@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use recohost_e2e::{Server, TestPostgres, config_text};
+use recohost_e2e::{Redis, Server, TestPostgres, config_text};
 use serde_json::{Value, json};
 
 #[path = "wrk.rs"]
@@ -52,14 +52,33 @@ fn recommend_spread(dir: &std::path::Path, postgres: &TestPostgres) -> Value {
     let baseline = wrk(&single.base, RECOMMEND_LUA, 64, dir);
     assert_eq!(baseline["non_2xx"], 0, "{baseline}");
     drop(single);
-    eprintln!("1/2 POST /recommend: three PostgreSQL nodes, 3 x 22 connections, {DURATION}");
+    // One cluster node alone, same load: the cost of reading users from the shared feature
+    // store (Redis, with the node's cache of recent users) instead of from memory.
+    let redis = Redis::start();
     let url = postgres.create_database();
+    let node_config = |name: &str| {
+        config_text(&format!(
+            "database_url = {url:?}\n[cluster]\nnode_id = {name:?}\n\
+             [cache]\nbackend = \"off\"\nredis_url = {:?}\n[http]\nmax_in_flight = 128\n",
+            redis.url()
+        ))
+    };
+    eprintln!(
+        "1/2 POST /recommend: one PostgreSQL node (users in Redis), 64 connections, {DURATION}"
+    );
+    let lone = Server::start_in(&dir.join("lone"), &node_config("lone")).unwrap();
+    let one_node = wrk(&lone.base, RECOMMEND_LUA, 64, dir);
+    assert_eq!(one_node["non_2xx"], 0, "{one_node}");
+    let features = lone.get("/health").1["features"].clone();
+    drop(lone);
+    eprintln!("1/2 POST /recommend: three PostgreSQL nodes, 3 x 22 connections, {DURATION}");
     let nodes: Vec<Server> = (0..3)
         .map(|node| {
-            let config = config_text(&format!(
-                "database_url = {url:?}\n[cluster]\nnode_id = \"spread-{node}\"\n{cache_off}"
-            ));
-            Server::start_in(&dir.join(format!("spread-{node}")), &config).unwrap()
+            Server::start_in(
+                &dir.join(format!("spread-{node}")),
+                &node_config(&format!("spread-{node}")),
+            )
+            .unwrap()
         })
         .collect();
     let runs: Vec<Value> = std::thread::scope(|scope| {
@@ -94,7 +113,15 @@ fn recommend_spread(dir: &std::path::Path, postgres: &TestPostgres) -> Value {
         worst_p99 / 1e3,
         worst_p99 / single_p99
     );
-    json!({"single": baseline, "three_nodes": runs, "throughput_ratio": total / single_rps, "p99_ratio": worst_p99 / single_p99})
+    let lone_rps = one_node["requests_per_second"].as_f64().unwrap();
+    let lone_p99 = one_node["p99_us"].as_f64().unwrap();
+    println!(
+        "/recommend, cache off: one PostgreSQL node with users in Redis {lone_rps:.0} req/s ({:.2}x), p99 {:.1} ms ({:.2}x); its feature reads: {features}",
+        lone_rps / single_rps,
+        lone_p99 / 1e3,
+        lone_p99 / single_p99
+    );
+    json!({"single": baseline, "one_cluster_node": one_node, "three_nodes": runs, "throughput_ratio": total / single_rps, "p99_ratio": worst_p99 / single_p99, "one_node_p99_ratio": lone_p99 / single_p99})
 }
 
 fn main() {

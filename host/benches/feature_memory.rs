@@ -97,7 +97,14 @@ fn main() {
         .expect("a free port")
         .port();
     let mut redis = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH");
@@ -122,7 +129,11 @@ fn main() {
         let mut batch = Vec::with_capacity(10_000);
         for user in 0..users {
             let row = event(user, k, users);
-            let previous = if k == 0 { 0 } else { event(user, k - 1, users).id };
+            let previous = if k == 0 {
+                0
+            } else {
+                event(user, k - 1, users).id
+            };
             batch.push((row, previous));
             if batch.len() == 10_000 {
                 features.recorded(&batch);

@@ -370,8 +370,11 @@ fn follow_models(
 
 /// Puts the newest published experiment revision in force if it is newer than the one in
 /// force (every node polls each second, so an edit published through any node is in force
-/// everywhere within about a second).
+/// everywhere within about a second), and takes in the sticky assignments other nodes made.
 pub fn follow_experiments(store: &Store, experiments: &Experiments) {
+    if let Err(error) = experiments.follow_sticky(store) {
+        tracing::warn!(%error, "cannot read the other nodes' sticky assignments");
+    }
     let applied = experiments.current().revision.unwrap_or(0);
     match store.latest_experiment_revision() {
         Ok(newest) if newest > applied => {}

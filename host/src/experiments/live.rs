@@ -199,6 +199,8 @@ pub struct Experiments {
     current: ArcSwap<ExperimentSet>,
     status: Mutex<ReloadStatus>,
     sticky: RwLock<StickyMap>,
+    /// The newest `assigned_at_ms` of the sticky assignments taken in from the store.
+    sticky_seen_ms: std::sync::atomic::AtomicU64,
     log: ExposureLog,
     /// A connection of its own for results: their scans never wait for, nor hold up, the
     /// server's other reads and writes.
@@ -221,7 +223,9 @@ impl Experiments {
             None => Vec::new(),
         };
         let mut sticky = StickyMap::new();
-        for row in store.sticky_assignments()? {
+        let mut sticky_seen_ms = 0;
+        for row in store.sticky_assignments(0)? {
+            sticky_seen_ms = sticky_seen_ms.max(row.assigned_at_ms);
             sticky.entry(row.experiment_id).or_default().insert(
                 row.user_id,
                 StickyEntry {
@@ -242,6 +246,7 @@ impl Experiments {
             current: ArcSwap::from_pointee(set),
             status: Mutex::new(status),
             sticky: RwLock::new(sticky),
+            sticky_seen_ms: sticky_seen_ms.into(),
             log: ExposureLog::start(database)?,
             results_store: Store::connect(database)?,
             results: ResultsCache::default(),
@@ -514,6 +519,54 @@ impl Experiments {
         self.log.counts()
     }
 
+    /// Takes in the sticky assignments other nodes of a cluster stored since the last look,
+    /// so that a user keeps their group whichever node serves them next (within about a
+    /// second of the exposure being stored). Rows are read again from a while before the
+    /// newest one seen: nodes' clocks differ and exposures are stored in batches; taking a
+    /// row in twice changes nothing. Blocking.
+    pub fn follow_sticky(&self, store: &Store) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        /// How far back each look reads again.
+        const OVERLAP_MS: u64 = 10_000;
+        let seen = self.sticky_seen_ms.load(Ordering::Relaxed);
+        let rows = store.sticky_assignments(seen.saturating_sub(OVERLAP_MS))?;
+        let Some(newest) = rows.iter().map(|row| row.assigned_at_ms).max() else {
+            return Ok(());
+        };
+        // A kept group of a newer bucket version stays; otherwise the stored one wins, as
+        // the database's last write did.
+        let differs = |sticky: &StickyMap, row: &StickyRow| {
+            sticky
+                .get(&row.experiment_id)
+                .and_then(|users| users.get(&row.user_id))
+                .is_none_or(|entry| {
+                    entry.bucket_version < row.bucket_version
+                        || (entry.bucket_version == row.bucket_version
+                            && entry.group != row.group_name)
+                })
+        };
+        let changes: Vec<StickyRow> = {
+            let sticky = self.sticky.read().unwrap_or_else(|p| p.into_inner());
+            rows.into_iter()
+                .filter(|row| differs(&sticky, row))
+                .collect()
+        };
+        if !changes.is_empty() {
+            let mut sticky = self.sticky.write().unwrap_or_else(|p| p.into_inner());
+            for row in changes {
+                sticky.entry(row.experiment_id).or_default().insert(
+                    row.user_id,
+                    StickyEntry {
+                        group: row.group_name,
+                        bucket_version: row.bucket_version,
+                    },
+                );
+            }
+        }
+        self.sticky_seen_ms.fetch_max(newest, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn kept_group(&self, definition: &Experiment, user_id: &str) -> Option<usize> {
         let sticky = self.sticky.read().unwrap_or_else(|p| p.into_inner());
         let entry = sticky.get(&definition.id)?.get(user_id)?;
@@ -647,7 +700,7 @@ mod tests {
         // exposure or not.
         let store = Store::open(&fixture.dir.path().join("db")).unwrap();
         let stored: HashMap<String, String> = store
-            .sticky_assignments()
+            .sticky_assignments(0)
             .unwrap()
             .into_iter()
             .map(|row| (row.user_id, row.group_name))

@@ -440,8 +440,9 @@ pub trait ExperimentRecord {
     fn latest_experiments(&self) -> StoreResult<Option<(u64, ExperimentFiles)>>;
     /// Stores exposures and sticky assignments in one transaction.
     fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()>;
-    /// Every stored sticky assignment.
-    fn sticky_assignments(&self) -> StoreResult<Vec<StickyRow>>;
+    /// The stored sticky assignments made at or after `since_ms` (0: all of them): what a
+    /// cluster's nodes take in from each other.
+    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<Vec<StickyRow>>;
     /// Every exposure of `experiment_id`, oldest first.
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>>;
 }

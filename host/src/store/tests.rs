@@ -440,7 +440,9 @@ fn exposures_and_sticky_assignments_round_trip(db: &TestDb) {
         )
         .unwrap();
     store.append_exposures(&[], &[sticky("b", 2)]).unwrap();
-    assert_eq!(store.sticky_assignments().unwrap(), vec![sticky("b", 2)]);
+    assert_eq!(store.sticky_assignments(0).unwrap(), vec![sticky("b", 2)]);
+    assert_eq!(store.sticky_assignments(5).unwrap(), vec![sticky("b", 2)]);
+    assert_eq!(store.sticky_assignments(6).unwrap(), Vec::new());
     let exposures = store.exposures_of("e").unwrap();
     assert_eq!(
         exposures

@@ -118,14 +118,15 @@ impl ExperimentRecord for PostgresStore {
         })
     }
 
-    fn sticky_assignments(&self) -> StoreResult<Vec<StickyRow>> {
+    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<Vec<StickyRow>> {
+        let since = to_i64(since_ms);
         self.run(async |client| {
             let mut rows = Vec::new();
             for row in client
                 .query(
                     "SELECT experiment_id, user_id, group_name, bucket_version, assigned_at_ms
-                     FROM sticky_assignments",
-                    &[],
+                     FROM sticky_assignments WHERE assigned_at_ms >= $1",
+                    &[&since],
                 )
                 .await?
             {

@@ -126,6 +126,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX events_by_user ON events(user_idx, id);
     "#,
+    // 6: sticky assignments by time, which the nodes poll to keep each other's.
+    r#"
+    CREATE INDEX sticky_by_time ON sticky_assignments(assigned_at_ms);
+    "#,
 ];
 
 /// Brings the schema up to the newest version; refuses a database newer than this build.

@@ -89,13 +89,14 @@ impl ExperimentRecord for SqliteStore {
         Ok(())
     }
 
-    fn sticky_assignments(&self) -> StoreResult<Vec<StickyRow>> {
+    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<Vec<StickyRow>> {
         let connection = self.lock();
         let mut statement = connection.prepare(
             "SELECT experiment_id, user_id, group_name, bucket_version, assigned_at_ms
-             FROM sticky_assignments",
+             FROM sticky_assignments WHERE assigned_at_ms >= ?1",
         )?;
-        let rows = statement.query_map([], |row| {
+        let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
+        let rows = statement.query_map([since], |row| {
             Ok(StickyRow {
                 experiment_id: row.get(0)?,
                 user_id: row.get(1)?,
