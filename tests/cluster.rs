@@ -841,6 +841,25 @@ fn a_cluster_node_publishes_its_experiments_folder_when_it_changes() {
     );
 }
 
+/// The items `user` had an event with, as the database has them.
+fn seen_in_database(database: &str, user: &str) -> HashSet<u64> {
+    let output = TestPostgres::shared()
+        .psql(database)
+        .args(["-t", "-A", "-c"])
+        .arg(format!(
+            "SELECT DISTINCT items.external_id FROM events
+             JOIN users ON users.idx = events.user_idx JOIN items ON items.idx = events.item_idx
+             WHERE users.external_id = '{user}'"
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn the_shared_feature_store_holds_every_user_whole_and_survives_losing_redis() {
     let postgres = TestPostgres::shared();
@@ -857,31 +876,39 @@ fn the_shared_feature_store_holds_every_user_whole_and_survives_losing_redis() {
     load.finish();
     std::thread::sleep(Duration::from_millis(500));
 
-    // Every user Redis holds is a whole prefix of their events: the count and the history
-    // length agree with the database up to the newest event it names.
+    // Every user Redis holds is a whole prefix of their events: the count, the history and
+    // the item set agree with the database up to the newest event it names.
     let keys = redis.cli(&["--scan", "--pattern", "rh:f:1:*:u:*"]);
     let keys: Vec<&str> = keys.lines().collect();
     assert!(keys.len() >= 100, "{} users in Redis", keys.len());
     for key in &keys {
         let user = key.rsplit(':').next().unwrap();
-        let fields = redis.cli(&["HMGET", key, "t", "n"]);
+        let fields = redis.cli(&["HMGET", key, "t", "n", "c"]);
         let fields: Vec<u64> = fields.lines().map(|v| v.parse().unwrap()).collect();
-        let (through, events) = (fields[0], fields[1]);
+        let (through, events, items) = (fields[0], fields[1], fields[2]);
+        let mine = format!("FROM events WHERE user_idx = {user} AND id <= {through}");
+        assert_eq!(events, count(&format!("SELECT COUNT(*) {mine}")), "{key}");
         assert_eq!(
-            events,
-            count(&format!(
-                "SELECT COUNT(*) FROM events WHERE user_idx = {user} AND id <= {through}"
-            )),
+            items,
+            count(&format!("SELECT COUNT(DISTINCT item_idx) {mine}")),
             "{key}"
         );
-        let history_key = key.replace(":u:", ":h:");
-        let length: u64 = redis.cli(&["LLEN", &history_key]).trim().parse().unwrap();
+        let length: u64 = redis
+            .cli(&["LLEN", &key.replace(":u:", ":h:")])
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(length, events.min(500), "{key}");
+        let members: u64 = redis
+            .cli(&["SCARD", &key.replace(":u:", ":x:")])
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(members, items, "{key}");
     }
 
-    // What a user bought at one node stays excluded everywhere when Redis loses everything,
-    // and when it is gone: the nodes read the database instead.
-    // Known to every node first (each caches what it read of them)...
+    // What a user bought at one node is excluded on every node at once, from their cached
+    // features too.
     let (status, body) = refs[2].post(
         "/events",
         &json!({"user_id": "collector", "item_id": 1, "event_type": "view"}),
@@ -899,7 +926,6 @@ fn the_shared_feature_store_holds_every_user_whole_and_survives_losing_redis() {
                 .all(|item| recommended(node, "collector").contains(item))
         );
     }
-    // ...then buying at one node.
     for item in &bought {
         let (status, body) = refs[0].post(
             "/events",
@@ -908,28 +934,62 @@ fn the_shared_feature_store_holds_every_user_whole_and_survives_losing_redis() {
         assert_eq!(status, 200, "{body}");
     }
     std::thread::sleep(Duration::from_millis(500));
-    let excluded = |node: &Server| {
+    for node in &refs {
         let now = recommended(node, "collector");
-        bought.iter().all(|item| !now.contains(item))
-    };
-    assert!(refs.iter().all(|node| excluded(node)));
-    // Users the nodes have not read yet: only the database has their whole history.
-    let events_of = |user: &str| {
-        count(&format!(
-            "SELECT COUNT(*) FROM events JOIN users ON users.idx = events.user_idx
+        assert!(bought.iter().all(|item| !now.contains(item)));
+    }
+
+    // Users no node has served yet: what each node recommends them excludes everything the
+    // database says they touched, whatever Redis lost. A user whose item set was evicted on
+    // its own...
+    let excludes_everything = |node: &Server, user: &str| {
+        let seen = seen_in_database(database, user);
+        assert!(!seen.is_empty(), "{user}");
+        let now = recommended(node, user);
+        assert!(
+            seen.is_disjoint(&now),
+            "{user}: recommended again {:?}",
+            seen.intersection(&now).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            node.seen_items(user).len(),
+            count(&format!(
+                "SELECT COUNT(*) FROM events JOIN users ON users.idx = events.user_idx
              WHERE users.external_id = '{user}'"
-        )) as usize
+            )) as usize,
+            "{user}"
+        );
     };
+    // (one who bought what everybody is recommended, through node a only)...
+    let favourites: Vec<u64> = recommended(refs[0], "hoarder")
+        .into_iter()
+        .take(5)
+        .collect();
+    for item in &favourites {
+        let (status, body) = refs[0].post(
+            "/events",
+            &json!({"user_id": "hoarder", "item_id": item, "event_type": "purchase"}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let index = count("SELECT idx FROM users WHERE external_id = 'hoarder'");
+    let items_key = redis
+        .cli(&["--scan", "--pattern", &format!("rh:f:1:*:x:{index}")])
+        .trim()
+        .to_string();
+    assert_eq!(redis.cli(&["SCARD", &items_key]).trim(), "5", "{items_key}");
+    redis.cli(&["DEL", &items_key]);
+    excludes_everything(refs[1], "hoarder");
+    // ...everything gone (a restart without persistence)...
     redis.cli(&["FLUSHALL"]);
     for (node, user) in refs.iter().zip(["c1-3", "c2-4", "c3-5"]) {
-        assert!(excluded(node));
-        assert!(events_of(user) > 0);
-        assert_eq!(node.seen_items(user).len(), events_of(user), "{user}");
+        excludes_everything(node, user);
     }
+    // ...and Redis down: read from the database.
     redis.kill();
     for (node, user) in refs.iter().zip(["c1-6", "c2-7", "c3-8"]) {
-        assert!(excluded(node));
-        assert_eq!(node.seen_items(user).len(), events_of(user), "{user}");
+        excludes_everything(node, user);
         let features = node.get("/health").1["features"].clone();
         assert!(features["rebuilds"].as_u64() > Some(0), "{features}");
         assert_eq!(features["unavailable"], 0, "{features}");

@@ -3,8 +3,9 @@
 //!     cargo xtask loadtest cluster      (needs wrk and Debian's postgresql)
 //!
 //! 1. `POST /recommend` (cache off: every request reaches a plugin), 64 connections: to one
-//!    SQLite node (the baseline), then spread over the three nodes (three wrk at once, 22
-//!    connections each), with their total throughput and worst p99.
+//!    SQLite node (the baseline), to one PostgreSQL node with its users in Redis, then spread
+//!    over three such nodes (three wrk at once, 22 connections each), with their total
+//!    throughput and worst p99. Every node is asked once for every user first.
 //! 2. Failover: from `kill -9` of the learner to the first new model version served by a
 //!    surviving node, while a client posts events all along, ten times (a fresh node
 //!    replaces the killed one after each run). Default `lease_secs` (10),
@@ -23,7 +24,7 @@ use serde_json::{Value, json};
 #[path = "wrk.rs"]
 #[allow(dead_code)] // shared by the load test binaries; each uses part of it
 mod wrk;
-use wrk::{DURATION, RECOMMEND_LUA, wrk};
+use wrk::{DURATION, RECOMMEND_LUA, USERS, wrk};
 
 const RUNS: usize = 10;
 const PLUGIN: &str = "popularity";
@@ -44,11 +45,24 @@ fn is_learner(server: &Server) -> bool {
     server.get("/health").1["node"]["learner"] == true
 }
 
+/// Asks `server` once for every demo user, so that the measured run sees a warm node (every
+/// setup alike: a cluster node's first request for a user reads them from the database).
+fn warm(server: &Server) {
+    for user in 1..=USERS {
+        let (status, body) = server.post(
+            "/recommend",
+            &json!({"user_id": user, "n_recommendations": 10}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 /// `POST /recommend` against one SQLite node, then spread over three PostgreSQL nodes.
 fn recommend_spread(dir: &std::path::Path, postgres: &TestPostgres) -> Value {
     let cache_off = "[cache]\nbackend = \"off\"\n[http]\nmax_in_flight = 128\n";
     eprintln!("1/2 POST /recommend: one SQLite node, 64 connections, {DURATION}");
     let single = Server::start_in(&dir.join("single"), &config_text(cache_off)).unwrap();
+    warm(&single);
     let baseline = wrk(&single.base, RECOMMEND_LUA, 64, dir);
     assert_eq!(baseline["non_2xx"], 0, "{baseline}");
     drop(single);
@@ -67,6 +81,7 @@ fn recommend_spread(dir: &std::path::Path, postgres: &TestPostgres) -> Value {
         "1/2 POST /recommend: one PostgreSQL node (users in Redis), 64 connections, {DURATION}"
     );
     let lone = Server::start_in(&dir.join("lone"), &node_config("lone")).unwrap();
+    warm(&lone);
     let one_node = wrk(&lone.base, RECOMMEND_LUA, 64, dir);
     assert_eq!(one_node["non_2xx"], 0, "{one_node}");
     let features = lone.get("/health").1["features"].clone();
@@ -81,6 +96,9 @@ fn recommend_spread(dir: &std::path::Path, postgres: &TestPostgres) -> Value {
             .unwrap()
         })
         .collect();
+    for node in &nodes {
+        warm(node);
+    }
     let runs: Vec<Value> = std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
             .iter()

@@ -407,6 +407,9 @@ impl Config {
         if !(1..=3600).contains(&self.cluster.lease_secs) {
             bail!("[cluster] lease_secs must be between 1 and 3600");
         }
+        if !(1..=100_000).contains(&self.history_limit) {
+            bail!("history_limit must be between 1 and 100000");
+        }
         let mut names = std::collections::HashSet::new();
         for plugin in &self.plugins {
             if plugin.name.is_empty()

@@ -700,7 +700,7 @@ fn publish_experiments(dir: &std::path::Path, config: Config) -> anyhow::Result<
     let experiments = recohost::experiments::definition::load_files(&named, &plugins)
         .context("nothing was published")?;
     let store = Store::connect(&recohost::store::Database::Postgres(url))?;
-    let revision = store.publish_experiments(&files)?;
+    let revision = store.publish_experiments(&files, false)?.unwrap_or(0);
     println!(
         "published revision {revision}: {} experiment(s) ({}); every node puts it in force within about a second",
         experiments.len(),

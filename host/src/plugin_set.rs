@@ -72,24 +72,40 @@ pub fn declaration(
 }
 
 /// The file holding the .wasm of hash `sha256` under `dir`, fetched from `store` when
-/// missing. Written aside and renamed, so a reader never sees part of one.
+/// missing or not what its name says (a write cut short).
 fn wasm_file(store: &Store, dir: &Path, sha256: &str) -> anyhow::Result<PathBuf> {
     if sha256.is_empty() || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
         anyhow::bail!("a published .wasm hash that is not hex: {sha256:?}");
     }
     let path = dir.join(format!("{sha256}.wasm"));
-    if path.is_file() {
+    if std::fs::read(&path).is_ok_and(|bytes| hash(&bytes) == sha256) {
         return Ok(path);
     }
     let wasm = store
         .plugin_wasm(sha256)?
         .with_context(|| format!("the published .wasm {sha256} is not in the database"))?;
+    if hash(&wasm) != sha256 {
+        anyhow::bail!("the published .wasm {sha256} in the database does not match its hash");
+    }
+    write_wasm(dir, &wasm)
+}
+
+/// Writes `wasm` under `dir` as `SHA256.wasm`, aside then renamed, so that no reader ever
+/// sees part of one. Returns its path.
+pub fn write_wasm(dir: &Path, wasm: &[u8]) -> anyhow::Result<PathBuf> {
+    let sha256 = hash(wasm);
+    let path = dir.join(format!("{sha256}.wasm"));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let partial = dir.join(format!(".{sha256}.{}.partial", std::process::id()));
-    std::fs::write(&partial, &wasm)
+    std::fs::write(&partial, wasm)
         .and_then(|()| std::fs::rename(&partial, &path))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+fn hash(wasm: &[u8]) -> String {
+    use sha2::Digest;
+    crate::plugins::engine::hex(&sha2::Sha256::digest(wasm))
 }
 
 /// What to publish as `name` with `wasm`: the `config` and `limits` given, else those it was
@@ -133,17 +149,15 @@ pub fn entry(
     Ok(PublishedPlugin::new(name, wasm, config, limits))
 }
 
-/// A plugin name as requests and experiments use it: lower-case letters, digits, `-`, `_`.
+/// A plugin name as the config file accepts it: letters, digits, `-` and `_`.
 pub fn check_name(name: &str) -> anyhow::Result<()> {
     let plain = !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
     if !plain {
-        anyhow::bail!(
-            "{name:?} is not a plugin name: use 1 to 64 lower-case letters, digits, '-' and '_'"
-        );
+        anyhow::bail!("{name:?} is not a plugin name: use 1 to 64 letters, digits, '-' and '_'");
     }
     Ok(())
 }

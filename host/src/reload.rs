@@ -184,11 +184,7 @@ impl App {
             let entry = plugin_set::entry(name, wasm, config, limits, newest.as_ref(), &declared)
                 .map_err(PublishError::Invalid)?;
             // The new plugin is written where followers will write it, and loaded from there.
-            let dir = plugin_set::wasm_dir(&self.config.data_dir);
-            let path = dir.join(format!("{}.wasm", entry.wasm_sha256));
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| std::fs::write(&path, wasm))
-                .with_context(|| format!("cannot write {}", path.display()))
+            plugin_set::write_wasm(&plugin_set::wasm_dir(&self.config.data_dir), wasm)
                 .map_err(failed)?;
             let base = newest.as_ref().map_or(0, |set| set.revision);
             let mut candidate = newest.unwrap_or(PublishedSet {

@@ -38,7 +38,7 @@ pub struct PublishAnswer {
 /// first; anything that fails and nothing is published.
 #[utoipa::path(post, path = "/admin/plugins/{name}", tag = "system",
     security(("admin_token" = [])),
-    params(("name" = String, Path, description = "The plugin's name (lower-case letters, digits, '-', '_')"), PublishQuery),
+    params(("name" = String, Path, description = "The plugin's name (letters, digits, '-', '_')"), PublishQuery),
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses(
         (status = 200, body = PublishAnswer),

@@ -199,7 +199,7 @@ pub struct Experiments {
     current: ArcSwap<ExperimentSet>,
     status: Mutex<ReloadStatus>,
     sticky: RwLock<StickyMap>,
-    /// The newest `assigned_at_ms` of the sticky assignments taken in from the store.
+    /// When the newest sticky assignment taken in from the store was stored (its clock).
     sticky_seen_ms: std::sync::atomic::AtomicU64,
     log: ExposureLog,
     /// A connection of its own for results: their scans never wait for, nor hold up, the
@@ -223,9 +223,8 @@ impl Experiments {
             None => Vec::new(),
         };
         let mut sticky = StickyMap::new();
-        let mut sticky_seen_ms = 0;
-        for row in store.sticky_assignments(0)? {
-            sticky_seen_ms = sticky_seen_ms.max(row.assigned_at_ms);
+        let (rows, sticky_seen_ms) = store.sticky_assignments(0)?;
+        for row in rows {
             sticky.entry(row.experiment_id).or_default().insert(
                 row.user_id,
                 StickyEntry {
@@ -324,7 +323,7 @@ impl Experiments {
         files: &[(String, String)],
     ) -> Result<Arc<ExperimentSet>, ExperimentError> {
         self.validate(files)?;
-        let revision = store.publish_experiments(files)?;
+        let revision = store.publish_experiments(files, false)?.unwrap_or(0);
         self.apply_revision(revision, files)
     }
 
@@ -339,13 +338,11 @@ impl Experiments {
         let outcome = super::definition::dir_files(dir)
             .map_err(ExperimentError::from)
             .and_then(|files| {
-                if store
-                    .latest_experiments()?
-                    .is_some_and(|(_, published)| published == files)
-                {
-                    return Ok(None);
+                self.validate(&files)?;
+                match store.publish_experiments(&files, true)? {
+                    Some(revision) => self.apply_revision(revision, &files).map(Some),
+                    None => Ok(None),
                 }
-                self.publish(store, &files).map(Some)
             });
         // Kept for the API, as a rejected folder is on a single node.
         if let Err(error) = &outcome {
@@ -521,18 +518,15 @@ impl Experiments {
 
     /// Takes in the sticky assignments other nodes of a cluster stored since the last look,
     /// so that a user keeps their group whichever node serves them next (within about a
-    /// second of the exposure being stored). Rows are read again from a while before the
-    /// newest one seen: nodes' clocks differ and exposures are stored in batches; taking a
-    /// row in twice changes nothing. Blocking.
+    /// second of the exposure being stored). Polled by the time the database stored them,
+    /// read again from a while before the newest one seen (a transaction may commit a
+    /// little after its rows' time); taking a row in twice changes nothing. Blocking.
     pub fn follow_sticky(&self, store: &Store) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         /// How far back each look reads again.
         const OVERLAP_MS: u64 = 10_000;
         let seen = self.sticky_seen_ms.load(Ordering::Relaxed);
-        let rows = store.sticky_assignments(seen.saturating_sub(OVERLAP_MS))?;
-        let Some(newest) = rows.iter().map(|row| row.assigned_at_ms).max() else {
-            return Ok(());
-        };
+        let (rows, newest) = store.sticky_assignments(seen.saturating_sub(OVERLAP_MS))?;
         // A kept group of a newer bucket version stays; otherwise the stored one wins, as
         // the database's last write did.
         let differs = |sticky: &StickyMap, row: &StickyRow| {
@@ -701,6 +695,7 @@ mod tests {
         let store = Store::open(&fixture.dir.path().join("db")).unwrap();
         let stored: HashMap<String, String> = store
             .sticky_assignments(0)
+            .map(|(rows, _)| rows)
             .unwrap()
             .into_iter()
             .map(|row| (row.user_id, row.group_name))

@@ -1,9 +1,14 @@
 //! A cluster's users in Redis: the online feature store the nodes share.
 //!
-//! Per user (dense index `U`, keys under `rh:f:1:{store_id}:`): `u:U`, a hash of `t` (their
-//! newest event id included) and `n` (their event count); `h:U`, their newest events, newest
-//! first, trimmed to `history_limit`; `x:U`, the set of every item they had an event with.
-//! Keys expire a week after their last write (an idle user is rebuilt when they return).
+//! Per user (dense index `U`, keys under `rh:f:1:{store_id}:{catalog}:`, so nodes serving
+//! another catalog, as during a rolling restart after an import, never mix their users):
+//! `u:U`, a hash of `t` (their newest event id included), `n` (their event count) and `c`
+//! (how many items `x:U` holds); `h:U`, their newest events, newest first, trimmed to
+//! `history_limit`; `x:U`, the set of every item they had an event with. Keys expire a week
+//! after their last write (an idle user is rebuilt when they return). A read takes the three
+//! keys in one transaction and accepts them only if the history holds `min(n,
+//! history_limit)` events and the set `c` items, so a key evicted on its own (Redis under
+//! `maxmemory`) makes a rebuild, not an answer without exclusions.
 //!
 //! **Writes.** The event writer of the node that stored an event writes it to Redis right
 //! after the database commit, before the node counts it as known; every node's writer also
@@ -23,7 +28,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::catalog::{Users, to_feedback};
 use crate::config::CacheConfig;
@@ -36,6 +41,8 @@ use crate::store::{EventKind, EventRow, Store};
 const KEY_TTL_SECS: u64 = 7 * 24 * 3_600;
 /// Most bytes of features a node keeps in its cache of recent users.
 const LOCAL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// How long reads skip the database after it failed one.
+const DATABASE_PAUSE: Duration = Duration::from_secs(1);
 /// Most events written to Redis by one script call (one call holds Redis up).
 const EVENTS_PER_WRITE: usize = 1_000;
 /// Event kinds by their byte in a packed event.
@@ -46,7 +53,8 @@ const KINDS: [EventKind; 4] = [
     EventKind::Purchase,
 ];
 
-/// Appends events on top of the exact state they follow; deletes a user found otherwise.
+/// Appends events on top of the exact state they follow, counting the items it adds;
+/// deletes a user found otherwise.
 /// ARGV: prefix, history limit, TTL, then per event: user, id, previous id, packed, item.
 const APPEND: &str = r"
 local prefix, limit, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -54,31 +62,41 @@ for i = 4, #ARGV, 5 do
   local user, id, previous = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local meta, history, items = prefix .. 'u:' .. user, prefix .. 'h:' .. user, prefix .. 'x:' .. user
   local through = tonumber(redis.call('HGET', meta, 't') or '0')
-  if through == previous then
+  local listed = tonumber(redis.call('HGET', meta, 'c') or '0')
+  -- A history or item set evicted on its own leaves a user that is not whole.
+  local whole = (through == 0 or redis.call('EXISTS', history) == 1)
+    and (listed == 0 or redis.call('EXISTS', items) == 1)
+  if through == previous and whole then
     redis.call('HSET', meta, 't', id)
     redis.call('HINCRBY', meta, 'n', 1)
     redis.call('LPUSH', history, ARGV[i + 3])
     redis.call('LTRIM', history, 0, limit - 1)
-    redis.call('SADD', items, ARGV[i + 4])
+    if redis.call('SADD', items, ARGV[i + 4]) == 1 then
+      redis.call('HINCRBY', meta, 'c', 1)
+    end
     redis.call('EXPIRE', meta, ttl)
     redis.call('EXPIRE', history, ttl)
     redis.call('EXPIRE', items, ttl)
-  elseif through < id then
+  elseif through < id or not whole then
     redis.call('DEL', meta, history, items)
   end
 end
 return 0
 ";
 
-/// Replaces a user's state with a newer one read from the database.
+/// Replaces a user's state with a newer one read from the database (or one not whole).
 /// KEYS: meta, history, items. ARGV: through, count, TTL, number of events, the events
 /// (packed, newest first), then the items.
 const REBUILD: &str = r"
 local through = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-if through >= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local listed = tonumber(redis.call('HGET', KEYS[1], 'c') or '0')
+local whole = redis.call('EXISTS', KEYS[1]) == 1
+  and (through == 0 or redis.call('EXISTS', KEYS[2]) == 1)
+  and (listed == 0 or redis.call('EXISTS', KEYS[3]) == 1)
+if through >= tonumber(ARGV[1]) and whole then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[1], 't', ARGV[1], 'n', ARGV[2])
 local events = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'n', ARGV[2], 'c', #ARGV - 4 - events)
 for i = 5, 4 + events, 500 do
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 499, 4 + events)))
 end
@@ -91,12 +109,17 @@ return 1
 
 pub struct SharedFeatures {
     link: RedisLink,
-    /// The writes' connection (the event writer's thread, and rebuilds on blocking
-    /// threads), made when first needed and after a fault.
+    /// The event writer's connection, made when first needed and after a fault.
     writes: Mutex<Option<redis::Connection>>,
+    /// Rebuilds' connection (blocking threads), apart so that they never hold up events.
+    rebuild_writes: Mutex<Option<redis::Connection>>,
+    /// After the database failed a read, reads skip it until then: a request that cannot
+    /// have a user's history is answered at once, not after the pool's timeout.
+    database_paused_until: Mutex<Option<Instant>>,
     append: redis::Script,
     rebuild: redis::Script,
-    /// `rh:f:1:{store_id}:`: one Redis may serve several databases.
+    /// `rh:f:1:{store_id}:{catalog}:`: one Redis may serve several databases, and nodes
+    /// of one database several catalogs.
     prefix: String,
     users: Arc<RwLock<Users>>,
     /// For reads Redis cannot answer (blocking: called on blocking threads).
@@ -104,8 +127,9 @@ pub struct SharedFeatures {
     /// The catalog's size: events of items beyond it are not served from.
     items: u32,
     history_limit: usize,
-    /// Features of users this node served lately.
-    local: moka::sync::Cache<u32, Arc<UserFeatures>>,
+    /// Features of users this node served lately. Reads of one user that miss it at once
+    /// share one read of Redis or the database.
+    local: moka::future::Cache<u32, Arc<UserFeatures>>,
     local_hits: AtomicU64,
     shared_hits: AtomicU64,
     rebuilds: AtomicU64,
@@ -115,10 +139,12 @@ pub struct SharedFeatures {
 
 impl SharedFeatures {
     /// The feature store in the Redis of `cache` (the cluster's Redis), for the database
-    /// `store_id`; `store` answers what Redis cannot.
+    /// `store_id` and the catalog of fingerprint `catalog`; `store` answers what Redis
+    /// cannot.
     pub fn new(
         cache: &CacheConfig,
         store_id: &str,
+        catalog: &str,
         users: Arc<RwLock<Users>>,
         store: Arc<Store>,
         items: u32,
@@ -133,7 +159,7 @@ impl SharedFeatures {
             faults.clone(),
         )
         .map_err(|e| anyhow::anyhow!("[cache] redis_url: {e}"))?;
-        let local = moka::sync::Cache::builder()
+        let local = moka::future::Cache::builder()
             .max_capacity(LOCAL_CACHE_BYTES)
             .weigher(|_, features: &Arc<UserFeatures>| {
                 let bytes = 64
@@ -145,9 +171,11 @@ impl SharedFeatures {
         Ok(Self {
             link,
             writes: Mutex::new(None),
+            rebuild_writes: Mutex::new(None),
+            database_paused_until: Mutex::new(None),
             append: redis::Script::new(APPEND),
             rebuild: redis::Script::new(REBUILD),
-            prefix: format!("rh:f:1:{store_id}:"),
+            prefix: format!("rh:f:1:{store_id}:{}:", &catalog[..catalog.len().min(16)]),
             users,
             store,
             items,
@@ -186,42 +214,75 @@ impl SharedFeatures {
         if newest == 0 {
             return UserFeatures::default();
         }
-        let cached = self.local.get(&index);
-        if let Some(features) = cached.as_ref().filter(|f| f.through >= newest) {
-            self.local_hits.fetch_add(1, Ordering::Relaxed);
-            return (**features).clone();
-        }
-        if let Some(features) = self.read_redis(index).await.filter(|f| f.through >= newest) {
-            self.shared_hits.fetch_add(1, Ordering::Relaxed);
-            self.local.insert(index, Arc::new(features.clone()));
-            return features;
+        let cached = self.local.get(&index).await;
+        if let Some(features) = cached.as_ref() {
+            if features.through >= newest {
+                self.local_hits.fetch_add(1, Ordering::Relaxed);
+                return (**features).clone();
+            }
+            self.local.invalidate(&index).await;
         }
         let this = self.clone();
-        let read = tokio::task::spawn_blocking(move || this.rebuild(index)).await;
+        let read = self
+            .local
+            .try_get_with(index, async move {
+                this.read(index, newest).await.map(Arc::new)
+            })
+            .await;
         match read {
-            Ok(Ok(features)) => {
-                self.rebuilds.fetch_add(1, Ordering::Relaxed);
-                self.local.insert(index, Arc::new(features.clone()));
-                features
-            }
-            Ok(Err(error)) => {
-                self.unavailable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, user = index, "cannot read a user's history; serving without it");
-                // The newest copy this node has, marked incomplete: better than nothing,
-                // and never cached under the user's version.
-                let mut stale = cached.map(|f| (*f).clone()).unwrap_or_default();
-                stale.through = -1;
-                stale
-            }
-            Err(error) => {
-                self.unavailable.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "a feature read panicked");
-                UserFeatures {
-                    through: -1,
-                    ..UserFeatures::default()
-                }
-            }
+            // Another request's read may have started before this one's newest event.
+            Ok(features) if features.through >= newest => (*features).clone(),
+            Ok(_) => match self.read(index, newest).await {
+                Ok(features) => features,
+                Err(error) => self.unavailable(index, cached, &error),
+            },
+            Err(error) => self.unavailable(index, cached, &error),
         }
+    }
+
+    /// The user's features from Redis when current there (at least `newest`), else from the
+    /// database (then written back to Redis).
+    async fn read(self: &Arc<Self>, index: u32, newest: i64) -> anyhow::Result<UserFeatures> {
+        if let Some(features) = self.read_redis(index).await.filter(|f| f.through >= newest) {
+            self.shared_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(features);
+        }
+        let paused = |this: &Self| {
+            let until = this
+                .database_paused_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            until.is_some_and(|t| Instant::now() < t)
+        };
+        if paused(self) {
+            anyhow::bail!("the database failed a read less than a second ago");
+        }
+        let this = self.clone();
+        let read = tokio::task::spawn_blocking(move || this.rebuild(index)).await?;
+        if read.is_err() {
+            *self
+                .database_paused_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + DATABASE_PAUSE);
+        }
+        self.rebuilds
+            .fetch_add(u64::from(read.is_ok()), Ordering::Relaxed);
+        read
+    }
+
+    /// What is served when nothing could be read: the newest copy this node has, marked
+    /// incomplete (better than nothing, and never cached under the user's version).
+    fn unavailable(
+        &self,
+        index: u32,
+        cached: Option<Arc<UserFeatures>>,
+        error: &dyn std::fmt::Display,
+    ) -> UserFeatures {
+        self.unavailable.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, user = index, "cannot read a user's history; serving without it");
+        let mut stale = cached.map(|f| (*f).clone()).unwrap_or_default();
+        stale.through = -1;
+        stale
     }
 
     /// The user's features in Redis, if Redis answers and has them.
@@ -229,22 +290,36 @@ impl SharedFeatures {
         let mut connection = self.link.connection().await.ok()?;
         let limit = isize::try_from(self.history_limit).unwrap_or(isize::MAX);
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
+        // One transaction: a write or a deletion never lands between the three reads.
+        pipe.atomic()
+            .cmd("HMGET")
             .arg(self.key("u", index))
             .arg("t")
             .arg("n")
+            .arg("c")
             .cmd("LRANGE")
             .arg(self.key("h", index))
             .arg(0)
             .arg(limit - 1)
             .cmd("SMEMBERS")
             .arg(self.key("x", index));
-        type Answer = ((Option<i64>, Option<u64>), Vec<Vec<u8>>, Vec<u32>);
-        let ((through, count), packed, mut exclude): Answer = self
+        type Answer = (
+            (Option<i64>, Option<u64>, Option<usize>),
+            Vec<Vec<u8>>,
+            Vec<u32>,
+        );
+        let ((through, count, items), packed, mut exclude): Answer = self
             .link
             .command("feature read", pipe.query_async(&mut connection))
             .await?;
-        let (through, version) = (through?, count?);
+        let (through, version, items) = (through?, count?, items?);
+        // A key evicted or lost on its own: not this user's features.
+        let expected = usize::try_from(version)
+            .unwrap_or(usize::MAX)
+            .min(self.history_limit);
+        if packed.len() != expected || exclude.len() != items {
+            return None;
+        }
         let history = packed
             .iter()
             .map(|bytes| unpack(index, bytes))
@@ -278,7 +353,9 @@ impl SharedFeatures {
         for item in &read.items {
             rebuild.arg(item);
         }
-        self.write(|connection| rebuild.invoke::<i64>(connection).map(drop));
+        self.write(&self.rebuild_writes, |connection| {
+            rebuild.invoke::<i64>(connection).map(drop)
+        });
         Ok(UserFeatures {
             version: read.count,
             through: read.through,
@@ -302,23 +379,26 @@ impl SharedFeatures {
                     .arg(pack(event))
                     .arg(event.item);
             }
-            if !self.write(|connection| append.invoke::<i64>(connection).map(drop)) {
+            if !self.write(&self.writes, |connection| {
+                append.invoke::<i64>(connection).map(drop)
+            }) {
                 // What was not written is read from the database when next asked for.
                 return;
             }
         }
     }
 
-    /// Runs `command` on the writes' connection. Skipped while Redis is pausing after a
+    /// Runs `command` on the connection in `slot`. Skipped while Redis is pausing after a
     /// fault; a failure is a fault. Returns whether it ran.
     fn write(
         &self,
+        slot: &Mutex<Option<redis::Connection>>,
         command: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<()>,
     ) -> bool {
         if self.link.is_paused() {
             return false;
         }
-        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writes = slot.lock().unwrap_or_else(|p| p.into_inner());
         if writes.is_none() {
             let timeout = self.link.timeout();
             let connection = self

@@ -136,6 +136,7 @@ const TABLES: &[Table] = &[
             ("group_name", Kind::Text),
             ("bucket_version", Kind::Int),
             ("assigned_at_ms", Kind::Int),
+            ("stored_at_ms", Kind::Int),
         ],
         order: "experiment_id, user_id",
         identity: None,

@@ -432,17 +432,27 @@ pub trait ModelRecord {
 /// cluster runs, published as numbered revisions (`experiments.rs` of each engine).
 pub trait ExperimentRecord {
     /// Stores a new revision of the experiment definitions (file name -> TOML text, all of
-    /// them: a revision replaces the one before whole) and returns its number.
-    fn publish_experiments(&self, files: &[(String, String)]) -> StoreResult<u64>;
+    /// them: a revision replaces the one before whole) and returns its number. With
+    /// `unless_unchanged`, nothing is stored (`None`) when the newest revision holds the same
+    /// files, decided in the same transaction (nodes watching one folder publish an edit
+    /// once).
+    fn publish_experiments(
+        &self,
+        files: &[(String, String)],
+        unless_unchanged: bool,
+    ) -> StoreResult<Option<u64>>;
     /// The number of the newest revision, 0 when none was ever published (a cheap poll).
     fn latest_experiment_revision(&self) -> StoreResult<u64>;
     /// The newest revision and its files, if any.
     fn latest_experiments(&self) -> StoreResult<Option<(u64, ExperimentFiles)>>;
     /// Stores exposures and sticky assignments in one transaction.
     fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()>;
-    /// The stored sticky assignments made at or after `since_ms` (0: all of them): what a
-    /// cluster's nodes take in from each other.
-    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<Vec<StickyRow>>;
+    /// The sticky assignments stored (by the database's clock) at or after `since_ms` (0:
+    /// all of them), and the newest such time (`since_ms` when none): what a cluster's
+    /// nodes take in from each other. By when they were stored, not made: an assignment
+    /// stored late (its node's exposures queued while the database was away) or made by a
+    /// node whose clock is behind is still found.
+    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<(Vec<StickyRow>, u64)>;
     /// Every exposure of `experiment_id`, oldest first.
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>>;
 }

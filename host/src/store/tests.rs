@@ -440,9 +440,16 @@ fn exposures_and_sticky_assignments_round_trip(db: &TestDb) {
         )
         .unwrap();
     store.append_exposures(&[], &[sticky("b", 2)]).unwrap();
-    assert_eq!(store.sticky_assignments(0).unwrap(), vec![sticky("b", 2)]);
-    assert_eq!(store.sticky_assignments(5).unwrap(), vec![sticky("b", 2)]);
-    assert_eq!(store.sticky_assignments(6).unwrap(), Vec::new());
+    // Polled by when they were stored (the database's clock), not when they were made.
+    let (rows, stored_at) = store.sticky_assignments(0).unwrap();
+    assert_eq!(rows, vec![sticky("b", 2)]);
+    let now = crate::store::unix_now_ms();
+    assert!(stored_at.abs_diff(now) < 60_000, "{stored_at} vs {now}");
+    assert_eq!(store.sticky_assignments(stored_at).unwrap().0, rows);
+    assert_eq!(
+        store.sticky_assignments(stored_at + 1).unwrap(),
+        (Vec::new(), stored_at + 1)
+    );
     let exposures = store.exposures_of("e").unwrap();
     assert_eq!(
         exposures
@@ -702,8 +709,18 @@ fn experiment_revisions_are_numbered_and_read_back_whole(db: &TestDb) {
             ("a.toml".to_string(), "id = \"a\"\n".to_string()),
         ]
     };
-    assert_eq!(store.publish_experiments(&files("one")).unwrap(), 1);
-    assert_eq!(db.open().publish_experiments(&files("two")).unwrap(), 2);
+    assert_eq!(
+        store.publish_experiments(&files("one"), false).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        db.open().publish_experiments(&files("two"), true).unwrap(),
+        Some(2)
+    );
+    // The same files again: stored only when asked to regardless.
+    let mut same = files("two");
+    same.sort();
+    assert_eq!(store.publish_experiments(&same, true).unwrap(), None);
     assert_eq!(store.latest_experiment_revision().unwrap(), 2);
     let (revision, read) = store.latest_experiments().unwrap().unwrap();
     assert_eq!(revision, 2);

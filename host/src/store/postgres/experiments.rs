@@ -1,23 +1,48 @@
 //! Experiment records in PostgreSQL: exposures and sticky assignments.
 
-use super::{PostgresStore, to_i64};
+use super::{PostgresStore, lock_keys, to_i64};
 use crate::store::{
     ExperimentFiles, ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult,
 };
 
 impl ExperimentRecord for PostgresStore {
-    fn publish_experiments(&self, files: &[(String, String)]) -> StoreResult<u64> {
-        let files = crate::store::revision_json(files)?;
+    fn publish_experiments(
+        &self,
+        files: &[(String, String)],
+        unless_unchanged: bool,
+    ) -> StoreResult<Option<u64>> {
+        let json = crate::store::revision_json(files)?;
         let now = to_i64(crate::store::unix_now_ms());
         self.run(async |client| {
-            let row = client
+            let transaction = client.transaction().await?;
+            transaction
+                .execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[&lock_keys::EXPERIMENT_REVISIONS],
+                )
+                .await?;
+            if unless_unchanged {
+                let newest = transaction
+                    .query_opt(
+                        "SELECT files FROM experiment_revisions ORDER BY revision DESC LIMIT 1",
+                        &[],
+                    )
+                    .await?;
+                if let Some(row) = newest
+                    && crate::store::revision_files(row.try_get(0)?)? == files
+                {
+                    return Ok(None);
+                }
+            }
+            let row = transaction
                 .query_one(
                     "INSERT INTO experiment_revisions (files, published_at_ms) VALUES ($1, $2)
                      RETURNING revision",
-                    &[&files, &now],
+                    &[&json, &now],
                 )
                 .await?;
-            Ok(row.try_get::<_, i64>(0)?.max(0) as u64)
+            transaction.commit().await?;
+            Ok(Some(row.try_get::<_, i64>(0)?.max(0) as u64))
         })
     }
 
@@ -96,7 +121,8 @@ impl ExperimentRecord for PostgresStore {
                      ON CONFLICT (experiment_id, user_id) DO UPDATE SET
                          group_name = excluded.group_name,
                          bucket_version = excluded.bucket_version,
-                         assigned_at_ms = excluded.assigned_at_ms",
+                         assigned_at_ms = excluded.assigned_at_ms,
+                         stored_at_ms = DEFAULT",
                 )
                 .await?;
             for s in sticky {
@@ -118,18 +144,21 @@ impl ExperimentRecord for PostgresStore {
         })
     }
 
-    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<Vec<StickyRow>> {
+    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<(Vec<StickyRow>, u64)> {
         let since = to_i64(since_ms);
         self.run(async |client| {
             let mut rows = Vec::new();
+            let mut newest = since_ms;
             for row in client
                 .query(
-                    "SELECT experiment_id, user_id, group_name, bucket_version, assigned_at_ms
-                     FROM sticky_assignments WHERE assigned_at_ms >= $1",
+                    "SELECT experiment_id, user_id, group_name, bucket_version, assigned_at_ms,
+                            stored_at_ms
+                     FROM sticky_assignments WHERE stored_at_ms >= $1",
                     &[&since],
                 )
                 .await?
             {
+                newest = newest.max(row.try_get::<_, i64>(5)?.max(0) as u64);
                 rows.push(StickyRow {
                     experiment_id: row.try_get(0)?,
                     user_id: row.try_get(1)?,
@@ -138,7 +167,7 @@ impl ExperimentRecord for PostgresStore {
                     assigned_at_ms: row.try_get::<_, i64>(4)?.max(0) as u64,
                 });
             }
-            Ok(rows)
+            Ok((rows, newest))
         })
     }
 

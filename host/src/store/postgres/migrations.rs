@@ -126,9 +126,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX events_by_user ON events(user_idx, id);
     "#,
-    // 6: sticky assignments by time, which the nodes poll to keep each other's.
+    // 6: when each sticky assignment was stored, by the database's clock, which the nodes
+    // poll to keep each other's.
     r#"
-    CREATE INDEX sticky_by_time ON sticky_assignments(assigned_at_ms);
+    ALTER TABLE sticky_assignments ADD COLUMN stored_at_ms BIGINT NOT NULL
+        DEFAULT (floor(extract(epoch FROM clock_timestamp()) * 1000))::bigint;
+    CREATE INDEX sticky_by_stored_time ON sticky_assignments(stored_at_ms);
     "#,
 ];
 

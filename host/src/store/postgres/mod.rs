@@ -52,6 +52,8 @@ pub(super) mod lock_keys {
     /// Publishing a plugin: a revision is the one before plus one plugin, so two
     /// publications read and extend the newest one in turn.
     pub const PLUGIN_REVISIONS: i64 = NAMESPACE | 3;
+    /// Publishing experiments only if they changed: the check and the insert in turn.
+    pub const EXPERIMENT_REVISIONS: i64 = NAMESPACE | 4;
 }
 
 pub struct PostgresStore {

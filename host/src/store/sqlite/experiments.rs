@@ -9,14 +9,36 @@ use crate::store::{
 };
 
 impl ExperimentRecord for SqliteStore {
-    fn publish_experiments(&self, files: &[(String, String)]) -> StoreResult<u64> {
-        let files = crate::store::revision_json(files)?;
-        let connection = self.lock();
-        connection.execute(
+    fn publish_experiments(
+        &self,
+        files: &[(String, String)],
+        unless_unchanged: bool,
+    ) -> StoreResult<Option<u64>> {
+        let json = crate::store::revision_json(files)?;
+        let mut connection = self.lock();
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if unless_unchanged {
+            let newest: Option<String> = transaction
+                .query_row(
+                    "SELECT files FROM experiment_revisions ORDER BY revision DESC LIMIT 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(newest) = newest
+                && crate::store::revision_files(&newest)? == files
+            {
+                return Ok(None);
+            }
+        }
+        transaction.execute(
             "INSERT INTO experiment_revisions (files, published_at_ms) VALUES (?1, ?2)",
-            params![files, crate::store::unix_now_ms() as i64],
+            params![json, crate::store::unix_now_ms() as i64],
         )?;
-        Ok(connection.last_insert_rowid().max(0) as u64)
+        let revision = transaction.last_insert_rowid().max(0) as u64;
+        transaction.commit()?;
+        Ok(Some(revision))
     }
 
     fn latest_experiment_revision(&self) -> StoreResult<u64> {
@@ -68,20 +90,24 @@ impl ExperimentRecord for SqliteStore {
             }
             let mut upsert = transaction.prepare_cached(
                 "INSERT INTO sticky_assignments
-                     (experiment_id, user_id, group_name, bucket_version, assigned_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                     (experiment_id, user_id, group_name, bucket_version, assigned_at_ms,
+                      stored_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (experiment_id, user_id) DO UPDATE SET
                      group_name = excluded.group_name,
                      bucket_version = excluded.bucket_version,
-                     assigned_at_ms = excluded.assigned_at_ms",
+                     assigned_at_ms = excluded.assigned_at_ms,
+                     stored_at_ms = excluded.stored_at_ms",
             )?;
+            let stored_at = crate::store::unix_now_ms() as i64;
             for s in sticky {
                 upsert.execute(params![
                     s.experiment_id,
                     s.user_id,
                     s.group_name,
                     s.bucket_version,
-                    s.assigned_at_ms as i64
+                    s.assigned_at_ms as i64,
+                    stored_at
                 ])?;
             }
         }
@@ -89,23 +115,34 @@ impl ExperimentRecord for SqliteStore {
         Ok(())
     }
 
-    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<Vec<StickyRow>> {
+    fn sticky_assignments(&self, since_ms: u64) -> StoreResult<(Vec<StickyRow>, u64)> {
         let connection = self.lock();
         let mut statement = connection.prepare(
-            "SELECT experiment_id, user_id, group_name, bucket_version, assigned_at_ms
-             FROM sticky_assignments WHERE assigned_at_ms >= ?1",
+            "SELECT experiment_id, user_id, group_name, bucket_version, assigned_at_ms,
+                    stored_at_ms
+             FROM sticky_assignments WHERE stored_at_ms >= ?1",
         )?;
         let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
+        let mut newest = since_ms;
         let rows = statement.query_map([since], |row| {
-            Ok(StickyRow {
-                experiment_id: row.get(0)?,
-                user_id: row.get(1)?,
-                group_name: row.get(2)?,
-                bucket_version: row.get(3)?,
-                assigned_at_ms: row.get::<_, i64>(4)? as u64,
-            })
+            Ok((
+                StickyRow {
+                    experiment_id: row.get(0)?,
+                    user_id: row.get(1)?,
+                    group_name: row.get(2)?,
+                    bucket_version: row.get(3)?,
+                    assigned_at_ms: row.get::<_, i64>(4)? as u64,
+                },
+                row.get::<_, i64>(5)?.max(0) as u64,
+            ))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut sticky = Vec::new();
+        for row in rows {
+            let (row, stored_at) = row?;
+            newest = newest.max(stored_at);
+            sticky.push(row);
+        }
+        Ok((sticky, newest))
     }
 
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>> {

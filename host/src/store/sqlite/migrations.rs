@@ -140,6 +140,11 @@ const MIGRATIONS: &[&str] = &[
         published_at_ms INTEGER NOT NULL
     );
     "#,
+    // 10: when each sticky assignment was stored (a cluster's nodes poll by it; SQLite's
+    // one node sets it from its own clock).
+    r#"
+    ALTER TABLE sticky_assignments ADD COLUMN stored_at_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.
