@@ -24,6 +24,11 @@ pub struct PublishQuery {
     limits: Option<String>,
 }
 
+/// A WebAssembly component, as bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmBody(#[allow(dead_code)] Vec<u8>);
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct PublishAnswer {
     /// The cluster's new plugin revision; every node runs it within about a second of
@@ -39,7 +44,8 @@ pub struct PublishAnswer {
 #[utoipa::path(post, path = "/admin/plugins/{name}", tag = "system",
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The plugin's name (letters, digits, '-', '_')"), PublishQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content = WasmBody, content_type = "application/octet-stream",
+        description = "The component; sent as application/wasm or application/octet-stream"),
     responses(
         (status = 200, body = PublishAnswer),
         (status = 400, description = "A query value that is not JSON", body = ErrorBody),
@@ -47,7 +53,7 @@ pub struct PublishAnswer {
         (status = 403, description = "No admin token configured on a public address", body = ErrorBody),
         (status = 409, description = "A single node (SQLite): declare plugins in its config file", body = ErrorBody),
         (status = 413, description = "A .wasm over 128 MiB", body = ErrorBody),
-        (status = 415, description = "Body not sent as application/wasm", body = ErrorBody),
+        (status = 415, description = "Body not sent as application/wasm or application/octet-stream", body = ErrorBody),
         (status = 422, description = "The plugin cannot run (name, config, limits, component, training); nothing was published", body = ErrorBody),
         (status = 503, description = "The database is unreachable; nothing was published", body = ErrorBody),
     ))]
