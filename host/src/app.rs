@@ -106,7 +106,6 @@ impl App {
             Features::Shared(Arc::new(SharedFeatures::new(
                 &config.cache,
                 &store_id,
-                catalog.fingerprint(),
                 users.clone(),
                 // A pool of its own: reads on the request path never queue behind learning.
                 Arc::new(Store::connect(&database)?),

@@ -407,8 +407,12 @@ impl Config {
         if !(1..=3600).contains(&self.cluster.lease_secs) {
             bail!("[cluster] lease_secs must be between 1 and 3600");
         }
-        if !(1..=100_000).contains(&self.history_limit) {
-            bail!("history_limit must be between 1 and 100000");
+        if self.history_limit > 100_000 {
+            bail!("history_limit must be at most 100000");
+        }
+        if self.database_url.is_some() && self.history_limit == 0 {
+            // The cluster's feature store keeps `history_limit` events a user.
+            bail!("history_limit must be at least 1 with database_url");
         }
         let mut names = std::collections::HashSet::new();
         for plugin in &self.plugins {

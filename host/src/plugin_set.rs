@@ -96,7 +96,11 @@ pub fn write_wasm(dir: &Path, wasm: &[u8]) -> anyhow::Result<PathBuf> {
     let sha256 = hash(wasm);
     let path = dir.join(format!("{sha256}.wasm"));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let partial = dir.join(format!(".{sha256}.{}.partial", std::process::id()));
+    let partial = dir.join(format!(
+        ".{sha256}.{}.{:08x}.partial",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::write(&partial, wasm)
         .and_then(|()| std::fs::rename(&partial, &path))
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -1,14 +1,16 @@
 //! A cluster's users in Redis: the online feature store the nodes share.
 //!
-//! Per user (dense index `U`, keys under `rh:f:1:{store_id}:{catalog}:`, so nodes serving
-//! another catalog, as during a rolling restart after an import, never mix their users):
+//! Per user (dense index `U`, keys under `rh:f:1:{store_id}:{items}:{history_limit}:`, so
+//! nodes serving another catalog size, as during a rolling restart after an import, or
+//! another history limit never mix their users):
 //! `u:U`, a hash of `t` (their newest event id included), `n` (their event count) and `c`
 //! (how many items `x:U` holds); `h:U`, their newest events, newest first, trimmed to
 //! `history_limit`; `x:U`, the set of every item they had an event with. Keys expire a week
-//! after their last write (an idle user is rebuilt when they return). A read takes the three
-//! keys in one transaction and accepts them only if the history holds `min(n,
-//! history_limit)` events and the set `c` items, so a key evicted on its own (Redis under
-//! `maxmemory`) makes a rebuild, not an answer without exclusions.
+//! after their last write (an idle user is rebuilt when they return). A user is *whole*
+//! when every field is there and the history holds `min(n, history_limit)` events and the
+//! set `c` items; reads (one transaction), appends and rebuilds accept only whole users, so
+//! a key evicted or left over on its own (Redis under `maxmemory`) makes a rebuild, never an
+//! answer without exclusions.
 //!
 //! **Writes.** The event writer of the node that stored an event writes it to Redis right
 //! after the database commit, before the node counts it as known; every node's writer also
@@ -53,59 +55,79 @@ const KINDS: [EventKind; 4] = [
     EventKind::Purchase,
 ];
 
-/// Appends events on top of the exact state they follow, counting the items it adds;
-/// deletes a user found otherwise.
-/// ARGV: prefix, history limit, TTL, then per event: user, id, previous id, packed, item.
+/// Whether a user's keys hold a whole state: every field, and a history and item set of
+/// the sizes the counts say (a key evicted or left over on its own fails this). Reads check
+/// the same in `read_redis`. Defines `whole(meta, history, items, limit)` for the scripts.
+const WHOLE: &str = r"
+local function whole(meta, history, items, limit)
+  local fields = redis.call('HMGET', meta, 't', 'n', 'c')
+  local count, listed = tonumber(fields[2]), tonumber(fields[3])
+  if fields[1] == false or count == nil or listed == nil then return false end
+  return redis.call('LLEN', history) == math.min(count, limit)
+    and redis.call('SCARD', items) == listed
+end
+";
+
+/// Appends events on top of the exact whole state they follow (a first event on nothing,
+/// clearing whatever was left of the user), counting the items it adds; deletes a user
+/// found otherwise. ARGV: prefix, history limit, TTL, then per event: user, id, previous
+/// id, packed, item.
 const APPEND: &str = r"
 local prefix, limit, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 4, #ARGV, 5 do
   local user, id, previous = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local meta, history, items = prefix .. 'u:' .. user, prefix .. 'h:' .. user, prefix .. 'x:' .. user
   local through = tonumber(redis.call('HGET', meta, 't') or '0')
-  local listed = tonumber(redis.call('HGET', meta, 'c') or '0')
-  -- A history or item set evicted on its own leaves a user that is not whole.
-  local whole = (through == 0 or redis.call('EXISTS', history) == 1)
-    and (listed == 0 or redis.call('EXISTS', items) == 1)
-  if through == previous and whole then
+  local follows
+  if previous == 0 then
+    follows = redis.call('EXISTS', meta) == 0
+    if follows then redis.call('DEL', history, items) end
+  else
+    follows = through == previous and whole(meta, history, items, limit)
+  end
+  if follows then
     redis.call('HSET', meta, 't', id)
     redis.call('HINCRBY', meta, 'n', 1)
+    redis.call('HINCRBY', meta, 'c', redis.call('SADD', items, ARGV[i + 4]))
     redis.call('LPUSH', history, ARGV[i + 3])
     redis.call('LTRIM', history, 0, limit - 1)
-    if redis.call('SADD', items, ARGV[i + 4]) == 1 then
-      redis.call('HINCRBY', meta, 'c', 1)
-    end
     redis.call('EXPIRE', meta, ttl)
     redis.call('EXPIRE', history, ttl)
     redis.call('EXPIRE', items, ttl)
-  elseif through < id or not whole then
+  elseif through < id or not whole(meta, history, items, limit) then
     redis.call('DEL', meta, history, items)
   end
 end
 return 0
 ";
 
-/// Replaces a user's state with a newer one read from the database (or one not whole).
-/// KEYS: meta, history, items. ARGV: through, count, TTL, number of events, the events
-/// (packed, newest first), then the items.
+/// Replaces a user's state with a newer one read from the database, or one not whole.
+/// KEYS: meta, history, items. ARGV: through, count, TTL, history limit, number of events,
+/// the events (packed, newest first), then the items.
 const REBUILD: &str = r"
 local through = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-local listed = tonumber(redis.call('HGET', KEYS[1], 'c') or '0')
-local whole = redis.call('EXISTS', KEYS[1]) == 1
-  and (through == 0 or redis.call('EXISTS', KEYS[2]) == 1)
-  and (listed == 0 or redis.call('EXISTS', KEYS[3]) == 1)
-if through >= tonumber(ARGV[1]) and whole then return 0 end
+local limit, events = tonumber(ARGV[4]), tonumber(ARGV[5])
+if through >= tonumber(ARGV[1]) and whole(KEYS[1], KEYS[2], KEYS[3], limit) then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-local events = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 't', ARGV[1], 'n', ARGV[2], 'c', #ARGV - 4 - events)
-for i = 5, 4 + events, 500 do
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 499, 4 + events)))
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'n', ARGV[2], 'c', #ARGV - 5 - events)
+for i = 6, 5 + events, 500 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 499, 5 + events)))
 end
-for i = 5 + events, #ARGV, 500 do
+for i = 6 + events, #ARGV, 500 do
   redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + 499, #ARGV)))
 end
 for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, tonumber(ARGV[3])) end
 return 1
 ";
+
+/// Whether reads may go to the database: not for `DATABASE_PAUSE` after a failure, then one
+/// read at a time (a probe) until one succeeds, so that a database that hangs holds up one
+/// request, not every one.
+#[derive(Default)]
+struct DatabaseGate {
+    paused_until: Option<Instant>,
+    probing: bool,
+}
 
 pub struct SharedFeatures {
     link: RedisLink,
@@ -113,13 +135,14 @@ pub struct SharedFeatures {
     writes: Mutex<Option<redis::Connection>>,
     /// Rebuilds' connection (blocking threads), apart so that they never hold up events.
     rebuild_writes: Mutex<Option<redis::Connection>>,
-    /// After the database failed a read, reads skip it until then: a request that cannot
-    /// have a user's history is answered at once, not after the pool's timeout.
-    database_paused_until: Mutex<Option<Instant>>,
+    /// After the database failed a read, reads skip it: a request that cannot have a
+    /// user's history is answered at once, not after the pool's timeout.
+    database: Mutex<DatabaseGate>,
     append: redis::Script,
     rebuild: redis::Script,
-    /// `rh:f:1:{store_id}:{catalog}:`: one Redis may serve several databases, and nodes
-    /// of one database several catalogs.
+    /// `rh:f:1:{store_id}:{items}:{history_limit}:`: one Redis may serve several
+    /// databases, and nodes of one database may serve catalogs of other sizes (items are
+    /// only ever added) or keep histories of other lengths (a config rollout).
     prefix: String,
     users: Arc<RwLock<Users>>,
     /// For reads Redis cannot answer (blocking: called on blocking threads).
@@ -139,12 +162,10 @@ pub struct SharedFeatures {
 
 impl SharedFeatures {
     /// The feature store in the Redis of `cache` (the cluster's Redis), for the database
-    /// `store_id` and the catalog of fingerprint `catalog`; `store` answers what Redis
-    /// cannot.
+    /// `store_id`; `store` answers what Redis cannot.
     pub fn new(
         cache: &CacheConfig,
         store_id: &str,
-        catalog: &str,
         users: Arc<RwLock<Users>>,
         store: Arc<Store>,
         items: u32,
@@ -172,10 +193,10 @@ impl SharedFeatures {
             link,
             writes: Mutex::new(None),
             rebuild_writes: Mutex::new(None),
-            database_paused_until: Mutex::new(None),
-            append: redis::Script::new(APPEND),
-            rebuild: redis::Script::new(REBUILD),
-            prefix: format!("rh:f:1:{store_id}:{}:", &catalog[..catalog.len().min(16)]),
+            database: Mutex::new(DatabaseGate::default()),
+            append: redis::Script::new(&format!("{WHOLE}{APPEND}")),
+            rebuild: redis::Script::new(&format!("{WHOLE}{REBUILD}")),
+            prefix: format!("rh:f:1:{store_id}:{items}:{history_limit}:"),
             users,
             store,
             items,
@@ -247,23 +268,23 @@ impl SharedFeatures {
             self.shared_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(features);
         }
-        let paused = |this: &Self| {
-            let until = this
-                .database_paused_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            until.is_some_and(|t| Instant::now() < t)
-        };
-        if paused(self) {
-            anyhow::bail!("the database failed a read less than a second ago");
+        {
+            let mut gate = self.database.lock().unwrap_or_else(|p| p.into_inner());
+            let paused = gate.paused_until.is_some_and(|t| Instant::now() < t);
+            if paused || gate.probing {
+                anyhow::bail!("the database failed a read lately; not asking it again yet");
+            }
+            // After a pause, this read is the probe.
+            gate.probing = gate.paused_until.is_some();
         }
         let this = self.clone();
-        let read = tokio::task::spawn_blocking(move || this.rebuild(index)).await?;
-        if read.is_err() {
-            *self
-                .database_paused_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + DATABASE_PAUSE);
+        let read = tokio::task::spawn_blocking(move || this.rebuild(index))
+            .await
+            .unwrap_or_else(|error| Err(anyhow::anyhow!("a database read panicked: {error}")));
+        {
+            let mut gate = self.database.lock().unwrap_or_else(|p| p.into_inner());
+            gate.probing = false;
+            gate.paused_until = read.is_err().then(|| Instant::now() + DATABASE_PAUSE);
         }
         self.rebuilds
             .fetch_add(u64::from(read.is_ok()), Ordering::Relaxed);
@@ -346,6 +367,7 @@ impl SharedFeatures {
             .arg(read.through)
             .arg(read.count)
             .arg(KEY_TTL_SECS)
+            .arg(self.history_limit)
             .arg(read.recent.len());
         for event in &read.recent {
             rebuild.arg(pack(event));
@@ -353,9 +375,7 @@ impl SharedFeatures {
         for item in &read.items {
             rebuild.arg(item);
         }
-        self.write(&self.rebuild_writes, |connection| {
-            rebuild.invoke::<i64>(connection).map(drop)
-        });
+        self.write_back(|connection| rebuild.invoke::<i64>(connection).map(drop));
         Ok(UserFeatures {
             version: read.count,
             through: read.through,
@@ -379,56 +399,69 @@ impl SharedFeatures {
                     .arg(pack(event))
                     .arg(event.item);
             }
-            if !self.write(&self.writes, |connection| {
-                append.invoke::<i64>(connection).map(drop)
-            }) {
+            if !self.write(|connection| append.invoke::<i64>(connection).map(drop)) {
                 // What was not written is read from the database when next asked for.
                 return;
             }
         }
     }
 
-    /// Runs `command` on the connection in `slot`. Skipped while Redis is pausing after a
-    /// fault; a failure is a fault. Returns whether it ran.
+    /// Runs `command` on the event writer's connection. Skipped while Redis is pausing after
+    /// a fault; a failure is a fault. Returns whether it ran.
     fn write(
         &self,
-        slot: &Mutex<Option<redis::Connection>>,
         command: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<()>,
     ) -> bool {
         if self.link.is_paused() {
             return false;
         }
-        let mut writes = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if writes.is_none() {
-            let timeout = self.link.timeout();
-            let connection = self
-                .link
-                .client()
-                .get_connection_with_timeout(timeout)
-                .and_then(|c| {
-                    c.set_read_timeout(Some(timeout))?;
-                    c.set_write_timeout(Some(timeout))?;
-                    Ok(c)
-                });
-            match connection {
-                Ok(connection) => *writes = Some(connection),
-                Err(error) => {
-                    self.link.fault(&error.to_string());
-                    return false;
-                }
-            }
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = self.run_on(&mut writes, self.link.timeout(), command);
+        if let Err(error) = &outcome {
+            self.link.fault(&error.to_string());
         }
-        let Some(connection) = writes.as_mut() else {
-            return false;
+        outcome.is_ok()
+    }
+
+    /// Writes a rebuilt user back, on a connection of its own, if it is free (else another
+    /// rebuild is writing: this one is skipped, and read from the database again when next
+    /// asked for). A large user's script may take longer than a read's deadline, so it has
+    /// a longer one, and its failure is not a fault of the link: reads and events go on.
+    fn write_back(&self, command: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<()>) {
+        if self.link.is_paused() {
+            return;
+        }
+        let Ok(mut writes) = self.rebuild_writes.try_lock() else {
+            return;
         };
-        match command(connection) {
-            Ok(()) => true,
-            Err(error) => {
-                *writes = None;
-                self.link.fault(&error.to_string());
-                false
-            }
+        let timeout = (self.link.timeout() * 20).max(Duration::from_secs(1));
+        if let Err(error) = self.run_on(&mut writes, timeout, command) {
+            tracing::debug!(%error, "a rebuilt user was not written back to Redis");
         }
+    }
+
+    /// Runs `command` on the connection in `slot`, made first if there is none (with
+    /// `timeout` for connecting, reading and writing); a failure drops it.
+    fn run_on(
+        &self,
+        slot: &mut Option<redis::Connection>,
+        timeout: Duration,
+        command: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<()>,
+    ) -> redis::RedisResult<()> {
+        let connection = match slot {
+            Some(connection) => connection,
+            None => {
+                let connection = self.link.client().get_connection_with_timeout(timeout)?;
+                connection.set_read_timeout(Some(timeout))?;
+                connection.set_write_timeout(Some(timeout))?;
+                slot.insert(connection)
+            }
+        };
+        let outcome = command(connection);
+        if outcome.is_err() {
+            *slot = None;
+        }
+        outcome
     }
 }
 
@@ -462,6 +495,117 @@ fn unpack(user: u32, bytes: &[u8]) -> Option<Feedback> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real `redis-server` on a free port, killed when dropped.
+    struct TestRedis(std::process::Child, u16);
+
+    impl TestRedis {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (.ci/run installs it)");
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self(child, port)
+        }
+
+        fn del(&self, key: &str) {
+            let mut connection = redis::Client::open(format!("redis://127.0.0.1:{}", self.1))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            redis::cmd("DEL").arg(key).exec(&mut connection).unwrap();
+        }
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn click(id: i64, item: u32) -> EventRow {
+        EventRow {
+            id,
+            user: 0,
+            item,
+            kind: EventKind::Click,
+            value: 1.0,
+            timestamp: 1,
+        }
+    }
+
+    /// What Redis says of user 0, if it holds them whole: (newest id, count, items). One
+    /// runtime for all reads: the link's connection lives on it.
+    fn held(
+        runtime: &tokio::runtime::Runtime,
+        features: &Arc<SharedFeatures>,
+    ) -> Option<(i64, u64, Vec<u32>)> {
+        runtime
+            .block_on(features.read_redis(0))
+            .map(|f| (f.through, f.version, f.exclude))
+    }
+
+    #[test]
+    fn redis_holds_a_user_whole_or_not_at_all() {
+        let redis = TestRedis::start();
+        let temp = tempfile::tempdir().unwrap();
+        let cache = CacheConfig {
+            redis_url: format!("redis://127.0.0.1:{}", redis.1),
+            timeout_ms: 1_000,
+            ..CacheConfig::default()
+        };
+        let users = Arc::new(RwLock::new(Users::without_histories(vec!["u".into()], &[])));
+        let store = Arc::new(Store::open(&temp.path().join("db")).unwrap());
+        let features = Arc::new(SharedFeatures::new(&cache, "t", users, store, 100, 2).unwrap());
+        let key = |kind| features.key(kind, 0);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let held = || held(&runtime, &features);
+
+        features.recorded(&[(click(10, 7), 0), (click(20, 8), 10), (click(30, 7), 20)]);
+        assert_eq!(held(), Some((30, 3, vec![7, 8])));
+        // Applied twice (another node's writer): nothing changes.
+        features.recorded(&[(click(20, 8), 10), (click(30, 7), 20)]);
+        assert_eq!(held(), Some((30, 3, vec![7, 8])));
+        // An event that does not follow the state held (writes crossing): the user goes.
+        features.recorded(&[(click(50, 9), 40)]);
+        assert_eq!(held(), None);
+
+        // A first event on what an eviction left: only the event is kept.
+        features.recorded(&[(click(10, 7), 0)]);
+        redis.del(&key("u"));
+        redis.del(&key("h"));
+        features.recorded(&[(click(10, 5), 0)]);
+        assert_eq!(held(), Some((10, 1, vec![5])));
+        // An item set evicted alone: not whole, not read, not appended to.
+        redis.del(&key("x"));
+        assert_eq!(held(), None);
+        features.recorded(&[(click(20, 9), 10)]);
+        assert_eq!(held(), None);
+        // A history evicted alone: the same.
+        features.recorded(&[(click(10, 5), 0), (click(20, 9), 10)]);
+        assert_eq!(held(), Some((20, 2, vec![5, 9])));
+        redis.del(&key("h"));
+        assert_eq!(held(), None);
+    }
 
     #[test]
     fn a_packed_event_unpacks_to_the_same_feedback() {
