@@ -120,16 +120,8 @@ fn main() {
         ..CacheConfig::default()
     };
     let shared = Arc::new(
-        SharedFeatures::new(
-            &cache,
-            "bench",
-            "catalog",
-            records.clone(),
-            store,
-            60_000,
-            500,
-        )
-        .expect("feature store"),
+        SharedFeatures::new(&cache, "bench", records.clone(), store, 60_000, 500)
+            .expect("feature store"),
     );
     let features = Features::Shared(shared);
     let started = Instant::now();
