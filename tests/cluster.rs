@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use recohost_e2e::{PLUGINS, Redis, Server, TestPostgres, config_text};
@@ -1053,4 +1053,100 @@ fn a_sticky_user_keeps_their_arm_on_every_node_when_the_weights_move() {
         &json!({"user_id": "newcomer", "n_recommendations": 3}),
     );
     assert_eq!(body["experiment"]["group"], "treatment", "{body}");
+}
+
+#[test]
+fn a_learner_stopped_with_sigterm_drains_and_hands_over_at_once() {
+    let postgres = TestPostgres::shared();
+    let url = postgres.create_database();
+    let redis = Redis::start();
+    let temp = tempfile::tempdir().unwrap();
+    // A long lease: a handover faster than it proves the lease was given up.
+    let config = |node: &str| {
+        node_config(&url, node, &redis)
+            .replace(&format!("lease_secs = {LEASE_SECS}"), "lease_secs = 10")
+            + "[shutdown]\ndrain_ms = 1000\n"
+    };
+    let mut nodes: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|node| Server::start_in(&temp.path().join(node), &config(node)).unwrap())
+        .collect();
+    let refs: Vec<&Server> = nodes.iter().collect();
+    let first = learner(&refs, Duration::from_secs(15));
+    for node in &refs {
+        let (status, body) = node.get("/health/ready");
+        assert_eq!(
+            (status, body["ready"].as_bool()),
+            (200, Some(true)),
+            "{body}"
+        );
+        assert_eq!(node.get("/health/live").0, 200);
+    }
+    // A client keeps asking the learner until it is gone; what it got after the stop was
+    // requested is told apart.
+    let base = refs[first].base.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let terminated_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let client = {
+        let (stop, terminated_at) = (stop.clone(), terminated_at.clone());
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            let (mut answered_while_draining, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let response = http
+                    .post(format!("{base}/recommend"))
+                    .json(&json!({"user_id": "7", "n_recommendations": 10}))
+                    .send();
+                let since_stop = terminated_at.lock().unwrap().map(|t| t.elapsed());
+                match response {
+                    Ok(response) if response.status() == 200 => {
+                        answered_while_draining += u64::from(since_stop.is_some());
+                    }
+                    Ok(response) => failed.push(format!("status {}", response.status())),
+                    // Once the drain is over the server closes its connections: a request
+                    // sent then was never taken (nothing in flight is lost).
+                    Err(_) if since_stop.is_some_and(|t| t >= Duration::from_millis(900)) => {
+                        break;
+                    }
+                    Err(error) => failed.push(format!("{error} after {since_stop:?}")),
+                }
+            }
+            (answered_while_draining, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let terminated = Instant::now();
+    *terminated_at.lock().unwrap() = Some(terminated);
+    nodes[first].terminate();
+    // Out of rotation at once, still serving during the drain.
+    let (status, body) = nodes[first].get("/health/ready");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reasons"].to_string().contains("shutting_down"),
+        "{body}"
+    );
+    assert_eq!(nodes[first].get("/health/live").0, 200);
+    assert_eq!(
+        nodes[first].wait_exit(Duration::from_secs(30)),
+        Some(true),
+        "{}",
+        nodes[first].log()
+    );
+    let exited = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = client.join().unwrap();
+    assert!(answered > 0, "nothing answered during the drain");
+    assert!(failed.is_empty(), "{failed:?}");
+    let survivors: Vec<&Server> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != first)
+        .map(|(_, node)| node)
+        .collect();
+    learner(&survivors, Duration::from_secs(2));
+    eprintln!(
+        "stopped {} ms after SIGTERM (drain 1000 ms); a new learner {} ms after it exited (lease 10 s)",
+        exited.duration_since(terminated).as_millis(),
+        exited.elapsed().as_millis()
+    );
 }

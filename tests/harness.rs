@@ -423,6 +423,27 @@ impl Server {
             .collect()
     }
 
+    /// Asks the server to stop, as an orchestrator does (SIGTERM).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the server to exit; whether it did, and with success.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Stops the server the hard way (SIGKILL).
     pub fn kill(mut self) {
         let _ = self.child.kill();

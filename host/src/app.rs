@@ -50,6 +50,8 @@ pub struct App {
     pub timeline: crate::timeline::Timeline,
     /// When the server opened, for its uptime.
     pub started_at: Instant,
+    /// Set when a stop was requested: `/health/ready` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -266,6 +268,7 @@ impl App {
             overload,
             timeline: Default::default(),
             started_at: Instant::now(),
+            draining: false.into(),
         })
     }
 }

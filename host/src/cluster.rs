@@ -376,7 +376,11 @@ pub fn follow_experiments(store: &Store, experiments: &Experiments) {
         tracing::warn!(%error, "cannot read the other nodes' sticky assignments");
     }
     let applied = experiments.current().revision.unwrap_or(0);
-    match store.latest_experiment_revision() {
+    let newest = store.latest_experiment_revision();
+    if let Ok(newest) = newest {
+        experiments.saw_published(newest);
+    }
+    match newest {
         Ok(newest) if newest > applied => {}
         Ok(_) => return,
         Err(error) => {

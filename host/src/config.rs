@@ -43,6 +43,10 @@
 //! failed_update_backoff_secs = 10        # a plugin whose update failed waits this long, doubled
 //! max_failed_update_backoff_secs = 600   # after each failure in a row, up to this
 //!
+//! [shutdown]                     # on SIGTERM or Ctrl-C
+//! drain_ms = 0                   # /health/ready answers 503 this long before the listener closes
+//! grace_secs = 30                # the process exits at most this long after the drain
+//!
 //! [cluster]                      # with database_url: nodes sharing the database
 //! lease_secs = 10                # the learner's lease; another node takes over within it
 //! role = "all"                   # RECOHOST_ROLE, --role; all | serve (never the learner)
@@ -89,11 +93,34 @@ pub struct Config {
     pub events: EventsConfig,
     pub cache: CacheConfig,
     pub learning: LearningConfig,
+    pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub plugins: Vec<PluginDeclaration>,
     /// The file this was read from; its `[[plugins]]` are re-read on reload.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[shutdown]`: what a stop request (SIGTERM, Ctrl-C) does. At once `/health/ready`
+/// answers 503, so that a load balancer or Kubernetes stops sending new requests; after
+/// `drain_ms` the listener closes and the requests in flight finish; then the learning stops,
+/// the models are stored, the lease is given up and the exposures are flushed. Whatever is
+/// not done `grace_secs` after the drain is abandoned and the process exits (nothing
+/// acknowledged is lost: events are stored before they are acknowledged).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub drain_ms: u64,
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_ms: 0,
+            grace_secs: 30,
+        }
+    }
 }
 
 /// `[cluster]`: this node among the others sharing its PostgreSQL database (ignored on
@@ -271,6 +298,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             cache: CacheConfig::default(),
             learning: LearningConfig::default(),
+            shutdown: ShutdownConfig::default(),
             cluster: ClusterConfig::default(),
             plugins: Vec::new(),
             source: None,

@@ -589,6 +589,22 @@ fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and systemd send).
+/// Ends the process `limit` from now if it has not ended by then: a stop that hangs (a
+/// request that never finishes, a database that does not answer) must not keep an
+/// orchestrator waiting past its own grace period.
+fn exit_after(limit: std::time::Duration) {
+    let _ = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(
+                seconds = limit.as_secs_f64(),
+                "the stop took longer than [shutdown] drain_ms + grace_secs; exiting now"
+            );
+            std::process::exit(1);
+        });
+}
+
 async fn shutdown_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -628,14 +644,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(app.learning.clone().run_scheduler());
         tokio::spawn(recohost::timeline::run_sampler(app.clone()));
         recohost::reload::watch(&app)?;
+        let drain = std::time::Duration::from_millis(app.config.shutdown.drain_ms);
+        let grace = std::time::Duration::from_secs(app.config.shutdown.grace_secs);
+        let draining = app.clone();
         axum::serve(listener, recohost::api::router(app.clone()))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                // Out of rotation first (/health/ready answers 503), then, after the drain,
+                // no new connections; the requests in flight finish.
+                draining
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                exit_after(drain + grace);
+                tokio::time::sleep(drain).await;
+            })
             .await?;
         // A clean stop lets the running learning job end, then stores every model, so the
         // next start has nothing to catch up on.
         let learning = app.learning.clone();
         tokio::task::spawn_blocking(move || {
-            learning.stop(std::time::Duration::from_secs(60));
+            learning.stop(grace);
             learning.save_snapshots()
         })
         .await?;

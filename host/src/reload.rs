@@ -54,6 +54,10 @@ pub struct PluginReloads {
     status: arc_swap::ArcSwap<PluginReloadStatus>,
     /// The published plugin revision in force (cluster mode), if any.
     published: arc_swap::ArcSwapOption<PublishedSet>,
+    /// The newest published revision this node has seen in the database.
+    newest_seen: std::sync::atomic::AtomicU64,
+    /// Whether this node's last look at the database for a new revision succeeded.
+    database_answered: std::sync::atomic::AtomicBool,
     /// A published revision that failed to load here, and when: tried again only after
     /// `RETRY_FAILED_REVISION` (a database that was away), or when a newer one comes.
     failed: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
@@ -66,6 +70,8 @@ impl PluginReloads {
     /// Reloads that start with `published` in force (what start-up loaded).
     pub fn new(published: Option<PublishedSet>) -> Self {
         Self {
+            newest_seen: published.as_ref().map_or(0, |set| set.revision).into(),
+            database_answered: true.into(),
             published: arc_swap::ArcSwapOption::from_pointee(published),
             ..Self::default()
         }
@@ -108,6 +114,16 @@ impl App {
         (*self.plugin_reload.status.load_full()).clone()
     }
 
+    /// The newest published plugin revision this node has seen, and whether the database
+    /// answered its last look (cluster mode; `/health/ready`).
+    pub fn published_plugins_seen(&self) -> (u64, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.plugin_reload.newest_seen.load(Relaxed),
+            self.plugin_reload.database_answered.load(Relaxed),
+        )
+    }
+
     /// The published plugin revision in force (cluster mode), if any.
     pub fn published_plugins(&self) -> Option<Arc<PublishedSet>> {
         self.plugin_reload.published.load_full()
@@ -117,7 +133,14 @@ impl App {
     /// force and did not fail here before (the cluster's nodes poll this). Blocking.
     pub fn follow_published_plugins(&self) -> anyhow::Result<()> {
         let in_force = |app: &Self| app.published_plugins().map_or(0, |set| set.revision);
-        let newest = self.store.latest_plugin_revision()?;
+        let newest = self.store.latest_plugin_revision();
+        self.plugin_reload
+            .database_answered
+            .store(newest.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        let newest = newest?;
+        self.plugin_reload
+            .newest_seen
+            .fetch_max(newest, std::sync::atomic::Ordering::Relaxed);
         let failed_recently = self
             .plugin_reload
             .failed

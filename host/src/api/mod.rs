@@ -20,6 +20,8 @@
 //! | `POST /admin/experiments` | [`experiments::publish`] (operator, cluster) |
 //! | `POST /admin/plugins/{name}` | [`plugins::publish`] (operator, cluster) |
 //! | `GET /health`         | [`system::health`]       |
+//! | `GET /health/live`    | [`system::live`]         |
+//! | `GET /health/ready`   | [`system::ready`]        |
 //! | `GET /plugins`        | [`system::plugins`]      |
 //! | `GET /metrics`        | [`metrics::metrics`]     |
 //! | `GET /openapi.json`   | [`openapi::openapi`]     |
@@ -122,6 +124,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/items/{id}", get(catalog::item))
         .route("/users/{id}", get(catalog::user))
         .route("/health", get(system::health))
+        .route("/health/live", get(system::live))
+        .route("/health/ready", get(system::ready))
         .route("/plugins", get(system::plugins))
         .route("/overview", get(overview::overview))
         .route("/metrics", get(metrics::metrics))

@@ -46,6 +46,8 @@ request may get 413 (body over 2 MiB), 415 (body not sent as JSON) or 503 with `
         experiments::publish,
         plugins::publish,
         system::health,
+        system::live,
+        system::ready,
         system::plugins,
         overview::overview,
         metrics::metrics,

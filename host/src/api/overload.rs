@@ -1,8 +1,8 @@
 //! Overload protection: at most `[http] max_in_flight` requests are handled at once, and none
 //! for longer than `request_timeout_ms`. A request over the limit is shed at once with 503 and
 //! `Retry-After` (queueing it would only make every request slow, then time out); a request
-//! past its deadline gets 503 too. `/health`, `/metrics`, `/overview` and the dashboard's files
-//! are exempt, so probes, scrapes and an operator opening the dashboard still see an
+//! past its deadline gets 503 too. `/health` (and `/health/live`, `/health/ready`), `/metrics`,
+//! `/overview` and the dashboard's files are exempt, so probes, scrapes and an operator opening the dashboard still see an
 //! overloaded server (all four answer from memory). Operator actions under `/admin/` have no
 //! deadline: they load, compile and train (seconds to minutes), and that work would go on
 //! after a timeout answer, which would then say the opposite of what happened.
@@ -60,7 +60,10 @@ impl Overload {
 /// The middleware.
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if matches!(path, "/health" | "/metrics" | "/overview") || path.starts_with("/dashboard") {
+    if matches!(path, "/metrics" | "/overview")
+        || path.starts_with("/health")
+        || path.starts_with("/dashboard")
+    {
         return next.run(request).await;
     }
     let overload = &state.overload;

@@ -1,4 +1,5 @@
-//! `GET /health` and `GET /plugins`.
+//! `GET /health`, the orchestrators' `GET /health/live` and `GET /health/ready`, and
+//! `GET /plugins`.
 
 use axum::Json;
 use axum::extract::State;
@@ -96,6 +97,87 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         version: env!("CARGO_PKG_VERSION"),
     });
     (code, body)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LiveResponse {
+    /// Always `live`.
+    status: &'static str,
+}
+
+/// Whether the process answers (a liveness probe): always 200 while it does. Restarting a
+/// node for anything else (the database or Redis away, a plugin failing) would not help.
+#[utoipa::path(get, path = "/health/live", tag = "system",
+    responses((status = 200, body = LiveResponse)))]
+pub async fn live() -> Json<LiveResponse> {
+    Json(LiveResponse { status: "live" })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReadyResponse {
+    ready: bool,
+    /// Why not, when not: `shutting_down`, `models_not_loaded: NAME,...`,
+    /// `events_not_stored` (the event writer stopped), `plugins_revision_pending: N`,
+    /// `experiments_revision_pending: N`.
+    reasons: Vec<String>,
+    /// Whether the database answered this node's last look (cluster mode; `None` on one
+    /// node). A node with the database away stays ready: it serves from memory.
+    database_reachable: Option<bool>,
+}
+
+/// Whether this node should get traffic (a readiness probe): 200 when every plugin has a
+/// model, events can be stored and, in a cluster, the newest published plugin and
+/// experiment revisions it has seen are in force; 503 with the reasons otherwise, and from
+/// the moment a stop is requested.
+#[utoipa::path(get, path = "/health/ready", tag = "system", responses(
+    (status = 200, body = ReadyResponse),
+    (status = 503, description = "Not ready: see `reasons`", body = ReadyResponse),
+))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyResponse>) {
+    let mut reasons = Vec::new();
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        reasons.push("shutting_down".to_string());
+    }
+    let missing: Vec<String> = state
+        .plugins
+        .current()
+        .iter()
+        .filter(|p| p.model().is_none())
+        .map(|p| p.name().to_string())
+        .collect();
+    if !missing.is_empty() {
+        reasons.push(format!("models_not_loaded: {}", missing.join(",")));
+    }
+    if state.events.health().is_stopped() {
+        reasons.push("events_not_stored".to_string());
+    }
+    let mut database_reachable = None;
+    if state.node.in_cluster() {
+        let (newest, answered) = state.published_plugins_seen();
+        database_reachable = Some(answered);
+        let in_force = state.published_plugins().map_or(0, |set| set.revision);
+        if newest > in_force {
+            reasons.push(format!("plugins_revision_pending: {newest}"));
+        }
+        let newest = state.experiments.newest_published();
+        if newest > state.experiments.current().revision.unwrap_or(0) {
+            reasons.push(format!("experiments_revision_pending: {newest}"));
+        }
+    }
+    let ready = reasons.is_empty();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(ReadyResponse {
+            ready,
+            reasons,
+            database_reachable,
+        }),
+    )
 }
 
 /// Every loaded plugin: versions, model, health, limits, call counters; and the last reload.

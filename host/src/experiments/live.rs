@@ -199,6 +199,8 @@ pub struct Experiments {
     current: ArcSwap<ExperimentSet>,
     status: Mutex<ReloadStatus>,
     sticky: RwLock<StickyMap>,
+    /// The newest published revision seen in the database (cluster mode).
+    newest_published: std::sync::atomic::AtomicU64,
     /// When the newest sticky assignment taken in from the store was stored (its clock).
     sticky_seen_ms: std::sync::atomic::AtomicU64,
     log: ExposureLog,
@@ -246,6 +248,7 @@ impl Experiments {
             status: Mutex::new(status),
             sticky: RwLock::new(sticky),
             sticky_seen_ms: sticky_seen_ms.into(),
+            newest_published: 0.into(),
             log: ExposureLog::start(database)?,
             results_store: Store::connect(database)?,
             results: ResultsCache::default(),
@@ -313,6 +316,18 @@ impl Experiments {
     /// them.
     pub fn validate(&self, files: &[(String, String)]) -> Result<usize, ExperimentError> {
         Ok(load_files(&as_paths(files), &(self.plugins)())?.len())
+    }
+
+    /// Notes the newest revision published in the database (what `/health/ready` waits for).
+    pub fn saw_published(&self, revision: u64) {
+        self.newest_published
+            .fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The newest revision seen published in the database (0: none).
+    pub fn newest_published(&self) -> u64 {
+        self.newest_published
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Publishes `files` as the cluster's next experiment revision and puts it in force here:
