@@ -638,12 +638,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {bind}"))?;
         let address = listener.local_addr()?;
+        tokio::spawn(app.learning.clone().run_scheduler());
+        tokio::spawn(recohost::timeline::run_sampler(app.clone()));
+        // Before saying so: a file changed right after the line below must be noticed.
+        recohost::reload::watch(&app)?;
         tracing::info!(%address, "recohost is listening");
         // Tests and scripts read this line to find the port when binding to port 0.
         println!("recohost listening on http://{address}");
-        tokio::spawn(app.learning.clone().run_scheduler());
-        tokio::spawn(recohost::timeline::run_sampler(app.clone()));
-        recohost::reload::watch(&app)?;
         let drain = std::time::Duration::from_millis(app.config.shutdown.drain_ms);
         let grace = std::time::Duration::from_secs(app.config.shutdown.grace_secs);
         let draining = app.clone();
