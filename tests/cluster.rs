@@ -1118,8 +1118,15 @@ fn a_learner_stopped_with_sigterm_drains_and_hands_over_at_once() {
     let terminated = Instant::now();
     *terminated_at.lock().unwrap() = Some(terminated);
     nodes[first].terminate();
-    // Out of rotation at once, still serving during the drain.
-    let (status, body) = nodes[first].get("/health/ready");
+    // Out of rotation at once (the signal is handled within milliseconds), still serving
+    // during the drain.
+    let (status, body) = loop {
+        let (status, body) = nodes[first].get("/health/ready");
+        if status == 503 || terminated.elapsed() > Duration::from_millis(500) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(status, 503, "{body}");
     assert!(
         body["reasons"].to_string().contains("shutting_down"),
