@@ -14,7 +14,7 @@ use anyhow::Context;
 use crate::catalog::Catalog;
 use crate::config::{LearningConfig, PluginDeclaration};
 use crate::plugins::{PluginEngine, PluginLimits, PluginRuntime};
-use crate::store::{PublishedPlugin, Store};
+use crate::store::{PublishedPlugin, Store, wasm_sha256};
 
 /// Largest .wasm accepted for publication (interpreter-based components from Python or
 /// JavaScript weigh tens of MB).
@@ -78,13 +78,13 @@ fn wasm_file(store: &Store, dir: &Path, sha256: &str) -> anyhow::Result<PathBuf>
         anyhow::bail!("a published .wasm hash that is not hex: {sha256:?}");
     }
     let path = dir.join(format!("{sha256}.wasm"));
-    if std::fs::read(&path).is_ok_and(|bytes| hash(&bytes) == sha256) {
+    if std::fs::read(&path).is_ok_and(|bytes| wasm_sha256(&bytes) == sha256) {
         return Ok(path);
     }
     let wasm = store
         .plugin_wasm(sha256)?
         .with_context(|| format!("the published .wasm {sha256} is not in the database"))?;
-    if hash(&wasm) != sha256 {
+    if wasm_sha256(&wasm) != sha256 {
         anyhow::bail!("the published .wasm {sha256} in the database does not match its hash");
     }
     write_wasm(dir, &wasm)
@@ -93,7 +93,7 @@ fn wasm_file(store: &Store, dir: &Path, sha256: &str) -> anyhow::Result<PathBuf>
 /// Writes `wasm` under `dir` as `SHA256.wasm`, aside then renamed, so that no reader ever
 /// sees part of one. Returns its path.
 pub fn write_wasm(dir: &Path, wasm: &[u8]) -> anyhow::Result<PathBuf> {
-    let sha256 = hash(wasm);
+    let sha256 = wasm_sha256(wasm);
     let path = dir.join(format!("{sha256}.wasm"));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let partial = dir.join(format!(
@@ -105,11 +105,6 @@ pub fn write_wasm(dir: &Path, wasm: &[u8]) -> anyhow::Result<PathBuf> {
         .and_then(|()| std::fs::rename(&partial, &path))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
-}
-
-fn hash(wasm: &[u8]) -> String {
-    use sha2::Digest;
-    crate::plugins::engine::hex(&sha2::Sha256::digest(wasm))
 }
 
 /// What to publish as `name` with `wasm`: the `config` and `limits` given, else those it was

@@ -492,14 +492,19 @@ impl PublishedPlugin {
         config: serde_json::Map<String, serde_json::Value>,
         limits: crate::plugins::PluginLimits,
     ) -> Self {
-        use sha2::Digest;
         Self {
             name: name.to_string(),
-            wasm_sha256: crate::plugins::engine::hex(&sha2::Sha256::digest(wasm)),
+            wasm_sha256: wasm_sha256(wasm),
             config,
             limits,
         }
     }
+}
+
+/// The hex SHA-256 that names a .wasm in the store.
+pub fn wasm_sha256(wasm: &[u8]) -> String {
+    use sha2::Digest;
+    crate::plugins::engine::hex(&sha2::Sha256::digest(wasm))
 }
 
 /// `plugins` with `plugin` added or put in place of the one of its name, sorted by name.
