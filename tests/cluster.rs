@@ -139,6 +139,12 @@ fn every_node_sees_every_event_one_learns_and_all_serve_its_models() {
         let health = node.get("/health").1;
         assert_eq!(health["database"], "postgres", "{health}");
         assert_eq!(health["node"]["id"], ["a", "b", "c"][i]);
+        // Behind a balancer, each answer names the node that gave it.
+        let answer = node.post_response("/recommend", &json!({"user_id": 1}));
+        assert_eq!(
+            answer.headers()["x-recohost-node"].to_str().unwrap(),
+            ["a", "b", "c"][i]
+        );
     }
     // Only the learner takes learning requests.
     let (status, answer) = nodes[follower].post_as("/learning/trigger-update", None);

@@ -100,7 +100,14 @@ async fn refuse_oversized(
     next.run(request).await
 }
 
+/// The response header naming the node that answered: behind a load balancer, which of the
+/// replicas served a request (or failed it) is otherwise invisible to clients and operators.
+pub const NODE_HEADER: &str = "x-recohost-node";
+
 pub fn router(app: Arc<App>) -> Router {
+    // A node id that is not a valid header value (it is free text in the config) goes
+    // without the header rather than failing the start.
+    let node_header = axum::http::HeaderValue::from_str(&app.node.id).ok();
     Router::new()
         .route("/recommend", post(recommend::recommend))
         .route("/events", post(events::event))
@@ -157,6 +164,12 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(
             tower_http::trace::TraceLayer::new_for_http().on_failure(
                 tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                axum::http::HeaderName::from_static(NODE_HEADER),
+                move |_: &axum::response::Response| node_header.clone(),
             ),
         )
         .with_state(app)
