@@ -217,6 +217,24 @@ fn health_plugins_items_and_users_describe_the_server() {
             plugin["version"].as_str().is_some_and(|v| !v.is_empty()),
             "{plugin}"
         );
+        // What its instances hold, for sizing: an idle server's pool is full, every
+        // instance has at least one 64 KiB page, and the total adds up.
+        let memory = &plugin["memory"];
+        let field = |name: &str| memory[name].as_u64().unwrap_or_else(|| panic!("{plugin}"));
+        assert!(field("serving_instances") >= 1, "{plugin}");
+        assert!(
+            field("serving_bytes") >= field("serving_instances") * 65_536,
+            "{plugin}"
+        );
+        assert!(
+            field("largest_instance_bytes") * field("serving_instances") >= field("serving_bytes"),
+            "{plugin}"
+        );
+        assert_eq!(
+            field("total_bytes"),
+            field("serving_bytes") + field("learner_bytes") + field("spare_bytes"),
+            "{plugin}"
+        );
     }
 
     let (status, item) = server.get("/items/1");
@@ -237,6 +255,10 @@ fn health_plugins_items_and_users_describe_the_server() {
         assert_eq!(status.as_u16(), 405);
     }
     let (_, _, metrics) = server.get_text("/metrics");
+    assert!(
+        metrics.contains("recohost_plugin_memory_bytes{plugin=\"hybrid\"} "),
+        "{metrics}"
+    );
     assert!(
         !metrics.contains("BREW") && !metrics.contains("PROPFIND"),
         "a series per method:\n{metrics}"

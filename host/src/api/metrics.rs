@@ -90,6 +90,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "1 while the plugin is healthy, 0 while it is skipped after repeated failures.",
         &per_plugin(&|p| f64::from(u8::from(p.health.healthy))),
     );
+    family(
+        &mut out,
+        "recohost_plugin_memory_bytes",
+        "gauge",
+        "Memory held by the plugin's idle, learner and spare instances on this node.",
+        &per_plugin(&|p| p.memory.total_bytes as f64),
+    );
     let _ = writeln!(
         out,
         "# HELP recohost_plugin_recommend_duration_seconds Time of a recommend call, from taking an instance to its answer."

@@ -115,6 +115,25 @@ pub struct PluginStatus {
     pub p99_recommend_us: Option<u64>,
     pub health: HealthReport,
     pub limits: PluginLimits,
+    pub memory: PluginMemory,
+}
+
+/// The memory the plugin's instances hold on this node (linear memories and tables; they
+/// only grow), for sizing a node: the sum over plugins, plus the host's own, is what the
+/// plugins cost. Instances busy with a request at the moment of asking are not counted.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PluginMemory {
+    /// Idle serving instances in the pool, and their bytes.
+    pub serving_instances: usize,
+    pub serving_bytes: u64,
+    /// The instance kept between updates (the learning node only; 0 elsewhere).
+    pub learner_bytes: u64,
+    /// Instances of a replaced model version kept for reuse by the next install.
+    pub spare_instances: usize,
+    pub spare_bytes: u64,
+    /// The largest single instance: what each further pooled instance will cost.
+    pub largest_instance_bytes: u64,
+    pub total_bytes: u64,
 }
 
 pub struct PluginRuntime {
@@ -141,6 +160,9 @@ pub struct PluginRuntime {
     /// into an instance whose memory is already grown and paged in costs a fraction of
     /// building a new one (page faults dominated that).
     spare: Mutex<Vec<PluginInstance>>,
+    /// The kept learner's memory, recorded when it is put back: reading it under `learner`
+    /// would wait for a whole update.
+    learner_bytes: AtomicU64,
     max_idle: usize,
     /// One permit per pooled serving instance: requests beyond that wait for an instance
     /// instead of building one (configure + load, milliseconds) under load.
@@ -235,6 +257,7 @@ impl PluginRuntime {
             idle: Mutex::new(Vec::new()),
             learner: Mutex::new(None),
             spare: Mutex::new(Vec::new()),
+            learner_bytes: AtomicU64::new(0),
             max_idle,
             serving: Arc::new(tokio::sync::Semaphore::new(max_idle)),
             stats: CallStats::default(),
@@ -315,6 +338,36 @@ impl PluginRuntime {
             p99_recommend_us: latency.quantile(0.99).map(|d| d.as_micros() as u64),
             health,
             limits: (*self.limits).clone(),
+            memory: self.memory(),
+        }
+    }
+
+    fn memory(&self) -> PluginMemory {
+        // Held only to push or pop an instance, so these locks are brief.
+        let sizes = |instances: &Mutex<Vec<PluginInstance>>| -> Vec<u64> {
+            let instances = instances.lock().unwrap_or_else(|p| p.into_inner());
+            instances
+                .iter()
+                .map(|i| i.peak_memory_bytes() as u64)
+                .collect()
+        };
+        let (serving, spare) = (sizes(&self.idle), sizes(&self.spare));
+        let learner_bytes = self.learner_bytes.load(Ordering::Relaxed);
+        let (serving_bytes, spare_bytes) = (serving.iter().sum::<u64>(), spare.iter().sum::<u64>());
+        PluginMemory {
+            serving_instances: serving.len(),
+            serving_bytes,
+            learner_bytes,
+            spare_instances: spare.len(),
+            spare_bytes,
+            largest_instance_bytes: serving
+                .iter()
+                .chain(&spare)
+                .copied()
+                .chain([learner_bytes])
+                .max()
+                .unwrap_or(0),
+            total_bytes: serving_bytes + spare_bytes + learner_bytes,
         }
     }
 
@@ -419,6 +472,8 @@ impl PluginRuntime {
             error: super::bindings::StrategyError::NotReady("no model to update yet".into()),
         })?;
         let mut kept = self.learner.lock().unwrap_or_else(|p| p.into_inner());
+        // Until it is put back: a failed call drops it.
+        self.learner_bytes.store(0, Ordering::Relaxed);
         let mut learner = match kept.take() {
             Some(learner) if learner.model_version == model.version => learner,
             _ => {
@@ -430,6 +485,8 @@ impl PluginRuntime {
         learner.update(events)?;
         let snapshot = learner.save()?;
         learner.model_version = next_version;
+        self.learner_bytes
+            .store(learner.peak_memory_bytes() as u64, Ordering::Relaxed);
         *kept = Some(learner);
         Ok(snapshot)
     }
