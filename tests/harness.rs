@@ -65,7 +65,7 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
-/// A test fixture component built by `cargo xtask plugins` (see tests/fixtures/).
+/// A test fixture component built by `cargo xtask test` (see tests/fixtures/).
 pub fn fixture(name: &str) -> PathBuf {
     let path = plugins_dir()
         .parent()

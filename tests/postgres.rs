@@ -300,9 +300,13 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
     server.kill();
 
     let url = postgres.create_database();
+    // With a password (the test server trusts local connections, so any will do): it must
+    // not be printed.
+    let with_password = url.replacen("postgres@", "postgres:not-for-logs@", 1);
+    assert_ne!(with_password, url);
     let migrate = || {
         std::process::Command::new(recohost_e2e::binary())
-            .args(["migrate", "--to", &url, "--data-dir"])
+            .args(["migrate", "--to", &with_password, "--data-dir"])
             .arg(&data_dir)
             .output()
             .unwrap()
@@ -315,6 +319,11 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("counts verified"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stdout.contains("not-for-logs") && !stderr.contains("not-for-logs"),
+        "the password was printed: {stdout}{stderr}"
+    );
     let sqlite = rusqlite::Connection::open(data_dir.join("recohost.db")).unwrap();
     let database = database_name(&url);
     for table in TABLES {

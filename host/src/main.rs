@@ -705,10 +705,13 @@ fn migrate(to: &str, config: Config) -> anyhow::Result<()> {
     for (table, rows) in &report {
         println!("{table:>20}: {rows} rows");
     }
+    // The target's description, not `to`: the URL may carry a password, and this output
+    // ends up in terminals, CI logs and a Job's log.
     println!(
-        "copied {} rows in {:.1} s, counts verified; serve with database_url = {to:?}",
+        "copied {} rows in {:.1} s, counts verified; serve with database_url = that of {}",
         report.iter().map(|(_, rows)| rows).sum::<u64>(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        target.describe()
     );
     Ok(())
 }

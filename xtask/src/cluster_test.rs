@@ -4,21 +4,27 @@
 //!
 //! 1. recommendations and events are served, every node is in rotation, a learner is elected;
 //! 2. `docker kill` of the learner's container under a steady load: another node learns
-//!    within the lease, and the only failed requests are those sent before the kill had
-//!    finished (in flight on the dying node: the balancer retries only requests whose
-//!    connection failed, never one a node may have begun to act on);
+//!    within the lease (plus a claim interval), and the only failed requests are those in
+//!    flight on the dying node (the balancer retries only requests whose connection failed,
+//!    never one a node may have begun to act on);
 //! 3. an experiment published through the balancer (so through one node) is served by the
-//!    two live nodes, then by the killed one once started again;
-//! 4. `down -v`, also on failure.
+//!    two live nodes, then by the killed one once started again, under load, without errors;
+//! 4. Redis restarted under load: no failed request; PostgreSQL restarted under load: only
+//!    events are refused (503 `database_unavailable`, nothing acknowledged), and stored
+//!    again once it is back;
+//! 5. a rolling restart (each node recreated in turn, as an upgrade does) under load: no
+//!    failed request;
+//! 6. `down -v`, also on failure.
 //!
-//! Prints its figures: image size and build time, time to healthy, failover, propagation.
+//! Prints its figures: image size and build time, time to healthy, failover, propagation,
+//! and what clients saw in each fault.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::docker::{self, Compose, exchange, expect, http};
+use super::docker::{self, Compose, HAPROXY, POSTGRES, REDIS, RUST, exchange, expect, http};
 
 const IMAGE: &str = "recohost:cluster-test";
 const PROJECT: &str = "recohost-cluster-test";
@@ -31,7 +37,7 @@ const CLIENTS: usize = 4;
 
 pub fn cluster_test() -> Result<(), String> {
     docker::require_daemon()?;
-    docker::ensure_base_images()?;
+    docker::ensure_base_images(&[RUST, POSTGRES, REDIS, HAPROXY])?;
     let image = docker::build_image(IMAGE)?;
     let experiments = docker::scratch_experiments(PROJECT)?;
     let port = docker::free_port()?;
@@ -50,30 +56,44 @@ pub fn cluster_test() -> Result<(), String> {
     let result = run_checks(&compose, port, &token);
     compose.down(result.is_err());
     let _ = std::fs::remove_dir_all(experiments.parent().unwrap_or(&experiments));
-    let figures = result?;
+    let f = result?;
     println!(
         "cluster test passed through the balancer only:\n\
-         - image {} {:.1} MB, built in {:.0} s\n\
+         - image {IMAGE} {:.1} MB, built in {:.0} s\n\
          - `up` to three healthy nodes in rotation: {:.1} s\n\
          - learner {} killed: {} learned {:.1} s later (lease {} s)\n\
-         - {} requests from {CLIENTS} clients during the failover: {} failed, all sent before \
-         `docker kill` returned ({} ms); slowest request sent after it: {} ms\n\
+         - {} requests from {CLIENTS} clients meanwhile: {} failed, each in flight during the \
+         {} ms `docker kill` took; slowest request sent after it: {} ms\n\
          - experiment published through the balancer: served by both live nodes after {} ms\n\
-         - killed node started again: back in rotation serving it after {:.1} s",
-        image.tag,
+         - killed node started again: serving it through the balancer after {:.1} s; \
+         {} requests meanwhile, none failed\n\
+         - Redis restarted ({:.1} s): {} requests meanwhile, none failed\n\
+         - PostgreSQL restarted ({:.1} s): {} requests meanwhile; {} events refused \
+         (503 database_unavailable) over {:.1} s, no other failure\n\
+         - rolling restart of the three nodes, one at a time: {:.1} s, {} requests meanwhile, \
+         none failed",
         image.size_mb,
         image.build_secs,
-        figures.healthy_secs,
-        figures.killed,
-        figures.successor,
-        figures.failover_secs,
+        f.healthy_secs,
+        f.killed,
+        f.successor,
+        f.failover_secs,
         LEASE.as_secs(),
-        figures.requests,
-        figures.failed,
-        figures.kill_ms,
-        figures.slowest_ms,
-        figures.propagation_ms,
-        figures.rejoin_secs,
+        f.kill_requests,
+        f.kill_failed,
+        f.kill_ms,
+        f.slowest_ms,
+        f.propagation_ms,
+        f.rejoin_secs,
+        f.rejoin_requests,
+        f.redis.restart_secs,
+        f.redis.requests,
+        f.postgres.restart_secs,
+        f.postgres.requests,
+        f.postgres.refused_events,
+        f.postgres.refused_secs,
+        f.rolling_secs,
+        f.rolling_requests,
     );
     Ok(())
 }
@@ -83,12 +103,17 @@ struct Figures {
     killed: String,
     successor: String,
     failover_secs: f64,
-    requests: usize,
-    failed: usize,
+    kill_requests: usize,
+    kill_failed: usize,
     kill_ms: u128,
     slowest_ms: u128,
     propagation_ms: u128,
     rejoin_secs: f64,
+    rejoin_requests: usize,
+    rolling_secs: f64,
+    rolling_requests: usize,
+    redis: Restart,
+    postgres: Restart,
 }
 
 fn run_checks(compose: &Compose, port: u16, token: &str) -> Result<Figures, String> {
@@ -119,46 +144,38 @@ fn run_checks(compose: &Compose, port: u16, token: &str) -> Result<Figures, Stri
     std::thread::sleep(Duration::from_secs(2));
     let container = compose.container(&killed)?;
     let kill_sent = Instant::now();
-    docker::output(std::process::Command::new("docker").args(["kill", &container]))?;
+    docker(&["kill", &container])?;
     let killed_at = Instant::now();
     let successor = wait_learner(port, Some(&killed), LEASE + Duration::from_secs(10))?;
     let failover_secs = killed_at.elapsed().as_secs_f64();
     // Killed for good: `restart: unless-stopped` does not bring back a killed container, so
     // the survivors, not the same node restarted, carried the load and the learning.
-    let running = docker::output(std::process::Command::new("docker").args([
-        "inspect",
-        "--format",
-        "{{.State.Running}}",
-        &container,
-    ]))?;
-    if running.trim() != "false" {
+    if docker(&["inspect", "--format", "{{.State.Running}}", &container])?.trim() != "false" {
         return Err(format!("{killed} is running again after docker kill"));
     }
     std::thread::sleep(Duration::from_secs(2));
     let outcomes = load.stop();
+    // A failure is excused only if it was in flight while the node died (sent before
+    // `docker kill` returned, answered after it was sent) and no live node answered it
+    // (the balancer's own 502 names no node; a node's answer names it).
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok()).collect();
-    let late: Vec<&&Outcome> = failed.iter().filter(|o| o.started > killed_at).collect();
-    if !late.is_empty() {
-        let offset = |at: Instant| {
-            at.saturating_duration_since(kill_sent).as_millis() as i128
-                - kill_sent.saturating_duration_since(at).as_millis() as i128
-        };
+    let unexcused: Vec<&&Outcome> = failed
+        .iter()
+        .filter(|o| {
+            o.started >= killed_at
+                || o.finished < kill_sent
+                || o.node.as_ref().is_some_and(|node| *node != killed)
+        })
+        .collect();
+    if !unexcused.is_empty() {
         return Err(format!(
-            "{} of {} requests failed during the failover, {} of them sent after the kill \
-             (which took {} ms): {:?}",
+            "{} of {} requests failed around the kill, {} of them not in flight on the dying \
+             node (the kill took {} ms): {}",
             failed.len(),
             outcomes.len(),
-            late.len(),
+            unexcused.len(),
             killed_at.duration_since(kill_sent).as_millis(),
-            failed
-                .iter()
-                .map(|o| format!(
-                    "{} sent at {} ms, answered at {} ms",
-                    o.status,
-                    offset(o.started),
-                    offset(o.finished)
-                ))
-                .collect::<Vec<_>>()
+            describe(&failed, kill_sent)
         ));
     }
     if failover_secs > (LEASE + Duration::from_secs(2)).as_secs_f64() {
@@ -179,8 +196,193 @@ fn run_checks(compose: &Compose, port: u16, token: &str) -> Result<Figures, Stri
         failed.len(),
         outcomes.len()
     );
+    let (kill_requests, kill_failed) = (outcomes.len(), failed.len());
 
-    // An experiment published through the balancer reaches every node.
+    // An experiment published through the balancer reaches every live node.
+    let revision = publish_experiment(port, token)?;
+    let published_at = Instant::now();
+    let live: BTreeSet<String> = NODES
+        .iter()
+        .filter(|n| **n != killed)
+        .map(|n| n.to_string())
+        .collect();
+    wait_served(port, &revision, &live, Duration::from_secs(30))?;
+    let propagation_ms = published_at.elapsed().as_millis();
+
+    // The killed node, started again under load, rejoins with the cluster's experiments and
+    // nobody sees an error while it does.
+    let load = Load::start(port);
+    let restarted_at = Instant::now();
+    docker(&["start", &container])?;
+    wait_served(
+        port,
+        &revision,
+        &BTreeSet::from([killed.clone()]),
+        Duration::from_secs(180),
+    )?;
+    let rejoin_secs = restarted_at.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let outcomes = load.stop();
+    no_failures(&outcomes, "while the killed node rejoined")?;
+    let rejoin_requests = outcomes.len();
+
+    let redis = restart_under_load(compose, port, "redis")?;
+    no_failures(&redis.outcomes, "across a Redis restart")?;
+    let postgres = restart_under_load(compose, port, "postgres")?;
+    // Events cannot be stored without the database: refused with a clear 503 (nothing
+    // acknowledged, the client retries). Everything else is answered.
+    let refused: Vec<&Outcome> = postgres
+        .outcomes
+        .iter()
+        .filter(|o| !o.ok() && o.path == "/events" && o.detail == "database_unavailable")
+        .collect();
+    let other: Vec<&Outcome> = postgres
+        .outcomes
+        .iter()
+        .filter(|o| !o.ok() && !refused.iter().any(|r| std::ptr::eq(*r, *o)))
+        .collect();
+    if !other.is_empty() {
+        return Err(format!(
+            "failed across a PostgreSQL restart: {}",
+            describe(&other, postgres.sent)
+        ));
+    }
+    let refused_secs = match (refused.first(), refused.last()) {
+        (Some(first), Some(last)) => last.finished.duration_since(first.started).as_secs_f64(),
+        _ => 0.0,
+    };
+    let refused_events = refused.len();
+
+    // A rolling restart, as an upgrade does it: one node at a time replaced under load
+    // (SIGTERM: readiness drops, the balancer stops sending, requests in flight finish).
+    let load = Load::start(port);
+    let rolling_started = Instant::now();
+    for node in NODES {
+        compose.run(&["up", "-d", "--no-deps", "--force-recreate", node])?;
+        compose.wait_healthy(&[node], Duration::from_secs(120))?;
+        wait_in_rotation(port, NODES.len(), Duration::from_secs(60))?;
+    }
+    let rolling_secs = rolling_started.elapsed().as_secs_f64();
+    let outcomes = load.stop();
+    no_failures(&outcomes, "during the rolling restart")?;
+    let rolling_requests = outcomes.len();
+
+    Ok(Figures {
+        healthy_secs,
+        killed,
+        successor,
+        failover_secs,
+        kill_requests,
+        kill_failed,
+        kill_ms: killed_at.duration_since(kill_sent).as_millis(),
+        slowest_ms,
+        propagation_ms,
+        rejoin_secs,
+        rejoin_requests,
+        rolling_secs,
+        rolling_requests,
+        postgres: Restart {
+            refused_events,
+            refused_secs,
+            ..postgres
+        },
+        redis,
+    })
+}
+
+/// A dependency restarted (`docker restart`) while clients send requests through the
+/// balancer, until an event is stored again after it.
+struct Restart {
+    sent: Instant,
+    restart_secs: f64,
+    requests: usize,
+    outcomes: Vec<Outcome>,
+    refused_events: usize,
+    refused_secs: f64,
+}
+
+fn restart_under_load(compose: &Compose, port: u16, service: &str) -> Result<Restart, String> {
+    let container = compose.container(service)?;
+    let load = Load::start(port);
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = Instant::now();
+    docker(&["restart", &container])?;
+    let restart_secs = sent.elapsed().as_secs_f64();
+    compose.wait_healthy(&[service], Duration::from_secs(60))?;
+    // Until the load has stored events again after the restart (nodes reconnect by
+    // themselves), and a second more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !load.stored_event_since(sent + Duration::from_secs_f64(restart_secs)) {
+        if Instant::now() > deadline {
+            let outcomes = load.stop();
+            return Err(format!(
+                "no event stored within a minute of restarting {service}: {}",
+                describe(
+                    &outcomes.iter().filter(|o| !o.ok()).collect::<Vec<_>>(),
+                    sent
+                )
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let outcomes = load.stop();
+    println!(
+        "{service} restarted in {restart_secs:.1} s under load: {} requests, {} not answered 2xx",
+        outcomes.len(),
+        outcomes.iter().filter(|o| !o.ok()).count()
+    );
+    Ok(Restart {
+        sent,
+        restart_secs,
+        requests: outcomes.len(),
+        outcomes,
+        refused_events: 0,
+        refused_secs: 0.0,
+    })
+}
+
+fn no_failures(outcomes: &[Outcome], when: &str) -> Result<(), String> {
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok()).collect();
+    match (failed.first(), outcomes.first()) {
+        (None, _) => Ok(()),
+        (Some(_), Some(first)) => Err(format!(
+            "{} of {} requests failed {when}: {}",
+            failed.len(),
+            outcomes.len(),
+            describe(&failed, first.started)
+        )),
+        (Some(_), None) => unreachable!("a failure is an outcome"),
+    }
+}
+
+/// The failed requests, with times in ms relative to `since` (negative: before it).
+fn describe(failed: &[&Outcome], since: Instant) -> String {
+    let offset = |at: Instant| {
+        at.saturating_duration_since(since).as_millis() as i128
+            - since.saturating_duration_since(at).as_millis() as i128
+    };
+    failed
+        .iter()
+        .take(20)
+        .map(|o| {
+            format!(
+                "{} {} {} from {} sent at {} ms, answered at {} ms",
+                o.path,
+                o.status,
+                o.detail,
+                o.node.as_deref().unwrap_or("the balancer"),
+                offset(o.started),
+                offset(o.finished)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Publishes the shipped experiment with the treatment arm on `popularity` through the
+/// balancer; the new revision's number.
+fn publish_experiment(port: u16, token: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(super::root().join("experiments/model_comparison.toml"))
         .map_err(|e| e.to_string())?;
     let edited = text.replace("plugin = \"hybrid\"", "plugin = \"popularity\"");
@@ -198,41 +400,13 @@ fn run_checks(compose: &Compose, port: u16, token: &str) -> Result<Figures, Stri
     if status != 200 {
         return Err(format!("POST /admin/experiments: {answer}"));
     }
-    let revision = field(&answer, "revision")
-        .ok_or_else(|| format!("no revision in {answer}"))?
-        .to_string();
-    let published_at = Instant::now();
-    let live: BTreeSet<String> = NODES
-        .iter()
-        .filter(|n| **n != killed)
-        .map(|n| n.to_string())
-        .collect();
-    wait_served(port, &revision, &live, Duration::from_secs(30))?;
-    let propagation_ms = published_at.elapsed().as_millis();
+    field(&answer, "revision")
+        .map(str::to_string)
+        .ok_or_else(|| format!("no revision in {answer}"))
+}
 
-    // The killed node, started again, rejoins with the cluster's experiments.
-    let restarted_at = Instant::now();
-    docker::output(std::process::Command::new("docker").args(["start", &container]))?;
-    wait_served(
-        port,
-        &revision,
-        &BTreeSet::from([killed.clone()]),
-        Duration::from_secs(180),
-    )?;
-    let rejoin_secs = restarted_at.elapsed().as_secs_f64();
-
-    Ok(Figures {
-        healthy_secs,
-        killed,
-        successor,
-        failover_secs,
-        requests: outcomes.len(),
-        failed: failed.len(),
-        kill_ms: killed_at.duration_since(kill_sent).as_millis(),
-        slowest_ms,
-        propagation_ms,
-        rejoin_secs,
-    })
+fn docker(args: &[&str]) -> Result<String, String> {
+    docker::output(std::process::Command::new("docker").args(args))
 }
 
 /// Waits until the balancer has sent `/health` to `count` different ready nodes; their ids.
@@ -314,7 +488,8 @@ fn wait_served(
 }
 
 /// Requests from [`CLIENTS`] threads through the balancer, one at a time each: recommendations
-/// and events for a spread of users.
+/// and events for a spread of users. Stopped by [`Load::stop`], or when dropped (a check
+/// that failed half-way must not leave clients running while the stack is torn down).
 struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -322,15 +497,20 @@ struct Load {
 }
 
 struct Outcome {
+    path: &'static str,
     started: Instant,
     finished: Instant,
-    /// The HTTP status line's code, or the transport error.
-    status: String,
+    /// The HTTP status, 0 for a transport error.
+    status: u16,
+    /// The error's code from the body (`database_unavailable`...), or the transport error.
+    detail: String,
+    /// The node that answered (`x-recohost-node`); none when the balancer answered itself.
+    node: Option<String>,
 }
 
 impl Outcome {
     fn ok(&self) -> bool {
-        self.status.starts_with('2')
+        (200..300).contains(&self.status)
     }
 }
 
@@ -345,34 +525,11 @@ impl Load {
                     let mut n = client;
                     while !stop.load(Ordering::Relaxed) {
                         n += CLIENTS;
-                        let user = 1 + n % 600;
-                        let (path, body) = if n % 3 == 0 {
-                            (
-                                "/events",
-                                format!(
-                                    r#"{{"user_id": {user}, "item_id": {}, "event_type": "click"}}"#,
-                                    1 + n % 1000
-                                ),
-                            )
-                        } else {
-                            (
-                                "/recommend",
-                                format!(r#"{{"user_id": {user}, "n_recommendations": 10}}"#),
-                            )
-                        };
-                        let started = Instant::now();
-                        let status = match exchange(port, "POST", path, "", &body) {
-                            Ok((code, _)) => code.to_string(),
-                            Err(error) => error,
-                        };
+                        let outcome = one_request(port, n);
                         outcomes
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .push(Outcome {
-                                started,
-                                finished: Instant::now(),
-                                status,
-                            });
+                            .push(outcome);
                     }
                 })
             })
@@ -384,12 +541,70 @@ impl Load {
         }
     }
 
-    fn stop(self) -> Vec<Outcome> {
+    /// Whether an event sent after `since` has been stored.
+    fn stored_event_since(&self, since: Instant) -> bool {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|o| o.path == "/events" && o.ok() && o.started > since)
+    }
+
+    fn stop(mut self) -> Vec<Outcome> {
+        self.join();
+        let mut outcomes =
+            std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        outcomes.sort_by_key(|o| o.started);
+        outcomes
+    }
+
+    fn join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// Request `n` of the load: every third an event, else a recommendation.
+fn one_request(port: u16, n: usize) -> Outcome {
+    let user = 1 + n % 600;
+    let (path, body) = if n.is_multiple_of(3) {
+        (
+            "/events",
+            format!(
+                r#"{{"user_id": {user}, "item_id": {}, "event_type": "click"}}"#,
+                1 + n % 1000
+            ),
+        )
+    } else {
+        (
+            "/recommend",
+            format!(r#"{{"user_id": {user}, "n_recommendations": 10}}"#),
+        )
+    };
+    let started = Instant::now();
+    let (status, detail, node) = match exchange(port, "POST", path, "", &body) {
+        Ok((status, response)) => {
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let detail = field(body, "code").unwrap_or_default().to_string();
+            (status, detail, node_header(&response).map(str::to_string))
+        }
+        Err(error) => (0, error, None),
+    };
+    Outcome {
+        path,
+        started,
+        finished: Instant::now(),
+        status,
+        detail,
+        node,
     }
 }
 

@@ -15,7 +15,7 @@ const PROJECT: &str = "recohost-container-test";
 
 pub fn container_test() -> Result<(), String> {
     docker::require_daemon()?;
-    docker::ensure_base_images()?;
+    docker::ensure_base_images(&[docker::RUST, docker::REDIS])?;
     let image = docker::build_image(IMAGE)?;
     let experiments = docker::scratch_experiments(PROJECT)?;
     let port = docker::free_port()?;

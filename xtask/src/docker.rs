@@ -15,12 +15,16 @@ use std::time::{Duration, Instant};
 use super::{root, run};
 
 const DEBIAN: &str = "debian:bookworm-slim";
+pub const RUST: &str = "rust:1.95-slim-bookworm";
+pub const REDIS: &str = "redis:7.0-bookworm";
+pub const POSTGRES: &str = "postgres:15-bookworm";
+pub const HAPROXY: &str = "haproxy:2.6-bookworm";
 /// Public tag -> the stand-in's Dockerfile, built on [`DEBIAN`].
 const STAND_INS: [(&str, &str); 4] = [
-    ("rust:1.95-slim-bookworm", "docker/rust-builder.Dockerfile"),
-    ("redis:7.0-bookworm", "docker/redis.Dockerfile"),
-    ("postgres:15-bookworm", "docker/postgres.Dockerfile"),
-    ("haproxy:2.6-bookworm", "docker/haproxy.Dockerfile"),
+    (RUST, "docker/rust-builder.Dockerfile"),
+    (REDIS, "docker/redis.Dockerfile"),
+    (POSTGRES, "docker/postgres.Dockerfile"),
+    (HAPROXY, "docker/haproxy.Dockerfile"),
 ];
 
 pub fn require_daemon() -> Result<(), String> {
@@ -33,7 +37,6 @@ pub fn require_daemon() -> Result<(), String> {
 
 /// The image as built from the repository's Dockerfile.
 pub struct Image {
-    pub tag: &'static str,
     pub build_secs: f64,
     pub size_mb: f64,
 }
@@ -50,7 +53,6 @@ pub fn build_image(tag: &'static str) -> Result<Image, String> {
         output(Command::new("docker").args(["image", "inspect", tag, "--format", "{{.Size}}"]))?;
     let size_mb = size.trim().parse::<f64>().map_err(|e| e.to_string())? / 1e6;
     Ok(Image {
-        tag,
         build_secs,
         size_mb,
     })
@@ -146,15 +148,18 @@ pub fn scratch_experiments(name: &str) -> Result<PathBuf, String> {
     Ok(experiments)
 }
 
-pub fn ensure_base_images() -> Result<(), String> {
+/// Makes stand-ins for those of `tags` that the daemon lacks, and Debian slim, their base.
+/// A stand-in made before is built again (from cache unless its Dockerfile changed); an
+/// image of that name that is not a stand-in (pulled from Docker Hub) is left alone.
+pub fn ensure_base_images(tags: &[&str]) -> Result<(), String> {
     if !image_exists(DEBIAN) {
         import_debian()?;
     }
     for (tag, dockerfile) in STAND_INS {
-        if !image_exists(tag) {
+        if tags.contains(&tag) && (!image_exists(tag) || is_stand_in(tag)) {
             run(Command::new("docker")
                 .current_dir(root().join("docker"))
-                .args(["build", "-t", tag, "-f"])
+                .args(["build", "--label", STAND_IN_LABEL, "-t", tag, "-f"])
                 .arg(root().join(dockerfile))
                 .arg("."))?;
         }
@@ -200,6 +205,20 @@ fn import_debian() -> Result<(), String> {
         "tar -C {} -c . | docker import --change 'CMD [\"bash\"]' - {DEBIAN}",
         rootfs.display()
     )))
+}
+
+/// Marks the images `ensure_base_images` made.
+const STAND_IN_LABEL: &str = "org.recohost.stand-in=true";
+
+fn is_stand_in(tag: &str) -> bool {
+    output(Command::new("docker").args([
+        "image",
+        "inspect",
+        tag,
+        "--format",
+        "{{index .Config.Labels \"org.recohost.stand-in\"}}",
+    ]))
+    .is_ok_and(|label| label.trim() == "true")
 }
 
 fn image_exists(tag: &str) -> bool {

@@ -123,9 +123,10 @@ pub struct PluginStatus {
 /// plugins cost. Instances busy with a request at the moment of asking are not counted.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PluginMemory {
-    /// Idle serving instances in the pool, and their bytes.
-    pub serving_instances: usize,
-    pub serving_bytes: u64,
+    /// Serving instances idle in the pool at the moment (the pool holds up to the
+    /// `serving_instances` limit), and their bytes.
+    pub pool_instances: usize,
+    pub pool_bytes: u64,
     /// The instance kept between updates (the learning node only; 0 elsewhere).
     pub learner_bytes: u64,
     /// Instances of a replaced model version kept for reuse by the next install.
@@ -351,23 +352,23 @@ impl PluginRuntime {
                 .map(|i| i.peak_memory_bytes() as u64)
                 .collect()
         };
-        let (serving, spare) = (sizes(&self.idle), sizes(&self.spare));
+        let (pool, spare) = (sizes(&self.idle), sizes(&self.spare));
         let learner_bytes = self.learner_bytes.load(Ordering::Relaxed);
-        let (serving_bytes, spare_bytes) = (serving.iter().sum::<u64>(), spare.iter().sum::<u64>());
+        let (pool_bytes, spare_bytes) = (pool.iter().sum::<u64>(), spare.iter().sum::<u64>());
         PluginMemory {
-            serving_instances: serving.len(),
-            serving_bytes,
+            pool_instances: pool.len(),
+            pool_bytes,
             learner_bytes,
             spare_instances: spare.len(),
             spare_bytes,
-            largest_instance_bytes: serving
+            largest_instance_bytes: pool
                 .iter()
                 .chain(&spare)
                 .copied()
                 .chain([learner_bytes])
                 .max()
                 .unwrap_or(0),
-            total_bytes: serving_bytes + spare_bytes + learner_bytes,
+            total_bytes: pool_bytes + spare_bytes + learner_bytes,
         }
     }
 
@@ -755,7 +756,7 @@ pub fn fingerprint(wasm: &[u8], config_json: &str, catalog_fingerprint: &str) ->
 mod tests {
     use super::*;
 
-    /// The misbehaving fixture, built by `cargo xtask plugins` next to the bundled plugins.
+    /// The misbehaving fixture, built by `cargo xtask test` next to the bundled plugins.
     fn misbehaving() -> PathBuf {
         let plugins = crate::plugins::bundled_plugin_path("popularity");
         let dist = plugins.parent().and_then(Path::parent).unwrap();
