@@ -11,6 +11,7 @@
 //! - [`results_cache`]: results computed at most every few seconds, shared by requests.
 
 pub mod assignment;
+pub mod bandit;
 pub mod definition;
 pub mod exposures;
 pub mod live;
