@@ -116,6 +116,28 @@ pub fn thompson_weights(counts: &[ArmCounts], settings: &WeightSettings, seed: u
     }
 }
 
+/// An arm's Beta posterior summarised for people: its mean success rate and central 95%
+/// credible interval (the dashboard's "mean and 95% interval" of each arm).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PosteriorSummary {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// The summary of `counts`' posterior, Beta(1 + successes, 1 + failures).
+pub fn posterior_summary(counts: ArmCounts) -> PosteriorSummary {
+    use statrs::distribution::{Beta as Exact, ContinuousCDF};
+    let alpha = 1.0 + counts.successes.min(counts.trials) as f64;
+    let beta = 1.0 + counts.trials.saturating_sub(counts.successes) as f64;
+    let posterior = Exact::new(alpha, beta).expect("Beta parameters of at least 1 are valid");
+    PosteriorSummary {
+        mean: alpha / (alpha + beta),
+        low: posterior.inverse_cdf(0.025),
+        high: posterior.inverse_cdf(0.975),
+    }
+}
+
 /// The indices of the largest and second largest values (ties go to the lower index, which
 /// continuous draws make a probability-zero event).
 fn top_two_indices(values: &[f64]) -> (usize, Option<usize>) {
@@ -292,6 +314,31 @@ mod tests {
         // A floor that leaves no room: equal.
         assert_eq!(floor_weights(&[0.2, 0.8], 0.5), vec![0.5, 0.5]);
         assert_eq!(floor_weights(&[0.0, 0.0], 0.01), vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn the_posterior_summary_has_the_beta_mean_and_a_95_percent_interval() {
+        // No data: the uniform prior, mean 1/2, interval [0.025, 0.975].
+        let prior = posterior_summary(ArmCounts::default());
+        assert!((prior.mean - 0.5).abs() < 1e-12);
+        assert!((prior.low - 0.025).abs() < 1e-6 && (prior.high - 0.975).abs() < 1e-6);
+        // 50 of 1,000: mean 51/1002; the interval is about ±1.96 standard deviations.
+        let summary = posterior_summary(ArmCounts {
+            trials: 1_000,
+            successes: 50,
+        });
+        assert!((summary.mean - 51.0 / 1002.0).abs() < 1e-12);
+        let (a, b) = (51.0f64, 951.0f64);
+        let sd = (a * b / ((a + b).powi(2) * (a + b + 1.0))).sqrt();
+        assert!(
+            (summary.low - (summary.mean - 1.96 * sd)).abs() < 0.004,
+            "{summary:?}"
+        );
+        assert!(
+            (summary.high - (summary.mean + 1.96 * sd)).abs() < 0.004,
+            "{summary:?}"
+        );
+        assert!(summary.low < summary.mean && summary.mean < summary.high);
     }
 
     #[test]
