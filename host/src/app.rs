@@ -40,6 +40,8 @@ pub struct App {
     pub learning: Arc<Learning>,
     pub events: EventWriter,
     pub experiments: Arc<Experiments>,
+    /// Recomputes the bandits' weights each period while this node learns.
+    pub bandits: crate::experiments::allocation::BanditRunner,
     /// Plugin reloads, one at a time, and the last outcome (`reload.rs`).
     pub(crate) plugin_reload: crate::reload::PluginReloads,
     /// Request counts and latency by route (`GET /metrics`).
@@ -236,6 +238,14 @@ impl App {
             std::time::Duration::from_secs(config.cluster.lease_secs),
         )
         .context("cannot start the cluster thread")?;
+        let bandits = crate::experiments::allocation::BanditRunner::start(
+            // A connection of its own: counting a bandit's trials reads all its exposures.
+            Store::connect(&database)?,
+            experiments.clone(),
+            node.learner.clone(),
+            node.id.clone(),
+        )
+        .context("cannot start the bandit thread")?;
 
         let recommender = Recommender {
             catalog: catalog.clone(),
@@ -263,6 +273,7 @@ impl App {
             learning,
             events,
             experiments,
+            bandits,
             plugin_reload: crate::reload::PluginReloads::new(published),
             http_metrics: Default::default(),
             overload,

@@ -370,10 +370,14 @@ fn follow_models(
 
 /// Puts the newest published experiment revision in force if it is newer than the one in
 /// force (every node polls each second, so an edit published through any node is in force
-/// everywhere within about a second), and takes in the sticky assignments other nodes made.
+/// everywhere within about a second), and takes in the sticky assignments other nodes made
+/// and the bandits' newest weights.
 pub fn follow_experiments(store: &Store, experiments: &Experiments) {
     if let Err(error) = experiments.follow_sticky(store) {
         tracing::warn!(%error, "cannot read the other nodes' sticky assignments");
+    }
+    if let Err(error) = experiments.follow_weights(store) {
+        tracing::warn!(%error, "cannot read the bandits' weights");
     }
     let applied = experiments.current().revision.unwrap_or(0);
     let newest = store.latest_experiment_revision();

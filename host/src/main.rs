@@ -668,9 +668,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
             learning.save_snapshots()
         })
         .await?;
-        // Then, in a cluster, hand the learning over at once instead of after the lease.
+        // Then, in a cluster, hand the learning over at once instead of after the lease
+        // (the bandits' updates stop first: they write only while this node learns).
         let (node, store) = (app.node.clone(), app.store.clone());
-        tokio::task::spawn_blocking(move || node.resign(&store)).await?;
+        let bandits = app.clone();
+        tokio::task::spawn_blocking(move || {
+            bandits.bandits.stop();
+            node.resign(&store)
+        })
+        .await?;
         let experiments = app.experiments.clone();
         tokio::task::spawn_blocking(move || experiments.flush()).await?;
         tracing::info!("models saved; bye");

@@ -63,6 +63,8 @@ pub struct ServedArm {
     pub group: String,
     /// The published experiment revision that placed the user (cluster mode).
     pub revision: Option<u64>,
+    /// A bandit's weights revision in force when the user was served.
+    pub weights_revision: Option<u64>,
 }
 
 /// Why the fallback plugin answered instead of the chosen one.
@@ -246,6 +248,9 @@ impl Recommender {
                 experiment_name: definition.name.clone(),
                 group: assignment.group().name.clone(),
                 revision: assignment.experiment.revision,
+                weights_revision: definition
+                    .bandit()
+                    .map(|_| assignment.experiment.weights_revision()),
             }
         });
         Ok(Recommendation {

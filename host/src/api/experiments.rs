@@ -34,6 +34,13 @@ pub struct ExperimentView {
     sticky: bool,
     bucket_version: u32,
     groups: Vec<GroupView>,
+    /// How traffic is split: `{"type": "fixed"}`, or a `thompson` bandit with its settings.
+    #[schema(value_type = Object)]
+    allocation: Value,
+    /// A bandit's weights in force, arm by arm (with their history on
+    /// `GET /experiments/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bandit: Option<super::bandits::BanditView>,
     /// The TOML file it came from.
     file: String,
     /// `GET /experiments/{id}` only: exposures logged so far.
@@ -52,7 +59,7 @@ pub struct NamespaceView {
 pub struct GroupView {
     name: String,
     plugin: String,
-    /// Normalized: an experiment's weights sum to 1.
+    /// The share of new users in force (a bandit's latest weights): they sum to 1.
     weight: f64,
     /// `[start, end)`: users whose hash falls here are in this group.
     hash_range: [f64; 2],
@@ -107,6 +114,9 @@ pub struct UserGroup {
     /// The group was kept from an earlier assignment (sticky experiments).
     #[serde(skip_serializing_if = "Option::is_none")]
     sticky: Option<bool>,
+    /// The bandit's weights revision that would place the user now (bandits only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weights_revision: Option<u64>,
     /// The user's hash in `[0, 1)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     hash: Option<f64>,
@@ -124,6 +134,7 @@ pub struct ReloadAnswer {
 
 fn definition(experiment: &LiveExperiment) -> ExperimentView {
     let d = &experiment.definition;
+    let weights = experiment.weights_in_force();
     ExperimentView {
         id: d.id.clone(),
         name: d.name.clone(),
@@ -143,13 +154,16 @@ fn definition(experiment: &LiveExperiment) -> ExperimentView {
             .groups
             .iter()
             .zip(&experiment.ranges)
-            .map(|(g, (start, end))| GroupView {
+            .zip(weights)
+            .map(|((g, (start, end)), weight)| GroupView {
                 name: g.name.clone(),
                 plugin: g.plugin.clone(),
-                weight: g.weight,
+                weight,
                 hash_range: [*start, *end],
             })
             .collect(),
+        allocation: serde_json::to_value(&d.allocation).unwrap_or(Value::Null),
+        bandit: super::bandits::view(experiment, None),
         file: d.path.display().to_string(),
         counts: None,
     }
@@ -187,10 +201,17 @@ pub async fn show(
     let experiment = state.experiments.get(&id)?;
     let service = state.experiments.clone();
     let live = experiment.clone();
-    let results = tokio::task::spawn_blocking(move || service.results(&live))
-        .await
-        .map_err(ApiError::internal)??;
+    let (results, history) = tokio::task::spawn_blocking(move || {
+        let history = match live.definition.bandit() {
+            Some(_) => Some(service.weights_history(&live.definition.id)?),
+            None => None,
+        };
+        Ok::<_, crate::experiments::ExperimentError>((service.results(&live)?, history))
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let mut view = definition(&experiment);
+    view.bandit = super::bandits::view(&experiment, history);
     view.counts = Some(ExposureCounts {
         exposures: results.groups.iter().map(|g| g.exposures).sum(),
         groups: results
@@ -265,6 +286,7 @@ pub async fn user_group(
             model: None,
             reason: Some("no_running_experiment_includes_the_user"),
             sticky: None,
+            weights_revision: None,
             hash: None,
         }));
     };
@@ -282,6 +304,9 @@ pub async fn user_group(
             decision.placement,
             crate::experiments::Placement::Kept(_)
         )),
+        weights_revision: definition
+            .bandit()
+            .map(|_| decision.experiment.weights_revision()),
         hash: Some(decision.hash),
     }))
 }

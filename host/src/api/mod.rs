@@ -15,6 +15,7 @@
 //! | `GET /experiments`    | [`experiments::list`]    |
 //! | `GET /experiments/{id}` | [`experiments::show`]  |
 //! | `GET /experiments/{id}/results` | [`experiments::results`] |
+//! | `POST /experiments/{id}/freeze`, `/resume`, `/reset`, `/promote` | [`bandits`] (operator) |
 //! | `GET /users/{id}/experiment-group` | [`experiments::user_group`] |
 //! | `POST /admin/reload`  | [`experiments::reload`] (operator) |
 //! | `POST /admin/experiments` | [`experiments::publish`] (operator, cluster) |
@@ -27,6 +28,7 @@
 //! | `GET /openapi.json`   | [`openapi::openapi`]     |
 
 mod auth;
+mod bandits;
 mod catalog;
 pub mod error;
 pub mod events;
@@ -119,6 +121,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/experiments", get(experiments::list))
         .route("/experiments/{id}", get(experiments::show))
         .route("/experiments/{id}/results", get(experiments::results))
+        .route("/experiments/{id}/freeze", post(bandits::freeze))
+        .route("/experiments/{id}/resume", post(bandits::resume))
+        .route("/experiments/{id}/reset", post(bandits::reset))
+        .route("/experiments/{id}/promote", post(bandits::promote))
         .route("/users/{id}/experiment-group", get(experiments::user_group))
         .route("/admin/reload", post(experiments::reload))
         .route("/admin/experiments", post(experiments::publish))

@@ -15,7 +15,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    catalog, events, experiments, learning, metrics, overview, plugins, recommend, system,
+    bandits, catalog, events, experiments, learning, metrics, overview, plugins, recommend, system,
 };
 
 #[derive(OpenApi)]
@@ -44,6 +44,10 @@ request may get 413 (body over 2 MiB), 415 (body not sent as JSON) or 503 with `
         experiments::user_group,
         experiments::reload,
         experiments::publish,
+        bandits::freeze,
+        bandits::resume,
+        bandits::reset,
+        bandits::promote,
         plugins::publish,
         system::health,
         system::live,

@@ -86,6 +86,7 @@ pub async fn recommend(
         name: &arm.experiment_name,
         group: &arm.group,
         revision: arm.revision,
+        weights_revision: arm.weights_revision,
     });
     let recommendations = recommendation
         .items
@@ -150,4 +151,7 @@ pub struct ArmBody<'a> {
     /// The published experiment revision that placed the user (cluster mode only).
     #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<u64>,
+    /// A bandit's weights revision in force when the user was served (bandits only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weights_revision: Option<u64>,
 }

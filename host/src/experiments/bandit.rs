@@ -16,6 +16,23 @@
 //! recohost counts, and stays proper for an arm with no success yet, where the Gaussian's
 //! variance is 0 and falls back to its very wide prior (such an arm then wins often).
 //!
+//! **Equal arms.** Pure Thompson sampling chases noise when the arms are equally good: the
+//! probability that arm A is best, `Φ(z)` for the z-score of the observed difference, is
+//! then uniform on (0, 1) at every look, so an arm is above 0.7 at a given look with
+//! probability 0.6 however many users there are (the simulation in docs/experiments.md
+//! shows it in every one of 20 runs). recohost therefore also weighs the hypothesis that all
+//! arms share one rate (Bayesian model comparison with a point null): with prior probability
+//! `null_prior` they are equal, else independent, each rate Beta(1, 1) a priori. The
+//! posterior probability of "equal" is
+//!
+//! `q = π₀·m₀ / (π₀·m₀ + (1 − π₀)·m₁)`, `m₀ = B(1 + S, 1 + F)`, `m₁ = Π B(1 + sᵢ, 1 + fᵢ)`
+//!
+//! (S, F the successes and failures of all arms together; the binomial coefficients cancel),
+//! and the preference is `q / n + (1 − q) · P(best | arms differ)`. Under equal arms `q`
+//! grows with the data (the Bayes factor favours the simpler model by about √n) and the
+//! weights stay near equal; under a real difference `q` falls exponentially and the weights
+//! are Thompson's. `null_prior = 0` is GrowthBook's pure Thompson sampling.
+//!
 //! Pure and deterministic: the same counts, settings and seed give the same weights on every
 //! node, so a stored weights revision can be recomputed from its counts.
 
@@ -44,6 +61,8 @@ pub struct WeightSettings {
     pub min_weight: f64,
     /// Weight from P(best or second best) instead of P(best).
     pub top_two: bool,
+    /// Prior probability that all arms have the same rate (0: pure Thompson sampling).
+    pub null_prior: f64,
 }
 
 /// The outcome of one weights computation.
@@ -51,9 +70,11 @@ pub struct WeightSettings {
 pub struct ArmWeights {
     /// Sums to 1, each at least `min_weight` (unless `min_weight · arms ≥ 1`: then equal).
     pub weights: Vec<f64>,
-    /// Each arm's estimated probability of being the best, before the floor (all equal during
-    /// burn-in): what the dashboard shows as "leads with probability".
+    /// Each arm's estimated probability of being the best if the arms differ, before the
+    /// floor (all equal during burn-in): what the dashboard shows as "leads with probability".
     pub best_probability: Vec<f64>,
+    /// Posterior probability that all arms have the same rate (`null_prior` during burn-in).
+    pub equal_probability: f64,
     /// Whether every arm had its burn-in of users, so that the weights follow the evidence.
     pub burned_in: bool,
 }
@@ -65,6 +86,7 @@ pub fn thompson_weights(counts: &[ArmCounts], settings: &WeightSettings, seed: u
         return ArmWeights {
             weights: Vec::new(),
             best_probability: Vec::new(),
+            equal_probability: settings.null_prior,
             burned_in: false,
         };
     }
@@ -73,6 +95,7 @@ pub fn thompson_weights(counts: &[ArmCounts], settings: &WeightSettings, seed: u
         return ArmWeights {
             weights: equal.clone(),
             best_probability: equal,
+            equal_probability: settings.null_prior,
             burned_in: false,
         };
     }
@@ -100,7 +123,7 @@ pub fn thompson_weights(counts: &[ArmCounts], settings: &WeightSettings, seed: u
         }
     }
     let best_probability: Vec<f64> = first.iter().map(|&n| n as f64 / DRAWS as f64).collect();
-    let preference: Vec<f64> = if settings.top_two && arms > 1 {
+    let differ: Vec<f64> = if settings.top_two && arms > 1 {
         first
             .iter()
             .zip(&second)
@@ -109,11 +132,47 @@ pub fn thompson_weights(counts: &[ArmCounts], settings: &WeightSettings, seed: u
     } else {
         best_probability.clone()
     };
+    let equal_probability = equal_rates_probability(counts, settings.null_prior);
+    let preference: Vec<f64> = differ
+        .iter()
+        .map(|p| equal_probability / arms as f64 + (1.0 - equal_probability) * p)
+        .collect();
     ArmWeights {
         weights: floor_weights(&preference, settings.min_weight),
         best_probability,
+        equal_probability,
         burned_in: true,
     }
+}
+
+/// Posterior probability that all arms share one success rate, against each arm having its
+/// own, with prior probability `null_prior` for the former and a Beta(1, 1) prior on every
+/// rate (see the module doc). Computed in logarithms: the marginal likelihoods underflow.
+pub fn equal_rates_probability(counts: &[ArmCounts], null_prior: f64) -> f64 {
+    use statrs::function::beta::ln_beta;
+    if counts.len() < 2 || null_prior <= 0.0 {
+        return 0.0;
+    }
+    if null_prior >= 1.0 {
+        return 1.0;
+    }
+    let split = |c: &ArmCounts| {
+        let successes = c.successes.min(c.trials) as f64;
+        (successes, c.trials as f64 - successes)
+    };
+    let (all_successes, all_failures) = counts
+        .iter()
+        .map(split)
+        .fold((0.0, 0.0), |(s, f), (a, b)| (s + a, f + b));
+    let log_equal = ln_beta(1.0 + all_successes, 1.0 + all_failures);
+    let log_differ: f64 = counts
+        .iter()
+        .map(split)
+        .map(|(s, f)| ln_beta(1.0 + s, 1.0 + f))
+        .sum();
+    // q = 1 / (1 + (1 - π)/π · m1/m0)
+    let log_odds_against = ((1.0 - null_prior) / null_prior).ln() + log_differ - log_equal;
+    1.0 / (1.0 + log_odds_against.exp())
 }
 
 /// An arm's Beta posterior summarised for people: its mean success rate and central 95%
@@ -179,6 +238,7 @@ mod tests {
         burn_in_users: 100,
         min_weight: 0.01,
         top_two: false,
+        null_prior: 0.0,
     };
 
     fn counts(pairs: &[(u64, u64)]) -> Vec<ArmCounts> {
@@ -339,6 +399,46 @@ mod tests {
             "{summary:?}"
         );
         assert!(summary.low < summary.mean && summary.mean < summary.high);
+    }
+
+    #[test]
+    fn the_probability_of_equal_rates_is_the_bayes_factor_posterior() {
+        // One success in one trial against one failure: m0 = B(2, 2) = 1/6, m1 = B(2, 1) ·
+        // B(1, 2) = 1/4; with even prior odds q = (1/6) / (1/6 + 1/4) = 0.4.
+        let tiny = counts(&[(1, 1), (1, 0)]);
+        assert!((equal_rates_probability(&tiny, 0.5) - 0.4).abs() < 1e-12);
+        assert_eq!(equal_rates_probability(&tiny, 0.0), 0.0);
+        // Equal evidence over many users: "equal" is likely, and more so with more users.
+        let some = equal_rates_probability(&counts(&[(1_000, 50), (1_000, 50)]), 0.5);
+        let more = equal_rates_probability(&counts(&[(10_000, 500), (10_000, 500)]), 0.5);
+        assert!(some > 0.8 && more > some, "{some} {more}");
+        // 4% against 6% over 5,000 users each (z = 4.6): "equal" is all but ruled out, even
+        // at prior odds of 4 to 1 for it.
+        let differ = equal_rates_probability(&counts(&[(5_000, 200), (5_000, 300)]), 0.8);
+        assert!(differ < 0.02, "{differ}");
+    }
+
+    #[test]
+    fn with_a_null_prior_equal_arms_keep_near_equal_weights_and_different_ones_do_not() {
+        let settings = WeightSettings {
+            null_prior: 0.8,
+            ..SETTINGS
+        };
+        // A chance lead (z = 1.6) that pure Thompson sampling follows to about 0.95.
+        let chance = counts(&[(3_000, 150), (3_000, 175)]);
+        let pure = thompson_weights(&chance, &SETTINGS, 9);
+        let tempered = thompson_weights(&chance, &settings, 9);
+        assert!(pure.weights[1] > 0.9, "{pure:?}");
+        assert!(tempered.weights[1] < 0.7, "{tempered:?}");
+        assert_valid(&tempered, 0.01);
+        // A real difference moves the weights as much as pure Thompson sampling does.
+        let real = counts(&[(5_000, 200), (5_000, 300)]);
+        let tempered = thompson_weights(&real, &settings, 9);
+        assert!(tempered.weights[1] > 0.98, "{tempered:?}");
+        assert_eq!(
+            tempered.best_probability,
+            thompson_weights(&real, &SETTINGS, 9).best_probability
+        );
     }
 
     #[test]

@@ -17,7 +17,23 @@
 //! name = "control"
 //! plugin = "collaborative"
 //! weight = 0.5                       # fractions summing to 1, or relative integers
+//!
+//! [allocation]                       # optional: a bandit sets the weights itself
+//! type = "thompson"                  # "fixed" (the groups' weights) is the default
+//! metric = "click"                   # or "positive_rating" (rate >= rating_threshold),
+//!                                    # "any_interaction"
+//! rating_threshold = 4.0             # positive_rating only
+//! period_secs = 3600                 # how often the weights are recomputed
+//! burn_in_users = 100                # per arm, before the weights move from equal
+//! min_weight = 0.01                  # no arm ever gets less
+//! top_two = false                    # weight from P(best or second best)
+//! attribution_secs = 86400           # a metric event within this after an exposure counts
+//! null_prior = 0.8                   # prior probability that the arms are equal (0: pure
+//!                                    # Thompson sampling, as GrowthBook)
 //! ```
+//!
+//! A bandit needs `sticky = true` (users keep their arm when the weights move) and no
+//! `weight` on its groups (it starts them equal).
 //!
 //! Every problem is reported with the file, the field and the reason; nothing half-valid is
 //! ever used.
@@ -44,6 +60,54 @@ pub struct Namespace {
     pub end: f64,
 }
 
+/// How traffic is split between the groups.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Allocation {
+    /// By the groups' weights, as written.
+    Fixed,
+    /// By weights a bandit recomputes each period from the evidence ([`super::bandit`]).
+    Thompson(BanditSettings),
+}
+
+/// What counts as a success of a bandit's trial.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Metric {
+    /// A `click` event.
+    Click,
+    /// A `rate` event with a value of at least `threshold`.
+    PositiveRating { threshold: f32 },
+    /// Any event (rate, click, view, purchase).
+    AnyInteraction,
+}
+
+/// A Thompson-sampling bandit's settings (see the module doc for their meaning).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BanditSettings {
+    pub metric: Metric,
+    pub period_secs: u64,
+    pub burn_in_users: u64,
+    pub min_weight: f64,
+    pub top_two: bool,
+    pub attribution_secs: u64,
+    pub null_prior: f64,
+}
+
+impl Default for BanditSettings {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Click,
+            period_secs: 3600,
+            burn_in_users: 100,
+            min_weight: 0.01,
+            top_two: false,
+            attribution_secs: 86_400,
+            null_prior: 0.8,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Group {
     pub name: String,
@@ -68,6 +132,7 @@ pub struct Experiment {
     pub sticky: bool,
     pub bucket_version: u32,
     pub groups: Vec<Group>,
+    pub allocation: Allocation,
     /// The file it came from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -77,6 +142,19 @@ impl Experiment {
     /// The index of the group called `name`.
     pub fn group_index(&self, name: &str) -> Option<usize> {
         self.groups.iter().position(|g| g.name == name)
+    }
+
+    /// The bandit's settings, if the weights are a bandit's.
+    pub fn bandit(&self) -> Option<&BanditSettings> {
+        match &self.allocation {
+            Allocation::Thompson(settings) => Some(settings),
+            Allocation::Fixed => None,
+        }
+    }
+
+    /// The groups' names, in order.
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.name.clone()).collect()
     }
 }
 
@@ -106,6 +184,22 @@ struct Raw {
     sticky: bool,
     bucket_version: Option<u32>,
     groups: Vec<RawGroup>,
+    allocation: Option<RawAllocation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllocation {
+    #[serde(rename = "type")]
+    kind: String,
+    metric: Option<String>,
+    rating_threshold: Option<f32>,
+    period_secs: Option<u64>,
+    burn_in_users: Option<u64>,
+    min_weight: Option<f64>,
+    top_two: Option<bool>,
+    attribution_secs: Option<u64>,
+    null_prior: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -120,7 +214,8 @@ struct RawNamespace {
 struct RawGroup {
     name: String,
     plugin: String,
-    weight: f64,
+    /// Required unless a bandit sets the weights.
+    weight: Option<f64>,
 }
 
 fn valid_id(text: &str) -> bool {
@@ -183,6 +278,19 @@ impl Experiment {
                 })
             }
         };
+        let allocation = match raw.allocation {
+            None => Allocation::Fixed,
+            Some(raw_allocation) => {
+                parse_allocation(raw_allocation, raw.groups.len()).map_err(|(f, r)| fail(f, r))?
+            }
+        };
+        let bandit = matches!(allocation, Allocation::Thompson(_));
+        if bandit && !raw.sticky {
+            return Err(fail(
+                "sticky",
+                "a bandit needs sticky = true: users keep their arm when the weights move".into(),
+            ));
+        }
         if raw.groups.is_empty() {
             return Err(fail(
                 "groups",
@@ -208,11 +316,26 @@ impl Experiment {
                     ),
                 ));
             }
-            if !(group.weight.is_finite() && group.weight > 0.0) {
-                return Err(fail(
-                    &format!("{field}.weight"),
-                    format!("must be positive, got {}", group.weight),
-                ));
+            match (group.weight, bandit) {
+                (Some(_), true) => {
+                    return Err(fail(
+                        &format!("{field}.weight"),
+                        "a bandit sets the weights itself (starting equal); leave it out".into(),
+                    ));
+                }
+                (None, false) => {
+                    return Err(fail(
+                        &format!("{field}.weight"),
+                        "required (or set [allocation] type = \"thompson\")".into(),
+                    ));
+                }
+                (Some(weight), false) if !(weight.is_finite() && weight > 0.0) => {
+                    return Err(fail(
+                        &format!("{field}.weight"),
+                        format!("must be positive, got {weight}"),
+                    ));
+                }
+                _ => {}
             }
         }
         let bucket_version = raw.bucket_version.unwrap_or(1);
@@ -225,7 +348,7 @@ impl Experiment {
                 "only sticky experiments have a bucket version; set sticky = true".into(),
             ));
         }
-        let weights: Vec<f64> = raw.groups.iter().map(|g| g.weight).collect();
+        let weights: Vec<f64> = raw.groups.iter().map(|g| g.weight.unwrap_or(1.0)).collect();
         let total: f64 = weights.iter().sum();
         let integers = weights.iter().all(|w| w.fract() == 0.0);
         let fractions = (total - 1.0).abs() <= 1e-6;
@@ -241,7 +364,7 @@ impl Experiment {
             .groups
             .into_iter()
             .map(|g| Group {
-                weight: g.weight / total,
+                weight: g.weight.unwrap_or(1.0) / total,
                 name: g.name,
                 plugin: g.plugin,
             })
@@ -258,9 +381,103 @@ impl Experiment {
             sticky: raw.sticky,
             bucket_version,
             groups,
+            allocation,
             path: path.to_path_buf(),
         })
     }
+}
+
+/// The `[allocation]` table for an experiment of `arms` groups; errors as (field, reason).
+fn parse_allocation(raw: RawAllocation, arms: usize) -> Result<Allocation, (&'static str, String)> {
+    let defaults = BanditSettings::default();
+    match raw.kind.as_str() {
+        "fixed" => {
+            let extra = raw.metric.is_some()
+                || raw.rating_threshold.is_some()
+                || raw.period_secs.is_some()
+                || raw.burn_in_users.is_some()
+                || raw.min_weight.is_some()
+                || raw.top_two.is_some()
+                || raw.attribution_secs.is_some()
+                || raw.null_prior.is_some();
+            if extra {
+                return Err((
+                    "allocation",
+                    "a fixed allocation takes no bandit settings; use type = \"thompson\"".into(),
+                ));
+            }
+            return Ok(Allocation::Fixed);
+        }
+        "thompson" => {}
+        other => {
+            return Err((
+                "allocation.type",
+                format!("unknown allocation {other:?}; use \"fixed\" or \"thompson\""),
+            ));
+        }
+    }
+    let metric = match raw.metric.as_deref().unwrap_or("click") {
+        "click" => Metric::Click,
+        "any_interaction" => Metric::AnyInteraction,
+        "positive_rating" => {
+            let threshold = raw.rating_threshold.unwrap_or(4.0);
+            if !threshold.is_finite() {
+                return Err(("allocation.rating_threshold", "must be a number".into()));
+            }
+            Metric::PositiveRating { threshold }
+        }
+        other => {
+            return Err((
+                "allocation.metric",
+                format!(
+                    "unknown metric {other:?}; use \"click\", \"positive_rating\" or \"any_interaction\""
+                ),
+            ));
+        }
+    };
+    if raw.rating_threshold.is_some() && !matches!(metric, Metric::PositiveRating { .. }) {
+        return Err((
+            "allocation.rating_threshold",
+            "only the positive_rating metric has a threshold".into(),
+        ));
+    }
+    let period_secs = raw.period_secs.unwrap_or(defaults.period_secs);
+    if period_secs == 0 {
+        return Err(("allocation.period_secs", "must be at least 1".into()));
+    }
+    let attribution_secs = raw.attribution_secs.unwrap_or(defaults.attribution_secs);
+    if attribution_secs == 0 {
+        return Err(("allocation.attribution_secs", "must be at least 1".into()));
+    }
+    let min_weight = raw.min_weight.unwrap_or(defaults.min_weight);
+    if !(min_weight.is_finite() && min_weight >= 0.0 && min_weight * (arms as f64) < 1.0) {
+        return Err((
+            "allocation.min_weight",
+            format!(
+                "must be at least 0 and below 1 / groups ({arms} groups: below {}), got {min_weight}",
+                1.0 / arms.max(1) as f64
+            ),
+        ));
+    }
+    let null_prior = raw.null_prior.unwrap_or(defaults.null_prior);
+    if !(0.0..1.0).contains(&null_prior) {
+        return Err((
+            "allocation.null_prior",
+            format!("must be at least 0 and below 1, got {null_prior}"),
+        ));
+    }
+    if arms < 2 {
+        return Err(("groups", "a bandit needs at least two groups".into()));
+    }
+    Ok(Allocation::Thompson(BanditSettings {
+        metric,
+        period_secs,
+        burn_in_users: raw.burn_in_users.unwrap_or(defaults.burn_in_users),
+        min_weight,
+        top_two: raw.top_two.unwrap_or(defaults.top_two),
+        attribution_secs,
+        null_prior,
+    }))
 }
 
 /// Every `*.toml` file of `dir`, validated, in file-name order. Ids must be unique.
@@ -430,6 +647,93 @@ pub(crate) mod tests {
             let error = parse(&text).unwrap_err();
             assert_eq!(error.field, field, "{error}");
             assert!(error.to_string().starts_with("x.toml: "), "{error}");
+        }
+    }
+
+    /// A two-arm Thompson bandit, for tests here and in `live.rs`.
+    pub(crate) const BANDIT: &str = r#"
+        id = "bandit"
+        name = "Which model earns more clicks"
+        status = "running"
+        sticky = true
+        [allocation]
+        type = "thompson"
+        period_secs = 60
+        [[groups]]
+        name = "control"
+        plugin = "collaborative"
+        [[groups]]
+        name = "treatment"
+        plugin = "hybrid"
+    "#;
+
+    #[test]
+    fn a_bandit_starts_equal_with_the_documented_defaults() {
+        let experiment = parse(BANDIT).unwrap();
+        let settings = experiment.bandit().unwrap();
+        assert_eq!(
+            *settings,
+            BanditSettings {
+                period_secs: 60,
+                ..BanditSettings::default()
+            }
+        );
+        assert_eq!(
+            experiment
+                .groups
+                .iter()
+                .map(|g| g.weight)
+                .collect::<Vec<_>>(),
+            vec![0.5, 0.5]
+        );
+        let rating = parse(&BANDIT.replace(
+            "period_secs = 60",
+            "metric = \"positive_rating\"\nrating_threshold = 4.5",
+        ))
+        .unwrap();
+        assert_eq!(
+            rating.bandit().unwrap().metric,
+            Metric::PositiveRating { threshold: 4.5 }
+        );
+        assert_eq!(parse(VALID).unwrap().allocation, Allocation::Fixed);
+    }
+
+    #[test]
+    fn bandit_errors_name_the_field() {
+        let with = |line: &str| BANDIT.replace("period_secs = 60", line);
+        let cases = [
+            (BANDIT.replace("sticky = true", ""), "sticky"),
+            (with("metric = \"revenue\""), "allocation.metric"),
+            (with("period_secs = 0"), "allocation.period_secs"),
+            (with("attribution_secs = 0"), "allocation.attribution_secs"),
+            (with("min_weight = 0.5"), "allocation.min_weight"),
+            (with("min_weight = -0.1"), "allocation.min_weight"),
+            (with("null_prior = 1.0"), "allocation.null_prior"),
+            (
+                with("rating_threshold = 4.0"),
+                "allocation.rating_threshold",
+            ),
+            (with("type = \"epsilon\""), "(file)"),
+            (
+                BANDIT.replace("type = \"thompson\"", "type = \"greedy\""),
+                "allocation.type",
+            ),
+            (
+                BANDIT.replace("plugin = \"hybrid\"", "plugin = \"hybrid\"\nweight = 0.5"),
+                "groups[1].weight",
+            ),
+            (
+                VALID.replace("weight = 0.5\n        [[groups]]", "[[groups]]"),
+                "groups[0].weight",
+            ),
+            (
+                format!("{VALID}\n[allocation]\ntype = \"fixed\"\nperiod_secs = 5\n"),
+                "allocation",
+            ),
+        ];
+        for (text, field) in cases {
+            let error = parse(&text).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
         }
     }
 

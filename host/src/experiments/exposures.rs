@@ -46,6 +46,7 @@ impl PendingExposure {
             model_version: self.model_version,
             after_event: self.after_event,
             at_ms: self.at_ms,
+            weights_revision: self.experiment.weights_revision(),
         }
     }
 }

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use thiserror::Error;
 
+use super::allocation::WeightsRevision;
 use super::assignment::{bucket_ranges, choose_variation, hash, in_namespace};
 use super::definition::{DefinitionError, Experiment, Group, Status, load_dir, load_files};
 use super::exposures::{ExposureLog, ExposureLogCounts, PendingExposure};
@@ -37,16 +38,48 @@ pub struct LiveExperiment {
     pub ranges: Vec<(f64, f64)>,
     /// The published revision it came with (cluster mode); `None` from a directory.
     pub revision: Option<u64>,
+    /// A bandit's weights revision in force (`None`: the definition's weights, which for a
+    /// bandit are equal until its first revision is stored).
+    pub weights: Option<Arc<WeightsRevision>>,
 }
 
 impl LiveExperiment {
-    fn new(definition: Experiment, revision: Option<u64>) -> Self {
-        let weights: Vec<f64> = definition.groups.iter().map(|g| g.weight).collect();
-        let ranges = bucket_ranges(weights.len() as i64, definition.coverage, Some(&weights));
+    fn new(
+        definition: Experiment,
+        revision: Option<u64>,
+        weights: Option<Arc<WeightsRevision>>,
+    ) -> Self {
+        // Only a revision for these very groups counts (the learner starts a new one when
+        // the groups change).
+        let weights = weights.filter(|w| definition.bandit().is_some() && w.fits(&definition));
+        let shares: Vec<f64> = match &weights {
+            Some(revision) => revision.weights.clone(),
+            None => definition.groups.iter().map(|g| g.weight).collect(),
+        };
+        let ranges = bucket_ranges(shares.len() as i64, definition.coverage, Some(&shares));
         Self {
             definition,
             ranges,
             revision,
+            weights,
+        }
+    }
+
+    /// The weights revision exposures are served under now (0: none).
+    pub fn weights_revision(&self) -> u64 {
+        self.weights.as_ref().map_or(0, |w| w.revision)
+    }
+
+    /// The group every user gets once a bandit's arm was promoted.
+    pub fn promoted(&self) -> Option<usize> {
+        self.weights.as_ref().and_then(|w| w.promoted())
+    }
+
+    /// Each group's share of new users now (the weights revision's, else the definition's).
+    pub fn weights_in_force(&self) -> Vec<f64> {
+        match &self.weights {
+            Some(revision) => revision.weights.clone(),
+            None => self.definition.groups.iter().map(|g| g.weight).collect(),
         }
     }
 }
@@ -59,6 +92,8 @@ pub enum Placement {
     Hashed(usize),
     /// In the group with this index, kept from an earlier assignment (sticky experiments).
     Kept(usize),
+    /// In the group with this index, promoted by an operator to serve everyone (bandits).
+    Promoted(usize),
     NotRunning,
     OutsideNamespace,
     OutsideCoverage,
@@ -67,7 +102,7 @@ pub enum Placement {
 impl Placement {
     pub fn group(self) -> Option<usize> {
         match self {
-            Self::Hashed(group) | Self::Kept(group) => Some(group),
+            Self::Hashed(group) | Self::Kept(group) | Self::Promoted(group) => Some(group),
             _ => None,
         }
     }
@@ -75,7 +110,7 @@ impl Placement {
     /// Why the user is not in the experiment (`None` when they are).
     pub fn reason(self) -> Option<&'static str> {
         match self {
-            Self::Hashed(_) | Self::Kept(_) => None,
+            Self::Hashed(_) | Self::Kept(_) | Self::Promoted(_) => None,
             Self::NotRunning => Some("not_running"),
             Self::OutsideNamespace => Some("outside_namespace"),
             Self::OutsideCoverage => Some("outside_coverage"),
@@ -130,11 +165,17 @@ pub struct ExperimentSet {
     pub revision: Option<u64>,
 }
 
+/// The newest weights revision of each bandit: experiment id -> revision.
+type WeightsMap = HashMap<String, Arc<WeightsRevision>>;
+
 impl ExperimentSet {
-    fn new(definitions: Vec<Experiment>, revision: Option<u64>) -> Self {
+    fn new(definitions: Vec<Experiment>, revision: Option<u64>, weights: &WeightsMap) -> Self {
         let mut experiments: Vec<Arc<LiveExperiment>> = definitions
             .into_iter()
-            .map(|d| Arc::new(LiveExperiment::new(d, revision)))
+            .map(|d| {
+                let w = weights.get(&d.id).cloned();
+                Arc::new(LiveExperiment::new(d, revision, w))
+            })
             .collect();
         experiments.sort_by(|a, b| {
             (b.definition.priority, &a.definition.id)
@@ -199,6 +240,8 @@ pub struct Experiments {
     current: ArcSwap<ExperimentSet>,
     status: Mutex<ReloadStatus>,
     sticky: RwLock<StickyMap>,
+    /// The newest weights revision of each bandit, as read from the database.
+    weights: RwLock<WeightsMap>,
     /// The newest published revision seen in the database (cluster mode).
     newest_published: std::sync::atomic::AtomicU64,
     /// When the newest sticky assignment taken in from the store was stored (its clock).
@@ -235,7 +278,8 @@ impl Experiments {
                 },
             );
         }
-        let set = ExperimentSet::new(definitions, None);
+        let weights = read_weights(&store)?;
+        let set = ExperimentSet::new(definitions, None, &weights);
         let status = ReloadStatus {
             reloads: 1,
             loaded_at_ms: set.loaded_at_ms,
@@ -247,6 +291,7 @@ impl Experiments {
             current: ArcSwap::from_pointee(set),
             status: Mutex::new(status),
             sticky: RwLock::new(sticky),
+            weights: RwLock::new(weights),
             sticky_seen_ms: sticky_seen_ms.into(),
             newest_published: 0.into(),
             log: ExposureLog::start(database)?,
@@ -290,7 +335,7 @@ impl Experiments {
         }
         match load_dir(dir, &(self.plugins)()) {
             Ok(definitions) => {
-                let set = Arc::new(ExperimentSet::new(definitions, None));
+                let set = Arc::new(ExperimentSet::new(definitions, None, &self.weights_map()));
                 self.current.store(set.clone());
                 status.reloads += 1;
                 status.loaded_at_ms = set.loaded_at_ms;
@@ -383,7 +428,11 @@ impl Experiments {
         }
         match load_files(&as_paths(files), &(self.plugins)()) {
             Ok(definitions) => {
-                let set = Arc::new(ExperimentSet::new(definitions, Some(revision)));
+                let set = Arc::new(ExperimentSet::new(
+                    definitions,
+                    Some(revision),
+                    &self.weights_map(),
+                ));
                 self.current.store(set.clone());
                 status.reloads += 1;
                 status.loaded_at_ms = set.loaded_at_ms;
@@ -418,14 +467,25 @@ impl Experiments {
         if definition.status != Status::Running {
             return decision(Placement::NotRunning);
         }
+        let outside_namespace = |ns: &super::definition::Namespace| {
+            !in_namespace(user_id, (&ns.name, ns.start, ns.end))
+        };
+        if let Some(group) = experiment.promoted() {
+            // The bandit is over: everyone in the experiment gets the promoted arm.
+            if definition.namespace.as_ref().is_some_and(outside_namespace) {
+                return decision(Placement::OutsideNamespace);
+            }
+            return match choose_variation(hash, &bucket_ranges(1, definition.coverage, None)) {
+                Some(_) => decision(Placement::Promoted(group)),
+                None => decision(Placement::OutsideCoverage),
+            };
+        }
         if definition.sticky
             && let Some(group) = self.kept_group(definition, user_id)
         {
             return decision(Placement::Kept(group));
         }
-        if let Some(ns) = &definition.namespace
-            && !in_namespace(user_id, (&ns.name, ns.start, ns.end))
-        {
+        if definition.namespace.as_ref().is_some_and(outside_namespace) {
             return decision(Placement::OutsideNamespace);
         }
         match choose_variation(hash, &experiment.ranges) {
@@ -484,8 +544,9 @@ impl Experiments {
         let definition = &assignment.experiment.definition;
         let group = assignment.group();
         let now = unix_now_ms();
-        let sticky = definition
-            .sticky
+        // A promoted arm is not kept: should the bandit be reset, users go back to theirs.
+        let keep = definition.sticky && assignment.experiment.promoted().is_none();
+        let sticky = keep
             .then(|| self.keep_group(definition, user_id, &group.name, now))
             .flatten();
         self.log.record(
@@ -509,11 +570,21 @@ impl Experiments {
         self.results.get(definition, || {
             self.log.flush();
             let exposures = self.results_store.exposures_of(&definition.id)?;
-            let mut tally = Tally::new(definition, exposures);
+            // The sample ratio is tested against the weights each user was placed with.
+            let weights_by_revision = if definition.bandit().is_some() {
+                self.weights_history(&definition.id)?
+                    .into_iter()
+                    .filter(|r| r.fits(definition))
+                    .map(|r| (r.revision, r.weights))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
+            let mut tally = Tally::new(definition, exposures, weights_by_revision);
             let after = tally.events_after();
             if after < i64::MAX {
                 self.results_store
-                    .for_each_event_after(after, &mut |id, user, kind, value| {
+                    .for_each_event_after(after, &mut |id, user, kind, value, _| {
                         tally.event(id, user, kind, value)
                     })?;
             }
@@ -576,6 +647,61 @@ impl Experiments {
         Ok(())
     }
 
+    /// The newest weights revision of each bandit, as last read.
+    fn weights_map(&self) -> WeightsMap {
+        self.weights
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every weights revision of `experiment_id`, oldest first (the history). Blocking.
+    pub fn weights_history(&self, experiment_id: &str) -> Result<Vec<WeightsRevision>, StoreError> {
+        self.results_store
+            .weights_revisions(experiment_id)?
+            .iter()
+            .map(WeightsRevision::from_row)
+            .collect()
+    }
+
+    /// Puts the newest stored weights revision of each bandit in force, where it is newer
+    /// than the one in force: the set is rebuilt with the new hash ranges and swapped in one
+    /// step. Every node calls it (the learner after writing, the others each second), so a
+    /// new revision serves everywhere within about a second. Blocking.
+    pub fn follow_weights(&self, store: &Store) -> Result<(), StoreError> {
+        let newest = read_weights(store)?;
+        let changed = {
+            let held = self.weights.read().unwrap_or_else(|p| p.into_inner());
+            newest
+                .iter()
+                .any(|(id, revision)| held.get(id).is_none_or(|h| h.revision < revision.revision))
+        };
+        if !changed {
+            return Ok(());
+        }
+        // As a reload does: one rebuild at a time, so an older one never replaces a newer.
+        let _status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let weights = {
+            let mut held = self.weights.write().unwrap_or_else(|p| p.into_inner());
+            for (id, revision) in newest {
+                if held.get(&id).is_none_or(|h| h.revision < revision.revision) {
+                    held.insert(id, revision);
+                }
+            }
+            held.clone()
+        };
+        let current = self.current.load_full();
+        let definitions = current
+            .experiments
+            .iter()
+            .map(|e| e.definition.clone())
+            .collect();
+        let mut set = ExperimentSet::new(definitions, current.revision, &weights);
+        set.loaded_at_ms = current.loaded_at_ms;
+        self.current.store(Arc::new(set));
+        Ok(())
+    }
+
     fn kept_group(&self, definition: &Experiment, user_id: &str) -> Option<usize> {
         let sticky = self.sticky.read().unwrap_or_else(|p| p.into_inner());
         let entry = sticky.get(&definition.id)?.get(user_id)?;
@@ -625,6 +751,20 @@ impl Experiments {
             assigned_at_ms: now,
         })
     }
+}
+
+/// The newest weights revision of each bandit in `store`.
+fn read_weights(store: &Store) -> Result<WeightsMap, StoreError> {
+    store
+        .latest_weights_revisions()?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.experiment_id.clone(),
+                Arc::new(WeightsRevision::from_row(row)?),
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -854,6 +994,122 @@ mod tests {
             .collect();
         assert!(plugins.contains(&"popularity".to_string()));
         assert!(!plugins.contains(&"hybrid".to_string()));
+    }
+
+    /// Stores `revision` as the bandit's next weights and puts it in force.
+    fn store_weights(fixture: &Fixture, revision: &WeightsRevision) {
+        let store = Store::open(&fixture.dir.path().join("db")).unwrap();
+        assert!(
+            store
+                .append_weights_revision(&revision.to_row("bandit").unwrap())
+                .unwrap()
+        );
+        fixture.experiments.follow_weights(&store).unwrap();
+    }
+
+    fn revision(number: u64, weights: [f64; 2], state: BanditState) -> WeightsRevision {
+        WeightsRevision {
+            revision: number,
+            at_ms: number,
+            action: Action::Update,
+            state,
+            groups: vec!["control".into(), "treatment".into()],
+            weights: weights.to_vec(),
+            counts: vec![Default::default(); 2],
+            best_probability: weights.to_vec(),
+            equal_probability: 0.0,
+            burned_in: true,
+            seed: 0,
+            counted_from: 0,
+            by: "test".into(),
+            note: None,
+        }
+    }
+
+    use crate::experiments::allocation::{Action, BanditState};
+    use crate::experiments::definition::tests::BANDIT;
+
+    #[test]
+    fn a_bandits_weights_place_new_users_while_assigned_ones_keep_their_arm() {
+        let fixture = open_with(&[("bandit.toml", BANDIT)]);
+        let serve = |user: &str| {
+            let assignment = fixture.experiments.assign(user, None).unwrap().unwrap();
+            fixture.experiments.record_exposure(&assignment, user, 1, 0);
+            assignment
+        };
+        let early: Vec<(String, String)> = (0..300)
+            .map(|u| {
+                let user = format!("early{u}");
+                let group = serve(&user).group().name.clone();
+                (user, group)
+            })
+            .collect();
+        let treated = early.iter().filter(|(_, g)| g == "treatment").count();
+        assert!(
+            (100..200).contains(&treated),
+            "{treated} of 300 before any revision"
+        );
+        assert_eq!(
+            fixture
+                .experiments
+                .get("bandit")
+                .unwrap()
+                .weights_revision(),
+            0
+        );
+
+        // Revision 1 sends 95% of new users to treatment.
+        store_weights(&fixture, &revision(1, [0.05, 0.95], BanditState::Learning));
+        let live = fixture.experiments.get("bandit").unwrap();
+        assert_eq!(live.weights_revision(), 1);
+        assert_eq!(live.ranges[1], (0.05, 1.0));
+        for (user, group) in &early {
+            assert_eq!(&serve(user).group().name, group, "{user} moved");
+        }
+        let late = (0..1000)
+            .filter(|u| serve(&format!("late{u}")).group().name == "treatment")
+            .count();
+        assert!(late > 930, "{late} of 1000 new users in treatment");
+
+        // Promoted: everyone gets control, kept users included; their kept arm stays stored.
+        store_weights(&fixture, &revision(2, [1.0, 0.0], BanditState::Promoted));
+        for (user, _) in &early {
+            let decision = fixture.experiments.decision(user, None).unwrap().unwrap();
+            assert_eq!(decision.placement, Placement::Promoted(0), "{user}");
+            serve(user);
+        }
+        // A reset to equal: users go back to the arm they kept.
+        store_weights(&fixture, &revision(3, [0.5, 0.5], BanditState::Learning));
+        for (user, group) in &early {
+            assert_eq!(&serve(user).group().name, group, "{user} after the reset");
+        }
+
+        // Every exposure says which revision served it, and the sample ratio is tested
+        // against those weights, not the definition's 50/50 (which it would fail).
+        fixture.experiments.flush();
+        let store = Store::open(&fixture.dir.path().join("db")).unwrap();
+        let revisions: Vec<u64> = store
+            .exposures_of("bandit")
+            .unwrap()
+            .iter()
+            .map(|e| e.weights_revision)
+            .collect();
+        assert_eq!(revisions.iter().filter(|&&r| r == 0).count(), 300);
+        assert_eq!(revisions.iter().filter(|&&r| r == 1).count(), 1300);
+        let results = fixture
+            .experiments
+            .results(&fixture.experiments.get("bandit").unwrap())
+            .unwrap();
+        let srm = results.srm.clone().unwrap();
+        assert!(!srm.flagged, "{srm:?}");
+        assert!(
+            sample_ratio(
+                &results.groups.iter().map(|g| g.users).collect::<Vec<_>>(),
+                &[0.5, 0.5]
+            )
+            .unwrap()
+            .flagged
+        );
     }
 
     #[test]

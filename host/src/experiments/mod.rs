@@ -9,7 +9,10 @@
 //! - [`exposures`]: the batched exposure writer.
 //! - [`results`]: per-arm statistics (confidence intervals, sample-ratio mismatch).
 //! - [`results_cache`]: results computed at most every few seconds, shared by requests.
+//! - [`bandit`]: the weights of a Thompson-sampling bandit from its counts (pure math);
+//!   [`allocation`]: its weights revisions over time, who writes them, what a trial is.
 
+pub mod allocation;
 pub mod assignment;
 pub mod bandit;
 pub mod definition;

@@ -12,7 +12,9 @@
 //! - `mean_rating`: mean of attributed `rate` events (Student's t interval).
 //!
 //! Sample-ratio mismatch (SRM): a chi-square goodness-of-fit test of users per group against
-//! the configured weights, flagged when p < 0.001. A flagged SRM means the assignment or the
+//! the weights that were in force when each user was first served (a bandit's weights move
+//! every period: each user is expected in a group with the share of the revision that
+//! placed them), flagged when p < 0.001. A flagged SRM means the assignment or the
 //! logging is broken (or the weights changed mid-experiment), and the results cannot be
 //! trusted.
 
@@ -138,10 +140,16 @@ impl MeanAccumulator {
     }
 }
 
-/// Chi-square goodness of fit of `observed` counts against `weights` (summing to 1).
+/// Chi-square goodness of fit of `observed` counts against `weights` (summing to 1). A group
+/// expected to get nobody (a weight of 0) adds nothing if it got nobody, and flags the
+/// mismatch if it got someone.
 pub fn sample_ratio(observed: &[u64], weights: &[f64]) -> Option<SampleRatio> {
     let total: u64 = observed.iter().sum();
     if total == 0 || observed.len() < 2 || observed.len() != weights.len() {
+        return None;
+    }
+    let expected_somewhere = weights.iter().filter(|&&w| w > 0.0).count();
+    if expected_somewhere < 2 {
         return None;
     }
     let chi_square: f64 = observed
@@ -149,10 +157,14 @@ pub fn sample_ratio(observed: &[u64], weights: &[f64]) -> Option<SampleRatio> {
         .zip(weights)
         .map(|(&o, &w)| {
             let expected = total as f64 * w;
-            (o as f64 - expected).powi(2) / expected
+            match (o, expected > 0.0) {
+                (_, true) => (o as f64 - expected).powi(2) / expected,
+                (0, false) => 0.0,
+                (_, false) => f64::INFINITY,
+            }
         })
         .sum();
-    let degrees_of_freedom = observed.len() as u64 - 1;
+    let degrees_of_freedom = expected_somewhere as u64 - 1;
     let p_value = ChiSquared::new(degrees_of_freedom as f64)
         .map(|d| d.sf(chi_square))
         .unwrap_or(f64::NAN);
@@ -186,10 +198,17 @@ pub struct Tally<'a> {
     /// Per user, their exposures' (after_event, index), in serving order.
     by_user: HashMap<String, Vec<(i64, usize)>>,
     groups: Vec<GroupTally>,
+    /// The weights of each weights revision exposures were served under, by declared group
+    /// (a revision not found: the definition's weights).
+    weights_by_revision: HashMap<u64, Vec<f64>>,
 }
 
 impl<'a> Tally<'a> {
-    pub fn new(experiment: &'a Experiment, exposures: Vec<ExposureKey>) -> Self {
+    pub fn new(
+        experiment: &'a Experiment,
+        exposures: Vec<ExposureKey>,
+        weights_by_revision: HashMap<u64, Vec<f64>>,
+    ) -> Self {
         let mut names: Vec<String> = experiment.groups.iter().map(|g| g.name.clone()).collect();
         let mut groups: Vec<GroupTally> = names.iter().map(|_| GroupTally::default()).collect();
         let mut slots = Vec::with_capacity(exposures.len());
@@ -225,7 +244,43 @@ impl<'a> Tally<'a> {
             slots,
             by_user,
             groups,
+            weights_by_revision,
         }
+    }
+
+    /// Users by the declared group of their first exposure, and each declared group's
+    /// expected share of them: the mean, over those users, of the weights in force at their
+    /// first exposure. (By first exposure: a user an operator's promotion or a new bucket
+    /// version moved counts once, where they were placed.)
+    fn placed_and_expected(&self) -> (Vec<u64>, Vec<f64>) {
+        let declared: Vec<f64> = self.experiment.groups.iter().map(|g| g.weight).collect();
+        let mut placed = vec![0u64; declared.len()];
+        let mut sums = vec![0.0; declared.len()];
+        let mut users = 0usize;
+        for list in self.by_user.values() {
+            // The first exposure served (lists are sorted by after_event, then serving order).
+            let Some(&first) = list.iter().map(|(_, index)| index).min() else {
+                continue;
+            };
+            let Some(slot) = placed.get_mut(self.slots[first]) else {
+                continue;
+            };
+            *slot += 1;
+            let revision = self.exposures[first].weights_revision;
+            let weights = self
+                .weights_by_revision
+                .get(&revision)
+                .filter(|w| w.len() == declared.len())
+                .unwrap_or(&declared);
+            for (sum, w) in sums.iter_mut().zip(weights) {
+                *sum += w;
+            }
+            users += 1;
+        }
+        if users == 0 {
+            return (placed, declared);
+        }
+        (placed, sums.iter().map(|s| s / users as f64).collect())
     }
 
     /// Events with ids above this may be feedback on some exposure.
@@ -259,6 +314,7 @@ impl<'a> Tally<'a> {
     }
 
     pub fn finish(self) -> Results {
+        let (placed, expected_shares) = self.placed_and_expected();
         let definition = &self.experiment.groups;
         let groups: Vec<GroupResult> = self
             .names
@@ -281,11 +337,7 @@ impl<'a> Tally<'a> {
                 }
             })
             .collect();
-        let declared = &groups[..definition.len()];
-        let srm = sample_ratio(
-            &declared.iter().map(|g| g.users).collect::<Vec<_>>(),
-            &definition.iter().map(|g| g.weight).collect::<Vec<_>>(),
-        );
+        let srm = sample_ratio(&placed, &expected_shares);
         Results {
             experiment_id: self.experiment.id.clone(),
             groups,

@@ -257,6 +257,8 @@ pub struct ExposureRow {
     /// Newest stored event id when it was served: the user's events after it are feedback.
     pub after_event: i64,
     pub at_ms: u64,
+    /// The bandit weights revision it was served under (0: none, or fixed weights).
+    pub weights_revision: u64,
 }
 
 /// The group a user of a sticky experiment keeps while the bucket version stays the same.
@@ -276,6 +278,19 @@ pub struct ExposureKey {
     pub user_id: String,
     pub group_name: String,
     pub after_event: i64,
+    pub at_ms: u64,
+    pub weights_revision: u64,
+}
+
+/// One revision of a bandit experiment's weights, as stored: the experiments module owns
+/// what `body` (JSON) holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightsRevisionRow {
+    pub experiment_id: String,
+    /// 1, 2, ... per experiment.
+    pub revision: u64,
+    pub at_ms: u64,
+    pub body: String,
 }
 
 /// One model update or retrain, as `GET /learning/history` shows it.
@@ -389,10 +404,11 @@ pub trait EventLog {
     fn user_history(&self, user: u32, items: u32, limit: usize) -> StoreResult<UserHistory>;
     /// Calls `visit(event id, external user ID, kind, value)` for every event with an id above
     /// `after`, oldest first, without holding them all in memory.
+    /// `visit(id, user, kind, value, timestamp)`.
     fn for_each_event_after(
         &self,
         after: i64,
-        visit: &mut dyn FnMut(i64, &str, EventKind, f32),
+        visit: &mut dyn FnMut(i64, &str, EventKind, f32, u64),
     ) -> StoreResult<()>;
 }
 
@@ -455,6 +471,14 @@ pub trait ExperimentRecord {
     fn sticky_assignments(&self, since_ms: u64) -> StoreResult<(Vec<StickyRow>, u64)>;
     /// Every exposure of `experiment_id`, oldest first.
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>>;
+    /// Stores a bandit's next weights revision, unless that experiment already has one of
+    /// that number (`false`): two writers that read the same latest revision (a learner and
+    /// an operator, or two learners during a failover) never both extend it.
+    fn append_weights_revision(&self, revision: &WeightsRevisionRow) -> StoreResult<bool>;
+    /// Every weights revision of `experiment_id`, oldest first.
+    fn weights_revisions(&self, experiment_id: &str) -> StoreResult<Vec<WeightsRevisionRow>>;
+    /// The newest weights revision of each experiment that has one (what every node polls).
+    fn latest_weights_revisions(&self) -> StoreResult<Vec<WeightsRevisionRow>>;
 }
 
 /// The plugins a cluster runs beyond what each node's config file declares: their .wasm

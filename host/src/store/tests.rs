@@ -95,6 +95,7 @@ over_both_engines!(
     an_announcement_wakes_the_listeners_of_other_nodes,
     only_the_lease_holder_gets_model_versions_when_fenced,
     experiment_revisions_are_numbered_and_read_back_whole,
+    weights_revisions_are_claimed_once_and_read_back_in_order,
     a_published_plugin_joins_or_replaces_its_name_in_the_next_revision,
     a_user_history_is_counted_newest_first_with_every_item,
 );
@@ -417,6 +418,7 @@ fn exposure(user: &str, group: &str) -> ExposureRow {
         model_version: 1,
         after_event: 0,
         at_ms: 1,
+        weights_revision: 0,
     }
 }
 
@@ -429,13 +431,15 @@ fn exposures_and_sticky_assignments_round_trip(db: &TestDb) {
         bucket_version: version,
         assigned_at_ms: 5,
     };
+    let late = ExposureRow {
+        after_event: 9,
+        at_ms: 1_700_000_000_123,
+        weights_revision: 4,
+        ..exposure("u2", "b")
+    };
     store
         .append_exposures(
-            &[
-                exposure("u1", "a"),
-                exposure("u1", "a"),
-                exposure("u2", "b"),
-            ],
+            &[exposure("u1", "a"), exposure("u1", "a"), late.clone()],
             &[sticky("a", 1)],
         )
         .unwrap();
@@ -458,7 +462,49 @@ fn exposures_and_sticky_assignments_round_trip(db: &TestDb) {
             .collect::<Vec<_>>(),
         vec![("u1", "a"), ("u1", "a"), ("u2", "b")]
     );
+    let read = &exposures[2];
+    assert_eq!(
+        (read.after_event, read.at_ms, read.weights_revision),
+        (9, 1_700_000_000_123, 4)
+    );
     assert!(store.exposures_of("other").unwrap().is_empty());
+}
+
+fn weights_revisions_are_claimed_once_and_read_back_in_order(db: &TestDb) {
+    let store = db.open();
+    let row = |experiment: &str, revision: u64, body: &str| crate::store::WeightsRevisionRow {
+        experiment_id: experiment.into(),
+        revision,
+        at_ms: 1_000 + revision,
+        body: body.into(),
+    };
+    assert!(store.latest_weights_revisions().unwrap().is_empty());
+    assert!(
+        store
+            .append_weights_revision(&row("a", 1, "{\"w\":1}"))
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_weights_revision(&row("a", 2, "{\"w\":2}"))
+            .unwrap()
+    );
+    assert!(store.append_weights_revision(&row("b", 1, "{}")).unwrap());
+    // A second writer with the same number is refused, and the first one's row stays.
+    assert!(
+        !store
+            .append_weights_revision(&row("a", 2, "{\"w\":\"other\"}"))
+            .unwrap()
+    );
+    assert_eq!(
+        store.weights_revisions("a").unwrap(),
+        vec![row("a", 1, "{\"w\":1}"), row("a", 2, "{\"w\":2}")]
+    );
+    assert_eq!(
+        store.latest_weights_revisions().unwrap(),
+        vec![row("a", 2, "{\"w\":2}"), row("b", 1, "{}")]
+    );
+    assert!(store.weights_revisions("c").unwrap().is_empty());
 }
 
 fn the_event_log_reads_back_what_was_written(db: &TestDb) {
@@ -493,14 +539,14 @@ fn the_event_log_reads_back_what_was_written(db: &TestDb) {
     );
     let mut visited = Vec::new();
     store
-        .for_each_event_after(rows[44].id, &mut |id, user, kind, _| {
-            visited.push((id, user.to_string(), kind))
+        .for_each_event_after(rows[44].id, &mut |id, user, kind, _, timestamp| {
+            visited.push((id, user.to_string(), kind, timestamp))
         })
         .unwrap();
     let expected: Vec<_> = rows[45..]
         .iter()
         .zip(&events[45..])
-        .map(|(row, event)| (row.id, event.user.clone(), row.kind))
+        .map(|(row, event)| (row.id, event.user.clone(), row.kind, row.timestamp))
         .collect();
     assert_eq!(visited, expected);
     assert_eq!(store.users().unwrap().len(), 7);

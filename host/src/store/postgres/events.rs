@@ -329,13 +329,13 @@ impl EventLog for PostgresStore {
     fn for_each_event_after(
         &self,
         after: i64,
-        visit: &mut dyn FnMut(i64, &str, EventKind, f32),
+        visit: &mut dyn FnMut(i64, &str, EventKind, f32, u64),
     ) -> StoreResult<()> {
         self.run(async |client| {
             // A cursor-less stream: rows arrive as the server sends them, not all at once.
             let rows = client
                 .query_raw(
-                    "SELECT e.id, u.external_id, e.kind, e.value
+                    "SELECT e.id, u.external_id, e.kind, e.value, e.timestamp
                      FROM events e JOIN users u ON u.idx = e.user_idx
                      WHERE e.id > $1 ORDER BY e.id",
                     [&after],
@@ -347,7 +347,13 @@ impl EventLog for PostgresStore {
                 let kind: &str = row.try_get(2)?;
                 let kind = EventKind::parse(kind)
                     .ok_or_else(|| StoreError::Corrupt(format!("event {id} has kind {kind:?}")))?;
-                visit(id, row.try_get(1)?, kind, row.try_get::<_, f64>(3)? as f32);
+                visit(
+                    id,
+                    row.try_get(1)?,
+                    kind,
+                    row.try_get::<_, f64>(3)? as f32,
+                    row.try_get::<_, i64>(4)?.max(0) as u64,
+                );
             }
             Ok(())
         })

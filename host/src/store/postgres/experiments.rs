@@ -3,6 +3,7 @@
 use super::{PostgresStore, lock_keys, to_i64};
 use crate::store::{
     ExperimentFiles, ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult,
+    WeightsRevisionRow,
 };
 
 impl ExperimentRecord for PostgresStore {
@@ -87,14 +88,19 @@ impl ExperimentRecord for PostgresStore {
                     exposures.iter().map(|e| to_i64(e.model_version)).collect();
                 let after: Vec<i64> = exposures.iter().map(|e| e.after_event).collect();
                 let at: Vec<i64> = exposures.iter().map(|e| to_i64(e.at_ms)).collect();
+                let revisions: Vec<i64> = exposures
+                    .iter()
+                    .map(|e| to_i64(e.weights_revision))
+                    .collect();
                 let statement = transaction
                     .prepare_cached(
                         "INSERT INTO exposures (experiment_id, group_name, user_id, plugin,
-                                                model_version, after_event, at_ms)
-                         SELECT x, g, u, p, v, a, m
+                                                model_version, after_event, at_ms,
+                                                weights_revision)
+                         SELECT x, g, u, p, v, a, m, w
                          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
-                                              $5::int8[], $6::int8[], $7::int8[])
-                             WITH ORDINALITY AS t(x, g, u, p, v, a, m, n)
+                                     $5::int8[], $6::int8[], $7::int8[], $8::int8[])
+                             WITH ORDINALITY AS t(x, g, u, p, v, a, m, w, n)
                          ORDER BY n",
                     )
                     .await?;
@@ -109,6 +115,7 @@ impl ExperimentRecord for PostgresStore {
                             &versions,
                             &after,
                             &at,
+                            &revisions,
                         ],
                     )
                     .await?;
@@ -175,8 +182,8 @@ impl ExperimentRecord for PostgresStore {
         self.run(async |client| {
             let statement = client
                 .prepare_cached(
-                    "SELECT id, user_id, group_name, after_event FROM exposures
-                     WHERE experiment_id = $1 ORDER BY id",
+                    "SELECT id, user_id, group_name, after_event, at_ms, weights_revision
+                     FROM exposures WHERE experiment_id = $1 ORDER BY id",
                 )
                 .await?;
             let mut rows = Vec::new();
@@ -186,9 +193,68 @@ impl ExperimentRecord for PostgresStore {
                     user_id: row.try_get(1)?,
                     group_name: row.try_get(2)?,
                     after_event: row.try_get(3)?,
+                    at_ms: row.try_get::<_, i64>(4)?.max(0) as u64,
+                    weights_revision: row.try_get::<_, i64>(5)?.max(0) as u64,
                 });
             }
             Ok(rows)
         })
     }
+
+    fn append_weights_revision(&self, revision: &WeightsRevisionRow) -> StoreResult<bool> {
+        self.run(async |client| {
+            let inserted = client
+                .execute(
+                    "INSERT INTO weights_revisions (experiment_id, revision, at_ms, body)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[
+                        &revision.experiment_id,
+                        &to_i64(revision.revision),
+                        &to_i64(revision.at_ms),
+                        &revision.body,
+                    ],
+                )
+                .await?;
+            Ok(inserted == 1)
+        })
+    }
+
+    fn weights_revisions(&self, experiment_id: &str) -> StoreResult<Vec<WeightsRevisionRow>> {
+        self.run(async |client| {
+            client
+                .query(
+                    "SELECT experiment_id, revision, at_ms, body FROM weights_revisions
+                     WHERE experiment_id = $1 ORDER BY revision",
+                    &[&experiment_id],
+                )
+                .await?
+                .iter()
+                .map(weights_revision_row)
+                .collect()
+        })
+    }
+
+    fn latest_weights_revisions(&self) -> StoreResult<Vec<WeightsRevisionRow>> {
+        self.run(async |client| {
+            client
+                .query(
+                    "SELECT DISTINCT ON (experiment_id) experiment_id, revision, at_ms, body
+                     FROM weights_revisions ORDER BY experiment_id, revision DESC",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(weights_revision_row)
+                .collect()
+        })
+    }
+}
+
+fn weights_revision_row(row: &tokio_postgres::Row) -> StoreResult<WeightsRevisionRow> {
+    Ok(WeightsRevisionRow {
+        experiment_id: row.try_get(0)?,
+        revision: row.try_get::<_, i64>(1)?.max(0) as u64,
+        at_ms: row.try_get::<_, i64>(2)?.max(0) as u64,
+        body: row.try_get(3)?,
+    })
 }

@@ -133,6 +133,17 @@ const MIGRATIONS: &[&str] = &[
         DEFAULT (floor(extract(epoch FROM clock_timestamp()) * 1000))::bigint;
     CREATE INDEX sticky_by_stored_time ON sticky_assignments(stored_at_ms);
     "#,
+    // 7: bandit weights revisions, and the one each exposure was served under (SQLite's 11).
+    r#"
+    ALTER TABLE exposures ADD COLUMN weights_revision BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE weights_revisions (
+        experiment_id TEXT NOT NULL,
+        revision      BIGINT NOT NULL,
+        at_ms         BIGINT NOT NULL,
+        body          TEXT NOT NULL,
+        PRIMARY KEY (experiment_id, revision)
+    );
+    "#,
 ];
 
 /// Brings the schema up to the newest version; refuses a database newer than this build.

@@ -331,11 +331,11 @@ impl EventLog for SqliteStore {
     fn for_each_event_after(
         &self,
         after: i64,
-        visit: &mut dyn FnMut(i64, &str, EventKind, f32),
+        visit: &mut dyn FnMut(i64, &str, EventKind, f32, u64),
     ) -> StoreResult<()> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
-            "SELECT e.id, u.external_id, e.kind, e.value
+            "SELECT e.id, u.external_id, e.kind, e.value, e.timestamp
              FROM events e JOIN users u ON u.idx = e.user_idx
              WHERE e.id > ?1 ORDER BY e.id",
         )?;
@@ -346,7 +346,13 @@ impl EventLog for SqliteStore {
             let kind: String = row.get(2)?;
             let kind = EventKind::parse(&kind)
                 .ok_or_else(|| StoreError::Corrupt(format!("event {id} has kind {kind:?}")))?;
-            visit(id, &user, kind, row.get::<_, f64>(3)? as f32);
+            visit(
+                id,
+                &user,
+                kind,
+                row.get::<_, f64>(3)? as f32,
+                row.get::<_, i64>(4)?.max(0) as u64,
+            );
         }
         Ok(())
     }

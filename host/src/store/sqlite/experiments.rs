@@ -6,6 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteStore;
 use crate::store::{
     ExperimentFiles, ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult,
+    WeightsRevisionRow,
 };
 
 impl ExperimentRecord for SqliteStore {
@@ -74,8 +75,8 @@ impl ExperimentRecord for SqliteStore {
         {
             let mut insert = transaction.prepare_cached(
                 "INSERT INTO exposures (experiment_id, group_name, user_id, plugin, model_version,
-                                        after_event, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                        after_event, at_ms, weights_revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for e in exposures {
                 insert.execute(params![
@@ -85,7 +86,8 @@ impl ExperimentRecord for SqliteStore {
                     e.plugin,
                     e.model_version as i64,
                     e.after_event,
-                    e.at_ms as i64
+                    e.at_ms as i64,
+                    e.weights_revision as i64
                 ])?;
             }
             let mut upsert = transaction.prepare_cached(
@@ -148,7 +150,7 @@ impl ExperimentRecord for SqliteStore {
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
-            "SELECT id, user_id, group_name, after_event FROM exposures
+            "SELECT id, user_id, group_name, after_event, at_ms, weights_revision FROM exposures
              WHERE experiment_id = ?1 ORDER BY id",
         )?;
         let rows = statement.query_map([experiment_id], |row| {
@@ -157,8 +159,56 @@ impl ExperimentRecord for SqliteStore {
                 user_id: row.get(1)?,
                 group_name: row.get(2)?,
                 after_event: row.get(3)?,
+                at_ms: row.get::<_, i64>(4)?.max(0) as u64,
+                weights_revision: row.get::<_, i64>(5)?.max(0) as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn append_weights_revision(&self, revision: &WeightsRevisionRow) -> StoreResult<bool> {
+        let inserted = self.lock().execute(
+            "INSERT INTO weights_revisions (experiment_id, revision, at_ms, body)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            params![
+                revision.experiment_id,
+                revision.revision as i64,
+                revision.at_ms as i64,
+                revision.body
+            ],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    fn weights_revisions(&self, experiment_id: &str) -> StoreResult<Vec<WeightsRevisionRow>> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT experiment_id, revision, at_ms, body FROM weights_revisions
+             WHERE experiment_id = ?1 ORDER BY revision",
+        )?;
+        let rows = statement.query_map([experiment_id], weights_revision_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn latest_weights_revisions(&self) -> StoreResult<Vec<WeightsRevisionRow>> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT w.experiment_id, w.revision, w.at_ms, w.body FROM weights_revisions w
+             JOIN (SELECT experiment_id, MAX(revision) AS revision FROM weights_revisions
+                   GROUP BY experiment_id) newest
+               ON newest.experiment_id = w.experiment_id AND newest.revision = w.revision
+             ORDER BY w.experiment_id",
+        )?;
+        let rows = statement.query_map([], weights_revision_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn weights_revision_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WeightsRevisionRow> {
+    Ok(WeightsRevisionRow {
+        experiment_id: row.get(0)?,
+        revision: row.get::<_, i64>(1)?.max(0) as u64,
+        at_ms: row.get::<_, i64>(2)?.max(0) as u64,
+        body: row.get(3)?,
+    })
 }

@@ -145,6 +145,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sticky_assignments ADD COLUMN stored_at_ms INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 11: bandit experiments: the weights revision each exposure was served under (results
+    // test the sample ratio against the weights in force), and the revisions themselves
+    // (`body`: JSON, weights with the counts they came from).
+    r#"
+    ALTER TABLE exposures ADD COLUMN weights_revision INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE weights_revisions (
+        experiment_id TEXT NOT NULL,
+        revision      INTEGER NOT NULL,
+        at_ms         INTEGER NOT NULL,
+        body          TEXT NOT NULL,
+        PRIMARY KEY (experiment_id, revision)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.
