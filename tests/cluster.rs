@@ -1061,6 +1061,127 @@ fn a_sticky_user_keeps_their_arm_on_every_node_when_the_weights_move() {
     assert_eq!(body["experiment"]["group"], "treatment", "{body}");
 }
 
+/// `node`'s bandit view of experiment `id`, history included.
+fn bandit_view(node: &Server, id: &str) -> Value {
+    let (status, body) = node.get(&format!("/experiments/{id}"));
+    assert_eq!(status, 200, "{body}");
+    body["bandit"].clone()
+}
+
+#[test]
+fn only_the_learner_moves_a_bandit_and_every_node_serves_the_same_weights() {
+    let postgres = TestPostgres::shared();
+    let (_url, mut nodes, _temp, _redis) = three_nodes(postgres);
+    let bandit = "id = \"bandit\"\nname = \"Bandit\"\nstatus = \"running\"\nsticky = true\n\
+        [allocation]\ntype = \"thompson\"\nperiod_secs = 1\nburn_in_users = 20\n\
+        [[groups]]\nname = \"control\"\nplugin = \"collaborative\"\n\
+        [[groups]]\nname = \"treatment\"\nplugin = \"popularity\"\n";
+    let (status, answer) = nodes[0].post(
+        "/admin/experiments",
+        &json!({"files": {"bandit.toml": bandit}}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let published = answer["revision"].as_u64().unwrap();
+    for node in &nodes {
+        node.wait_for("/health", Duration::from_secs(3), |health| {
+            health["experiments_revision"].as_u64() == Some(published)
+        });
+    }
+    let refs: Vec<&Server> = nodes.iter().collect();
+    let first = learner(&refs, Duration::from_secs(10));
+    let learner_id = ["a", "b", "c"][first];
+    // Users served by every node in turn; treatment's users click, control's never do.
+    let serve = |range: std::ops::Range<u32>| {
+        for user in range {
+            let node = &nodes[user as usize % 3];
+            let (status, body) = node.post(
+                "/recommend",
+                &json!({"user_id": format!("u{user}"), "experiment_id": "bandit",
+                        "n_recommendations": 1}),
+            );
+            assert_eq!(status, 200, "{body}");
+            if body["experiment"]["group"] == "treatment" {
+                let (status, answer) = node.post(
+                    "/events",
+                    &json!({"user_id": format!("u{user}"), "event_type": "click",
+                            "item_id": body["recommendations"][0]["item_id"]}),
+                );
+                assert_eq!(status, 200, "{answer}");
+            }
+        }
+    };
+    serve(0..150);
+    let moved = nodes[first].wait_for("/experiments/bandit", Duration::from_secs(20), |body| {
+        body["groups"][1]["weight"]
+            .as_f64()
+            .is_some_and(|w| w > 0.9)
+    });
+    eprintln!("weights moved: {}", moved["groups"]);
+
+    // Every revision is the learner's; every node serves the newest within about a second.
+    let history = bandit_view(&nodes[first], "bandit")["history"].clone();
+    for revision in history.as_array().unwrap() {
+        assert_eq!(
+            revision["by"],
+            format!("learner {learner_id}"),
+            "{revision}"
+        );
+    }
+    let (status, body) = nodes[(first + 1) % 3].post_raw_as("/experiments/bandit/freeze", "", None);
+    assert_eq!(status, 200, "{body}");
+    let frozen = body["revision"]["revision"].as_u64().unwrap();
+    for node in &nodes {
+        node.wait_for("/experiments", Duration::from_secs(3), |body| {
+            body["experiments"][0]["bandit"]["revision"].as_u64() == Some(frozen)
+        });
+    }
+    let views: Vec<Value> = nodes.iter().map(|n| bandit_view(n, "bandit")).collect();
+    for view in &views[1..] {
+        assert_eq!(view["history"], views[0]["history"]);
+        assert_eq!(view["arms"], views[0]["arms"]);
+    }
+    let users: Vec<String> = (0..150)
+        .chain(5_000..5_050)
+        .map(|u| format!("u{u}"))
+        .collect();
+    let placed = |node: &Server| -> Vec<Value> {
+        users
+            .iter()
+            .map(|user| {
+                let (_, body) = node.get(&format!(
+                    "/users/{user}/experiment-group?experiment_id=bandit"
+                ));
+                json!([body["group_name"], body["weights_revision"]])
+            })
+            .collect()
+    };
+    let everywhere = placed(&nodes[0]);
+    assert_eq!(placed(&nodes[1]), everywhere);
+    assert_eq!(placed(&nodes[2]), everywhere);
+
+    // The learner killed: the next one takes the weights over where they were, numbering
+    // on without a gap.
+    let (status, body) = nodes[first].post_raw_as("/experiments/bandit/resume", "", None);
+    assert_eq!(status, 200, "{body}");
+    nodes.remove(first).kill();
+    let refs: Vec<&Server> = nodes.iter().collect();
+    let next = learner(&refs, Duration::from_secs(LEASE_SECS * 3 + 5));
+    let next_id = refs[next].get("/health").1["node"]["id"].clone();
+    let after = refs[next].wait_for("/experiments/bandit", Duration::from_secs(20), |body| {
+        body["bandit"]["history"].as_array().is_some_and(|h| {
+            h.last()
+                .is_some_and(|r| r["by"] == format!("learner {}", next_id.as_str().unwrap()))
+        })
+    });
+    let numbers: Vec<u64> = after["bandit"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_learner_stopped_with_sigterm_drains_and_hands_over_at_once() {
     let postgres = TestPostgres::shared();

@@ -395,6 +395,21 @@ impl Server {
         decode(request.send().expect("POST succeeds"))
     }
 
+    /// POSTs `body` (JSON text, or nothing when empty) with `Authorization: Bearer <token>`
+    /// when a token is given.
+    pub fn post_raw_as(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.client.post(format!("{}{path}", self.base));
+        if !body.is_empty() {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        decode(request.send().expect("POST succeeds"))
+    }
+
     /// Polls `GET path` until `done` accepts the body; panics after `timeout`.
     pub fn wait_for(&self, path: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = std::time::Instant::now() + timeout;
