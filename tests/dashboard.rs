@@ -331,3 +331,68 @@ fn empty_pages_say_what_to_do_next() {
 
     assert_no_console_errors(&browser, "empty pages");
 }
+
+#[test]
+fn a_bandit_shows_its_weights_over_time_its_posteriors_and_its_leader() {
+    // A bandit updated every second whose treatment arm gets every click: after a few
+    // periods the weights have moved, and an operator froze them with a note.
+    let temp = tempfile::tempdir().expect("temp dir");
+    let experiments = temp.path().join("experiments");
+    std::fs::create_dir(&experiments).expect("experiments folder");
+    std::fs::write(
+        experiments.join("bandit.toml"),
+        "id = \"bandit\"\nname = \"Which model earns clicks\"\nstatus = \"running\"\n\
+         sticky = true\n[allocation]\ntype = \"thompson\"\nperiod_secs = 1\nburn_in_users = 20\n\
+         [[groups]]\nname = \"control\"\nplugin = \"popularity\"\n\
+         [[groups]]\nname = \"treatment\"\nplugin = \"collaborative\"\n",
+    )
+    .expect("the bandit");
+    let config = config_text(&format!(
+        "admin_token = {TOKEN:?}\nexperiments_dir = {:?}\n",
+        experiments.display().to_string()
+    ));
+    let server = Server::start_in(&temp.path().join("data"), &config).expect("server starts");
+    for round in 0..4 {
+        let mut clicks = Vec::new();
+        for user in round * 60..round * 60 + 60 {
+            let (status, body) = server.post(
+                "/recommend",
+                &json!({"user_id": format!("b{user}"), "n_recommendations": 1}),
+            );
+            assert_eq!(status, 200, "{body}");
+            if body["experiment"]["group"] == "treatment" {
+                clicks.push(json!({"user_id": format!("b{user}"), "event_type": "click",
+                                   "item_id": body["recommendations"][0]["item_id"]}));
+            }
+        }
+        let (status, body) = server.post("/events/batch", &json!({"events": clicks}));
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(1_300));
+    }
+    let (status, body) = server.post_raw_as(
+        "/experiments/bandit/freeze",
+        "{\"note\": \"checked by the dashboard test\"}",
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let browser = Browser::start();
+    open_page(&browser, &server, "experiments");
+    assert!(
+        chart_marks(&browser, "bandit-weights") >= 6,
+        "too few revisions charted"
+    );
+    assert_eq!(chart_marks(&browser, "bandit-posterior"), 2);
+    let leader = browser.text(".experiment .bandit .leader");
+    assert!(
+        leader.contains("treatment leads") && leader.contains("chance of being the best"),
+        "{leader}"
+    );
+    let actions = browser.text(".experiment .bandit-actions");
+    assert!(
+        actions.contains("freeze") && actions.contains("checked by the dashboard test"),
+        "{actions}"
+    );
+    assert_no_console_errors(&browser, "bandit experiment");
+    browser.screenshot("experiments-bandit");
+}

@@ -588,7 +588,12 @@ impl Experiments {
                         tally.event(id, user, kind, value)
                     })?;
             }
-            Ok(tally.finish())
+            let mut results = tally.finish();
+            // Each declared group's share of new users now (a bandit's latest weights).
+            for (group, weight) in results.groups.iter_mut().zip(experiment.weights_in_force()) {
+                group.weight = Some(weight);
+            }
+            Ok(results)
         })
     }
 

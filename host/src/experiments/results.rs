@@ -42,7 +42,8 @@ pub struct Estimate {
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GroupResult {
     pub group: String,
-    /// The group's plugin and weight now; `None` for a group no longer in the definition.
+    /// The group's plugin and share of new users now (a bandit's latest weights); `None` for
+    /// a group no longer in the definition.
     pub plugin: Option<String>,
     pub weight: Option<f64>,
     pub users: u64,

@@ -224,11 +224,44 @@ function estimate(e) {
 function srmLine(h, srm) {
   if (!srm) return h('p', { class: 'srm' }, badge(h, 'SRM: not computed', 'info'), ' until users are exposed in more than one group.');
   return h('p', { class: 'srm' }, badge(h, srm.flagged ? 'SRM: mismatch' : 'SRM: ok', srm.flagged ? 'bad' : 'ok'),
-    ` users per group against the weights: chi² ${formatNumber(srm.chi_square, 2)}, p = ${srm.p_value.toPrecision(3)} `,
+    ` users per group against the weights in force when they were placed: chi² ${formatNumber(srm.chi_square, 2)}, p = ${srm.p_value.toPrecision(3)} `,
     srm.flagged ? `(below ${srm.threshold}: assignment or logging is broken, do not trust these results)` : `(flagged below ${srm.threshold})`);
 }
 
-function experimentCard(h, experiment, results) {
+// A bandit's weights: who leads and how surely, the weights over time, each arm's posterior
+// and the revisions operators made.
+function banditSection(h, experiment, detail) {
+  const bandit = detail.bandit;
+  const settings = experiment.allocation;
+  const history = bandit.history || [];
+  const leader = bandit.leader
+    ? `${bandit.leader.group} leads: ${percent(bandit.leader.probability)} chance of being the best if the arms differ; ${percent(bandit.equal_probability)} chance that they are equal.`
+    : `Burning in: the weights stay equal until every arm has ${formatNumber(settings.burn_in_users)} users.`;
+  const state = bandit.state === 'learning'
+    ? `learning, next update ${dateTime(bandit.next_update_at_ms)}`
+    : bandit.state;
+  const operatorActions = history.filter((r) => !['start', 'update'].includes(r.action)).slice(-10);
+  return h('div', { class: 'bandit' },
+    h('p', { class: 'leader' }, badge(h, 'Thompson bandit', 'info'), ' ', leader),
+    h('p', { class: 'small' }, `metric ${settings.metric.kind}${settings.metric.threshold ? ' ≥ ' + settings.metric.threshold : ''} · every ${formatNumber(settings.period_secs)} s · floor ${percent(settings.min_weight)} · null prior ${settings.null_prior} · weights revision ${bandit.revision}`,
+      bandit.action ? ` (${bandit.action}, ${dateTime(bandit.at_ms)})` : '', ` · ${state}`),
+    h('div', { class: 'charts' },
+      lineChart({
+        name: 'bandit-weights', title: 'Share of new users per group, by weights revision', yLabel: 'share of new users', unit: '%', yMax: 100,
+        series: experiment.groups.map((g, i) => ({ name: g.name, points: history.map((r) => [r.at_ms, r.weights[i] * 100]) })),
+        empty: 'No weights revision yet: the learner stores the first within a second of the experiment starting.',
+      }),
+      intervalChart({
+        name: 'bandit-posterior', title: 'Success rate per group: posterior mean, 95% credible interval', xLabel: `trials followed by ${settings.metric.kind}`, unit: '%',
+        rows: bandit.arms.map((a) => ({ label: a.group, value: a.posterior_mean * 100, low: a.posterior_low * 100, high: a.posterior_high * 100, note: `${a.successes} of ${a.trials} trials, P(best) ${percent(a.best_probability)}` })),
+        empty: 'No trials yet.',
+      })),
+    operatorActions.length
+      ? table(h, ['#Revision', 'When', 'Action', 'By', 'Note'], operatorActions.map((r) => [r.revision, dateTime(r.at_ms), r.action, r.by, r.note || '']), { class: 'bandit-actions' })
+      : null);
+}
+
+function experimentCard(h, experiment, results, detail) {
   const status = experiment.status;
   const groups = results.groups;
   return h('article', { class: 'experiment', dataset: { experiment: experiment.id } },
@@ -236,6 +269,7 @@ function experimentCard(h, experiment, results) {
     h('p', { class: 'small' }, `${experiment.id} · ${experiment.file} · coverage ${percent(experiment.coverage)}`,
       experiment.namespace ? ` · namespace ${experiment.namespace.name} [${experiment.namespace.range.join(', ')})` : ''),
     experiment.description ? h('p', {}, experiment.description) : null,
+    detail && detail.bandit ? banditSection(h, experiment, detail) : null,
     srmLine(h, results.srm),
     table(h, ['Group', 'Plugin', '#Weight', '#Users', '#Exposures', '#Clicks', 'CTR [95% CI]', '#Ratings', 'Mean rating [95% CI]'],
       groups.map((g) => [g.group, g.plugin || '(removed)', g.weight === null ? '–' : percent(g.weight), formatNumber(g.users),
@@ -272,11 +306,13 @@ async function experiments({ api, h }) {
         : 'No experiments directory is configured. Set experiments_dir in the config file, then put experiment TOML files in it.'));
   }
   const results = await Promise.all(list.experiments.map((e) => api(`/experiments/${encodeURIComponent(e.id)}/results`)));
+  // A bandit's page needs its weights history.
+  const details = await Promise.all(list.experiments.map((e) => (e.bandit ? api(`/experiments/${encodeURIComponent(e.id)}`) : null)));
   return section(h, 'experiments-page', 'Experiments', reloadError,
     h('p', { class: 'note' }, `${list.experiments.length} experiment(s) from ${list.directory}; exposures stored ${formatNumber(list.exposures_logged.stored)}`,
       list.exposures_logged.failed ? `, failed ${formatNumber(list.exposures_logged.failed)}` : '',
       list.exposures_logged.dropped ? `, dropped (queue full) ${formatNumber(list.exposures_logged.dropped)}` : ''),
-    list.experiments.map((e, i) => experimentCard(h, e, results[i])));
+    list.experiments.map((e, i) => experimentCard(h, e, results[i], details[i])));
 }
 
 // ---------------------------------------------------------------------------------------
