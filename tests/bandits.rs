@@ -508,6 +508,16 @@ fn operators_freeze_resume_reset_and_promote_and_the_history_says_so() {
         assert_eq!(body["experiment"]["group"], "treatment", "{user}: {body}");
         assert_eq!(body["model"], "collaborative", "{body}");
     }
+    let (_, _, metrics) = server.get_text("/metrics");
+    for line in [
+        "recohost_bandit_weight{experiment=\"b\",group=\"control\"} 0",
+        "recohost_bandit_weight{experiment=\"b\",group=\"treatment\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
     // No update after a promotion.
     std::thread::sleep(Duration::from_secs(PERIOD_SECS * 2));
     let promoted = history(&server, "b");

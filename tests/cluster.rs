@@ -1155,9 +1155,18 @@ fn only_the_learner_moves_a_bandit_and_every_node_serves_the_same_weights() {
             })
             .collect()
     };
-    let everywhere = placed(&nodes[0]);
-    assert_eq!(placed(&nodes[1]), everywhere);
-    assert_eq!(placed(&nodes[2]), everywhere);
+    // Users placed by one node are kept by the others once they have read its sticky rows
+    // (polled every second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let everywhere = loop {
+        let each: Vec<Vec<Value>> = nodes.iter().map(&placed).collect();
+        if each.iter().all(|p| *p == each[0]) {
+            break each[0].clone();
+        }
+        assert!(Instant::now() < deadline, "the nodes disagree: {each:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(everywhere.iter().any(|p| p[0] == "control"));
 
     // The learner killed: the next one takes the weights over where they were, numbering
     // on without a gap.

@@ -244,7 +244,7 @@ fn answers(server: &Server, users: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 11] = [
     "items",
     "users",
     "events",
@@ -255,6 +255,7 @@ const TABLES: [&str; 10] = [
     "sticky_assignments",
     "idempotency_keys",
     "experiment_revisions",
+    "weights_revisions",
 ];
 
 #[test]
@@ -263,13 +264,25 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
     let temp = tempfile::tempdir().unwrap();
     let data_dir = temp.path().join("data");
     // A SQLite deployment with a history of its own: new users, a keyed event, an update,
-    // the shipped experiment's exposures.
+    // the shipped experiment's exposures, and a bandit with weights revisions.
+    let experiments_dir = temp.path().join("experiments");
+    std::fs::create_dir(&experiments_dir).unwrap();
+    std::fs::copy(
+        recohost_e2e::workspace_root().join("experiments/model_comparison.toml"),
+        experiments_dir.join("model_comparison.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        experiments_dir.join("bandit.toml"),
+        "id = \"bandit\"\nname = \"Bandit\"\nstatus = \"running\"\nsticky = true\n\
+         priority = -1\n[allocation]\ntype = \"thompson\"\nperiod_secs = 1\n\
+         [[groups]]\nname = \"a\"\nplugin = \"popularity\"\n\
+         [[groups]]\nname = \"b\"\nplugin = \"collaborative\"\n",
+    )
+    .unwrap();
     let experiments = format!(
         "experiments_dir = {:?}\n",
-        recohost_e2e::workspace_root()
-            .join("experiments")
-            .display()
-            .to_string()
+        experiments_dir.display().to_string()
     );
     let server = Server::start_in(
         &data_dir,
@@ -291,6 +304,30 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
     assert_eq!(status, 202, "{answer}");
     server.wait_for("/learning/stats", Duration::from_secs(60), |stats| {
         stats["running"].is_null() && stats["last_update"]["update_id"].as_u64().is_some()
+    });
+    // Once the learner has stored the bandit's first weights revision (users served before
+    // it are placed with the same equal weights, under revision 0).
+    server.wait_for("/experiments", Duration::from_secs(10), |list| {
+        list["experiments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["bandit"]["revision"].as_u64() >= Some(1))
+    });
+    for user in 0..20 {
+        let (status, body) = server.post(
+            "/recommend",
+            &json!({"user_id": format!("b{user}"), "experiment_id": "bandit"}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    // A period passes: the learner stores its next weights revision.
+    server.wait_for("/experiments", Duration::from_secs(10), |list| {
+        list["experiments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["bandit"]["revision"].as_u64() >= Some(2))
     });
     let users = ["1", "2", "17", "300", "mover", "keyed", "never-seen"];
     let before = answers(&server, &users);
@@ -342,6 +379,13 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
         postgres.count(database, "SELECT COUNT(*) FROM exposures") > 0,
         "the test meant to copy exposures"
     );
+    // Each exposure keeps the weights revision that served it.
+    let served_under = "SELECT COALESCE(SUM(weights_revision), 0) FROM exposures";
+    let in_sqlite: u64 = sqlite
+        .query_row(served_under, [], |row| row.get(0))
+        .unwrap();
+    assert!(in_sqlite > 0, "the test meant to copy bandit exposures");
+    assert_eq!(postgres.count(database, served_under), in_sqlite);
     assert_eq!(
         postgres.count(database, "SELECT COUNT(*) FROM idempotency_keys"),
         1

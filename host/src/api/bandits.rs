@@ -34,7 +34,7 @@ pub struct BanditView {
     leader: Option<Leader>,
     /// When the learner recomputes the weights next (while learning).
     next_update_at_ms: Option<u64>,
-    /// Every revision, oldest first (`GET /experiments/{id}` only).
+    /// The newest revisions (`?history=N`, default 1,000), oldest first (`GET /experiments/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<Vec<WeightsRevision>>,
 }
@@ -70,7 +70,7 @@ pub fn view(
 ) -> Option<BanditView> {
     let definition = &experiment.definition;
     let settings = definition.bandit()?;
-    let revision = experiment.weights.as_deref();
+    let revision = experiment.weights.as_deref().filter(|r| r.fits(definition));
     let weights = experiment.weights_in_force();
     let arms: Vec<ArmView> = definition
         .groups
@@ -114,7 +114,12 @@ pub fn view(
         burned_in,
         leader,
         next_update_at_ms: (state == BanditState::Learning)
-            .then(|| revision.map(|r| r.at_ms + settings.period_secs * 1000))
+            .then(|| {
+                revision.map(|r| {
+                    r.at_ms
+                        .saturating_add(settings.period_secs.saturating_mul(1000))
+                })
+            })
             .flatten(),
         arms,
         history,
@@ -125,9 +130,11 @@ pub fn view(
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
-    /// Why, kept with the revision.
+    /// Why, kept with the revision (at most 1,000 bytes).
+    #[schema(max_length = 1000)]
     note: Option<String>,
-    /// `promote` only: the group that serves everyone from now on.
+    /// `promote`: the group that serves everyone from now on (required there, refused
+    /// elsewhere).
     group: Option<String>,
 }
 
@@ -173,6 +180,12 @@ async fn act(
 ) -> Result<Json<ActionAnswer>, ApiError> {
     let body = parse_body(&body)?;
     let action = action(&body)?;
+    if body.group.is_some() && !matches!(action, OperatorAction::Promote(_)) {
+        return Err(ApiError::bad_request(
+            "unexpected_group",
+            "only promote takes a group",
+        ));
+    }
     let experiment = state.experiments.get(&id)?;
     let (store, experiments, node) = (
         state.store.clone(),
@@ -204,8 +217,9 @@ async fn act(
     request_body(content = ActionBody, description = "Optional: a note"),
     responses(
         (status = 200, body = ActionAnswer),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a note over 1,000 bytes, or a group", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "No admin token configured on a public address, or a cross-origin request", body = ErrorBody),
         (status = 404, description = "Unknown experiment", body = ErrorBody),
         (status = 409, description = "Not a bandit, or not learning", body = ErrorBody),
     ))]
@@ -225,8 +239,9 @@ pub async fn freeze(
     request_body(content = ActionBody, description = "Optional: a note"),
     responses(
         (status = 200, body = ActionAnswer),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a note over 1,000 bytes, or a group", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "No admin token configured on a public address, or a cross-origin request", body = ErrorBody),
         (status = 404, description = "Unknown experiment", body = ErrorBody),
         (status = 409, description = "Not a bandit, or not frozen", body = ErrorBody),
     ))]
@@ -247,8 +262,9 @@ pub async fn resume(
     request_body(content = ActionBody, description = "Optional: a note"),
     responses(
         (status = 200, body = ActionAnswer),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a note over 1,000 bytes, or a group", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "No admin token configured on a public address, or a cross-origin request", body = ErrorBody),
         (status = 404, description = "Unknown experiment", body = ErrorBody),
         (status = 409, description = "Not a bandit", body = ErrorBody),
     ))]
@@ -271,6 +287,7 @@ pub async fn reset(
         (status = 200, body = ActionAnswer),
         (status = 400, description = "Malformed JSON, or no group", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "No admin token configured on a public address, or a cross-origin request", body = ErrorBody),
         (status = 404, description = "Unknown experiment or group", body = ErrorBody),
         (status = 409, description = "Not a bandit", body = ErrorBody),
     ))]

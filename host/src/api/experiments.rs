@@ -187,23 +187,41 @@ pub async fn list(State(state): State<AppState>) -> Json<ExperimentList> {
     })
 }
 
-/// One experiment, with its exposure counts per group.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    /// A bandit's newest weights revisions to list in `bandit.history` (default 1,000).
+    history: Option<usize>,
+}
+
+/// A bandit's history lists at most this many revisions unless asked for fewer.
+const HISTORY_DEFAULT: usize = 1_000;
+
+/// One experiment, with its exposure counts per group (and a bandit's weights history).
 #[utoipa::path(get, path = "/experiments/{id}", tag = "experiments",
-    params(("id" = String, Path, description = "The experiment's id")),
+    params(("id" = String, Path, description = "The experiment's id"), ShowQuery),
     responses(
         (status = 200, body = ExperimentView),
+        (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 404, description = "Unknown experiment", body = ErrorBody),
     ))]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<ShowQuery>, QueryRejection>,
 ) -> Result<Json<ExperimentView>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let keep = query.history.unwrap_or(HISTORY_DEFAULT);
     let experiment = state.experiments.get(&id)?;
     let service = state.experiments.clone();
     let live = experiment.clone();
     let (results, history) = tokio::task::spawn_blocking(move || {
         let history = match live.definition.bandit() {
-            Some(_) => Some(service.weights_history(&live.definition.id)?),
+            Some(_) => {
+                let mut all = service.weights_history(&live.definition.id)?;
+                Some(all.split_off(all.len().saturating_sub(keep)))
+            }
             None => None,
         };
         Ok::<_, crate::experiments::ExperimentError>((service.results(&live)?, history))

@@ -25,11 +25,22 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 
 /// `{key="value"}` with the value escaped as the format requires.
 fn label(key: &str, value: &str) -> String {
-    let escaped = value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n");
-    format!("{{{key}=\"{escaped}\"}}")
+    labels(&[(key, value)])
+}
+
+/// `{k1="v1",k2="v2"}`, values escaped as the format requires.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(key, value)| {
+            let escaped = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{key}=\"{escaped}\"")
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
 }
 
 /// Prometheus text format (0.0.4).
@@ -204,6 +215,51 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "counter",
         "Experiment exposures dropped because the log's queue was full.",
         &[(String::new(), logged.dropped as f64)],
+    );
+
+    // Bandits: the share of new users each group gets now, and the revision it comes from.
+    let set = state.experiments.current();
+    let bandits: Vec<_> = set
+        .experiments
+        .iter()
+        .filter(|e| e.definition.bandit().is_some())
+        .collect();
+    let mut weights = Vec::new();
+    for experiment in &bandits {
+        let id = &experiment.definition.id;
+        for (group, weight) in experiment
+            .definition
+            .groups
+            .iter()
+            .zip(experiment.weights_in_force())
+        {
+            weights.push((
+                labels(&[("experiment", id), ("group", &group.name)]),
+                weight,
+            ));
+        }
+    }
+    family(
+        &mut out,
+        "recohost_bandit_weight",
+        "gauge",
+        "A bandit group's share of new users now.",
+        &weights,
+    );
+    family(
+        &mut out,
+        "recohost_bandit_weights_revision",
+        "gauge",
+        "The bandit's weights revision in force (0: none stored yet).",
+        &bandits
+            .iter()
+            .map(|e| {
+                (
+                    label("experiment", &e.definition.id),
+                    e.weights_revision() as f64,
+                )
+            })
+            .collect::<Vec<_>>(),
     );
 
     family(

@@ -21,8 +21,8 @@
 //!
 //! **Trials.** A trial is a user in a period: the user's first exposure under a weights
 //! revision (the revision in force is the period) starts it, in the arm that exposure served.
-//! It succeeds when the user's next metric event (after the exposure, and before any later
-//! trial of theirs) is stored within `attribution_secs` of the exposure. So a heavy user
+//! It succeeds when one of the user's metric events, stored after the exposure and before
+//! any later trial of theirs, is stamped within `attribution_secs` after the exposure. So a heavy user
 //! counts once per period, however many lists they were shown.
 
 use std::collections::HashMap;
@@ -90,6 +90,9 @@ pub struct WeightsRevision {
     pub state: BanditState,
     /// The groups, in the experiment's order: the weights and counts are theirs.
     pub groups: Vec<String>,
+    /// Each group's plugin: an arm given another plugin is a new arm, with no evidence yet.
+    #[serde(default)]
+    pub plugins: Vec<String>,
     /// Sum to 1; what new users are hashed with while this revision is in force.
     pub weights: Vec<f64>,
     /// Per group, trials and successes counted from revision `counted_from` on.
@@ -100,8 +103,13 @@ pub struct WeightsRevision {
     pub equal_probability: f64,
     /// Whether every arm had its burn-in of users (else the weights stayed equal).
     pub burned_in: bool,
-    /// The seed of the draws (from the experiment's seed and the revision number).
+    /// The seed of the draws (from the experiment's seed and the revision number; an
+    /// operator's revision keeps the one its weights were drawn with).
     pub seed: u64,
+    /// The settings the weights were drawn with (`update` revisions): with `counts` and
+    /// `seed` they give the weights again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drawn_with: Option<DrawSettings>,
     /// Exposures served under this revision or later are counted.
     pub counted_from: u64,
     /// Who wrote it: `learner <node>` or `operator via <node>`.
@@ -132,15 +140,19 @@ impl WeightsRevision {
         })
     }
 
-    /// Whether it is for `definition`'s groups (same names, same order).
+    /// Whether it is for `definition`'s arms (same names and plugins, same order) and whole.
     pub fn fits(&self, definition: &Experiment) -> bool {
-        self.groups.len() == definition.groups.len()
-            && self
+        let arms = definition.groups.len();
+        self.groups.len() == arms
+            && self.plugins.len() == arms
+            && definition
                 .groups
                 .iter()
-                .zip(&definition.groups)
-                .all(|(name, group)| *name == group.name)
-            && self.weights.len() == self.groups.len()
+                .zip(self.groups.iter().zip(&self.plugins))
+                .all(|(group, (name, plugin))| *name == group.name && *plugin == group.plugin)
+            && self.weights.len() == arms
+            && self.counts.len() == arms
+            && self.best_probability.len() == arms
     }
 
     /// The promoted group's index, once the bandit is over.
@@ -149,6 +161,36 @@ impl WeightsRevision {
             return None;
         }
         self.weights.iter().position(|&w| w >= 1.0)
+    }
+}
+
+/// [`WeightSettings`] as stored with a revision.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DrawSettings {
+    pub burn_in_users: u64,
+    pub min_weight: f64,
+    pub top_two: bool,
+    pub null_prior: f64,
+}
+
+impl From<DrawSettings> for WeightSettings {
+    fn from(s: DrawSettings) -> Self {
+        Self {
+            burn_in_users: s.burn_in_users,
+            min_weight: s.min_weight,
+            top_two: s.top_two,
+            null_prior: s.null_prior,
+        }
+    }
+}
+
+/// The draw settings of a bandit.
+pub fn draw_settings(settings: &BanditSettings) -> DrawSettings {
+    DrawSettings {
+        burn_in_users: settings.burn_in_users,
+        min_weight: settings.min_weight,
+        top_two: settings.top_two,
+        null_prior: settings.null_prior,
     }
 }
 
@@ -167,16 +209,6 @@ pub fn draw_seed(experiment_seed: &str, revision: u64) -> u64 {
     hash
 }
 
-/// The weight settings of a bandit.
-pub fn weight_settings(settings: &BanditSettings) -> WeightSettings {
-    WeightSettings {
-        burn_in_users: settings.burn_in_users,
-        min_weight: settings.min_weight,
-        top_two: settings.top_two,
-        null_prior: settings.null_prior,
-    }
-}
-
 /// Whether an event is a success under `metric`.
 fn is_success(metric: Metric, kind: EventKind, value: f32) -> bool {
     match metric {
@@ -186,14 +218,17 @@ fn is_success(metric: Metric, kind: EventKind, value: f32) -> bool {
     }
 }
 
+/// How far before an exposure a client's event timestamp may be and still count (clocks).
+const CLOCK_SKEW_SECS: u64 = 300;
+
 /// Counts a bandit's trials and successes from its exposures and the events after them
 /// (see the module doc). Feed it events in id order.
 pub struct TrialCounter {
     metric: Metric,
     attribution_ms: u64,
-    /// Per trial: its group and whether it succeeded.
-    trials: Vec<(usize, bool)>,
-    /// Per user: their trials' (after_event, started at ms, trial index), oldest first.
+    /// Per trial: its group, when it started, and whether it succeeded.
+    trials: Vec<(usize, u64, bool)>,
+    /// Per user: every counted exposure's (after_event, at_ms, trial index), in serving order.
     by_user: HashMap<String, Vec<(i64, u64, usize)>>,
     groups: usize,
     first_after: i64,
@@ -210,7 +245,7 @@ impl TrialCounter {
     ) -> Self {
         let mut trials = Vec::new();
         let mut by_user: HashMap<String, Vec<(i64, u64, usize)>> = HashMap::new();
-        let mut started: std::collections::HashSet<(&str, u64)> = Default::default();
+        let mut started: HashMap<(&str, u64), usize> = HashMap::new();
         let mut first_after = i64::MAX;
         for exposure in exposures {
             if exposure.weights_revision < counted_from {
@@ -219,19 +254,23 @@ impl TrialCounter {
             let Some(group) = definition.group_index(&exposure.group_name) else {
                 continue;
             };
-            if !started.insert((&exposure.user_id, exposure.weights_revision)) {
-                continue;
-            }
+            // The user's first exposure under a revision starts their trial of that period.
+            let trial = *started
+                .entry((&exposure.user_id, exposure.weights_revision))
+                .or_insert_with(|| {
+                    trials.push((group, exposure.at_ms, false));
+                    trials.len() - 1
+                });
             by_user.entry(exposure.user_id.clone()).or_default().push((
                 exposure.after_event,
                 exposure.at_ms,
-                trials.len(),
+                trial,
             ));
-            trials.push((group, false));
             first_after = first_after.min(exposure.after_event);
         }
         for list in by_user.values_mut() {
-            list.sort_by_key(|&(after, at, _)| (after, at));
+            // Stable: exposures after the same event keep serving order.
+            list.sort_by_key(|&(after, _, _)| after);
         }
         Self {
             metric: settings.metric,
@@ -248,7 +287,9 @@ impl TrialCounter {
         self.first_after
     }
 
-    /// Takes one event (`timestamp` in Unix seconds) into account.
+    /// Takes one event (`timestamp` in Unix seconds) into account: it is feedback on the
+    /// user's latest exposure stored before it, and a success of that exposure's trial if
+    /// it is stamped within the attribution window after that exposure.
     pub fn event(&mut self, id: i64, user: &str, kind: EventKind, value: f32, timestamp: u64) {
         if !is_success(self.metric, kind, value) {
             return;
@@ -256,36 +297,52 @@ impl TrialCounter {
         let Some(list) = self.by_user.get(user) else {
             return;
         };
-        // The user's latest trial started before the event.
         let before = list.partition_point(|&(after, _, _)| after < id);
-        let Some(&(_, started_ms, trial)) = before.checked_sub(1).and_then(|i| list.get(i)) else {
+        let Some(&(_, shown_ms, trial)) = before.checked_sub(1).and_then(|i| list.get(i)) else {
             return;
         };
         // Event timestamps are whole seconds: the window ends at the end of its last second.
-        let deadline_secs = started_ms.saturating_add(self.attribution_ms) / 1000;
-        if timestamp <= deadline_secs {
-            self.trials[trial].1 = true;
+        // An event stamped well before the exposure (a backfill, an import of old events) is
+        // not feedback on it, whatever its id; a few minutes are allowed for client clocks.
+        let deadline_secs = shown_ms.saturating_add(self.attribution_ms) / 1000;
+        let earliest_secs = (shown_ms / 1000).saturating_sub(CLOCK_SKEW_SECS);
+        if (earliest_secs..=deadline_secs).contains(&timestamp) {
+            self.trials[trial].2 = true;
         }
     }
 
-    /// Per group: trials and successes.
-    pub fn finish(self) -> Vec<TrialCounts> {
+    /// Per group: trials that started at or before `mature_before_ms`, and their successes.
+    /// Younger trials are left for a later count: their outcome is not known yet, and
+    /// counting them as failures would bias down the arm with the most recent traffic.
+    pub fn finish(self, mature_before_ms: u64) -> Vec<TrialCounts> {
         let mut counts = vec![TrialCounts::default(); self.groups];
-        for (group, success) in self.trials {
-            counts[group].trials += 1;
-            counts[group].successes += u64::from(success);
+        for (group, started_ms, success) in self.trials {
+            if started_ms <= mature_before_ms {
+                counts[group].trials += 1;
+                counts[group].successes += u64::from(success);
+            }
         }
         counts
     }
 }
 
-/// Counts `definition`'s trials from revision `counted_from` on, reading its exposures and
-/// the events after them. Blocking.
+/// How long a trial runs before it counts: the attribution window, but never more than a
+/// period (a longer wait would leave every update without its last period's trials).
+pub fn maturity_ms(settings: &BanditSettings) -> u64 {
+    settings
+        .attribution_secs
+        .min(settings.period_secs)
+        .saturating_mul(1000)
+}
+
+/// Counts `definition`'s trials from revision `counted_from` on that started at or before
+/// `mature_before_ms`, reading its exposures and the events after them. Blocking.
 pub fn count_trials(
     store: &Store,
     definition: &Experiment,
     settings: &BanditSettings,
     counted_from: u64,
+    mature_before_ms: u64,
 ) -> StoreResult<Vec<TrialCounts>> {
     let exposures = store.exposures_of(&definition.id)?;
     let mut counter = TrialCounter::new(definition, settings, &exposures, counted_from);
@@ -296,7 +353,7 @@ pub fn count_trials(
             counter.event(id, user, kind, value, timestamp)
         })?;
     }
-    Ok(counter.finish())
+    Ok(counter.finish(mature_before_ms))
 }
 
 /// A revision with equal weights and no evidence, numbered `revision`.
@@ -316,20 +373,86 @@ fn equal_revision(
         action,
         state: BanditState::Learning,
         groups: definition.group_names(),
+        plugins: definition.groups.iter().map(|g| g.plugin.clone()).collect(),
         weights: equal.clone(),
         counts: vec![TrialCounts::default(); arms],
         best_probability: equal,
         equal_probability: settings.null_prior,
         burned_in: false,
         seed: draw_seed(&definition.seed, revision),
+        drawn_with: None,
         counted_from,
         by,
         note: None,
     }
 }
 
-/// What the learner should write for `definition` now, given its newest stored revision
-/// (`None`: nothing due).
+/// The first revision for `definition`'s arms after `previous` (for other arms, or none):
+/// equal weights, counting from itself on (from the very start for a new bandit). An
+/// operator's decision carries over: a frozen bandit stays frozen, a promoted arm that is
+/// still there stays promoted.
+fn start_revision(
+    definition: &Experiment,
+    settings: &BanditSettings,
+    previous: Option<&WeightsRevision>,
+    by: &str,
+) -> WeightsRevision {
+    let next = previous.map_or(1, |r| r.revision + 1);
+    let counted_from = if previous.is_none() { 0 } else { next };
+    let mut start = equal_revision(
+        definition,
+        settings,
+        next,
+        Action::Start,
+        counted_from,
+        format!("learner {by}"),
+    );
+    match previous {
+        Some(p) if p.state == BanditState::Frozen => start.state = BanditState::Frozen,
+        Some(p) if p.state == BanditState::Promoted => {
+            let promoted = p.promoted().and_then(|i| {
+                definition
+                    .groups
+                    .iter()
+                    .position(|g| g.name == p.groups[i] && p.plugins.get(i) == Some(&g.plugin))
+            });
+            if let Some(index) = promoted {
+                start.state = BanditState::Promoted;
+                start.weights = one_hot(definition.groups.len(), index);
+            }
+        }
+        _ => {}
+    }
+    start
+}
+
+fn one_hot(arms: usize, index: usize) -> Vec<f64> {
+    (0..arms)
+        .map(|i| if i == index { 1.0 } else { 0.0 })
+        .collect()
+}
+
+/// Whether the learner has a revision to write for `definition` now, given its newest
+/// stored one: a start (no revision for these arms yet) or a period's update.
+fn is_due(
+    definition: &Experiment,
+    settings: &BanditSettings,
+    newest: Option<&WeightsRevision>,
+    now_ms: u64,
+) -> bool {
+    match newest {
+        Some(newest) if newest.fits(definition) => {
+            newest.state == BanditState::Learning
+                && now_ms
+                    >= newest
+                        .at_ms
+                        .saturating_add(settings.period_secs.saturating_mul(1000))
+        }
+        _ => true,
+    }
+}
+
+/// The revision the learner writes for `definition` now (call when [`is_due`]).
 fn due_revision(
     store: &Store,
     definition: &Experiment,
@@ -337,83 +460,93 @@ fn due_revision(
     newest: Option<&WeightsRevision>,
     now_ms: u64,
     by: &str,
-) -> StoreResult<Option<WeightsRevision>> {
-    let next = newest.map_or(1, |r| r.revision + 1);
+) -> StoreResult<WeightsRevision> {
     let Some(newest) = newest.filter(|r| r.fits(definition)) else {
-        // The first revision counts every exposure so far; one after a change of groups
-        // counts from itself on.
-        let counted_from = if newest.is_none() { 0 } else { next };
-        return Ok(Some(equal_revision(
-            definition,
-            settings,
-            next,
-            Action::Start,
-            counted_from,
-            format!("learner {by}"),
-        )));
+        return Ok(start_revision(definition, settings, newest, by));
     };
-    let period_ms = settings.period_secs.saturating_mul(1000);
-    if newest.state != BanditState::Learning || now_ms < newest.at_ms.saturating_add(period_ms) {
-        return Ok(None);
-    }
-    let counts = count_trials(store, definition, settings, newest.counted_from)?;
+    let next = newest.revision + 1;
+    let mature_before_ms = now_ms.saturating_sub(maturity_ms(settings));
+    let counts = count_trials(
+        store,
+        definition,
+        settings,
+        newest.counted_from,
+        mature_before_ms,
+    )?;
     let seed = draw_seed(&definition.seed, next);
     let arm_counts: Vec<ArmCounts> = counts.iter().copied().map(ArmCounts::from).collect();
-    let drawn = thompson_weights(&arm_counts, &weight_settings(settings), seed);
-    Ok(Some(WeightsRevision {
+    let drawn_with = draw_settings(settings);
+    let drawn = thompson_weights(&arm_counts, &drawn_with.into(), seed);
+    Ok(WeightsRevision {
         revision: next,
         at_ms: now_ms,
         action: Action::Update,
         state: BanditState::Learning,
         groups: definition.group_names(),
+        plugins: definition.groups.iter().map(|g| g.plugin.clone()).collect(),
         weights: drawn.weights,
         counts,
         best_probability: drawn.best_probability,
         equal_probability: drawn.equal_probability,
         burned_in: drawn.burned_in,
         seed,
+        drawn_with: Some(drawn_with),
         counted_from: newest.counted_from,
         by: format!("learner {by}"),
         note: None,
-    }))
+    })
+}
+
+/// The newest stored weights revision of each experiment, by id. A row that cannot be read
+/// (written by a newer version during a rolling upgrade, say) is logged and left out: it
+/// stops only its own experiment's weights from moving here.
+pub fn newest_revisions(store: &Store) -> StoreResult<HashMap<String, WeightsRevision>> {
+    let mut newest = HashMap::new();
+    for row in store.latest_weights_revisions()? {
+        match WeightsRevision::from_row(&row) {
+            Ok(revision) => {
+                newest.insert(row.experiment_id, revision);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "skipping a weights revision this version cannot read")
+            }
+        }
+    }
+    Ok(newest)
 }
 
 /// The learner's pass over the running bandits: writes each one's due revision, then puts
 /// the newest revisions in force here. Blocking.
 pub fn run_due_updates(store: &Store, experiments: &Experiments, node: &str) -> StoreResult<usize> {
     let set = experiments.current();
-    let newest: HashMap<String, WeightsRevision> = store
-        .latest_weights_revisions()?
-        .iter()
-        .map(|row| Ok((row.experiment_id.clone(), WeightsRevision::from_row(row)?)))
-        .collect::<StoreResult<_>>()?;
-    let mut written = 0;
-    let running = set
+    let running: Vec<_> = set
         .experiments
         .iter()
-        .filter(|e| e.definition.bandit().is_some() && e.definition.status == Status::Running);
+        .filter(|e| e.definition.bandit().is_some() && e.definition.status == Status::Running)
+        .collect();
+    if running.is_empty() {
+        return Ok(0);
+    }
+    let newest = newest_revisions(store)?;
+    let now_ms = unix_now_ms();
+    let mut written = 0;
     let mut flushed = false;
     for experiment in running {
         let definition = &experiment.definition;
         let Some(settings) = definition.bandit() else {
             continue;
         };
+        let previous = newest.get(&definition.id);
+        if !is_due(definition, settings, previous, now_ms) {
+            continue;
+        }
         if !flushed {
             // Queued exposures first: the period just ended must be counted whole.
             experiments.flush();
             flushed = true;
         }
-        let due = due_revision(
-            store,
-            definition,
-            settings,
-            newest.get(&definition.id),
-            unix_now_ms(),
-            node,
-        )?;
-        if let Some(revision) = due
-            && store.append_weights_revision(&revision.to_row(&definition.id)?)?
-        {
+        let revision = due_revision(store, definition, settings, previous, now_ms, node)?;
+        if store.append_weights_revision(&revision.to_row(&definition.id)?)? {
             written += 1;
             tracing::info!(
                 experiment = %definition.id,
@@ -424,7 +557,9 @@ pub fn run_due_updates(store: &Store, experiments: &Experiments, node: &str) -> 
             );
         }
     }
-    experiments.follow_weights(store)?;
+    if written > 0 {
+        experiments.follow_weights(store)?;
+    }
     Ok(written)
 }
 
@@ -469,21 +604,22 @@ pub fn operator_action(
     let by = format!("operator via {node}");
     // Another writer may take the number we read; read again and decide again.
     for _ in 0..5 {
-        let newest = store
+        let latest = store
             .weights_revisions(&definition.id)?
             .last()
             .map(WeightsRevision::from_row)
-            .transpose()?
-            .filter(|r| r.fits(definition));
-        let next = newest.as_ref().map_or(1, |r| r.revision + 1);
-        let base = newest.clone().unwrap_or_else(|| {
-            equal_revision(definition, settings, 0, Action::Start, 0, by.clone())
-        });
+            .transpose()?;
+        // The number follows the newest revision whatever arms it was for; the weights
+        // start from it only if it is for these arms.
+        let next = latest.as_ref().map_or(1, |r| r.revision + 1);
+        let base = match latest {
+            Some(r) if r.fits(definition) => r,
+            other => start_revision(definition, settings, other.as_ref(), node),
+        };
         let state = base.state;
         let mut revision = WeightsRevision {
             revision: next,
             at_ms: unix_now_ms(),
-            seed: draw_seed(&definition.seed, next),
             by: by.clone(),
             note: note.clone(),
             ..base
@@ -523,9 +659,7 @@ pub fn operator_action(
                         })?;
                 revision.action = Action::Promote;
                 revision.state = BanditState::Promoted;
-                revision.weights = (0..definition.groups.len())
-                    .map(|i| if i == index { 1.0 } else { 0.0 })
-                    .collect();
+                revision.weights = one_hot(definition.groups.len(), index);
             }
         }
         if store.append_weights_revision(&revision.to_row(&definition.id)?)? {
@@ -568,8 +702,9 @@ impl BanditRunner {
             .name("bandits".into())
             .spawn(move || {
                 let mut failing = false;
+                // The first pass at once: a new bandit's first revision comes before most
+                // of its users (those served before it get the same equal weights).
                 while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
                     let outcome = if learner.is_learner() {
                         run_due_updates(&store, &experiments, &node).map(|_| ())
                     } else {
@@ -584,6 +719,7 @@ impl BanditRunner {
                         }
                         Err(_) => {}
                     }
+                    std::thread::sleep(TICK);
                 }
             })?;
         Ok(Self {
@@ -656,8 +792,10 @@ mod tests {
         counter.event(16, "u2", EventKind::Click, 1.0, 1_120);
         counter.event(17, "u3", EventKind::Click, 1.0, 1_000);
         counter.event(18, "u4", EventKind::Click, 1.0, 1_000);
+        // u2's backfilled click, stamped ten minutes before the exposure: not feedback.
+        counter.event(19, "u2", EventKind::Click, 1.0, 400);
         assert_eq!(
-            counter.finish(),
+            counter.finish(u64::MAX),
             vec![
                 TrialCounts {
                     trials: 2,
@@ -669,6 +807,126 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_window_runs_from_the_latest_list_shown_and_young_trials_wait() {
+        let definition = bandit();
+        let settings = BanditSettings {
+            attribution_secs: 60,
+            ..definition.bandit().unwrap().clone()
+        };
+        let exposures = [
+            // u1: shown a list at 1,000 s and another at 1,100 s, in the same period.
+            exposure(1, "u1", "control", 10, 1_000_000, 1),
+            exposure(2, "u1", "control", 12, 1_100_000, 1),
+            // u2: a trial started at 1,500 s, too young to count at 1,520 s.
+            exposure(3, "u2", "treatment", 12, 1_500_000, 1),
+        ];
+        let mut counter = TrialCounter::new(&definition, &settings, &exposures, 0);
+        // 130 s after the first list, 30 s after the second: a success of u1's trial.
+        counter.event(13, "u1", EventKind::Click, 1.0, 1_130);
+        counter.event(14, "u2", EventKind::Click, 1.0, 1_510);
+        let counts = counter.finish(1_520_000 - maturity_ms(&settings));
+        assert_eq!(
+            counts,
+            vec![
+                TrialCounts {
+                    trials: 1,
+                    successes: 1
+                },
+                TrialCounts::default()
+            ]
+        );
+        assert_eq!(maturity_ms(&settings), 60_000);
+    }
+
+    #[test]
+    fn an_update_is_reproducible_from_its_stored_counts_seed_and_settings() {
+        use crate::store::{ExposureRow, ImportBatch, ImportEvent, ItemRow};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let definition = bandit();
+        let settings = BanditSettings {
+            burn_in_users: 10,
+            null_prior: 0.5,
+            ..definition.bandit().unwrap().clone()
+        };
+        let now_ms = unix_now_ms();
+        let shown_ms = now_ms - 3_600_000;
+        // 40 users per arm an hour ago; a third of treatment's and a tenth of control's click.
+        let users: Vec<(String, &str, bool)> = (0..80)
+            .map(|u| {
+                let group = if u % 2 == 0 { "control" } else { "treatment" };
+                let clicks = if u % 2 == 0 { u % 20 == 0 } else { u % 6 == 1 };
+                (format!("u{u}"), group, clicks)
+            })
+            .collect();
+        let exposures: Vec<ExposureRow> = users
+            .iter()
+            .map(|(user, group, _)| ExposureRow {
+                experiment_id: "bandit".into(),
+                group_name: (*group).into(),
+                user_id: user.clone(),
+                plugin: "p".into(),
+                model_version: 1,
+                after_event: 0,
+                at_ms: shown_ms,
+                weights_revision: 1,
+            })
+            .collect();
+        store.append_exposures(&exposures, &[]).unwrap();
+        let clicks = users
+            .iter()
+            .filter(|(_, _, clicks)| *clicks)
+            .map(|(user, _, _)| ImportEvent {
+                user: user.clone(),
+                item: "i".into(),
+                kind: EventKind::Click,
+                value: 1.0,
+                timestamp: shown_ms / 1000 + 30,
+            })
+            .collect::<Vec<_>>();
+        let clicked = clicks.len() as u64;
+        store
+            .import(&ImportBatch {
+                items: vec![ItemRow {
+                    external_id: "i".into(),
+                    title: "I".into(),
+                    tags: vec![],
+                }],
+                events: clicks,
+            })
+            .unwrap();
+        let mut previous = equal_revision(&definition, &settings, 1, Action::Start, 0, "t".into());
+        previous.at_ms = shown_ms;
+        let mut with_settings = definition.clone();
+        with_settings.allocation = crate::experiments::definition::Allocation::Thompson(settings);
+        let settings = with_settings.bandit().unwrap();
+        assert!(is_due(&with_settings, settings, Some(&previous), now_ms));
+        let update = due_revision(
+            &store,
+            &with_settings,
+            settings,
+            Some(&previous),
+            now_ms,
+            "me",
+        )
+        .unwrap();
+        let total: u64 = update.counts.iter().map(|c| c.successes).sum();
+        assert_eq!(total, clicked);
+        assert_eq!(update.counts[0].trials + update.counts[1].trials, 80);
+        assert!(
+            update.burned_in && update.weights[1] > update.weights[0],
+            "{update:?}"
+        );
+        // From the stored row alone: the same weights.
+        let stored = WeightsRevision::from_row(&update.to_row("bandit").unwrap()).unwrap();
+        let counts: Vec<ArmCounts> = stored.counts.iter().copied().map(ArmCounts::from).collect();
+        let again = thompson_weights(&counts, &stored.drawn_with.unwrap().into(), stored.seed);
+        assert_eq!(again.weights, stored.weights);
+        // Not due again before a period has passed.
+        assert!(!is_due(&with_settings, settings, Some(&stored), now_ms + 1));
     }
 
     #[test]

@@ -471,7 +471,12 @@ impl Experiments {
             !in_namespace(user_id, (&ns.name, ns.start, ns.end))
         };
         if let Some(group) = experiment.promoted() {
-            // The bandit is over: everyone in the experiment gets the promoted arm.
+            // The bandit is over: everyone in the experiment gets the promoted arm. A user
+            // placed before is in it, wherever the hash puts them now; a new user is placed
+            // as by any weights (the promoted arm's range is the whole coverage).
+            if definition.sticky && self.kept_group(definition, user_id).is_some() {
+                return decision(Placement::Promoted(group));
+            }
             if definition.namespace.as_ref().is_some_and(outside_namespace) {
                 return decision(Placement::OutsideNamespace);
             }
@@ -760,16 +765,10 @@ impl Experiments {
 
 /// The newest weights revision of each bandit in `store`.
 fn read_weights(store: &Store) -> Result<WeightsMap, StoreError> {
-    store
-        .latest_weights_revisions()?
-        .iter()
-        .map(|row| {
-            Ok((
-                row.experiment_id.clone(),
-                Arc::new(WeightsRevision::from_row(row)?),
-            ))
-        })
-        .collect()
+    Ok(super::allocation::newest_revisions(store)?
+        .into_iter()
+        .map(|(id, revision)| (id, Arc::new(revision)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -1019,12 +1018,14 @@ mod tests {
             action: Action::Update,
             state,
             groups: vec!["control".into(), "treatment".into()],
+            plugins: vec!["collaborative".into(), "hybrid".into()],
             weights: weights.to_vec(),
             counts: vec![Default::default(); 2],
             best_probability: weights.to_vec(),
             equal_probability: 0.0,
             burned_in: true,
             seed: 0,
+            drawn_with: None,
             counted_from: 0,
             by: "test".into(),
             note: None,
@@ -1076,7 +1077,8 @@ mod tests {
             .count();
         assert!(late > 930, "{late} of 1000 new users in treatment");
 
-        // Promoted: everyone gets control, kept users included; their kept arm stays stored.
+        // Promoted: everyone gets control, kept users included (whatever their hash says
+        // under the promoted weights); their kept arm stays stored.
         store_weights(&fixture, &revision(2, [1.0, 0.0], BanditState::Promoted));
         for (user, _) in &early {
             let decision = fixture.experiments.decision(user, None).unwrap().unwrap();
@@ -1114,6 +1116,49 @@ mod tests {
             )
             .unwrap()
             .flagged
+        );
+    }
+
+    #[test]
+    fn a_promotion_at_half_coverage_keeps_everyone_who_was_in() {
+        let half = BANDIT.replace("sticky = true", "sticky = true\ncoverage = 0.5");
+        let fixture = open_with(&[("bandit.toml", &half)]);
+        let placed: Vec<String> = (0..400)
+            .map(|u| format!("u{u}"))
+            .filter(
+                |user| match fixture.experiments.assign(user, None).unwrap() {
+                    Some(assignment) => {
+                        fixture.experiments.record_exposure(&assignment, user, 1, 0);
+                        true
+                    }
+                    None => false,
+                },
+            )
+            .collect();
+        assert!(
+            (100..300).contains(&placed.len()),
+            "{} of 400 in",
+            placed.len()
+        );
+        store_weights(&fixture, &revision(1, [0.0, 1.0], BanditState::Promoted));
+        for user in &placed {
+            let decision = fixture
+                .experiments
+                .decision(user, Some("bandit"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(decision.placement, Placement::Promoted(1), "{user}");
+        }
+        // New users: in by the hash, as at any weights (half of them).
+        let newcomers = (0..400)
+            .filter(|u| {
+                let user = format!("new{u}");
+                fixture.experiments.assign(&user, None).unwrap().is_some()
+            })
+            .count();
+        assert!(
+            (100..300).contains(&newcomers),
+            "{newcomers} of 400 new users in"
         );
     }
 

@@ -248,7 +248,8 @@ function banditSection(h, experiment, detail) {
     h('div', { class: 'charts' },
       lineChart({
         name: 'bandit-weights', title: 'Share of new users per group, by weights revision', yLabel: 'share of new users', unit: '%', yMax: 100,
-        series: experiment.groups.map((g, i) => ({ name: g.name, points: history.map((r) => [r.at_ms, r.weights[i] * 100]) })),
+        // By name: revisions from before a change of groups have other groups.
+        series: experiment.groups.map((g) => ({ name: g.name, points: history.filter((r) => r.groups.includes(g.name)).map((r) => [r.at_ms, r.weights[r.groups.indexOf(g.name)] * 100]) })),
         empty: 'No weights revision yet: the learner stores the first within a second of the experiment starting.',
       }),
       intervalChart({
@@ -307,7 +308,7 @@ async function experiments({ api, h }) {
   }
   const results = await Promise.all(list.experiments.map((e) => api(`/experiments/${encodeURIComponent(e.id)}/results`)));
   // A bandit's page needs its weights history.
-  const details = await Promise.all(list.experiments.map((e) => (e.bandit ? api(`/experiments/${encodeURIComponent(e.id)}`) : null)));
+  const details = await Promise.all(list.experiments.map((e) => (e.bandit ? api(`/experiments/${encodeURIComponent(e.id)}?history=500`) : null)));
   return section(h, 'experiments-page', 'Experiments', reloadError,
     h('p', { class: 'note' }, `${list.experiments.length} experiment(s) from ${list.directory}; exposures stored ${formatNumber(list.exposures_logged.stored)}`,
       list.exposures_logged.failed ? `, failed ${formatNumber(list.exposures_logged.failed)}` : '',
