@@ -590,6 +590,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_example_bandit_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/experiments");
+        let plugins = vec!["popularity".to_string(), "collaborative".to_string()];
+        let experiments = load_dir(&path, &plugins).unwrap();
+        let bandit = experiments
+            .iter()
+            .find(|e| e.id == "ranking_bandit")
+            .unwrap();
+        assert_eq!(bandit.bandit().unwrap().burn_in_users, 1000);
+    }
+
+    #[test]
     fn defaults_and_relative_weights() {
         let experiment = parse(VALID).unwrap();
         assert_eq!(
