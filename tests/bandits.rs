@@ -448,6 +448,14 @@ fn operators_freeze_resume_reset_and_promote_and_the_history_says_so() {
     assert_eq!((status, error_code(&body).as_str()), (400, "invalid_json"));
     let (status, body) = act("promote", "{}", Some(TOKEN));
     assert_eq!((status, error_code(&body).as_str()), (400, "missing_group"));
+    let (status, body) = act("freeze", "{\"group\": \"control\"}", Some(TOKEN));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "unexpected_group")
+    );
+    let long_note = format!("{{\"note\": \"{}\"}}", "x".repeat(1_001));
+    let (status, body) = act("freeze", &long_note, Some(TOKEN));
+    assert_eq!((status, error_code(&body).as_str()), (400, "invalid_note"));
     let (status, body) = act("promote", "{\"group\": \"nope\"}", Some(TOKEN));
     assert_eq!((status, error_code(&body).as_str()), (404, "unknown_group"));
     let (status, body) = act("resume", "", Some(TOKEN));

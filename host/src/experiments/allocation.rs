@@ -141,15 +141,16 @@ impl WeightsRevision {
     }
 
     /// Whether it is for `definition`'s arms (same names and plugins, same order) and whole.
+    /// A revision stored before revisions named their plugins matches by names alone.
     pub fn fits(&self, definition: &Experiment) -> bool {
         let arms = definition.groups.len();
+        let plugin_of = |i: usize| self.plugins.get(i);
         self.groups.len() == arms
-            && self.plugins.len() == arms
-            && definition
-                .groups
-                .iter()
-                .zip(self.groups.iter().zip(&self.plugins))
-                .all(|(group, (name, plugin))| *name == group.name && *plugin == group.plugin)
+            && (self.plugins.is_empty() || self.plugins.len() == arms)
+            && definition.groups.iter().enumerate().all(|(i, group)| {
+                self.groups[i] == group.name
+                    && plugin_of(i).is_none_or(|plugin| *plugin == group.plugin)
+            })
             && self.weights.len() == arms
             && self.counts.len() == arms
             && self.best_probability.len() == arms
@@ -326,13 +327,13 @@ impl TrialCounter {
     }
 }
 
-/// How long a trial runs before it counts: the attribution window, but never more than a
-/// period (a longer wait would leave every update without its last period's trials).
+/// How long a trial runs before it counts: the attribution window, but never more than half
+/// a period, so that each update counts at least the first half of the period just ended.
 pub fn maturity_ms(settings: &BanditSettings) -> u64 {
     settings
         .attribution_secs
-        .min(settings.period_secs)
         .saturating_mul(1000)
+        .min(settings.period_secs.saturating_mul(500))
 }
 
 /// Counts `definition`'s trials from revision `counted_from` on that started at or before
@@ -411,10 +412,10 @@ fn start_revision(
         Some(p) if p.state == BanditState::Frozen => start.state = BanditState::Frozen,
         Some(p) if p.state == BanditState::Promoted => {
             let promoted = p.promoted().and_then(|i| {
-                definition
-                    .groups
-                    .iter()
-                    .position(|g| g.name == p.groups[i] && p.plugins.get(i) == Some(&g.plugin))
+                let name = p.groups.get(i)?;
+                definition.groups.iter().position(|g| {
+                    g.name == *name && p.plugins.get(i).is_none_or(|plugin| *plugin == g.plugin)
+                })
             });
             if let Some(index) = promoted {
                 start.state = BanditState::Promoted;
@@ -497,22 +498,64 @@ fn due_revision(
     })
 }
 
-/// The newest stored weights revision of each experiment, by id. A row that cannot be read
-/// (written by a newer version during a rolling upgrade, say) is logged and left out: it
-/// stops only its own experiment's weights from moving here.
-pub fn newest_revisions(store: &Store) -> StoreResult<HashMap<String, WeightsRevision>> {
-    let mut newest = HashMap::new();
+/// The newest stored weights revisions, by experiment id.
+pub struct NewestRevisions {
+    /// The newest readable revision of each experiment.
+    pub readable: HashMap<String, WeightsRevision>,
+    /// Experiments whose newest row this version cannot read (written by a newer version
+    /// during a rolling upgrade, say): nobody here may extend them.
+    pub unreadable: std::collections::HashSet<String>,
+}
+
+/// Reads the newest weights revision of each experiment. Where the newest row cannot be
+/// read, the newest one that can stands in (logged once per row): it stops only its own
+/// experiment's weights from moving here.
+pub fn newest_revisions(store: &Store) -> StoreResult<NewestRevisions> {
+    let mut newest = NewestRevisions {
+        readable: HashMap::new(),
+        unreadable: Default::default(),
+    };
     for row in store.latest_weights_revisions()? {
         match WeightsRevision::from_row(&row) {
             Ok(revision) => {
-                newest.insert(row.experiment_id, revision);
+                newest.readable.insert(row.experiment_id, revision);
             }
             Err(error) => {
-                tracing::warn!(%error, "skipping a weights revision this version cannot read")
+                warn_unreadable(&row, &error);
+                let fallback = readable_revisions(store, &row.experiment_id)?.pop();
+                if let Some(revision) = fallback {
+                    newest.readable.insert(row.experiment_id.clone(), revision);
+                }
+                newest.unreadable.insert(row.experiment_id);
             }
         }
     }
     Ok(newest)
+}
+
+/// Every readable weights revision of `experiment_id`, oldest first (unreadable rows are
+/// logged once and left out).
+pub fn readable_revisions(store: &Store, experiment_id: &str) -> StoreResult<Vec<WeightsRevision>> {
+    Ok(store
+        .weights_revisions(experiment_id)?
+        .iter()
+        .filter_map(|row| {
+            WeightsRevision::from_row(row)
+                .map_err(|error| warn_unreadable(row, &error))
+                .ok()
+        })
+        .collect())
+}
+
+/// Warns about an unreadable revision row once per process.
+fn warn_unreadable(row: &WeightsRevisionRow, error: &StoreError) {
+    static WARNED: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+    let key = (row.experiment_id.clone(), row.revision);
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.contains(&key) {
+        warned.push(key);
+        tracing::warn!(%error, "skipping a weights revision this version cannot read");
+    }
 }
 
 /// The learner's pass over the running bandits: writes each one's due revision, then puts
@@ -536,7 +579,10 @@ pub fn run_due_updates(store: &Store, experiments: &Experiments, node: &str) -> 
         let Some(settings) = definition.bandit() else {
             continue;
         };
-        let previous = newest.get(&definition.id);
+        if newest.unreadable.contains(&definition.id) {
+            continue;
+        }
+        let previous = newest.readable.get(&definition.id);
         if !is_due(definition, settings, previous, now_ms) {
             continue;
         }
@@ -557,9 +603,10 @@ pub fn run_due_updates(store: &Store, experiments: &Experiments, node: &str) -> 
             );
         }
     }
-    if written > 0 {
-        experiments.follow_weights(store)?;
-    }
+    // Every pass, not only after a write: a single node has no other follower, and a
+    // revision stored by an operator's request or a write whose follow failed must still
+    // come into force here.
+    experiments.follow_weights(store)?;
     Ok(written)
 }
 
@@ -604,14 +651,15 @@ pub fn operator_action(
     let by = format!("operator via {node}");
     // Another writer may take the number we read; read again and decide again.
     for _ in 0..5 {
-        let latest = store
-            .weights_revisions(&definition.id)?
-            .last()
-            .map(WeightsRevision::from_row)
-            .transpose()?;
-        // The number follows the newest revision whatever arms it was for; the weights
-        // start from it only if it is for these arms.
-        let next = latest.as_ref().map_or(1, |r| r.revision + 1);
+        let rows = store.weights_revisions(&definition.id)?;
+        // The number follows the newest row, readable or not, whatever arms it was for; the
+        // weights start from the newest readable revision only if it is for these arms.
+        let next = rows.last().map_or(1, |row| row.revision + 1);
+        let latest = rows.iter().rev().find_map(|row| {
+            WeightsRevision::from_row(row)
+                .map_err(|error| warn_unreadable(row, &error))
+                .ok()
+        });
         let base = match latest {
             Some(r) if r.fits(definition) => r,
             other => start_revision(definition, settings, other.as_ref(), node),
@@ -660,6 +708,8 @@ pub fn operator_action(
                 revision.action = Action::Promote;
                 revision.state = BanditState::Promoted;
                 revision.weights = one_hot(definition.groups.len(), index);
+                // One-hot weights are not drawn from the counts.
+                revision.drawn_with = None;
             }
         }
         if store.append_weights_revision(&revision.to_row(&definition.id)?)? {
@@ -838,7 +888,8 @@ mod tests {
                 TrialCounts::default()
             ]
         );
-        assert_eq!(maturity_ms(&settings), 60_000);
+        // Half the 60 s period: shorter than the 60 s window.
+        assert_eq!(maturity_ms(&settings), 30_000);
     }
 
     #[test]
@@ -927,6 +978,45 @@ mod tests {
         assert_eq!(again.weights, stored.weights);
         // Not due again before a period has passed.
         assert!(!is_due(&with_settings, settings, Some(&stored), now_ms + 1));
+    }
+
+    #[test]
+    fn new_arms_start_afresh_but_keep_an_operators_freeze_or_promotion() {
+        let definition = bandit();
+        let settings = definition.bandit().unwrap();
+        let mut previous = equal_revision(&definition, settings, 7, Action::Update, 3, "t".into());
+        // Another plugin behind a group makes it another arm.
+        let mut swapped = definition.clone();
+        swapped.groups[1].plugin = "collaborative".into();
+        assert!(previous.fits(&definition) && !previous.fits(&swapped));
+        let start = start_revision(&swapped, settings, Some(&previous), "me");
+        assert_eq!((start.revision, start.counted_from), (8, 8));
+        assert_eq!(
+            (start.action, start.state),
+            (Action::Start, BanditState::Learning)
+        );
+        assert!(start.fits(&swapped));
+        // Frozen stays frozen; a promotion of an arm that is still there stays.
+        previous.state = BanditState::Frozen;
+        let start = start_revision(&swapped, settings, Some(&previous), "me");
+        assert_eq!(start.state, BanditState::Frozen);
+        previous.state = BanditState::Promoted;
+        previous.weights = vec![1.0, 0.0];
+        let start = start_revision(&swapped, settings, Some(&previous), "me");
+        assert_eq!(start.state, BanditState::Promoted);
+        assert_eq!(start.weights, vec![1.0, 0.0]);
+        // The promoted arm's plugin changed: it is a new arm, and the bandit learns again.
+        previous.weights = vec![0.0, 1.0];
+        let start = start_revision(&swapped, settings, Some(&previous), "me");
+        assert_eq!(start.state, BanditState::Learning);
+        // A revision from before revisions named plugins matches by names.
+        previous.plugins.clear();
+        assert!(previous.fits(&definition) && previous.fits(&swapped));
+        // The very first revision counts every exposure so far.
+        assert_eq!(
+            start_revision(&definition, settings, None, "me").counted_from,
+            0
+        );
     }
 
     #[test]

@@ -667,11 +667,7 @@ impl Experiments {
 
     /// Every weights revision of `experiment_id`, oldest first (the history). Blocking.
     pub fn weights_history(&self, experiment_id: &str) -> Result<Vec<WeightsRevision>, StoreError> {
-        self.results_store
-            .weights_revisions(experiment_id)?
-            .iter()
-            .map(WeightsRevision::from_row)
-            .collect()
+        super::allocation::readable_revisions(&self.results_store, experiment_id)
     }
 
     /// Puts the newest stored weights revision of each bandit in force, where it is newer
@@ -766,6 +762,7 @@ impl Experiments {
 /// The newest weights revision of each bandit in `store`.
 fn read_weights(store: &Store) -> Result<WeightsMap, StoreError> {
     Ok(super::allocation::newest_revisions(store)?
+        .readable
         .into_iter()
         .map(|(id, revision)| (id, Arc::new(revision)))
         .collect())
