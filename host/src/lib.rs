@@ -17,6 +17,7 @@
 //! - [`events`]: validation and durable group-committed storage of live events.
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
 //! - [`experiments`]: experiment files, GrowthBook-compatible assignment, exposures, results.
+//! - [`monitoring`]: model monitoring (drift statistics so far; issue 21).
 //! - [`histogram`]: the latency histogram behind `/metrics`.
 //! - [`timeline`]: recent rates and latency sampled every 2 s (`GET /overview`).
 //! - [`dashboard`]: the operator dashboard's pages, embedded in the binary.
@@ -41,6 +42,7 @@ pub mod features;
 pub mod histogram;
 pub mod import;
 pub mod learning;
+pub mod monitoring;
 pub mod plugin_dev;
 pub mod plugin_set;
 pub mod plugins;

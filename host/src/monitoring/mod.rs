@@ -1,0 +1,7 @@
+//! Model monitoring: online quality per model version, data drift between a reference and a
+//! current window, alerts and rollback (issue 21, being built).
+//!
+//! - [`drift`]: the statistics (PSI, Jensen-Shannon distance, binning, a one-sided test of a
+//!   drop in a proportion).
+
+pub mod drift;
