@@ -552,4 +552,13 @@ fn operators_freeze_resume_reset_and_promote_and_the_history_says_so() {
     for (i, revision) in reset.iter().enumerate() {
         assert_eq!(revision["revision"], json!(i + 1));
     }
+    // The newest two, oldest first; a bad count is refused.
+    let (status, body) = server.get("/experiments/b?history=2");
+    assert_eq!(status, 200, "{body}");
+    let newest: Vec<Value> = body["bandit"]["history"].as_array().unwrap().clone();
+    assert_eq!(newest.len(), 2);
+    let number = |r: &Value| r["revision"].as_u64().unwrap();
+    assert_eq!(number(&newest[0]) + 1, number(&newest[1]));
+    assert!(number(&newest[1]) >= number(reset.last().unwrap()));
+    assert_eq!(server.get("/experiments/b?history=-1").0, 400);
 }

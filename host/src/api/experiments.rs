@@ -192,11 +192,11 @@ pub async fn list(State(state): State<AppState>) -> Json<ExperimentList> {
 #[serde(deny_unknown_fields)]
 pub struct ShowQuery {
     /// A bandit's newest weights revisions to list in `bandit.history` (default 1,000).
-    history: Option<usize>,
+    history: Option<u64>,
 }
 
 /// A bandit's history lists at most this many revisions unless asked for fewer.
-const HISTORY_DEFAULT: usize = 1_000;
+const HISTORY_DEFAULT: u64 = 1_000;
 
 /// One experiment, with its exposure counts per group (and a bandit's weights history).
 #[utoipa::path(get, path = "/experiments/{id}", tag = "experiments",
@@ -218,10 +218,7 @@ pub async fn show(
     let live = experiment.clone();
     let (results, history) = tokio::task::spawn_blocking(move || {
         let history = match live.definition.bandit() {
-            Some(_) => {
-                let mut all = service.weights_history(&live.definition.id)?;
-                Some(all.split_off(all.len().saturating_sub(keep)))
-            }
+            Some(_) => Some(service.weights_history(&live.definition.id, Some(keep))?),
             None => None,
         };
         Ok::<_, crate::experiments::ExperimentError>((service.results(&live)?, history))

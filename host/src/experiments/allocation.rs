@@ -522,7 +522,7 @@ pub fn newest_revisions(store: &Store) -> StoreResult<NewestRevisions> {
             }
             Err(error) => {
                 warn_unreadable(&row, &error);
-                let fallback = readable_revisions(store, &row.experiment_id)?.pop();
+                let fallback = readable_revisions(store, &row.experiment_id, None)?.pop();
                 if let Some(revision) = fallback {
                     newest.readable.insert(row.experiment_id.clone(), revision);
                 }
@@ -533,11 +533,15 @@ pub fn newest_revisions(store: &Store) -> StoreResult<NewestRevisions> {
     Ok(newest)
 }
 
-/// Every readable weights revision of `experiment_id`, oldest first (unreadable rows are
-/// logged once and left out).
-pub fn readable_revisions(store: &Store, experiment_id: &str) -> StoreResult<Vec<WeightsRevision>> {
+/// The readable ones of the newest `newest` weights revisions of `experiment_id` (all for
+/// `None`), oldest first (unreadable rows are logged once and left out).
+pub fn readable_revisions(
+    store: &Store,
+    experiment_id: &str,
+    newest: Option<u64>,
+) -> StoreResult<Vec<WeightsRevision>> {
     Ok(store
-        .weights_revisions(experiment_id)?
+        .weights_revisions(experiment_id, newest)?
         .iter()
         .filter_map(|row| {
             WeightsRevision::from_row(row)
@@ -651,7 +655,8 @@ pub fn operator_action(
     let by = format!("operator via {node}");
     // Another writer may take the number we read; read again and decide again.
     for _ in 0..5 {
-        let rows = store.weights_revisions(&definition.id)?;
+        // The newest few are enough: the newest row's number, and the newest readable one.
+        let rows = store.weights_revisions(&definition.id, Some(16))?;
         // The number follows the newest row, readable or not, whatever arms it was for; the
         // weights start from the newest readable revision only if it is for these arms.
         let next = rows.last().map_or(1, |row| row.revision + 1);

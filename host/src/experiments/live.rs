@@ -577,7 +577,7 @@ impl Experiments {
             let exposures = self.results_store.exposures_of(&definition.id)?;
             // The sample ratio is tested against the weights each user was placed with.
             let weights_by_revision = if definition.bandit().is_some() {
-                self.weights_history(&definition.id)?
+                self.weights_history(&definition.id, None)?
                     .into_iter()
                     .filter(|r| r.fits(definition))
                     .map(|r| (r.revision, r.weights))
@@ -665,9 +665,14 @@ impl Experiments {
             .clone()
     }
 
-    /// Every weights revision of `experiment_id`, oldest first (the history). Blocking.
-    pub fn weights_history(&self, experiment_id: &str) -> Result<Vec<WeightsRevision>, StoreError> {
-        super::allocation::readable_revisions(&self.results_store, experiment_id)
+    /// The newest `newest` weights revisions of `experiment_id` (all for `None`), oldest
+    /// first (the history). Blocking.
+    pub fn weights_history(
+        &self,
+        experiment_id: &str,
+        newest: Option<u64>,
+    ) -> Result<Vec<WeightsRevision>, StoreError> {
+        super::allocation::readable_revisions(&self.results_store, experiment_id, newest)
     }
 
     /// Puts the newest stored weights revision of each bandit in force, where it is newer

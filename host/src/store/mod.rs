@@ -475,8 +475,13 @@ pub trait ExperimentRecord {
     /// that number (`false`): two writers that read the same latest revision (a learner and
     /// an operator, or two learners during a failover) never both extend it.
     fn append_weights_revision(&self, revision: &WeightsRevisionRow) -> StoreResult<bool>;
-    /// Every weights revision of `experiment_id`, oldest first.
-    fn weights_revisions(&self, experiment_id: &str) -> StoreResult<Vec<WeightsRevisionRow>>;
+    /// The newest `newest` weights revisions of `experiment_id` (all of them for `None`),
+    /// oldest first.
+    fn weights_revisions(
+        &self,
+        experiment_id: &str,
+        newest: Option<u64>,
+    ) -> StoreResult<Vec<WeightsRevisionRow>>;
     /// The newest weights revision of each experiment that has one (what every node polls).
     fn latest_weights_revisions(&self) -> StoreResult<Vec<WeightsRevisionRow>>;
 }

@@ -497,14 +497,18 @@ fn weights_revisions_are_claimed_once_and_read_back_in_order(db: &TestDb) {
             .unwrap()
     );
     assert_eq!(
-        store.weights_revisions("a").unwrap(),
+        store.weights_revisions("a", None).unwrap(),
         vec![row("a", 1, "{\"w\":1}"), row("a", 2, "{\"w\":2}")]
+    );
+    assert_eq!(
+        store.weights_revisions("a", Some(1)).unwrap(),
+        vec![row("a", 2, "{\"w\":2}")]
     );
     assert_eq!(
         store.latest_weights_revisions().unwrap(),
         vec![row("a", 2, "{\"w\":2}"), row("b", 1, "{}")]
     );
-    assert!(store.weights_revisions("c").unwrap().is_empty());
+    assert!(store.weights_revisions("c", None).unwrap().is_empty());
 }
 
 fn the_event_log_reads_back_what_was_written(db: &TestDb) {

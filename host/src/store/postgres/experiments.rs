@@ -219,18 +219,26 @@ impl ExperimentRecord for PostgresStore {
         })
     }
 
-    fn weights_revisions(&self, experiment_id: &str) -> StoreResult<Vec<WeightsRevisionRow>> {
+    fn weights_revisions(
+        &self,
+        experiment_id: &str,
+        newest: Option<u64>,
+    ) -> StoreResult<Vec<WeightsRevisionRow>> {
+        // LIMIT NULL is no limit.
+        let limit: Option<i64> = newest.map(to_i64);
         self.run(async |client| {
-            client
+            let mut rows = client
                 .query(
                     "SELECT experiment_id, revision, at_ms, body FROM weights_revisions
-                     WHERE experiment_id = $1 ORDER BY revision",
-                    &[&experiment_id],
+                     WHERE experiment_id = $1 ORDER BY revision DESC LIMIT $2",
+                    &[&experiment_id, &limit],
                 )
                 .await?
                 .iter()
                 .map(weights_revision_row)
-                .collect()
+                .collect::<StoreResult<Vec<_>>>()?;
+            rows.reverse();
+            Ok(rows)
         })
     }
 

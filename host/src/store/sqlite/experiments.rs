@@ -180,14 +180,22 @@ impl ExperimentRecord for SqliteStore {
         Ok(inserted == 1)
     }
 
-    fn weights_revisions(&self, experiment_id: &str) -> StoreResult<Vec<WeightsRevisionRow>> {
+    fn weights_revisions(
+        &self,
+        experiment_id: &str,
+        newest: Option<u64>,
+    ) -> StoreResult<Vec<WeightsRevisionRow>> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
             "SELECT experiment_id, revision, at_ms, body FROM weights_revisions
-             WHERE experiment_id = ?1 ORDER BY revision",
+             WHERE experiment_id = ?1 ORDER BY revision DESC LIMIT ?2",
         )?;
-        let rows = statement.query_map([experiment_id], weights_revision_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        // SQLite reads a negative limit as none.
+        let limit = newest.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let rows = statement.query_map(params![experiment_id, limit], weights_revision_row)?;
+        let mut rows: Vec<WeightsRevisionRow> = rows.collect::<Result<_, _>>()?;
+        rows.reverse();
+        Ok(rows)
     }
 
     fn latest_weights_revisions(&self) -> StoreResult<Vec<WeightsRevisionRow>> {
