@@ -561,4 +561,5 @@ fn operators_freeze_resume_reset_and_promote_and_the_history_says_so() {
     assert_eq!(number(&newest[0]) + 1, number(&newest[1]));
     assert!(number(&newest[1]) >= number(reset.last().unwrap()));
     assert_eq!(server.get("/experiments/b?history=-1").0, 400);
+    assert_eq!(server.get("/experiments/b?history=100001").0, 400);
 }

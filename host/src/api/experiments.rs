@@ -191,12 +191,16 @@ pub async fn list(State(state): State<AppState>) -> Json<ExperimentList> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ShowQuery {
-    /// A bandit's newest weights revisions to list in `bandit.history` (default 1,000).
-    history: Option<u64>,
+    /// A bandit's newest weights revisions to list in `bandit.history` (default 1,000, at
+    /// most 100,000).
+    #[param(maximum = 100_000)]
+    history: Option<u32>,
 }
 
 /// A bandit's history lists at most this many revisions unless asked for fewer.
-const HISTORY_DEFAULT: u64 = 1_000;
+const HISTORY_DEFAULT: u32 = 1_000;
+/// The most a request may ask for.
+const HISTORY_MAX: u32 = 100_000;
 
 /// One experiment, with its exposure counts per group (and a bandit's weights history).
 #[utoipa::path(get, path = "/experiments/{id}", tag = "experiments",
@@ -213,12 +217,18 @@ pub async fn show(
 ) -> Result<Json<ExperimentView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let keep = query.history.unwrap_or(HISTORY_DEFAULT);
+    if keep > HISTORY_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("history is at most {HISTORY_MAX}, got {keep}"),
+        ));
+    }
     let experiment = state.experiments.get(&id)?;
     let service = state.experiments.clone();
     let live = experiment.clone();
     let (results, history) = tokio::task::spawn_blocking(move || {
         let history = match live.definition.bandit() {
-            Some(_) => Some(service.weights_history(&live.definition.id, Some(keep))?),
+            Some(_) => Some(service.weights_history(&live.definition.id, Some(u64::from(keep)))?),
             None => None,
         };
         Ok::<_, crate::experiments::ExperimentError>((service.results(&live)?, history))

@@ -80,8 +80,9 @@ pub fn jensen_shannon(reference: &[f64], current: &[f64]) -> Option<f64> {
     Some(divergence.sqrt().min(1.0))
 }
 
-/// Bins for a numeric feature: upper edges at the reference's deciles. Bin `i` holds values
-/// above edge `i − 1` up to edge `i`; the last bin everything above the last edge.
+/// Bins for a numeric feature: upper edges at the reference's deciles and its largest value.
+/// Bin `i` holds values above edge `i − 1` up to edge `i`; the last bin everything above the
+/// reference's largest value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantileBins {
     edges: Vec<f64>,
@@ -106,10 +107,15 @@ impl QuantileBins {
                 // The k-th decile, by the nearest rank below.
                 let index = (k * sorted.len() / QUANTILE_BINS).min(sorted.len() - 1);
                 let edge = sorted[index.saturating_sub(1)];
-                // An edge at the largest value would leave the last bin empty.
-                if edge < largest && edges.last().is_none_or(|last| edge > *last) {
+                if edges.last().is_none_or(|last| edge > *last) {
                     edges.push(edge);
                 }
+            }
+            // The last bin holds what lies beyond everything the reference saw: empty in the
+            // reference, so values there weigh heavily (a reference where every user had 5
+            // events still tells 40 from 5).
+            if edges.last().is_none_or(|last| largest > *last) {
+                edges.push(largest);
             }
         }
         Self { edges }
@@ -269,18 +275,25 @@ mod tests {
     fn decile_bins_hold_a_tenth_of_the_reference_each_and_merge_repeats() {
         let reference: Vec<f64> = (1..=1000).map(f64::from).collect();
         let bins = QuantileBins::from_reference(&reference);
-        assert_eq!(bins.len(), 10);
+        // Ten deciles, and one bin beyond the reference's largest value.
+        assert_eq!(bins.len(), 11);
         let counts = bins.counts(reference.iter().copied());
-        assert!(counts.iter().all(|&c| c == 100.0), "{counts:?}");
+        assert_eq!(counts[..10], [100.0; 10], "{counts:?}");
+        assert_eq!(counts[10], 0.0);
         assert!(close(psi(&counts, &counts).unwrap(), 0.0, 1e-12));
         // Ratings 1-5: one bin per value (the repeated deciles merged).
         let ratings: Vec<f64> = (0..500).map(|i| f64::from(1 + i % 5)).collect();
         let bins = QuantileBins::from_reference(&ratings);
-        assert_eq!(bins.len(), 5, "{bins:?}");
-        assert_eq!(bins.counts(ratings.iter().copied()), vec![100.0; 5]);
+        assert_eq!(bins.len(), 6, "{bins:?}");
+        assert_eq!(
+            bins.counts(ratings.iter().copied()),
+            vec![100.0, 100.0, 100.0, 100.0, 100.0, 0.0]
+        );
         // Values beyond the reference land in the end bins.
         assert_eq!(bins.bin(-3.0), 0);
-        assert_eq!(bins.bin(9.0), 4);
+        assert_eq!(bins.bin(9.0), 5);
+        // A constant reference: its value, and beyond it.
+        assert_eq!(QuantileBins::from_reference(&[5.0; 40]).len(), 2);
         assert_eq!(QuantileBins::from_reference(&[]).len(), 1);
     }
 
