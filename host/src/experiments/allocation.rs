@@ -64,6 +64,17 @@ pub enum BanditState {
     Promoted,
 }
 
+impl std::fmt::Display for BanditState {
+    /// As the API writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Learning => "learning",
+            Self::Frozen => "frozen",
+            Self::Promoted => "promoted",
+        })
+    }
+}
+
 /// One arm's trials and successes, as stored and shown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrialCounts {
@@ -681,7 +692,7 @@ pub fn operator_action(
             OperatorAction::Freeze => {
                 if state != BanditState::Learning {
                     return Err(ActionError::Conflict(format!(
-                        "the weights are {state:?}, not learning: nothing to freeze"
+                        "the weights are {state}, not learning: nothing to freeze"
                     )));
                 }
                 revision.action = Action::Freeze;
@@ -690,7 +701,7 @@ pub fn operator_action(
             OperatorAction::Resume => {
                 if state != BanditState::Frozen {
                     return Err(ActionError::Conflict(format!(
-                        "the weights are {state:?}, not frozen: nothing to resume"
+                        "the weights are {state}, not frozen: nothing to resume"
                     )));
                 }
                 revision.action = Action::Resume;
