@@ -23,6 +23,8 @@ const PAGE: usize = 10_000;
 #[derive(Clone, Copy)]
 enum Kind {
     Int,
+    /// An integer column that may be NULL.
+    NullableInt,
     Text,
     Real,
     Blob,
@@ -195,11 +197,49 @@ const TABLES: &[Table] = &[
         order: "revision",
         identity: Some("revision"),
     },
+    Table {
+        name: "served_lists",
+        columns: &[
+            ("id", Kind::Int),
+            ("at_ms", Kind::Int),
+            ("user_id", Kind::Text),
+            ("plugin", Kind::Text),
+            ("model_version", Kind::Int),
+            ("after_event", Kind::Int),
+            ("items", Kind::Blob),
+            ("scores", Kind::Blob),
+        ],
+        order: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "monitoring_windows",
+        columns: &[
+            ("id", Kind::Int),
+            ("at_ms", Kind::Int),
+            ("body", Kind::Text),
+        ],
+        order: "id",
+        identity: Some("id"),
+    },
+    Table {
+        name: "alerts",
+        columns: &[
+            ("id", Kind::Int),
+            ("alert", Kind::Text),
+            ("raised_at_ms", Kind::Int),
+            ("resolved_at_ms", Kind::NullableInt),
+            ("body", Kind::Text),
+        ],
+        order: "id",
+        identity: Some("id"),
+    },
 ];
 
 /// One column's values of a page of rows, as one PostgreSQL array.
 enum Column {
     Int(Vec<i64>),
+    NullableInt(Vec<Option<i64>>),
     Text(Vec<String>),
     Real(Vec<f64>),
     Blob(Vec<Vec<u8>>),
@@ -209,6 +249,7 @@ impl Column {
     fn new(kind: Kind) -> Self {
         match kind {
             Kind::Int => Self::Int(Vec::new()),
+            Kind::NullableInt => Self::NullableInt(Vec::new()),
             Kind::Text => Self::Text(Vec::new()),
             Kind::Real => Self::Real(Vec::new()),
             Kind::Blob => Self::Blob(Vec::new()),
@@ -217,7 +258,7 @@ impl Column {
 
     fn array_type(&self) -> &'static str {
         match self {
-            Self::Int(_) => "int8[]",
+            Self::Int(_) | Self::NullableInt(_) => "int8[]",
             Self::Text(_) => "text[]",
             Self::Real(_) => "float8[]",
             Self::Blob(_) => "bytea[]",
@@ -228,6 +269,8 @@ impl Column {
         let wrong = || StoreError::Corrupt(format!("{table}: unexpected value {value:?}"));
         match (self, value) {
             (Self::Int(values), ValueRef::Integer(v)) => values.push(v),
+            (Self::NullableInt(values), ValueRef::Integer(v)) => values.push(Some(v)),
+            (Self::NullableInt(values), ValueRef::Null) => values.push(None),
             (Self::Real(values), ValueRef::Real(v)) => values.push(v),
             (Self::Real(values), ValueRef::Integer(v)) => values.push(v as f64),
             (Self::Text(values), ValueRef::Text(v)) => {
@@ -242,6 +285,7 @@ impl Column {
     fn as_sql(&self) -> &(dyn ToSql + Sync) {
         match self {
             Self::Int(values) => values,
+            Self::NullableInt(values) => values,
             Self::Text(values) => values,
             Self::Real(values) => values,
             Self::Blob(values) => values,

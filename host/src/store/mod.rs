@@ -322,7 +322,15 @@ pub struct VersionRow {
 /// What every storage engine does, in three parts (one file each per engine). Methods block
 /// the calling thread (see the module doc).
 pub trait Backend:
-    EventLog + ModelRecord + ExperimentRecord + PluginSetRecord + Leases + Announcements + Send + Sync
+    EventLog
+    + ModelRecord
+    + ExperimentRecord
+    + MonitoringRecord
+    + PluginSetRecord
+    + Leases
+    + Announcements
+    + Send
+    + Sync
 {
     /// Which engine this is (`sqlite`, `postgres`), for `/health`.
     fn engine(&self) -> &'static str;
@@ -484,6 +492,81 @@ pub trait ExperimentRecord {
     ) -> StoreResult<Vec<WeightsRevisionRow>>;
     /// The newest weights revision of each experiment that has one (what every node polls).
     fn latest_weights_revisions(&self) -> StoreResult<Vec<WeightsRevisionRow>>;
+}
+
+/// One list of recommendations served, as model monitoring reads it back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServedListRow {
+    /// Assigned by the database (ignored when appending).
+    pub id: i64,
+    pub at_ms: u64,
+    pub user_id: String,
+    /// The plugin that answered, and its model version.
+    pub plugin: String,
+    pub model_version: u64,
+    /// Newest stored event id when it was served: the user's events after it may hit it.
+    pub after_event: i64,
+    /// The top of the list, best first, and their scores.
+    pub items: Vec<u32>,
+    pub scores: Vec<f32>,
+}
+
+/// An alert as stored: raised, and resolved or not yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRow {
+    pub id: i64,
+    /// What it is about (`drift:rating`, `quality:hybrid`...): at most one open per name.
+    pub alert: String,
+    pub raised_at_ms: u64,
+    pub resolved_at_ms: Option<u64>,
+    /// JSON: severity, the evidence, the resolution (the monitoring module owns it).
+    pub body: String,
+}
+
+/// What model monitoring keeps: the lists served, what each window found, and alerts
+/// (`monitoring.rs` of each engine). Measurements, not acknowledged data: kept for the
+/// configured retention, then expired.
+pub trait MonitoringRecord {
+    fn append_served_lists(&self, lists: &[ServedListRow]) -> StoreResult<()>;
+    /// Lists with an id above `after`, oldest first, at most `limit`.
+    fn served_lists_after(&self, after: i64, limit: usize) -> StoreResult<Vec<ServedListRow>>;
+    /// Id of the newest list, 0 when there is none.
+    fn last_served_list_id(&self) -> StoreResult<i64>;
+    fn append_monitoring_window(&self, at_ms: u64, body: &str) -> StoreResult<()>;
+    /// The newest `limit` windows at or after `since_ms`, oldest first, as (at_ms, body).
+    fn monitoring_windows(&self, since_ms: u64, limit: usize) -> StoreResult<Vec<(u64, String)>>;
+    /// Stores a raised alert; returns its id.
+    fn raise_alert(&self, alert: &str, at_ms: u64, body: &str) -> StoreResult<i64>;
+    /// Marks alert `id` resolved at `at_ms`, its body replaced by `body`.
+    fn resolve_alert(&self, id: i64, at_ms: u64, body: &str) -> StoreResult<()>;
+    /// Open alerts, and those resolved at or after `resolved_since_ms`, newest first, at
+    /// most `limit`.
+    fn alerts(&self, resolved_since_ms: u64, limit: usize) -> StoreResult<Vec<AlertRow>>;
+    /// Deletes lists and windows older than `before_ms` and alerts resolved before it.
+    fn expire_monitoring(&self, before_ms: u64) -> StoreResult<u64>;
+}
+
+/// Little-endian bytes of a list's items, as stored.
+fn u32s_to_bytes(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn bytes_to_u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn bytes_to_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// The plugins a cluster runs beyond what each node's config file declares: their .wasm

@@ -77,6 +77,7 @@ macro_rules! over_both_engines {
 }
 
 over_both_engines!(
+    monitoring_records_round_trip_and_expire,
     import_assigns_dense_indices_and_is_idempotent_for_ids,
     import_of_an_event_for_an_unknown_item_changes_nothing,
     snapshots_keep_the_newest_versions,
@@ -833,4 +834,67 @@ fn a_user_history_is_counted_newest_first_with_every_item(db: &TestDb) {
     );
     assert_eq!(first_item.items, vec![0]);
     assert_eq!(store.user_history(9_999, 3, 4).unwrap(), Default::default());
+}
+
+fn monitoring_records_round_trip_and_expire(db: &TestDb) {
+    let store = db.open();
+    let list = |at_ms: u64, user: &str| ServedListRow {
+        id: 0,
+        at_ms,
+        user_id: user.into(),
+        plugin: "hybrid".into(),
+        model_version: 7,
+        after_event: 41,
+        items: vec![3, 1, 4_000_000_000],
+        scores: vec![0.5, -1.25, f32::MIN_POSITIVE],
+    };
+    assert_eq!(store.last_served_list_id().unwrap(), 0);
+    store
+        .append_served_lists(&[list(1_000, "a"), list(2_000, "b"), list(3_000, "c")])
+        .unwrap();
+    let all = store.served_lists_after(0, 10).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        ServedListRow {
+            id: 0,
+            ..all[1].clone()
+        },
+        list(2_000, "b"),
+        "items and scores read back bit for bit"
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(store.last_served_list_id().unwrap(), all[2].id);
+    let after_first = store.served_lists_after(all[0].id, 1).unwrap();
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].user_id, "b");
+
+    store.append_monitoring_window(1_500, "{\"w\":1}").unwrap();
+    store.append_monitoring_window(2_500, "{\"w\":2}").unwrap();
+    assert_eq!(
+        store.monitoring_windows(2_000, 10).unwrap(),
+        vec![(2_500, "{\"w\":2}".to_string())]
+    );
+    assert_eq!(store.monitoring_windows(0, 1).unwrap()[0].0, 2_500);
+
+    let old = store.raise_alert("drift:rating", 1_000, "{}").unwrap();
+    let open = store.raise_alert("quality:hybrid", 1_100, "{}").unwrap();
+    store
+        .resolve_alert(old, 1_800, "{\"resolved\":true}")
+        .unwrap();
+    let alerts = store.alerts(0, 10).unwrap();
+    assert_eq!(
+        alerts.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![open, old]
+    );
+    assert_eq!(alerts[1].resolved_at_ms, Some(1_800));
+    assert_eq!(alerts[1].body, "{\"resolved\":true}");
+    // Resolved before the horizon: left out; open ones always listed.
+    let recent = store.alerts(1_900, 10).unwrap();
+    assert_eq!(recent.iter().map(|a| a.id).collect::<Vec<_>>(), vec![open]);
+
+    // Lists and windows before 2,000 go, with alerts resolved before it; open alerts stay.
+    assert_eq!(store.expire_monitoring(2_000).unwrap(), 3);
+    assert_eq!(store.served_lists_after(0, 10).unwrap().len(), 2);
+    assert_eq!(store.monitoring_windows(0, 10).unwrap().len(), 1);
+    assert_eq!(store.alerts(0, 10).unwrap().len(), 1);
 }

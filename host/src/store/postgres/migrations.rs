@@ -144,6 +144,33 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (experiment_id, revision)
     );
     "#,
+    // 8: model monitoring (SQLite's 12).
+    r#"
+    CREATE TABLE served_lists (
+        id            BIGSERIAL PRIMARY KEY,
+        at_ms         BIGINT NOT NULL,
+        user_id       TEXT NOT NULL,
+        plugin        TEXT NOT NULL,
+        model_version BIGINT NOT NULL,
+        after_event   BIGINT NOT NULL,
+        items         BYTEA NOT NULL,
+        scores        BYTEA NOT NULL
+    );
+    CREATE INDEX served_lists_by_time ON served_lists(at_ms);
+    CREATE TABLE monitoring_windows (
+        id     BIGSERIAL PRIMARY KEY,
+        at_ms  BIGINT NOT NULL,
+        body   TEXT NOT NULL
+    );
+    CREATE INDEX monitoring_windows_by_time ON monitoring_windows(at_ms);
+    CREATE TABLE alerts (
+        id             BIGSERIAL PRIMARY KEY,
+        alert          TEXT NOT NULL,
+        raised_at_ms   BIGINT NOT NULL,
+        resolved_at_ms BIGINT,
+        body           TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to the newest version; refuses a database newer than this build.

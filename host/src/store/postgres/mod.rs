@@ -15,6 +15,7 @@ mod experiments;
 mod learning;
 mod leases;
 mod migrations;
+mod monitoring;
 mod plugin_sets;
 #[cfg(test)]
 pub(super) mod test_server;

@@ -158,6 +158,34 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (experiment_id, revision)
     ) WITHOUT ROWID;
     "#,
+    // 12: model monitoring: the lists served (items and scores as little-endian u32 and
+    // f32 arrays), what each monitoring window found (`body`: JSON), and alerts.
+    r#"
+    CREATE TABLE served_lists (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms         INTEGER NOT NULL,
+        user_id       TEXT NOT NULL,
+        plugin        TEXT NOT NULL,
+        model_version INTEGER NOT NULL,
+        after_event   INTEGER NOT NULL,
+        items         BLOB NOT NULL,
+        scores        BLOB NOT NULL
+    );
+    CREATE INDEX served_lists_by_time ON served_lists(at_ms);
+    CREATE TABLE monitoring_windows (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms  INTEGER NOT NULL,
+        body   TEXT NOT NULL
+    );
+    CREATE INDEX monitoring_windows_by_time ON monitoring_windows(at_ms);
+    CREATE TABLE alerts (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        alert          TEXT NOT NULL,
+        raised_at_ms   INTEGER NOT NULL,
+        resolved_at_ms INTEGER,
+        body           TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database schema up to the newest version.

@@ -13,6 +13,7 @@ mod experiments;
 mod learning;
 mod leases;
 mod migrations;
+mod monitoring;
 mod plugin_sets;
 
 use std::path::Path;
