@@ -40,6 +40,8 @@ pub struct App {
     pub learning: Arc<Learning>,
     pub events: EventWriter,
     pub experiments: Arc<Experiments>,
+    /// Model monitoring (`None` when `[monitoring] enabled = false`).
+    pub monitor: Option<crate::monitoring::monitor::Monitor>,
     /// Recomputes the bandits' weights each period while this node learns.
     pub bandits: crate::experiments::allocation::BanditRunner,
     /// Plugin reloads, one at a time, and the last outcome (`reload.rs`).
@@ -196,6 +198,46 @@ impl App {
         }
         let learning = Arc::new(learning);
 
+        let monitoring = &config.monitoring;
+        let monitor = if monitoring.enabled {
+            let webhooks = Arc::new(
+                crate::monitoring::webhooks::Webhooks::start(monitoring.webhooks.clone())
+                    .context("cannot start the webhook thread")?,
+            );
+            let parts = crate::monitoring::monitor::MonitorParts {
+                config: monitoring.clone(),
+                // A connection of its own: the monitor reads every new list and event.
+                store: Store::connect(&database)?,
+                users: users.clone(),
+                learning: learning.clone(),
+                catalog_items: catalog.len(),
+                auto_rollback: config
+                    .plugins
+                    .iter()
+                    .filter(|p| p.auto_rollback)
+                    .map(|p| p.name.clone())
+                    .collect(),
+                node_id: node.id.clone(),
+                webhooks,
+            };
+            Some(
+                crate::monitoring::monitor::start(parts, &events)
+                    .context("cannot start model monitoring")?,
+            )
+        } else {
+            None
+        };
+        let served = monitoring
+            .enabled
+            .then(|| {
+                crate::monitoring::served::ServedLog::start(
+                    &database,
+                    monitoring.top_k,
+                    monitoring.sample_rate,
+                )
+            })
+            .transpose()?;
+
         drop(events);
         let events = EventWriter::start(
             &database,
@@ -258,6 +300,7 @@ impl App {
             default_model: config.default_model.clone(),
             fallback_model: config.fallback_model.clone(),
             max_recommendations: config.max_recommendations,
+            served,
         };
         let overload = crate::api::overload::Overload::new(&config.http);
         Ok(Self {
@@ -273,6 +316,7 @@ impl App {
             learning,
             events,
             experiments,
+            monitor,
             bandits,
             plugin_reload: crate::reload::PluginReloads::new(published),
             http_metrics: Default::default(),

@@ -198,6 +198,11 @@ impl Users {
         self.by_external_id.get(external_id).copied()
     }
 
+    /// The external ID of user `index`.
+    pub fn external_id(&self, index: u32) -> Option<&str> {
+        self.external_ids.get(index as usize).map(String::as_str)
+    }
+
     /// The user's events, oldest first, when histories are kept here (else `None`).
     pub fn history(&self, user: u32) -> Option<&[Feedback]> {
         let histories = self.histories.as_ref()?;

@@ -95,6 +95,7 @@ pub struct Config {
     pub learning: LearningConfig,
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
+    pub monitoring: MonitoringConfig,
     pub plugins: Vec<PluginDeclaration>,
     /// The file this was read from; its `[[plugins]]` are re-read on reload.
     #[serde(skip)]
@@ -300,9 +301,136 @@ impl Default for Config {
             learning: LearningConfig::default(),
             shutdown: ShutdownConfig::default(),
             cluster: ClusterConfig::default(),
+            monitoring: MonitoringConfig::default(),
             plugins: Vec::new(),
             source: None,
         }
+    }
+}
+
+/// `[monitoring]`: online quality per model version, data drift, alerts (docs/monitoring.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    pub enabled: bool,
+    /// A window closes after this long, once it holds `min_window_events` events.
+    pub window_secs: u64,
+    pub min_window_events: u64,
+    /// The reference the windows are compared with: the newest this many events when the
+    /// server started or the last retrain ran (the serving models' training data).
+    pub reference_events: usize,
+    /// The list positions that count for hit rate, CTR, coverage and popularity.
+    pub top_k: usize,
+    /// A list is a hit when its user interacts with one of its items within this long.
+    pub attribution_secs: u64,
+    /// Share of served lists recorded (1: all of them).
+    pub sample_rate: f64,
+    /// How long lists, windows and resolved alerts are kept.
+    pub retention_hours: u64,
+    /// PSI from which a feature's drift is a warning, and from which it raises an alert.
+    pub psi_warn: f64,
+    pub psi_alert: f64,
+    /// Windows in a row below `psi_warn` that resolve a drift alert.
+    pub resolve_after_windows: u32,
+    /// Lists of a new model version (and the versions after it) and of the versions before
+    /// it that the quality test waits for, and the test's false-alarm rate.
+    pub quality_min_lists: u64,
+    pub quality_alpha: f64,
+    /// A new version is worse when its hit rate is significantly below `1 − quality_margin`
+    /// times the previous versions' (0.3: a drop of more than 30%).
+    pub quality_margin: f64,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_secs: 300,
+            min_window_events: 1_000,
+            reference_events: 20_000,
+            top_k: 10,
+            attribution_secs: 1_800,
+            sample_rate: 1.0,
+            retention_hours: 168,
+            psi_warn: 0.1,
+            psi_alert: 0.25,
+            resolve_after_windows: 2,
+            quality_min_lists: 500,
+            quality_alpha: 0.001,
+            quality_margin: 0.3,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// `[[monitoring.webhooks]]`: where alerts are POSTed as JSON when raised and resolved.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://`.
+    pub url: String,
+    #[serde(default = "WebhookConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Tries in all; the wait between them starts at 1 s and doubles.
+    #[serde(default = "WebhookConfig::default_attempts")]
+    pub max_attempts: u32,
+}
+
+impl WebhookConfig {
+    fn default_timeout_ms() -> u64 {
+        5_000
+    }
+
+    fn default_attempts() -> u32 {
+        5
+    }
+}
+
+impl MonitoringConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.window_secs == 0 || self.attribution_secs == 0 || self.retention_hours == 0 {
+            bail!(
+                "[monitoring] window_secs, attribution_secs and retention_hours must be positive"
+            );
+        }
+        if self.min_window_events < 100 || self.reference_events < 1_000 {
+            bail!(
+                "[monitoring] min_window_events must be at least 100 and reference_events at least 1000"
+            );
+        }
+        if !(1..=1_000).contains(&self.top_k) {
+            bail!("[monitoring] top_k must be between 1 and 1000");
+        }
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            bail!("[monitoring] sample_rate must be in (0, 1]");
+        }
+        if !(self.psi_warn > 0.0 && self.psi_warn < self.psi_alert && self.psi_alert.is_finite()) {
+            bail!("[monitoring] psi_warn must be positive and below psi_alert");
+        }
+        if self.resolve_after_windows == 0 {
+            bail!("[monitoring] resolve_after_windows must be at least 1");
+        }
+        if self.quality_min_lists < 30 || !(self.quality_alpha > 0.0 && self.quality_alpha < 0.5) {
+            bail!(
+                "[monitoring] quality_min_lists must be at least 30 and quality_alpha in (0, 0.5)"
+            );
+        }
+        if !(0.0..1.0).contains(&self.quality_margin) {
+            bail!("[monitoring] quality_margin must be in [0, 1)");
+        }
+        for hook in &self.webhooks {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                bail!(
+                    "[[monitoring.webhooks]] url {:?} must start with http:// or https://",
+                    hook.url
+                );
+            }
+            if !(1..=60_000).contains(&hook.timeout_ms) || !(1..=20).contains(&hook.max_attempts) {
+                bail!("[[monitoring.webhooks]] timeout_ms must be 1-60000 and max_attempts 1-20");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -319,6 +447,11 @@ pub struct PluginDeclaration {
     pub config: toml::Table,
     #[serde(default)]
     pub limits: PluginLimits,
+    /// When model monitoring finds a new model version's online quality significantly worse
+    /// than the version before it, serve that version again and stop updating the plugin
+    /// until a retrain (`[monitoring]`, docs/monitoring.md). Off unless set.
+    #[serde(default)]
+    pub auto_rollback: bool,
     /// Set for a plugin published to the cluster (`plugin_set.rs`): the revision it came in.
     #[serde(skip)]
     pub published_revision: Option<u64>,
@@ -480,6 +613,7 @@ impl Config {
         {
             bail!("fallback_model {fallback:?} is not a declared plugin");
         }
+        self.monitoring.validate()?;
         let http = &self.http;
         if http.max_in_flight == 0 || http.request_timeout_ms == 0 {
             bail!("[http] max_in_flight and request_timeout_ms must be positive");

@@ -64,6 +64,10 @@ enum Command {
         /// PostgreSQL to import into (postgres://...). Overrides the config.
         #[arg(long)]
         database_url: Option<String>,
+        /// Import only this oldest share of the events, by timestamp (0 < F ≤ 1): e.g. 0.8
+        /// to train on the past and replay the rest through `POST /events` later.
+        #[arg(long, value_parser = fraction)]
+        oldest: Option<f64>,
     },
     /// Copy the data directory's SQLite database into an empty PostgreSQL database (every
     /// table, ids and all, in one transaction; row counts verified), for a move to
@@ -386,11 +390,18 @@ fn main() -> anyhow::Result<()> {
             config,
             data_dir,
             database_url,
+            oldest,
         } => {
             let config = load_config(config, data_dir, database_url)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let started = std::time::Instant::now();
-            let batch = recohost::import::movielens::read(&path, true)?;
+            let mut batch = recohost::import::movielens::read(&path, true)?;
+            if let Some(share) = oldest {
+                // Stable: events of the same second keep their order in the file.
+                batch.events.sort_by_key(|e| e.timestamp);
+                let keep = (batch.events.len() as f64 * share).floor() as usize;
+                batch.events.truncate(keep);
+            }
             let store = Store::connect(&config.database())?;
             let added = store
                 .import(&batch)
@@ -409,6 +420,14 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// A share in (0, 1].
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value <= 1.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a share in (0, 1]")),
     }
 }
 
@@ -441,6 +460,7 @@ fn external_plugin(spec: &str) -> anyhow::Result<recohost::config::PluginDeclara
         path,
         config: Default::default(),
         limits: Default::default(),
+        auto_rollback: false,
         published_revision: None,
     })
 }

@@ -67,6 +67,8 @@ pub fn declaration(
         config: toml_config(&plugin.config)
             .with_context(|| format!("published plugin {:?}", plugin.name))?,
         limits: plugin.limits.clone(),
+        // Rollback is the declaring node's choice; a published plugin has none.
+        auto_rollback: false,
         published_revision: revision,
     })
 }
@@ -196,6 +198,7 @@ mod tests {
                 memory_mb,
                 ..Default::default()
             },
+            auto_rollback: false,
             published_revision: None,
         }
     }

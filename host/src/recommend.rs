@@ -128,6 +128,8 @@ pub struct Recommender {
     /// Answers when the chosen plugin fails or is unhealthy (`None`: 503).
     pub fallback_model: Option<String>,
     pub max_recommendations: u32,
+    /// Where the lists served go for model monitoring (`None`: monitoring is off).
+    pub served: Option<crate::monitoring::served::ServedLog>,
 }
 
 impl Recommender {
@@ -226,12 +228,27 @@ impl Recommender {
                 )
             }
         };
-        let items = answer
+        let items: Vec<RecommendedItem> = answer
             .entries
             .iter()
             .filter(|&&(index, _)| self.catalog.get(index).is_some())
             .map(|&(item, score)| RecommendedItem { item, score })
             .collect();
+        // Operators' previews are not what users were shown.
+        if let Some(served) = &self.served
+            && !query.bypass_experiments
+        {
+            served.record(crate::store::ServedListRow {
+                id: 0,
+                at_ms: crate::store::unix_now_ms(),
+                user_id: user_id.to_string(),
+                plugin: model.clone(),
+                model_version: answer.model_version,
+                after_event,
+                items: items.iter().map(|i| i.item).collect(),
+                scores: items.iter().map(|i| i.score).collect(),
+            });
+        }
         // Exposures count the group the user was placed in, whichever plugin answered
         // (intent to treat): fallbacks are part of what the arm costs.
         let experiment = assignment.map(|assignment| {
@@ -433,6 +450,7 @@ mod tests {
             default_model: "popularity".into(),
             fallback_model: None,
             max_recommendations: 100,
+            served: None,
         };
         (recommender, plugin)
     }

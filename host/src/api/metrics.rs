@@ -319,10 +319,144 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "Items in the catalog.",
         &[(String::new(), state.catalog.len() as f64)],
     );
+    if let Some(monitor) = &state.monitor {
+        monitoring_metrics(&mut out, monitor, &stats);
+    }
 
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         out,
     )
         .into_response())
+}
+
+/// Model monitoring's gauges, from memory: the newest window's drift and quality, the open
+/// alerts (as the learner knows them; other nodes report none), rollbacks, webhooks.
+fn monitoring_metrics(
+    out: &mut String,
+    monitor: &crate::monitoring::monitor::Monitor,
+    stats: &crate::learning::LearningStats,
+) {
+    let status = monitor.status();
+    let window = status.last_window.as_ref();
+    let drift = window.and_then(|w| w.drift.as_ref());
+    let psi = |reports: Option<&Vec<crate::monitoring::monitor::FeatureReport>>, key: &str| {
+        reports
+            .into_iter()
+            .flatten()
+            .filter_map(|f| Some((label(key, &f.name), f.psi?)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        out,
+        "recohost_drift_psi",
+        "gauge",
+        "A feature's PSI in the newest drift window against the reference.",
+        &psi(drift.map(|d| &d.features), "feature"),
+    );
+    family(
+        out,
+        "recohost_prediction_drift_psi",
+        "gauge",
+        "PSI of a plugin's scores in the newest drift window against its reference scores.",
+        &psi(drift.map(|d| &d.predictions), "plugin"),
+    );
+    // Per plugin, over all its versions in the window (their lists weigh in).
+    let mut judged: std::collections::BTreeMap<&str, (f64, f64, f64)> = Default::default();
+    for quality in window.map(|w| w.quality.as_slice()).unwrap_or_default() {
+        let entry = judged.entry(quality.plugin.as_str()).or_default();
+        let n = quality.lists_judged as f64;
+        entry.0 += n;
+        entry.1 += quality.hit_rate.unwrap_or(0.0) * n;
+        entry.2 += quality.ctr.unwrap_or(0.0) * n;
+    }
+    let rate = |pick: fn(&(f64, f64, f64)) -> f64| -> Vec<(String, f64)> {
+        judged
+            .iter()
+            .filter(|(_, t)| t.0 > 0.0)
+            .map(|(plugin, t)| (label("plugin", plugin), pick(t) / t.0))
+            .collect()
+    };
+    family(
+        out,
+        "recohost_model_hit_rate",
+        "gauge",
+        "Share of the plugin's lists judged in the newest window whose user interacted with a listed item.",
+        &rate(|t| t.1),
+    );
+    family(
+        out,
+        "recohost_model_ctr",
+        "gauge",
+        "Share of the plugin's lists judged in the newest window whose user clicked a listed item.",
+        &rate(|t| t.2),
+    );
+    family(
+        out,
+        "recohost_model_lists_judged",
+        "gauge",
+        "The plugin's lists whose attribution closed in the newest window.",
+        &judged
+            .iter()
+            .map(|(plugin, t)| (label("plugin", plugin), t.0))
+            .collect::<Vec<_>>(),
+    );
+    family(
+        out,
+        "recohost_alert_open",
+        "gauge",
+        "1 for each open alert (on the learner).",
+        &status
+            .open_alerts
+            .iter()
+            .map(|a| {
+                let severity = match a.severity {
+                    crate::monitoring::alerts::Severity::Warning => "warning",
+                    crate::monitoring::alerts::Severity::Critical => "critical",
+                };
+                (labels(&[("alert", &a.alert), ("severity", severity)]), 1.0)
+            })
+            .collect::<Vec<_>>(),
+    );
+    family(
+        out,
+        "recohost_model_held",
+        "gauge",
+        "1 when the plugin was rolled back and its updates are held until a retrain passes.",
+        &stats
+            .models
+            .iter()
+            .map(|(name, model)| {
+                (
+                    label("plugin", name),
+                    f64::from(u8::from(model.get("held").is_some())),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    family(
+        out,
+        "recohost_rollbacks_total",
+        "counter",
+        "Automatic rollbacks since start.",
+        &[(String::new(), status.rollbacks as f64)],
+    );
+    let delivered = monitor
+        .webhooks
+        .delivered
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let failed = monitor
+        .webhooks
+        .failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    family(
+        out,
+        "recohost_alert_webhooks_total",
+        "counter",
+        "Alert notifications delivered, and given up after every retry.",
+        &[
+            (label("outcome", "delivered"), delivered as f64),
+            (label("outcome", "failed"), failed as f64),
+        ],
+    );
 }

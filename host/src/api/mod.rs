@@ -37,6 +37,7 @@ pub mod http_metrics;
 pub mod ids;
 mod learning;
 mod metrics;
+mod monitoring;
 pub mod openapi;
 pub mod overload;
 mod overview;
@@ -118,6 +119,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/learning/history", get(learning::history))
         .route("/learning/trigger-update", post(learning::trigger_update))
         .route("/learning/retrain", post(learning::retrain))
+        .route("/alerts", get(monitoring::alerts))
+        .route("/monitoring", get(monitoring::windows))
+        .route("/plugins/{name}/rollback", post(monitoring::rollback))
         .route("/experiments", get(experiments::list))
         .route("/experiments/{id}", get(experiments::show))
         .route("/experiments/{id}/results", get(experiments::results))

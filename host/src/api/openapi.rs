@@ -15,7 +15,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    bandits, catalog, events, experiments, learning, metrics, overview, plugins, recommend, system,
+    bandits, catalog, events, experiments, learning, metrics, monitoring, overview, plugins,
+    recommend, system,
 };
 
 #[derive(OpenApi)]
@@ -38,6 +39,9 @@ request may get 413 (body over 2 MiB), 415 (body not sent as JSON) or 503 with `
         learning::history,
         learning::trigger_update,
         learning::retrain,
+        monitoring::alerts,
+        monitoring::windows,
+        monitoring::rollback,
         experiments::list,
         experiments::show,
         experiments::results,
@@ -61,7 +65,7 @@ request may get 413 (body over 2 MiB), 415 (body not sent as JSON) or 503 with `
     modifiers(&AdminToken),
     tags(
         (name = "recommend"), (name = "events"), (name = "catalog"), (name = "learning"),
-        (name = "experiments"), (name = "system"),
+        (name = "experiments"), (name = "monitoring"), (name = "system"),
     )
 )]
 pub struct ApiDoc;

@@ -81,6 +81,8 @@ impl Learning {
         let outcomes: Vec<(String, Value)> = order
             .into_iter()
             .map(|(plugin, (_, row))| {
+                // A rollback waits for this plugin's install, and this for a rollback.
+                let _installing = self.installing.lock().unwrap_or_else(|p| p.into_inner());
                 let outcome = match &events {
                     JobEvents::Batch { batch, .. } => {
                         self.update_one(plugin, batch, row.version, through_event)
@@ -219,6 +221,15 @@ impl Learning {
         if through <= learned {
             return unchanged;
         }
+        if let Some(hold) = self.hold(plugin.name()) {
+            return json!({
+                "status": "held",
+                "model_version": current.version,
+                "events": 0,
+                "bad_version": hold.bad_version,
+                "restored_version": hold.restored_version,
+            });
+        }
         if let Some(backing_off) = self.backing_off(plugin.name(), current.version) {
             return backing_off;
         }
@@ -261,6 +272,7 @@ impl Learning {
         }
         let started = Instant::now();
         let result = plugin.learn(&feedback, version).and_then(|bytes| {
+            self.remember_replaced(plugin);
             plugin.install(ModelVersion {
                 version,
                 snapshot: Arc::new(bytes),
@@ -293,6 +305,7 @@ impl Learning {
         let started = Instant::now();
         let feedback: Vec<_> = window.iter().map(to_feedback).collect();
         let result = plugin.train(&feedback).and_then(|bytes| {
+            self.remember_replaced(plugin);
             plugin.install(ModelVersion {
                 version,
                 snapshot: Arc::new(bytes),

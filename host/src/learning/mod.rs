@@ -22,6 +22,7 @@
 
 pub mod buffer;
 pub mod job;
+pub mod rollback;
 pub mod scheduler;
 
 use std::collections::HashMap;
@@ -137,6 +138,10 @@ struct State {
     last_snapshot: Instant,
     /// Plugins whose last updates failed, by name.
     failing: HashMap<String, Failing>,
+    /// Plugins rolled back and held on the restored model: updates skip them.
+    held: HashMap<String, rollback::Hold>,
+    /// The models each plugin served before its current one, oldest first.
+    lineage: HashMap<String, std::collections::VecDeque<crate::plugins::ModelVersion>>,
 }
 
 /// A plugin whose updates fail: how often in a row, and when to try again.
@@ -180,6 +185,8 @@ pub struct Learning {
     publish_each_version: bool,
     /// Set at shutdown: no job starts any more.
     stopped: std::sync::atomic::AtomicBool,
+    /// Held while a plugin learns and installs, or is rolled back: one at a time.
+    installing: Mutex<()>,
 }
 
 /// `GET /learning/stats`, answered from memory.
@@ -272,6 +279,8 @@ impl Learning {
             last_retrain: now,
             last_snapshot: now,
             failing: HashMap::new(),
+            held: HashMap::new(),
+            lineage: HashMap::new(),
         };
         let learning = Self {
             config,
@@ -283,6 +292,7 @@ impl Learning {
             learner: Arc::new(Learner::always()),
             publish_each_version: false,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            installing: Mutex::new(()),
         };
         let mut state = learning.lock();
         if state.waiting >= learning.config.update_buffer_size {
@@ -444,6 +454,9 @@ impl Learning {
                 "through_event": model.as_ref().map(|m| m.through_event),
                 "created_at": model.as_ref().map(|m| m.created_at),
             });
+            if let Some(hold) = state.held.get(plugin.name()) {
+                entry["held"] = serde_json::to_value(hold).unwrap_or_default();
+            }
             if let Some(failing) = state.failing.get(plugin.name()) {
                 entry["failed_updates"] = failing.failures.into();
                 entry["retry_in_ms"] =

@@ -225,12 +225,59 @@ pub fn proportion_drop(before: (u64, u64), after: (u64, u64)) -> Option<Proporti
     })
 }
 
+/// Tests whether the `after` rate is below `(1 − margin)` times the `before` rate (each as
+/// successes of trials): a one-sided Wald test with unpooled variances,
+/// `z = ((1 − m)·p₁ − p₂) / √((1 − m)²·p₁(1 − p₁)/n₁ + p₂(1 − p₂)/n₂)`. With a margin, a
+/// small drop (less than the margin) is never significant however many trials there are:
+/// rates measured on different stretches of traffic differ by a little even when the model
+/// does not, and a test of "any drop" would find that little with enough trials. `None`
+/// when either side has no trials or both rates are 0 or 1.
+pub fn relative_drop(before: (u64, u64), after: (u64, u64), margin: f64) -> Option<ProportionDrop> {
+    let (s1, n1) = before;
+    let (s2, n2) = after;
+    if n1 == 0 || n2 == 0 {
+        return None;
+    }
+    let (p1, p2) = (s1.min(n1) as f64 / n1 as f64, s2.min(n2) as f64 / n2 as f64);
+    let keep = 1.0 - margin;
+    let variance = keep * keep * p1 * (1.0 - p1) / n1 as f64 + p2 * (1.0 - p2) / n2 as f64;
+    if variance <= 0.0 {
+        return None;
+    }
+    let z = (keep * p1 - p2) / variance.sqrt();
+    Some(ProportionDrop {
+        before: p1,
+        after: p2,
+        z,
+        p_value: Normal::standard().sf(z),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn close(a: f64, b: f64, tolerance: f64) -> bool {
         (a - b).abs() <= tolerance
+    }
+
+    #[test]
+    fn a_relative_drop_is_judged_against_the_margin() {
+        // 10% of 1,000 before; 8% of 1,000 after. Margin 0: z = 0.02 / √(0.09/1000 +
+        // 0.0736/1000) = 0.02 / 0.012784 = 1.5645.
+        let any = relative_drop((100, 1_000), (80, 1_000), 0.0).unwrap();
+        assert!(close(any.z, 1.5645, 1e-3), "{any:?}");
+        // Margin 0.3: 0.07 − 0.08 < 0, no evidence of a drop beyond the margin.
+        assert!(
+            relative_drop((100, 1_000), (80, 1_000), 0.3)
+                .unwrap()
+                .p_value
+                > 0.5
+        );
+        // 10% against 0.6% (random over 1,682 items), 500 lists each: far beyond it.
+        // z = (0.07 − 0.006) / √(0.49·0.09/500 + 0.006·0.994/500) = 0.064 / 0.0099955.
+        let random = relative_drop((50, 500), (3, 500), 0.3).unwrap();
+        assert!(close(random.z, 6.403, 1e-2), "{random:?}");
     }
 
     #[test]

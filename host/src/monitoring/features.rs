@@ -11,8 +11,15 @@
 //! | `rating` | each rating value seen in either window (half stars) |
 //! | `item_popularity` | the reference's 50 most frequent items, and all others |
 //! | `events_per_user` | deciles of the reference's events per active user, and beyond its largest |
-//! | `new_users` | events of users first seen in the window, and of the others |
-//! | `new_items` | events on items never interacted with before the window, and the others |
+//! | `new_users` | users' first events ever, and the other events |
+//! | `new_items` | items' first events ever, and the other events |
+//!
+//! The reference is a run of events (the serving models' newest training data), usually
+//! longer than a window. Every feature but one is a share of events, which does not depend
+//! on how many events were counted (a first event ever is as likely in a short window as
+//! in a long one). Events per user does: a user has more events in a longer run. So the
+//! reference's is counted over consecutive runs as long as the current window
+//! ([`Reference::events_per_user`]), and the two are alike when nothing changed.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -42,9 +49,9 @@ pub struct WindowEvent {
     pub item: u32,
     pub kind: EventKind,
     pub value: f32,
-    /// The user had no event before this window.
+    /// This is the user's first event ever.
     pub new_user: bool,
-    /// The item had no event before this window.
+    /// This is the item's first event ever.
     pub new_item: bool,
 }
 
@@ -58,6 +65,11 @@ fn kind_index(kind: EventKind) -> usize {
 }
 
 impl EventWindow {
+    /// Users with an event in the window.
+    pub fn active_users(&self) -> usize {
+        self.per_user.len()
+    }
+
     pub fn record(&mut self, event: WindowEvent) {
         self.events += 1;
         self.kinds[kind_index(event.kind)] += 1;
@@ -71,6 +83,37 @@ impl EventWindow {
         *self.per_user.entry(event.user).or_default() += 1;
         self.new_user_events += u64::from(event.new_user);
         self.new_item_events += u64::from(event.new_item);
+    }
+}
+
+/// The reference window, and its events' users in order.
+#[derive(Clone, Debug, Default)]
+pub struct Reference {
+    pub window: EventWindow,
+    users: Vec<u32>,
+}
+
+impl Reference {
+    pub fn new(events: impl IntoIterator<Item = WindowEvent>) -> Self {
+        let mut reference = Self::default();
+        for event in events {
+            reference.window.record(event);
+            reference.users.push(event.user);
+        }
+        reference
+    }
+
+    /// Events per active user, counted over consecutive runs of `run` events.
+    pub fn events_per_user(&self, run: usize) -> Vec<f64> {
+        let mut out = Vec::new();
+        for chunk in self.users.chunks(run.max(1)) {
+            let mut counts: HashMap<u32, u64> = HashMap::new();
+            for user in chunk {
+                *counts.entry(*user).or_default() += 1;
+            }
+            out.extend(counts.values().map(|&c| c as f64));
+        }
+        out
     }
 }
 
@@ -92,7 +135,8 @@ fn drift(feature: &'static str, reference: &[f64], current: &[f64]) -> FeatureDr
 }
 
 /// Each feature's drift from `reference` to `current`.
-pub fn compare(reference: &EventWindow, current: &EventWindow) -> Vec<FeatureDrift> {
+pub fn compare(reference_events: &Reference, current: &EventWindow) -> Vec<FeatureDrift> {
+    let reference = &reference_events.window;
     let as_f64 = |counts: &[u64]| counts.iter().map(|&c| c as f64).collect::<Vec<_>>();
     let mut out = vec![drift(
         "event_kind",
@@ -125,7 +169,7 @@ pub fn compare(reference: &EventWindow, current: &EventWindow) -> Vec<FeatureDri
         &top.counts(&current.items),
     ));
 
-    let reference_activity: Vec<f64> = reference.per_user.values().map(|&c| c as f64).collect();
+    let reference_activity = reference_events.events_per_user(current.events as usize);
     let bins = QuantileBins::from_reference(&reference_activity);
     out.push(drift(
         "events_per_user",
@@ -154,11 +198,15 @@ mod tests {
     /// A window of `users` users with `per_user` events each, over `items` items, rated by
     /// `rating(n)` for the n-th event.
     fn window(users: u32, per_user: u32, items: u32, rating: impl Fn(u32) -> f32) -> EventWindow {
-        let mut window = EventWindow::default();
+        reference(users, per_user, items, rating).window
+    }
+
+    fn reference(users: u32, per_user: u32, items: u32, rating: impl Fn(u32) -> f32) -> Reference {
+        let mut events = Vec::new();
         let mut n = 0;
         for user in 0..users {
             for e in 0..per_user {
-                window.record(WindowEvent {
+                events.push(WindowEvent {
                     user,
                     // A long tail: low item numbers are the popular ones.
                     item: (n * 7 + e * 13) % items % (1 + (n % items)),
@@ -174,7 +222,7 @@ mod tests {
                 n += 1;
             }
         }
-        window
+        Reference::new(events)
     }
 
     fn feature<'a>(drifts: &'a [FeatureDrift], name: &str) -> &'a FeatureDrift {
@@ -183,8 +231,8 @@ mod tests {
 
     #[test]
     fn a_window_against_itself_has_no_drift() {
-        let w = window(200, 10, 300, |n| 1.0 + (n % 5) as f32);
-        for d in compare(&w, &w) {
+        let r = reference(200, 10, 300, |n| 1.0 + (n % 5) as f32);
+        for d in compare(&r, &r.window) {
             assert!(d.psi.is_some_and(|p| p.abs() < 1e-12), "{d:?}");
             assert!(d.jensen_shannon.is_some_and(|j| j < 1e-6), "{d:?}");
         }
@@ -192,7 +240,7 @@ mod tests {
 
     #[test]
     fn ratings_one_star_up_and_a_new_item_mix_are_major_shifts() {
-        let reference = window(200, 10, 300, |n| 1.0 + (n % 4) as f32);
+        let reference = reference(200, 10, 300, |n| 1.0 + (n % 4) as f32);
         let higher = window(200, 10, 300, |n| 2.0 + (n % 4) as f32);
         let drifts = compare(&reference, &higher);
         let rating = feature(&drifts, "rating");
@@ -224,8 +272,21 @@ mod tests {
     }
 
     #[test]
+    fn a_short_window_of_the_same_users_is_no_drift_in_events_per_user() {
+        // 400 users with 5 events each, in order: any run of 500 events has 100 users with
+        // 5 each, like the reference's runs of 500; the whole reference (5 per user) too.
+        let reference = reference(400, 5, 300, |_| 3.0);
+        let short = window(100, 5, 300, |_| 3.0);
+        let drifts = compare(&reference, &short);
+        assert!(feature(&drifts, "events_per_user").psi.unwrap() < 1e-9);
+        // Counted over the whole reference instead (one run), 5 per user too; but over runs
+        // of 3 events (the way a 3-event window sees it) mostly 1 or 2 per user.
+        assert!(reference.events_per_user(3).iter().all(|&c| c <= 3.0));
+    }
+
+    #[test]
     fn heavier_users_show_in_events_per_user() {
-        let reference = window(400, 5, 300, |_| 3.0);
+        let reference = reference(400, 5, 300, |_| 3.0);
         let heavy = window(50, 40, 300, |_| 3.0);
         let drifts = compare(&reference, &heavy);
         assert!(

@@ -892,6 +892,12 @@ fn monitoring_records_round_trip_and_expire(db: &TestDb) {
     let recent = store.alerts(1_900, 10).unwrap();
     assert_eq!(recent.iter().map(|a| a.id).collect::<Vec<_>>(), vec![open]);
 
+    // A rollback is a learning run like the others.
+    let mut rollback = run(1);
+    rollback.kind = "rollback".into();
+    store.record_learning_run(&rollback).unwrap();
+    assert_eq!(store.learning_runs(1).unwrap()[0].kind, "rollback");
+
     // Lists and windows before 2,000 go, with alerts resolved before it; open alerts stay.
     assert_eq!(store.expire_monitoring(2_000).unwrap(), 3);
     assert_eq!(store.served_lists_after(0, 10).unwrap().len(), 2);

@@ -170,6 +170,9 @@ const MIGRATIONS: &[&str] = &[
         resolved_at_ms BIGINT,
         body           TEXT NOT NULL
     );
+    ALTER TABLE learning_runs DROP CONSTRAINT learning_runs_kind_check;
+    ALTER TABLE learning_runs ADD CONSTRAINT learning_runs_kind_check
+        CHECK (kind IN ('update', 'retrain', 'rollback'));
     "#,
 ];
 

@@ -185,6 +185,22 @@ const MIGRATIONS: &[&str] = &[
         resolved_at_ms INTEGER,
         body           TEXT NOT NULL
     );
+    -- A rollback is recorded as a learning run: SQLite cannot alter a CHECK, so the table
+    -- is rebuilt with the new kind allowed.
+    CREATE TABLE learning_runs_next (
+        id             INTEGER PRIMARY KEY,
+        kind           TEXT NOT NULL CHECK (kind IN ('update', 'retrain', 'rollback')),
+        trigger        TEXT NOT NULL,
+        started_at_ms  INTEGER NOT NULL,
+        duration_ms    REAL NOT NULL,
+        feedback_count INTEGER NOT NULL,
+        through_event  INTEGER NOT NULL,
+        models_updated INTEGER NOT NULL,
+        outcomes       TEXT NOT NULL
+    );
+    INSERT INTO learning_runs_next SELECT * FROM learning_runs;
+    DROP TABLE learning_runs;
+    ALTER TABLE learning_runs_next RENAME TO learning_runs;
     "#,
 ];
 

@@ -1,0 +1,576 @@
+//! Online quality: which served lists were hit, what each model version's lists looked
+//! like, and whether a new model version is significantly worse than the ones before it.
+//!
+//! - [`Attribution`]: lists wait `attribution_secs` for their user's next event: the first
+//!   event of that user stored after the list was served decides it, a hit if it is on one
+//!   of the list's items (a click-through too if it is a click). A list whose user does not
+//!   come back in time is a miss. Only the next event counts: counting every event within
+//!   the wait made a list's chance of a hit depend on how long its user's session was,
+//!   which changes with who is active (on ML-100k, 48% to 90% between stretches of the
+//!   same model), more than on the model.
+//! - [`WindowQuality`]: per plugin and model version, the lists served in a window (their
+//!   items and scores) and the outcomes that became final in it.
+//! - [`VersionWatch`]: per plugin, a fixed-horizon test of each new model version. The
+//!   candidate is a new version together with the versions that follow it (online learning
+//!   makes one every few minutes, too few lists each for a test); once `quality_min_lists`
+//!   of its lists are final, their hit rate is tested against the newest `quality_min_lists`
+//!   outcomes of the versions before it by [`relative_drop`]: is it below `1 −
+//!   quality_margin` times theirs, at `quality_alpha`? One decision per candidate, so
+//!   `quality_alpha` is the false-alarm rate of each decision when the new rate is at least
+//!   that share of the old.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::drift::relative_drop;
+use crate::store::{EventKind, ServedListRow};
+
+/// A list whose outcome is final.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListOutcome {
+    pub plugin: Arc<str>,
+    pub model_version: u64,
+    pub hit: bool,
+    pub clicked: bool,
+}
+
+struct OpenList {
+    id: i64,
+    at_ms: u64,
+    plugin: Arc<str>,
+    model_version: u64,
+    after_event: i64,
+    items: Vec<u32>,
+    hit: bool,
+    clicked: bool,
+    /// The user's next event came.
+    decided: bool,
+}
+
+/// Lists waiting for their users' events.
+pub struct Attribution {
+    attribution_ms: u64,
+    by_user: HashMap<String, Vec<OpenList>>,
+    /// (served at, user, list id), in the order served: what to close next.
+    closing: VecDeque<(u64, String, i64)>,
+    plugins: HashMap<String, Arc<str>>,
+}
+
+impl Attribution {
+    pub fn new(attribution_secs: u64) -> Self {
+        Self {
+            attribution_ms: attribution_secs.saturating_mul(1_000),
+            by_user: HashMap::new(),
+            closing: VecDeque::new(),
+            plugins: HashMap::new(),
+        }
+    }
+
+    /// Lists still open.
+    pub fn open(&self) -> usize {
+        self.closing.len()
+    }
+
+    pub fn served(&mut self, list: &ServedListRow) {
+        let plugin = self
+            .plugins
+            .entry(list.plugin.clone())
+            .or_insert_with(|| Arc::from(list.plugin.as_str()))
+            .clone();
+        self.by_user
+            .entry(list.user_id.clone())
+            .or_default()
+            .push(OpenList {
+                id: list.id,
+                at_ms: list.at_ms,
+                plugin,
+                model_version: list.model_version,
+                after_event: list.after_event,
+                items: list.items.clone(),
+                hit: false,
+                clicked: false,
+                decided: false,
+            });
+        self.closing
+            .push_back((list.at_ms, list.user_id.clone(), list.id));
+    }
+
+    /// An event `id` of `user` on `item`, seen at `seen_at_ms`: it decides each of the
+    /// user's open lists served before it (by event id) that no earlier event decided.
+    pub fn event(&mut self, user: &str, item: u32, kind: EventKind, id: i64, seen_at_ms: u64) {
+        let Some(lists) = self.by_user.get_mut(user) else {
+            return;
+        };
+        for list in lists.iter_mut() {
+            if !list.decided
+                && list.after_event < id
+                && seen_at_ms <= list.at_ms.saturating_add(self.attribution_ms)
+            {
+                list.decided = true;
+                list.hit = list.items.contains(&item);
+                list.clicked = list.hit && kind == EventKind::Click;
+            }
+        }
+    }
+
+    /// The lists whose wait is over at `now_ms`, in the order served.
+    pub fn close(&mut self, now_ms: u64) -> Vec<ListOutcome> {
+        let mut out = Vec::new();
+        while let Some((at_ms, _, _)) = self.closing.front() {
+            if at_ms.saturating_add(self.attribution_ms) > now_ms {
+                break;
+            }
+            let (_, user, id) = self.closing.pop_front().expect("a front");
+            let Some(lists) = self.by_user.get_mut(&user) else {
+                continue;
+            };
+            if let Some(position) = lists.iter().position(|l| l.id == id) {
+                let list = lists.swap_remove(position);
+                out.push(ListOutcome {
+                    plugin: list.plugin,
+                    model_version: list.model_version,
+                    hit: list.hit,
+                    clicked: list.clicked,
+                });
+            }
+            if lists.is_empty() {
+                self.by_user.remove(&user);
+            }
+        }
+        out
+    }
+}
+
+/// Scores kept per plugin and version in a window for their summary and prediction drift.
+const SCORES_KEPT: usize = 20_000;
+
+#[derive(Default)]
+struct VersionWindow {
+    lists_served: u64,
+    listed: HashMap<u32, u64>,
+    scores: Vec<f64>,
+    judged: u64,
+    hits: u64,
+    clicks: u64,
+}
+
+/// One window's lists, per plugin and model version.
+#[derive(Default)]
+pub struct WindowQuality {
+    versions: BTreeMap<(Arc<str>, u64), VersionWindow>,
+}
+
+/// A score distribution in brief.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScoreSummary {
+    pub mean: f64,
+    pub p10: f64,
+    pub p50: f64,
+    pub p90: f64,
+}
+
+impl ScoreSummary {
+    fn of(scores: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        Some(Self {
+            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+            p10: at(0.1),
+            p50: at(0.5),
+            p90: at(0.9),
+        })
+    }
+}
+
+/// One plugin's model version in one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionQuality {
+    pub plugin: String,
+    pub model_version: u64,
+    /// Lists it served in the window.
+    pub lists_served: u64,
+    /// Share of the catalog among their top-k items.
+    pub coverage: f64,
+    /// Mean popularity percentile of their top-k items (0: the least popular item, 1: the
+    /// most popular), by events seen so far.
+    pub popularity_percentile: Option<f64>,
+    pub scores: Option<ScoreSummary>,
+    /// Lists whose attribution closed in the window, and the share of them hit and clicked.
+    pub lists_judged: u64,
+    pub hit_rate: Option<f64>,
+    pub ctr: Option<f64>,
+}
+
+impl WindowQuality {
+    pub fn served(&mut self, list: &ServedListRow) {
+        let window = self
+            .versions
+            .entry((Arc::from(list.plugin.as_str()), list.model_version))
+            .or_default();
+        window.lists_served += 1;
+        for item in &list.items {
+            *window.listed.entry(*item).or_default() += 1;
+        }
+        for score in &list.scores {
+            if window.scores.len() < SCORES_KEPT {
+                window.scores.push(f64::from(*score));
+            }
+        }
+    }
+
+    pub fn judged(&mut self, outcome: &ListOutcome) {
+        let window = self
+            .versions
+            .entry((outcome.plugin.clone(), outcome.model_version))
+            .or_default();
+        window.judged += 1;
+        window.hits += u64::from(outcome.hit);
+        window.clicks += u64::from(outcome.clicked);
+    }
+
+    /// The scores each plugin served in the window (prediction drift compares them).
+    pub fn scores_by_plugin(&self) -> BTreeMap<Arc<str>, Vec<f64>> {
+        let mut out: BTreeMap<Arc<str>, Vec<f64>> = BTreeMap::new();
+        for ((plugin, _), window) in &self.versions {
+            out.entry(plugin.clone())
+                .or_default()
+                .extend(&window.scores);
+        }
+        out
+    }
+
+    /// The window's figures; `percentile(item)` is an item's popularity percentile.
+    pub fn summarize(
+        &self,
+        catalog_items: usize,
+        percentile: impl Fn(u32) -> Option<f64>,
+    ) -> Vec<VersionQuality> {
+        self.versions
+            .iter()
+            .map(|((plugin, version), w)| {
+                let listed: u64 = w.listed.values().sum();
+                let weighted: f64 = w
+                    .listed
+                    .iter()
+                    .filter_map(|(item, n)| percentile(*item).map(|p| p * *n as f64))
+                    .sum();
+                let rate = |k: u64| (w.judged > 0).then(|| k as f64 / w.judged as f64);
+                VersionQuality {
+                    plugin: plugin.to_string(),
+                    model_version: *version,
+                    lists_served: w.lists_served,
+                    coverage: w.listed.len() as f64 / catalog_items.max(1) as f64,
+                    popularity_percentile: (listed > 0).then(|| weighted / listed as f64),
+                    scores: ScoreSummary::of(&w.scores),
+                    lists_judged: w.judged,
+                    hit_rate: rate(w.hits),
+                    ctr: rate(w.clicks),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Each item's popularity percentile from its event count: the share of items with fewer
+/// events, ties sharing the middle of their ranks (0 to 1).
+pub fn popularity_percentiles(counts: &[u64]) -> Vec<f64> {
+    let n = counts.len();
+    if n < 2 {
+        return vec![0.5; n];
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| counts[i]);
+    let mut out = vec![0.0; n];
+    let mut start = 0;
+    while start < n {
+        let mut end = start;
+        while end + 1 < n && counts[order[end + 1]] == counts[order[start]] {
+            end += 1;
+        }
+        let rank = (start + end) as f64 / 2.0;
+        for &i in &order[start..=end] {
+            out[i] = rank / (n - 1) as f64;
+        }
+        start = end + 1;
+    }
+    out
+}
+
+/// The evidence of a quality decision.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct QualityTest {
+    /// The first model version of the candidate (it and the versions after it were tested).
+    pub first_version: u64,
+    /// The newest version before it: what a rollback serves again.
+    pub previous_version: u64,
+    pub candidate_lists: u64,
+    pub candidate_hits: u64,
+    pub baseline_lists: u64,
+    pub baseline_hits: u64,
+    pub p_value: f64,
+    pub alpha: f64,
+    pub margin: f64,
+}
+
+/// What [`VersionWatch::judged`] decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// The candidate is not significantly worse.
+    Passed(QualityTest),
+    /// It is.
+    Worse(QualityTest),
+}
+
+/// One plugin's quality test of each new model version.
+pub struct VersionWatch {
+    min_lists: usize,
+    alpha: f64,
+    margin: f64,
+    /// Outcomes of accepted versions, newest last, at most `min_lists`.
+    baseline: VecDeque<bool>,
+    /// The newest accepted version.
+    accepted: u64,
+    candidate: Option<Candidate>,
+    /// Versions judged worse (and rolled back or not): their late outcomes are ignored.
+    rejected: HashSet<u64>,
+}
+
+struct Candidate {
+    first_version: u64,
+    outcomes: Vec<bool>,
+}
+
+impl VersionWatch {
+    pub fn new(min_lists: u64, alpha: f64, margin: f64) -> Self {
+        Self {
+            min_lists: min_lists.max(1) as usize,
+            alpha,
+            margin,
+            baseline: VecDeque::new(),
+            accepted: 0,
+            candidate: None,
+            rejected: HashSet::new(),
+        }
+    }
+
+    /// A final outcome of a list served by `version`.
+    pub fn judged(&mut self, version: u64, hit: bool) -> Option<Verdict> {
+        if self.rejected.contains(&version) {
+            return None;
+        }
+        match &mut self.candidate {
+            Some(candidate) if version >= candidate.first_version => {
+                candidate.outcomes.push(hit);
+                if candidate.outcomes.len() >= self.min_lists {
+                    return Some(self.decide());
+                }
+            }
+            Some(_) => self.keep(version, hit),
+            None if version > self.accepted && self.baseline.len() >= self.min_lists => {
+                self.candidate = Some(Candidate {
+                    first_version: version,
+                    outcomes: vec![hit],
+                });
+                if self.min_lists == 1 {
+                    return Some(self.decide());
+                }
+            }
+            None => self.keep(version, hit),
+        }
+        None
+    }
+
+    fn keep(&mut self, version: u64, hit: bool) {
+        self.baseline.push_back(hit);
+        while self.baseline.len() > self.min_lists {
+            self.baseline.pop_front();
+        }
+        self.accepted = self.accepted.max(version);
+    }
+
+    fn decide(&mut self) -> Verdict {
+        let candidate = self.candidate.take().expect("a candidate");
+        let count = |o: &mut dyn Iterator<Item = &bool>| o.filter(|h| **h).count() as u64;
+        let baseline = (count(&mut self.baseline.iter()), self.baseline.len() as u64);
+        let tested = (
+            count(&mut candidate.outcomes.iter()),
+            candidate.outcomes.len() as u64,
+        );
+        // No difference to tell (both all hits or all misses) is no evidence of a drop.
+        let p_value = relative_drop(baseline, tested, self.margin).map_or(1.0, |d| d.p_value);
+        let test = QualityTest {
+            first_version: candidate.first_version,
+            previous_version: self.accepted,
+            candidate_lists: tested.1,
+            candidate_hits: tested.0,
+            baseline_lists: baseline.1,
+            baseline_hits: baseline.0,
+            p_value,
+            alpha: self.alpha,
+            margin: self.margin,
+        };
+        if p_value < self.alpha {
+            Verdict::Worse(test)
+        } else {
+            for hit in candidate.outcomes {
+                self.keep(candidate.first_version, hit);
+            }
+            Verdict::Passed(test)
+        }
+    }
+
+    /// Versions `first..=last` were judged worse and are no longer served: later outcomes of
+    /// them are ignored, and the next new version is tested against the same baseline.
+    pub fn reject(&mut self, first: u64, last: u64) {
+        self.rejected.extend(first..=last);
+        self.candidate = None;
+    }
+
+    /// A new version `version` (a rollback's restored model, or a retrain) starts the next
+    /// candidate once its lists come, even if the candidate of the versions before it was
+    /// open: those are left unjudged.
+    pub fn restart_at(&mut self, version: u64) {
+        if let Some(candidate) = &self.candidate
+            && candidate.first_version < version
+        {
+            self.candidate = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(id: i64, user: &str, at_ms: u64, after_event: i64, items: Vec<u32>) -> ServedListRow {
+        ServedListRow {
+            id,
+            at_ms,
+            user_id: user.into(),
+            plugin: "p".into(),
+            model_version: 1,
+            after_event,
+            scores: vec![1.0; items.len()],
+            items,
+        }
+    }
+
+    #[test]
+    fn a_list_is_decided_by_its_users_next_event_within_the_window() {
+        let mut attribution = Attribution::new(10);
+        attribution.served(&list(1, "a", 1_000, 5, vec![7, 8]));
+        // The next event misses; one after it on a listed item does not count.
+        attribution.event("a", 3, EventKind::Click, 6, 1_100);
+        attribution.event("a", 7, EventKind::Click, 7, 1_200);
+        assert!(!attribution.close(11_000)[0].hit);
+    }
+
+    #[test]
+    fn a_list_is_hit_by_a_later_event_of_its_user_on_its_items_within_the_window() {
+        let mut attribution = Attribution::new(10);
+        attribution.served(&list(1, "a", 1_000, 5, vec![7, 8]));
+        attribution.served(&list(2, "b", 1_000, 5, vec![7]));
+        attribution.served(&list(3, "a", 2_000, 5, vec![9]));
+        // An event stored before the list was served does not count.
+        attribution.event("a", 7, EventKind::Click, 5, 1_100);
+        // Another user's event on the item does not either.
+        attribution.event("c", 7, EventKind::Click, 6, 1_100);
+        // Too late for list 3 (served at 2,000, window 10 s).
+        attribution.event("a", 9, EventKind::Rate, 9, 12_001);
+        // b's next event hits; a later one would not change it.
+        attribution.event("b", 7, EventKind::Rate, 7, 5_000);
+        attribution.event("b", 99, EventKind::Rate, 8, 5_000);
+        assert!(
+            attribution.close(10_999).is_empty(),
+            "nothing is final early"
+        );
+        let first = attribution.close(11_000);
+        assert_eq!(
+            first.iter().map(|o| (o.hit, o.clicked)).collect::<Vec<_>>(),
+            vec![(false, false), (true, false)]
+        );
+        let second = attribution.close(12_000);
+        assert_eq!(second.len(), 1);
+        assert!(!second[0].hit);
+        assert_eq!(attribution.open(), 0);
+    }
+
+    #[test]
+    fn a_clearly_worse_version_is_caught_and_an_equal_one_passes() {
+        let mut watch = VersionWatch::new(100, 0.001, 0.3);
+        // Version 1: a 20% hit rate, the baseline.
+        for i in 0..100 {
+            assert_eq!(watch.judged(1, i % 5 == 0), None);
+        }
+        // Version 2, as good: passes after 100 of its lists.
+        let mut verdict = None;
+        for i in 0..100 {
+            verdict = watch.judged(2, i % 5 == 1).or(verdict);
+        }
+        assert!(matches!(verdict, Some(Verdict::Passed(_))), "{verdict:?}");
+        // Version 3 and its successor 4 hit 1%: worse, against version 2.
+        let mut verdict = None;
+        for i in 0..100 {
+            verdict = watch.judged(3 + (i % 2), i == 50).or(verdict);
+        }
+        let Some(Verdict::Worse(test)) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!((test.first_version, test.previous_version), (3, 2));
+        assert_eq!((test.candidate_hits, test.baseline_hits), (1, 20));
+        assert!(test.p_value < 1e-5);
+        // Rejected: their late lists are ignored; the restored model (version 5) is tested
+        // against the same baseline and passes.
+        watch.reject(3, 4);
+        assert_eq!(watch.judged(4, false), None);
+        let mut verdict = None;
+        for i in 0..100 {
+            verdict = watch.judged(5, i % 5 == 2).or(verdict);
+        }
+        assert!(matches!(verdict, Some(Verdict::Passed(_))), "{verdict:?}");
+    }
+
+    #[test]
+    fn equal_rates_raise_false_alarms_at_about_alpha() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (mut worse, mut decisions) = (0, 0);
+        let mut watch = VersionWatch::new(200, 0.05, 0.0);
+        let mut version = 1;
+        for n in 0..400_000u32 {
+            if n % 150 == 0 {
+                version += 1;
+            }
+            match watch.judged(version, rng.random_bool(0.1)) {
+                Some(Verdict::Worse(_)) => {
+                    worse += 1;
+                    decisions += 1;
+                    watch.reject(version, version);
+                    version += 1;
+                }
+                Some(Verdict::Passed(_)) => decisions += 1,
+                None => {}
+            }
+        }
+        let rate = worse as f64 / decisions as f64;
+        assert!(decisions > 1_000, "{decisions}");
+        assert!(
+            rate < 0.08,
+            "false alarms {rate} over {decisions} decisions"
+        );
+    }
+
+    #[test]
+    fn percentiles_rank_items_by_events_with_ties_in_the_middle() {
+        assert_eq!(
+            popularity_percentiles(&[5, 1, 5, 0]),
+            vec![5.0 / 6.0, 1.0 / 3.0, 5.0 / 6.0, 0.0]
+        );
+    }
+}
