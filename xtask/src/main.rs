@@ -5,7 +5,7 @@
 //! - `demo [ARGS]`: `plugins`, the release build, then the server with `recohost.toml` (bundled
 //!   plugins, demo data).
 //! - `test [ARGS]`: `plugins` and the test fixtures (`tests/fixtures/`, to `dist/fixtures/`),
-//!   the release build of the server, then every test of the workspace and (without ARGS) `api-check` and `k8s-check`.
+//!   the release build of the server, then every test of the workspace and (without ARGS) `api-check` `k8s-check` and the Prometheus rules (`promtool check rules`, `promtool test rules`).
 //! - `loadtest [main | hardening | storage | cluster]`: `plugins`, the release build, then the load
 //!   tests (`tests/loadtest.rs`, `hardening_load.rs`, `storage_load.rs`, `cluster_load.rs`:
 //!   the real server under load; not part of `test` because they take minutes and need wrk).
@@ -250,6 +250,19 @@ fn test(args: &[String]) -> Result<(), String> {
         api_check::api_check()?;
         // The Kubernetes manifests, rendered and validated offline.
         k8s_check::k8s_check()?;
+        prometheus_rules_check()?;
     }
     Ok(())
+}
+
+/// The shipped Prometheus alerting rules: valid (`promtool check rules`), and firing on the
+/// series they are meant for (`promtool test rules`). promtool is Debian's `prometheus`.
+fn prometheus_rules_check() -> Result<(), String> {
+    let dir = root().join("deploy/prometheus");
+    run(Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir))?;
+    run(Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&dir))
 }
