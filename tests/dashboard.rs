@@ -396,3 +396,66 @@ fn a_bandit_shows_its_weights_over_time_its_posteriors_and_its_leader() {
     assert_no_console_errors(&browser, "bandit experiment");
     browser.screenshot("experiments-bandit");
 }
+
+#[test]
+fn the_monitoring_page_shows_quality_drift_and_alerts() {
+    // One-second windows of at least 100 events; every list judged a second after it is
+    // served. New users clicking what they were recommended: lists are hit, and a stream of
+    // clicks only, from new users, is far from the demo data's mix: a drift alert.
+    let temp = tempfile::tempdir().expect("temp dir");
+    let config = config_text(
+        "[monitoring]\nwindow_secs = 1\nmin_window_events = 100\nattribution_secs = 1\n",
+    );
+    let server = Server::start_in(&temp.path().join("data"), &config).expect("server starts");
+    for round in 0..3 {
+        let mut clicks = Vec::new();
+        for user in round * 150..round * 150 + 150 {
+            let (status, body) = server.post(
+                "/recommend",
+                &json!({"user_id": format!("m{user}"), "n_recommendations": 5}),
+            );
+            assert_eq!(status, 200, "{body}");
+            clicks.push(json!({"user_id": format!("m{user}"), "event_type": "click",
+                               "item_id": body["recommendations"][0]["item_id"]}));
+        }
+        let (status, body) = server.post("/events/batch", &json!({"events": clicks}));
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(1_200));
+    }
+    server.wait_for("/alerts", Duration::from_secs(30), |body| {
+        body["open"].as_array().is_some_and(|open| !open.is_empty())
+    });
+    server.wait_for("/monitoring", Duration::from_secs(30), |body| {
+        let windows = body["windows"].as_array().expect("windows");
+        windows.iter().filter(|w| !w["drift"].is_null()).count() >= 2
+            && windows.iter().any(|w| {
+                w["quality"]
+                    .as_array()
+                    .expect("quality")
+                    .iter()
+                    .any(|q| q["lists_judged"].as_u64() > Some(0))
+            })
+    });
+
+    let browser = Browser::start();
+    open_page(&browser, &server, "monitoring");
+    assert!(
+        chart_marks(&browser, "hit-rate") >= 1,
+        "no hit rate charted"
+    );
+    assert!(chart_marks(&browser, "drift-psi") >= 2, "no drift charted");
+    let alerts = browser.text("#monitoring-page table.alerts");
+    assert!(
+        alerts.contains("drift:") && alerts.contains("PSI"),
+        "{alerts}"
+    );
+    let versions = browser.text("#monitoring-page table.versions");
+    assert!(versions.contains("hybrid"), "{versions}");
+    let drift = browser.text("#monitoring-page table.drift");
+    assert!(
+        drift.contains("event_kind") && drift.contains("alert"),
+        "{drift}"
+    );
+    assert_no_console_errors(&browser, "monitoring");
+    browser.screenshot("monitoring");
+}

@@ -196,6 +196,13 @@ impl App {
         if let crate::store::Database::Postgres(_) = database {
             learning = learning.in_cluster(node.learner.clone());
         }
+        let auto_rollback: std::collections::HashSet<String> = config
+            .plugins
+            .iter()
+            .filter(|p| p.auto_rollback)
+            .map(|p| p.name.clone())
+            .collect();
+        learning = learning.with_auto_rollback(auto_rollback.clone());
         let learning = Arc::new(learning);
 
         let monitoring = &config.monitoring;
@@ -211,12 +218,7 @@ impl App {
                 users: users.clone(),
                 learning: learning.clone(),
                 catalog_items: catalog.len(),
-                auto_rollback: config
-                    .plugins
-                    .iter()
-                    .filter(|p| p.auto_rollback)
-                    .map(|p| p.name.clone())
-                    .collect(),
+                auto_rollback,
                 node_id: node.id.clone(),
                 webhooks,
             };

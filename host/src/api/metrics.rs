@@ -320,7 +320,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         &[(String::new(), state.catalog.len() as f64)],
     );
     if let Some(monitor) = &state.monitor {
-        monitoring_metrics(&mut out, monitor, &stats);
+        monitoring_metrics(&mut out, monitor, state.recommender.served.as_ref(), &stats);
     }
 
     Ok((
@@ -335,11 +335,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 fn monitoring_metrics(
     out: &mut String,
     monitor: &crate::monitoring::monitor::Monitor,
+    served: Option<&crate::monitoring::served::ServedLog>,
     stats: &crate::learning::LearningStats,
 ) {
     let status = monitor.status();
     let window = status.last_window.as_ref();
-    let drift = window.and_then(|w| w.drift.as_ref());
+    let drift = status.last_drift.as_ref();
     let psi = |reports: Option<&Vec<crate::monitoring::monitor::FeatureReport>>, key: &str| {
         reports
             .into_iter()
@@ -440,6 +441,17 @@ fn monitoring_metrics(
         "counter",
         "Automatic rollbacks since start.",
         &[(String::new(), status.rollbacks as f64)],
+    );
+    let (dropped, failed_lists) = served.map_or((0, 0), |log| log.lost());
+    family(
+        out,
+        "recohost_served_lists_lost_total",
+        "counter",
+        "Served lists not logged for monitoring: dropped (queue full) and failed to store.",
+        &[
+            (label("reason", "dropped"), dropped as f64),
+            (label("reason", "failed"), failed_lists as f64),
+        ],
     );
     let delivered = monitor
         .webhooks

@@ -24,6 +24,13 @@ impl Learning {
         }
         let started = Instant::now();
         let started_at_ms = unix_now_ms();
+        if job.kind == JobKind::Retrain && job.trigger == super::Trigger::Manual {
+            // An operator's retrain is the operator acting: rolled-back plugins learn again.
+            let released: Vec<String> = self.lock().held.drain().map(|(name, _)| name).collect();
+            for plugin in released {
+                tracing::info!(plugin, "an operator's retrain lifts the plugin's hold");
+            }
+        }
         // The plugins serving when the run starts; one added meanwhile learns next time.
         let plugins = self.plugins.current();
         let (events, through_event) = match self.job_events(job) {
@@ -83,6 +90,18 @@ impl Learning {
             .map(|(plugin, (_, row))| {
                 // A rollback waits for this plugin's install, and this for a rollback.
                 let _installing = self.installing.lock().unwrap_or_else(|p| p.into_inner());
+                // A rollback that ran since this job reserved its numbers installed a newer
+                // one: this job's model for the plugin would go back behind it.
+                if let Some(serving) = plugin.model_version()
+                    && serving >= row.version
+                {
+                    let outcome = json!({
+                        "status": "superseded",
+                        "model_version": serving,
+                        "events": 0,
+                    });
+                    return (plugin.name().to_string(), outcome);
+                }
                 let outcome = match &events {
                     JobEvents::Batch { batch, .. } => {
                         self.update_one(plugin, batch, row.version, through_event)
@@ -195,6 +214,7 @@ impl Learning {
         state.running = None;
         if job.kind == JobKind::Retrain {
             state.last_retrain = Instant::now();
+            state.retrains += 1;
         }
         if let Some(run) = run {
             state.runs += 1;
@@ -316,6 +336,9 @@ impl Learning {
         match result {
             Ok(()) => {
                 self.succeeded(plugin.name());
+                self.lock()
+                    .retrained
+                    .insert(plugin.name().to_string(), version);
                 json!({
                     "status": "retrained",
                     "model_version": version,

@@ -140,6 +140,10 @@ struct State {
     failing: HashMap<String, Failing>,
     /// Plugins rolled back and held on the restored model: updates skip them.
     held: HashMap<String, rollback::Hold>,
+    /// Retrain jobs finished (model monitoring takes a new reference after each), and the
+    /// version each plugin's newest retrain made.
+    retrains: u64,
+    retrained: HashMap<String, u64>,
     /// The models each plugin served before its current one, oldest first.
     lineage: HashMap<String, std::collections::VecDeque<crate::plugins::ModelVersion>>,
 }
@@ -187,6 +191,8 @@ pub struct Learning {
     stopped: std::sync::atomic::AtomicBool,
     /// Held while a plugin learns and installs, or is rolled back: one at a time.
     installing: Mutex<()>,
+    /// Plugins declared with `auto_rollback`: they keep more earlier models.
+    auto_rollback: std::collections::HashSet<String>,
 }
 
 /// `GET /learning/stats`, answered from memory.
@@ -280,6 +286,8 @@ impl Learning {
             last_snapshot: now,
             failing: HashMap::new(),
             held: HashMap::new(),
+            retrains: 0,
+            retrained: HashMap::new(),
             lineage: HashMap::new(),
         };
         let learning = Self {
@@ -293,6 +301,7 @@ impl Learning {
             publish_each_version: false,
             stopped: std::sync::atomic::AtomicBool::new(false),
             installing: Mutex::new(()),
+            auto_rollback: Default::default(),
         };
         let mut state = learning.lock();
         if state.waiting >= learning.config.update_buffer_size {
@@ -301,6 +310,12 @@ impl Learning {
         }
         drop(state);
         Ok(learning)
+    }
+
+    /// Names the plugins declared with `auto_rollback` (they keep more earlier models).
+    pub fn with_auto_rollback(mut self, plugins: std::collections::HashSet<String>) -> Self {
+        self.auto_rollback = plugins;
+        self
     }
 
     /// Makes this the learning of one node of a cluster: it learns only while `learner`
@@ -384,9 +399,20 @@ impl Learning {
         }
     }
 
-    /// Forgets the failed updates of `plugin` (it was replaced: the new one starts afresh).
+    /// Forgets the failed updates, the hold and the earlier models of `plugin` (it was
+    /// replaced: the new one starts afresh, and an old build's models are not its own).
     pub fn forget_failures(&self, plugin: &str) {
-        self.lock().failing.remove(plugin);
+        let mut state = self.lock();
+        state.failing.remove(plugin);
+        state.held.remove(plugin);
+        state.lineage.remove(plugin);
+    }
+
+    /// Retrain jobs finished since start, and the version each plugin's newest retrain
+    /// made.
+    pub fn retrains(&self) -> (u64, HashMap<String, u64>) {
+        let state = self.lock();
+        (state.retrains, state.retrained.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

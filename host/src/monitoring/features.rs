@@ -40,6 +40,8 @@ pub struct EventWindow {
     per_user: HashMap<u32, u64>,
     new_user_events: u64,
     new_item_events: u64,
+    /// Each event's user, in order (events per user are counted over runs of them).
+    users: Vec<u32>,
 }
 
 /// One event as a window takes it.
@@ -81,16 +83,16 @@ impl EventWindow {
         }
         *self.items.entry(event.item).or_default() += 1;
         *self.per_user.entry(event.user).or_default() += 1;
+        self.users.push(event.user);
         self.new_user_events += u64::from(event.new_user);
         self.new_item_events += u64::from(event.new_item);
     }
 }
 
-/// The reference window, and its events' users in order.
+/// The reference window.
 #[derive(Clone, Debug, Default)]
 pub struct Reference {
     pub window: EventWindow,
-    users: Vec<u32>,
 }
 
 impl Reference {
@@ -98,23 +100,27 @@ impl Reference {
         let mut reference = Self::default();
         for event in events {
             reference.window.record(event);
-            reference.users.push(event.user);
         }
         reference
     }
 
     /// Events per active user, counted over consecutive runs of `run` events.
     pub fn events_per_user(&self, run: usize) -> Vec<f64> {
-        let mut out = Vec::new();
-        for chunk in self.users.chunks(run.max(1)) {
-            let mut counts: HashMap<u32, u64> = HashMap::new();
-            for user in chunk {
-                *counts.entry(*user).or_default() += 1;
-            }
-            out.extend(counts.values().map(|&c| c as f64));
-        }
-        out
+        per_user_runs(&self.window.users, run)
     }
+}
+
+/// Events per active user in each consecutive run of `run` events of `users`.
+fn per_user_runs(users: &[u32], run: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for chunk in users.chunks(run.max(1)) {
+        let mut counts: HashMap<u32, u64> = HashMap::new();
+        for user in chunk {
+            *counts.entry(*user).or_default() += 1;
+        }
+        out.extend(counts.values().map(|&c| c as f64));
+    }
+    out
 }
 
 /// How far one feature moved.
@@ -169,12 +175,15 @@ pub fn compare(reference_events: &Reference, current: &EventWindow) -> Vec<Featu
         &top.counts(&current.items),
     ));
 
-    let reference_activity = reference_events.events_per_user(current.events as usize);
+    // Both sides over runs of the same length: the window's, or the reference's when the
+    // window is the longer (a busy site's five minutes).
+    let run = current.users.len().min(reference.users.len());
+    let reference_activity = reference_events.events_per_user(run);
     let bins = QuantileBins::from_reference(&reference_activity);
     out.push(drift(
         "events_per_user",
         &bins.counts(reference_activity.iter().copied()),
-        &bins.counts(current.per_user.values().map(|&c| c as f64)),
+        &bins.counts(per_user_runs(&current.users, run)),
     ));
 
     let share = |part: u64, whole: u64| [part as f64, whole.saturating_sub(part) as f64];
@@ -282,6 +291,19 @@ mod tests {
         // Counted over the whole reference instead (one run), 5 per user too; but over runs
         // of 3 events (the way a 3-event window sees it) mostly 1 or 2 per user.
         assert!(reference.events_per_user(3).iter().all(|&c| c <= 3.0));
+    }
+
+    #[test]
+    fn a_window_longer_than_the_reference_is_counted_in_runs_of_the_reference() {
+        // The same stream, the window eight times the reference: no drift, though a user
+        // has eight times the events in the window.
+        let reference = reference(100, 5, 300, |_| 3.0);
+        let long = window(800, 5, 300, |_| 3.0);
+        let drifts = compare(&reference, &long);
+        assert!(
+            feature(&drifts, "events_per_user").psi.unwrap() < 1e-9,
+            "{drifts:?}"
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ const REFERENCE_SCORES: usize = 5_000;
 /// Users a drift window needs for `events_per_user` to raise an alert: its deciles are of
 /// the window's users, and a few dozen users (a window of heavy raters) move them by chance.
 const MIN_ACTIVE_USERS: u64 = 500;
+/// Scores kept per plugin in a drift window.
+const WINDOW_SCORES: usize = 50_000;
 /// Scores a plugin needs in a drift window for its prediction drift to be measured.
 const MIN_WINDOW_SCORES: usize = 500;
 
@@ -93,6 +95,8 @@ pub enum Level {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MonitorStatus {
     pub last_window: Option<WindowReport>,
+    /// The newest drift report (most windows close without one).
+    pub last_drift: Option<DriftReport>,
     pub open_alerts: Vec<Alert>,
     pub lists_open: usize,
     pub rollbacks: u64,
@@ -170,7 +174,10 @@ struct State {
     book: AlertBook,
     /// Whether this node acted as the learner last tick (a new learner adopts open alerts).
     was_learner: bool,
-    last_retrain: Option<u64>,
+    /// Retrains seen: each makes the newest events the reference; and the version each
+    /// plugin's newest retrain made.
+    retrains: u64,
+    retrained: HashMap<String, u64>,
     last_expiry: Instant,
 }
 
@@ -199,7 +206,8 @@ impl State {
             watches: HashMap::new(),
             book: AlertBook::default(),
             was_learner: false,
-            last_retrain: None,
+            retrains: 0,
+            retrained: HashMap::new(),
             last_expiry: now,
             events_after,
             lists_after,
@@ -211,7 +219,7 @@ impl State {
             state.remember(seen);
         }
         state.reference = Reference::new(state.recent.iter().copied());
-        state.last_retrain = state.newest_retrain();
+        state.retrains = state.parts.learning.retrains().0;
         Ok(state)
     }
 
@@ -245,14 +253,6 @@ impl State {
         }
     }
 
-    fn newest_retrain(&self) -> Option<u64> {
-        let stats = self.parts.learning.stats();
-        stats
-            .last_update
-            .filter(|run| run.kind == "retrain")
-            .map(|run| run.update_id)
-    }
-
     fn tick(&mut self) -> StoreResult<()> {
         let now_ms = unix_now_ms();
         self.read_lists()?;
@@ -261,9 +261,31 @@ impl State {
         if learner && !self.was_learner {
             self.adopt_open_alerts();
         }
+        if !learner && self.was_learner {
+            // The next learner owns the alerts now (it adopts the open ones from the store).
+            self.book = AlertBook::default();
+        }
         self.was_learner = learner;
+        // A retrain makes the newest events the reference, and starts each plugin's next
+        // quality decision afresh (its model is not of the line under test).
+        let (retrains, versions) = self.parts.learning.retrains();
+        if retrains != self.retrains {
+            self.retrains = retrains;
+            self.reference = Reference::new(self.recent.iter().copied());
+            self.reference_scores.clear();
+        }
+        for (plugin, version) in versions {
+            if self.retrained.insert(plugin.clone(), version) != Some(version)
+                && let Some(watch) = self.watches.get_mut(&plugin)
+            {
+                watch.retrained(version);
+            }
+        }
         for outcome in self.attribution.close(now_ms) {
             self.quality_window.judged(&outcome);
+            if !outcome.answered {
+                continue;
+            }
             let verdict = self
                 .watches
                 .entry(outcome.plugin.to_string())
@@ -279,13 +301,6 @@ impl State {
                 self.on_verdict(&outcome.plugin, verdict, learner, now_ms);
             }
         }
-        // A retrain makes the newest events the reference.
-        let retrain = self.newest_retrain();
-        if retrain.is_some() && retrain != self.last_retrain {
-            self.last_retrain = retrain;
-            self.reference = Reference::new(self.recent.iter().copied());
-            self.reference_scores.clear();
-        }
         let window = Duration::from_secs(self.parts.config.window_secs);
         if self.window_started.elapsed() >= window {
             self.close_window(learner, now_ms);
@@ -293,9 +308,13 @@ impl State {
         if learner && self.last_expiry.elapsed() >= window {
             self.last_expiry = Instant::now();
             let horizon = self.parts.config.retention_hours * 3_600_000;
-            self.parts
-                .store
-                .expire_monitoring(now_ms.saturating_sub(horizon))?;
+            // Lists are needed only until they are judged; kept an hour (or two attribution
+            // times) for a look at what was served.
+            let lists = (2 * self.parts.config.attribution_secs * 1_000).max(3_600_000);
+            self.parts.store.expire_monitoring(
+                now_ms.saturating_sub(lists.min(horizon)),
+                now_ms.saturating_sub(horizon),
+            )?;
         }
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.open_alerts = self.book.open().cloned().collect();
@@ -319,7 +338,11 @@ impl State {
                 if reference.len() < REFERENCE_SCORES {
                     reference.extend(scores);
                 } else {
-                    self.drift_scores.entry(plugin).or_default().extend(scores);
+                    // Bounded: a drift window waiting for events (an ingestion outage) must
+                    // not grow with every list served meanwhile.
+                    let current = self.drift_scores.entry(plugin).or_default();
+                    let room = WINDOW_SCORES.saturating_sub(current.len());
+                    current.extend(scores.take(room));
                 }
             }
             if page.len() < PAGE {
@@ -411,6 +434,14 @@ impl State {
                         false,
                     ) {
                         Ok(hold) => {
+                            // A version installed while the rollback waited for the job's
+                            // install is of the bad line too.
+                            if let Some(watch) = self.watches.get_mut(plugin) {
+                                watch.reject(
+                                    test.first_version,
+                                    hold.serving_version.saturating_sub(1),
+                                );
+                            }
                             summary.push_str(&format!(
                                 "; rolled back: version {} serves again as version {}, updates held until a retrain passes",
                                 hold.restored_version, hold.serving_version
@@ -476,10 +507,11 @@ impl State {
                 }
             }
         }
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_window = Some(report);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(drift) = &report.drift {
+            status.last_drift = Some(drift.clone());
+        }
+        status.last_window = Some(report);
     }
 
     fn close_drift_window(&mut self) -> DriftReport {
@@ -571,8 +603,8 @@ impl State {
     fn adopt_open_alerts(&mut self) {
         match self.parts.store.alerts(u64::MAX, 1_000) {
             Ok(rows) => {
-                for row in rows {
-                    if let Some(alert) = alert_from_row(&row)
+                for row in rows.iter().filter(|row| row.resolved_at_ms.is_none()) {
+                    if let Some(alert) = alert_from_row(row)
                         && !self.book.is_open(&alert.alert)
                     {
                         self.book.adopt(alert);

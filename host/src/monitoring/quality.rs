@@ -1,13 +1,14 @@
 //! Online quality: which served lists were hit, what each model version's lists looked
 //! like, and whether a new model version is significantly worse than the ones before it.
 //!
-//! - [`Attribution`]: lists wait `attribution_secs` for their user's next event: the first
-//!   event of that user stored after the list was served decides it, a hit if it is on one
-//!   of the list's items (a click-through too if it is a click). A list whose user does not
-//!   come back in time is a miss. Only the next event counts: counting every event within
-//!   the wait made a list's chance of a hit depend on how long its user's session was,
-//!   which changes with who is active (on ML-100k, 48% to 90% between stretches of the
-//!   same model), more than on the model.
+//! - [`Attribution`]: lists wait up to `attribution_secs` for their user's next event: the
+//!   first event of that user stored after the list was served decides it at once, a hit if
+//!   it is on one of the list's items (a click-through too if it is a click). A list whose
+//!   user does not come back in time is counted as unanswered and not judged. Only the next
+//!   event counts: counting every event within the wait made a list's chance of a hit
+//!   depend on how long its user's session was, which changes with who is active (on
+//!   ML-100k, 48% to 90% between stretches of the same model), more than on the model; and
+//!   whether a user comes back at all depends on the hour more than on the list.
 //! - [`WindowQuality`]: per plugin and model version, the lists served in a window (their
 //!   items and scores) and the outcomes that became final in it.
 //! - [`VersionWatch`]: per plugin, a fixed-horizon test of each new model version. The
@@ -32,45 +33,59 @@ use crate::store::{EventKind, ServedListRow};
 pub struct ListOutcome {
     pub plugin: Arc<str>,
     pub model_version: u64,
+    /// Its user's next event came within `attribution_secs` (else it is not judged).
+    pub answered: bool,
     pub hit: bool,
     pub clicked: bool,
 }
 
 struct OpenList {
     id: i64,
-    at_ms: u64,
     plugin: Arc<str>,
     model_version: u64,
     after_event: i64,
+    at_ms: u64,
     items: Vec<u32>,
-    hit: bool,
-    clicked: bool,
-    /// The user's next event came.
-    decided: bool,
 }
 
-/// Lists waiting for their users' events.
+/// Lists waiting for their users' next events.
 pub struct Attribution {
     attribution_ms: u64,
-    by_user: HashMap<String, Vec<OpenList>>,
-    /// (served at, user, list id), in the order served: what to close next.
-    closing: VecDeque<(u64, String, i64)>,
+    by_user: HashMap<Arc<str>, Vec<OpenList>>,
+    /// (served at, user, list id), in the order served: when each list stops waiting.
+    /// Entries of lists decided meanwhile are skipped when they come up.
+    waiting: VecDeque<(u64, Arc<str>, i64)>,
+    /// Lists decided since the last [`Self::close`].
+    decided: Vec<ListOutcome>,
+    open: usize,
     plugins: HashMap<String, Arc<str>>,
+    /// Each user's events of the last [`LATE_LIST_GRACE_MS`], oldest first: a list logged
+    /// after its user's next event was read (its writer lagged) is decided by them.
+    recent: HashMap<Arc<str>, VecDeque<(i64, u32, EventKind, u64)>>,
+    /// (seen at, user) of those events, oldest first, to forget them.
+    recent_order: VecDeque<(u64, Arc<str>)>,
 }
+
+/// How long events are kept for lists logged after them.
+pub const LATE_LIST_GRACE_MS: u64 = 30_000;
 
 impl Attribution {
     pub fn new(attribution_secs: u64) -> Self {
         Self {
             attribution_ms: attribution_secs.saturating_mul(1_000),
             by_user: HashMap::new(),
-            closing: VecDeque::new(),
+            waiting: VecDeque::new(),
+            decided: Vec::new(),
+            open: 0,
             plugins: HashMap::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
         }
     }
 
-    /// Lists still open.
+    /// Lists still waiting.
     pub fn open(&self) -> usize {
-        self.closing.len()
+        self.open
     }
 
     pub fn served(&mut self, list: &ServedListRow) {
@@ -79,60 +94,119 @@ impl Attribution {
             .entry(list.plugin.clone())
             .or_insert_with(|| Arc::from(list.plugin.as_str()))
             .clone();
+        // Its user's next event may have been read already.
+        let earlier = self.recent.get(list.user_id.as_str()).and_then(|events| {
+            events.iter().find(|(id, _, _, seen_at_ms)| {
+                *id > list.after_event
+                    && *seen_at_ms <= list.at_ms.saturating_add(self.attribution_ms)
+            })
+        });
+        if let Some(&(_, item, kind, _)) = earlier {
+            let hit = list.items.contains(&item);
+            self.decided.push(ListOutcome {
+                plugin,
+                model_version: list.model_version,
+                answered: true,
+                hit,
+                clicked: hit && kind == EventKind::Click,
+            });
+            return;
+        }
+        let user: Arc<str> = match self.by_user.get_key_value(list.user_id.as_str()) {
+            Some((user, _)) => user.clone(),
+            None => Arc::from(list.user_id.as_str()),
+        };
         self.by_user
-            .entry(list.user_id.clone())
+            .entry(user.clone())
             .or_default()
             .push(OpenList {
                 id: list.id,
-                at_ms: list.at_ms,
                 plugin,
                 model_version: list.model_version,
                 after_event: list.after_event,
+                at_ms: list.at_ms,
                 items: list.items.clone(),
-                hit: false,
-                clicked: false,
-                decided: false,
             });
-        self.closing
-            .push_back((list.at_ms, list.user_id.clone(), list.id));
+        self.waiting.push_back((list.at_ms, user, list.id));
+        self.open += 1;
     }
 
     /// An event `id` of `user` on `item`, seen at `seen_at_ms`: it decides each of the
-    /// user's open lists served before it (by event id) that no earlier event decided.
+    /// user's waiting lists served before it (by event id) and not expired.
     pub fn event(&mut self, user: &str, item: u32, kind: EventKind, id: i64, seen_at_ms: u64) {
+        self.remember(user, item, kind, id, seen_at_ms);
         let Some(lists) = self.by_user.get_mut(user) else {
             return;
         };
-        for list in lists.iter_mut() {
-            if !list.decided
-                && list.after_event < id
-                && seen_at_ms <= list.at_ms.saturating_add(self.attribution_ms)
-            {
-                list.decided = true;
-                list.hit = list.items.contains(&item);
-                list.clicked = list.hit && kind == EventKind::Click;
+        let attribution_ms = self.attribution_ms;
+        let mut kept = Vec::new();
+        for list in lists.drain(..) {
+            if list.after_event < id && seen_at_ms <= list.at_ms.saturating_add(attribution_ms) {
+                let hit = list.items.contains(&item);
+                self.decided.push(ListOutcome {
+                    plugin: list.plugin,
+                    model_version: list.model_version,
+                    answered: true,
+                    hit,
+                    clicked: hit && kind == EventKind::Click,
+                });
+                self.open -= 1;
+            } else {
+                kept.push(list);
             }
+        }
+        if kept.is_empty() {
+            self.by_user.remove(user);
+        } else {
+            *lists = kept;
         }
     }
 
-    /// The lists whose wait is over at `now_ms`, in the order served.
+    fn remember(&mut self, user: &str, item: u32, kind: EventKind, id: i64, seen_at_ms: u64) {
+        while let Some((at, _)) = self.recent_order.front() {
+            if at.saturating_add(LATE_LIST_GRACE_MS) >= seen_at_ms {
+                break;
+            }
+            let (_, old) = self.recent_order.pop_front().expect("a front");
+            if let Some(events) = self.recent.get_mut(&old) {
+                events.pop_front();
+                if events.is_empty() {
+                    self.recent.remove(&old);
+                }
+            }
+        }
+        let user: Arc<str> = match self.recent.get_key_value(user) {
+            Some((user, _)) => user.clone(),
+            None => Arc::from(user),
+        };
+        self.recent
+            .entry(user.clone())
+            .or_default()
+            .push_back((id, item, kind, seen_at_ms));
+        self.recent_order.push_back((seen_at_ms, user));
+    }
+
+    /// The lists decided since the last call, then those whose wait ended by `now_ms`
+    /// without an answer.
     pub fn close(&mut self, now_ms: u64) -> Vec<ListOutcome> {
-        let mut out = Vec::new();
-        while let Some((at_ms, _, _)) = self.closing.front() {
+        let mut out = std::mem::take(&mut self.decided);
+        while let Some((at_ms, _, _)) = self.waiting.front() {
             if at_ms.saturating_add(self.attribution_ms) > now_ms {
                 break;
             }
-            let (_, user, id) = self.closing.pop_front().expect("a front");
+            let (_, user, id) = self.waiting.pop_front().expect("a front");
             let Some(lists) = self.by_user.get_mut(&user) else {
                 continue;
             };
             if let Some(position) = lists.iter().position(|l| l.id == id) {
                 let list = lists.swap_remove(position);
+                self.open -= 1;
                 out.push(ListOutcome {
                     plugin: list.plugin,
                     model_version: list.model_version,
-                    hit: list.hit,
-                    clicked: list.clicked,
+                    answered: false,
+                    hit: false,
+                    clicked: false,
                 });
             }
             if lists.is_empty() {
@@ -152,6 +226,7 @@ struct VersionWindow {
     listed: HashMap<u32, u64>,
     scores: Vec<f64>,
     judged: u64,
+    unanswered: u64,
     hits: u64,
     clicks: u64,
 }
@@ -201,8 +276,12 @@ pub struct VersionQuality {
     /// most popular), by events seen so far.
     pub popularity_percentile: Option<f64>,
     pub scores: Option<ScoreSummary>,
-    /// Lists whose attribution closed in the window, and the share of them hit and clicked.
+    /// Lists whose user's next event came in the window, and the share of them hit and
+    /// clicked.
     pub lists_judged: u64,
+    /// Lists whose user did not come back within `attribution_secs` (their wait ended in
+    /// the window): not judged.
+    pub lists_unanswered: u64,
     pub hit_rate: Option<f64>,
     pub ctr: Option<f64>,
 }
@@ -229,6 +308,10 @@ impl WindowQuality {
             .versions
             .entry((outcome.plugin.clone(), outcome.model_version))
             .or_default();
+        if !outcome.answered {
+            window.unanswered += 1;
+            return;
+        }
         window.judged += 1;
         window.hits += u64::from(outcome.hit);
         window.clicks += u64::from(outcome.clicked);
@@ -269,6 +352,7 @@ impl WindowQuality {
                     popularity_percentile: (listed > 0).then(|| weighted / listed as f64),
                     scores: ScoreSummary::of(&w.scores),
                     lists_judged: w.judged,
+                    lists_unanswered: w.unanswered,
                     hit_rate: rate(w.hits),
                     ctr: rate(w.clicks),
                 }
@@ -339,6 +423,9 @@ pub struct VersionWatch {
     candidate: Option<Candidate>,
     /// Versions judged worse (and rolled back or not): their late outcomes are ignored.
     rejected: HashSet<u64>,
+    /// After a retrain, the versions before the retrained one that were left unjudged:
+    /// their late outcomes are ignored too.
+    unjudged_through: u64,
 }
 
 struct Candidate {
@@ -356,12 +443,15 @@ impl VersionWatch {
             accepted: 0,
             candidate: None,
             rejected: HashSet::new(),
+            unjudged_through: 0,
         }
     }
 
     /// A final outcome of a list served by `version`.
     pub fn judged(&mut self, version: u64, hit: bool) -> Option<Verdict> {
-        if self.rejected.contains(&version) {
+        if self.rejected.contains(&version)
+            || (version > self.accepted && version <= self.unjudged_through)
+        {
             return None;
         }
         match &mut self.candidate {
@@ -432,15 +522,18 @@ impl VersionWatch {
         self.candidate = None;
     }
 
-    /// A new version `version` (a rollback's restored model, or a retrain) starts the next
-    /// candidate once its lists come, even if the candidate of the versions before it was
-    /// open: those are left unjudged.
-    pub fn restart_at(&mut self, version: u64) {
-        if let Some(candidate) = &self.candidate
-            && candidate.first_version < version
+    /// A retrain made `version`: the versions before it not yet judged are left unjudged
+    /// (their line was replaced), and `version` starts the next candidate, even if some of
+    /// its lists were taken into one already.
+    pub fn retrained(&mut self, version: u64) {
+        if self
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.first_version < version)
         {
             self.candidate = None;
         }
+        self.unjudged_through = self.unjudged_through.max(version.saturating_sub(1));
     }
 }
 
@@ -462,43 +555,66 @@ mod tests {
     }
 
     #[test]
-    fn a_list_is_decided_by_its_users_next_event_within_the_window() {
-        let mut attribution = Attribution::new(10);
-        attribution.served(&list(1, "a", 1_000, 5, vec![7, 8]));
-        // The next event misses; one after it on a listed item does not count.
-        attribution.event("a", 3, EventKind::Click, 6, 1_100);
-        attribution.event("a", 7, EventKind::Click, 7, 1_200);
-        assert!(!attribution.close(11_000)[0].hit);
-    }
-
-    #[test]
-    fn a_list_is_hit_by_a_later_event_of_its_user_on_its_items_within_the_window() {
+    fn a_list_is_decided_by_its_users_next_event_and_unanswered_after_the_wait() {
         let mut attribution = Attribution::new(10);
         attribution.served(&list(1, "a", 1_000, 5, vec![7, 8]));
         attribution.served(&list(2, "b", 1_000, 5, vec![7]));
         attribution.served(&list(3, "a", 2_000, 5, vec![9]));
-        // An event stored before the list was served does not count.
+        attribution.served(&list(4, "c", 2_000, 5, vec![1]));
+        // An event stored before the lists were served does not count.
         attribution.event("a", 7, EventKind::Click, 5, 1_100);
-        // Another user's event on the item does not either.
+        // c's event on item 7 decides c's list 4 (a miss), none of a's or b's.
         attribution.event("c", 7, EventKind::Click, 6, 1_100);
-        // Too late for list 3 (served at 2,000, window 10 s).
-        attribution.event("a", 9, EventKind::Rate, 9, 12_001);
-        // b's next event hits; a later one would not change it.
-        attribution.event("b", 7, EventKind::Rate, 7, 5_000);
-        attribution.event("b", 99, EventKind::Rate, 8, 5_000);
-        assert!(
-            attribution.close(10_999).is_empty(),
-            "nothing is final early"
-        );
-        let first = attribution.close(11_000);
+        // a's next event: on 8, a click. It decides both of a's lists at once: a hit and
+        // click-through for list 1, a miss for list 3.
+        attribution.event("a", 8, EventKind::Click, 7, 2_500);
+        // b's next event misses; one after it on the listed item changes nothing.
+        attribution.event("b", 3, EventKind::Rate, 8, 3_000);
+        attribution.event("b", 7, EventKind::Rate, 9, 3_100);
         assert_eq!(
-            first.iter().map(|o| (o.hit, o.clicked)).collect::<Vec<_>>(),
-            vec![(false, false), (true, false)]
+            attribution.open(),
+            0,
+            "c's list 4 was decided by c's event 6"
         );
-        let second = attribution.close(12_000);
-        assert_eq!(second.len(), 1);
-        assert!(!second[0].hit);
+        let outcomes: Vec<(bool, bool, bool)> = attribution
+            .close(3_200)
+            .iter()
+            .map(|o| (o.answered, o.hit, o.clicked))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (true, false, false),
+                (true, true, true),
+                (true, false, false),
+                (true, false, false)
+            ]
+        );
+        // A list whose user does not come back within 10 s is unanswered, and an event
+        // after the wait does not decide it.
+        attribution.served(&list(5, "d", 4_000, 9, vec![2]));
+        attribution.event("d", 2, EventKind::Rate, 10, 14_001);
+        assert!(attribution.close(13_999).is_empty());
+        let late = attribution.close(14_000);
+        assert_eq!(late.len(), 1);
+        assert!(!late[0].answered);
         assert_eq!(attribution.open(), 0);
+    }
+
+    #[test]
+    fn a_list_logged_after_its_users_next_event_was_read_is_still_decided_by_it() {
+        let mut attribution = Attribution::new(10);
+        attribution.event("a", 3, EventKind::Rate, 6, 1_000);
+        attribution.event("a", 7, EventKind::Click, 8, 1_100);
+        // Served after event 6 was stored, logged late: event 8 is its next.
+        attribution.served(&list(1, "a", 1_050, 6, vec![7]));
+        let outcomes = attribution.close(1_200);
+        assert_eq!(outcomes.len(), 1);
+        assert!(outcomes[0].answered && outcomes[0].hit && outcomes[0].clicked);
+        assert_eq!(attribution.open(), 0);
+        // Events older than the grace are forgotten.
+        attribution.event("b", 1, EventKind::Rate, 9, 1_100 + LATE_LIST_GRACE_MS + 1);
+        assert!(!attribution.recent.contains_key("a"));
     }
 
     #[test]

@@ -542,8 +542,9 @@ pub trait MonitoringRecord {
     /// Open alerts, and those resolved at or after `resolved_since_ms`, newest first, at
     /// most `limit`.
     fn alerts(&self, resolved_since_ms: u64, limit: usize) -> StoreResult<Vec<AlertRow>>;
-    /// Deletes lists and windows older than `before_ms` and alerts resolved before it.
-    fn expire_monitoring(&self, before_ms: u64) -> StoreResult<u64>;
+    /// Deletes lists served before `lists_before_ms`, and windows older than `before_ms`
+    /// and alerts resolved before it.
+    fn expire_monitoring(&self, lists_before_ms: u64, before_ms: u64) -> StoreResult<u64>;
 }
 
 /// Little-endian bytes of a list's items, as stored.

@@ -317,6 +317,79 @@ async function experiments({ api, h }) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Monitoring
+
+function levelBadge(h, level) {
+  return badge(h, level, { ok: 'ok', warning: 'warn', alert: 'bad' }[level] || 'info');
+}
+
+function alertRows(h, alerts) {
+  return alerts.map((a) => [a.alert, badge(h, a.severity, a.severity === 'critical' ? 'bad' : 'warn'),
+    dateTime(a.raised_at_ms), a.resolved_at_ms ? dateTime(a.resolved_at_ms) : 'open',
+    h('div', {}, a.summary, h('div', { class: 'small' }, JSON.stringify(a.evidence)))]);
+}
+
+async function monitoring({ api, h }) {
+  const [data, alerts] = await Promise.all([api('/monitoring?limit=288'), api('/alerts?hours=24')]);
+  if (!data.enabled) {
+    return section(h, 'monitoring-page', 'Monitoring', h('p', { class: 'empty' },
+      'Model monitoring is off ([monitoring] enabled = false in the config file).'));
+  }
+  const windows = data.windows;
+  // Per plugin and window, the hit rate over every version's judged lists.
+  const plugins = [...new Set(windows.flatMap((w) => w.quality.map((q) => q.plugin)))].sort();
+  const hitRate = (w, plugin) => {
+    const judged = w.quality.filter((q) => q.plugin === plugin && q.lists_judged > 0);
+    const lists = judged.reduce((n, q) => n + q.lists_judged, 0);
+    return lists ? (judged.reduce((n, q) => n + q.hit_rate * q.lists_judged, 0) / lists) * 100 : null;
+  };
+  const drifts = windows.filter((w) => w.drift);
+  const features = [...new Set(drifts.flatMap((w) => w.drift.features.map((f) => f.name)))];
+  const psiOf = (w, name) => {
+    const f = w.drift.features.find((x) => x.name === name);
+    return f && f.psi !== null ? f.psi : null;
+  };
+  const latest = windows.length ? windows[windows.length - 1] : null;
+  const latestDrift = drifts.length ? drifts[drifts.length - 1].drift : null;
+  const threshold = (value, label) => ({ name: label, dashed: true, color: '#9ca3af', points: drifts.map((w) => [w.ended_at_ms, value]) });
+  const versions = latest ? latest.quality : [];
+  return section(h, 'monitoring-page', 'Monitoring',
+    h('div', { class: 'cards' },
+      card(h, 'Open alerts', String(alerts.open.length), alerts.open.length ? alerts.open.map((a) => a.alert).join(', ') : 'none'),
+      card(h, 'Resolved (24 h)', String(alerts.recent.length)),
+      card(h, 'Windows', formatNumber(windows.length), latest ? `newest ended ${dateTime(latest.ended_at_ms)}` : 'the first closes after window_secs'),
+      card(h, 'Lists awaiting users', formatNumber(data.lists_open), 'judged by the user\'s next event'),
+      card(h, 'Thresholds', `PSI ${data.psi_warn} / ${data.psi_alert}`, `quality test α = ${data.quality_alpha}`)),
+    h('h3', {}, 'Alerts'),
+    alerts.open.length + alerts.recent.length === 0
+      ? h('p', { class: 'empty' }, 'No alert in the last 24 hours.')
+      : table(h, ['Alert', 'Severity', 'Raised', 'Resolved', 'Summary and evidence'], alertRows(h, [...alerts.open, ...alerts.recent]), { class: 'alerts' }),
+    h('div', { class: 'charts' },
+      lineChart({
+        name: 'hit-rate', title: 'Hit rate per plugin (lists judged by the user\'s next event)', yLabel: 'lists hit', unit: '%',
+        series: plugins.map((plugin) => ({ name: plugin, points: windows.map((w) => [w.ended_at_ms, hitRate(w, plugin)]) })),
+        empty: 'No list judged yet: lists are judged when their user\'s next event arrives, or after attribution_secs.',
+      }),
+      lineChart({
+        name: 'drift-psi', title: 'Drift per feature against the training data (PSI)', yLabel: 'PSI',
+        series: [...features.map((name) => ({ name, points: drifts.map((w) => [w.ended_at_ms, psiOf(w, name)]) })),
+          threshold(data.psi_warn, `warning ${data.psi_warn}`), threshold(data.psi_alert, `alert ${data.psi_alert}`)],
+        empty: 'No drift window yet: one closes once it holds min_window_events events.',
+      })),
+    h('h3', {}, 'Model versions in the newest window'),
+    versions.length === 0 ? h('p', { class: 'empty' }, 'No list served in the newest window.')
+      : table(h, ['Plugin', '#Version', '#Lists served', '#Judged', '#Hit rate', '#CTR', '#Coverage', '#Popularity pct', '#Score p50'],
+        versions.map((q) => [q.plugin, q.model_version, formatNumber(q.lists_served), formatNumber(q.lists_judged), percent(q.hit_rate), percent(q.ctr),
+          percent(q.coverage), q.popularity_percentile === null ? '–' : formatNumber(q.popularity_percentile, 2), q.scores ? formatNumber(q.scores.p50, 3) : '–']), { class: 'versions' }),
+    h('h3', {}, 'Drift in the newest drift window'),
+    latestDrift === null ? h('p', { class: 'empty' }, 'No drift window yet.')
+      : table(h, ['Feature', '#PSI', '#Jensen-Shannon', 'Level'],
+        [...latestDrift.features, ...latestDrift.predictions.map((p) => ({ ...p, name: `scores of ${p.name} (shown, not alerted)` }))]
+          .map((f) => [f.name, f.psi === null ? '–' : formatNumber(f.psi, 3), f.jensen_shannon === null ? '–' : formatNumber(f.jensen_shannon, 3), levelBadge(h, f.level)]), { class: 'drift' }),
+    h('p', { class: 'note' }, latestDrift ? `${formatNumber(latestDrift.events)} events and ${formatNumber(latestDrift.active_users)} users in the newest drift window, against a reference of ${formatNumber(latestDrift.reference_events)} events. See docs/monitoring.md for how each figure is computed.` : 'See docs/monitoring.md for how each figure is computed.'));
+}
+
+// ---------------------------------------------------------------------------------------
 // Explorer
 
 function recommendationsColumn(h, heading, subtitle, answer, mine) {
@@ -403,5 +476,6 @@ export const PAGES = [
   { id: 'plugins', title: 'Plugins', live: true, render: plugins },
   { id: 'learning', title: 'Learning', live: true, render: learning },
   { id: 'experiments', title: 'Experiments', live: true, render: experiments },
+  { id: 'monitoring', title: 'Monitoring', live: true, render: monitoring },
   { id: 'explorer', title: 'Explorer', live: false, render: explorer },
 ];

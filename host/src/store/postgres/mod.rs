@@ -55,6 +55,9 @@ pub(super) mod lock_keys {
     pub const PLUGIN_REVISIONS: i64 = NAMESPACE | 3;
     /// Publishing experiments only if they changed: the check and the insert in turn.
     pub const EXPERIMENT_REVISIONS: i64 = NAMESPACE | 4;
+    /// Appending served lists, so that their ids are handed out in commit order and the
+    /// monitor, which reads them by id, never passes over one still being written.
+    pub const SERVED_LISTS: i64 = NAMESPACE | 5;
 }
 
 pub struct PostgresStore {

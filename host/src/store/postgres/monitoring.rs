@@ -1,6 +1,6 @@
 //! Model monitoring's records in PostgreSQL: lists served, windows, alerts.
 
-use super::{PostgresStore, to_i64};
+use super::{PostgresStore, lock_keys, to_i64};
 use crate::store::{
     AlertRow, MonitoringRecord, ServedListRow, StoreResult, bytes_to_f32s, bytes_to_u32s,
     f32s_to_bytes, u32s_to_bytes,
@@ -11,31 +11,31 @@ impl MonitoringRecord for PostgresStore {
         if lists.is_empty() {
             return Ok(());
         }
+        let at: Vec<i64> = lists.iter().map(|l| to_i64(l.at_ms)).collect();
+        let users: Vec<&str> = lists.iter().map(|l| l.user_id.as_str()).collect();
+        let plugins: Vec<&str> = lists.iter().map(|l| l.plugin.as_str()).collect();
+        let versions: Vec<i64> = lists.iter().map(|l| to_i64(l.model_version)).collect();
+        let after: Vec<i64> = lists.iter().map(|l| l.after_event).collect();
+        let items: Vec<Vec<u8>> = lists.iter().map(|l| u32s_to_bytes(&l.items)).collect();
+        let scores: Vec<Vec<u8>> = lists.iter().map(|l| f32s_to_bytes(&l.scores)).collect();
         self.run(async |client| {
             let transaction = client.transaction().await?;
-            let insert = transaction
-                .prepare_cached(
-                    "INSERT INTO served_lists
-                         (at_ms, user_id, plugin, model_version, after_event, items, scores)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            // Ids in commit order (see `lock_keys::SERVED_LISTS`); one statement per batch.
+            transaction
+                .execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[&lock_keys::SERVED_LISTS],
                 )
                 .await?;
-            for list in lists {
-                transaction
-                    .execute(
-                        &insert,
-                        &[
-                            &to_i64(list.at_ms),
-                            &list.user_id,
-                            &list.plugin,
-                            &to_i64(list.model_version),
-                            &list.after_event,
-                            &u32s_to_bytes(&list.items),
-                            &f32s_to_bytes(&list.scores),
-                        ],
-                    )
-                    .await?;
-            }
+            transaction
+                .execute(
+                    "INSERT INTO served_lists
+                         (at_ms, user_id, plugin, model_version, after_event, items, scores)
+                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[],
+                                          $5::int8[], $6::bytea[], $7::bytea[])",
+                    &[&at, &users, &plugins, &versions, &after, &items, &scores],
+                )
+                .await?;
             transaction.commit().await?;
             Ok(())
         })
@@ -157,12 +157,16 @@ impl MonitoringRecord for PostgresStore {
         })
     }
 
-    fn expire_monitoring(&self, before_ms: u64) -> StoreResult<u64> {
+    fn expire_monitoring(&self, lists_before_ms: u64, before_ms: u64) -> StoreResult<u64> {
         let before = to_i64(before_ms);
+        let lists_before = to_i64(lists_before_ms);
         self.run(async |client| {
             let transaction = client.transaction().await?;
             let mut deleted = transaction
-                .execute("DELETE FROM served_lists WHERE at_ms < $1", &[&before])
+                .execute(
+                    "DELETE FROM served_lists WHERE at_ms < $1",
+                    &[&lists_before],
+                )
                 .await?;
             deleted += transaction
                 .execute(

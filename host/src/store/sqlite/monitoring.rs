@@ -116,7 +116,7 @@ impl MonitoringRecord for SqliteStore {
         let rows = select
             .query_map(
                 params![
-                    resolved_since_ms as i64,
+                    resolved_since_ms.min(i64::MAX as u64) as i64,
                     limit.min(i64::MAX as usize) as i64
                 ],
                 |row| {
@@ -133,12 +133,13 @@ impl MonitoringRecord for SqliteStore {
         Ok(rows)
     }
 
-    fn expire_monitoring(&self, before_ms: u64) -> StoreResult<u64> {
+    fn expire_monitoring(&self, lists_before_ms: u64, before_ms: u64) -> StoreResult<u64> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
-        let before = before_ms as i64;
+        let before = before_ms.min(i64::MAX as u64) as i64;
+        let lists_before = lists_before_ms.min(i64::MAX as u64) as i64;
         let mut deleted =
-            transaction.execute("DELETE FROM served_lists WHERE at_ms < ?1", [before])?;
+            transaction.execute("DELETE FROM served_lists WHERE at_ms < ?1", [lists_before])?;
         deleted +=
             transaction.execute("DELETE FROM monitoring_windows WHERE at_ms < ?1", [before])?;
         deleted += transaction.execute(
