@@ -389,9 +389,12 @@ impl WebhookConfig {
 
 impl MonitoringConfig {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.window_secs == 0 || self.attribution_secs == 0 || self.retention_hours == 0 {
+        if !(1..=86_400).contains(&self.window_secs)
+            || !(1..=604_800).contains(&self.attribution_secs)
+            || !(1..=87_600).contains(&self.retention_hours)
+        {
             bail!(
-                "[monitoring] window_secs, attribution_secs and retention_hours must be positive"
+                "[monitoring] window_secs must be 1-86400, attribution_secs 1-604800 and retention_hours 1-87600"
             );
         }
         if self.min_window_events < 100 || self.reference_events < 1_000 {

@@ -214,7 +214,7 @@ async fn act(
 #[utoipa::path(post, path = "/experiments/{id}/freeze", tag = "experiments",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "The experiment's id")),
-    request_body(content = ActionBody, description = "Optional: a note"),
+    request_body(content = Option<ActionBody>, description = "Optional: a note"),
     responses(
         (status = 200, body = ActionAnswer),
         (status = 400, description = "Malformed JSON, a note over 1,000 bytes, or a group", body = ErrorBody),
@@ -236,7 +236,7 @@ pub async fn freeze(
 #[utoipa::path(post, path = "/experiments/{id}/resume", tag = "experiments",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "The experiment's id")),
-    request_body(content = ActionBody, description = "Optional: a note"),
+    request_body(content = Option<ActionBody>, description = "Optional: a note"),
     responses(
         (status = 200, body = ActionAnswer),
         (status = 400, description = "Malformed JSON, a note over 1,000 bytes, or a group", body = ErrorBody),
@@ -259,7 +259,7 @@ pub async fn resume(
 #[utoipa::path(post, path = "/experiments/{id}/reset", tag = "experiments",
     security(("admin_token" = [])),
     params(("id" = String, Path, description = "The experiment's id")),
-    request_body(content = ActionBody, description = "Optional: a note"),
+    request_body(content = Option<ActionBody>, description = "Optional: a note"),
     responses(
         (status = 200, body = ActionAnswer),
         (status = 400, description = "Malformed JSON, a note over 1,000 bytes, or a group", body = ErrorBody),

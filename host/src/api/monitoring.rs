@@ -88,6 +88,9 @@ pub struct MonitoringResponse {
     windows: Vec<WindowReport>,
     /// Lists waiting for their users' events (this node).
     lists_open: usize,
+    /// Lists left unjudged since start (this node): a waiting cap was reached, or their
+    /// user's next event was read too long before them.
+    lists_unjudged: u64,
 }
 
 /// Model monitoring's newest windows: quality per plugin and model version, and drift.
@@ -119,13 +122,17 @@ pub async fn windows(
         quality_alpha: config.quality_alpha,
         windows,
         lists_open: state.monitor.as_ref().map_or(0, |m| m.status().lists_open),
+        lists_unjudged: state
+            .monitor
+            .as_ref()
+            .map_or(0, |m| m.status().lists_unjudged),
     }))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
-    /// Why (at most 1,000 bytes), kept in the learning history.
+    /// Why (at most 1,000 characters), kept in the learning history.
     #[schema(max_length = 1000)]
     note: Option<String>,
 }
@@ -142,14 +149,15 @@ pub struct RollbackAnswer {
 #[utoipa::path(post, path = "/plugins/{name}/rollback", tag = "monitoring",
     security(("admin_token" = [])),
     params(("name" = String, Path, description = "The plugin's name")),
-    request_body(content = RollbackBody, description = "Optional: a note"),
+    request_body(content = Option<RollbackBody>, description = "Optional: a note"),
     responses(
         (status = 200, body = RollbackAnswer),
-        (status = 400, description = "Malformed JSON or a note over 1,000 bytes", body = ErrorBody),
+        (status = 400, description = "Malformed JSON or a note over 1,000 characters", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "No admin token configured on a public address, or a cross-origin request", body = ErrorBody),
         (status = 404, description = "Unknown plugin", body = ErrorBody),
         (status = 409, description = "No earlier model kept since the server started, or this node is not the learner", body = ErrorBody),
+        (status = 500, description = "The earlier model could not be installed (the plugin keeps serving its model)", body = ErrorBody),
     ))]
 pub async fn rollback(
     _operator: Operator,
@@ -164,17 +172,17 @@ pub async fn rollback(
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
             .note
     };
-    if note.as_ref().is_some_and(|n| n.len() > 1_000) {
+    if note.as_ref().is_some_and(|n| n.chars().count() > 1_000) {
         return Err(ApiError::bad_request(
             "invalid_note",
-            "a note has at most 1,000 bytes",
+            "a note has at most 1,000 characters",
         ));
     }
     let learning = state.learning.clone();
     let plugin = name.clone();
     let reason = note.unwrap_or_else(|| "rolled back by an operator".into());
     let hold =
-        tokio::task::spawn_blocking(move || learning.roll_back(&plugin, None, &reason, true))
+        tokio::task::spawn_blocking(move || learning.roll_back(&plugin, None, None, &reason, true))
             .await
             .map_err(ApiError::internal)?
             .map_err(|error| {

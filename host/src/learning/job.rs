@@ -214,7 +214,6 @@ impl Learning {
         state.running = None;
         if job.kind == JobKind::Retrain {
             state.last_retrain = Instant::now();
-            state.retrains += 1;
         }
         if let Some(run) = run {
             state.runs += 1;
@@ -336,9 +335,6 @@ impl Learning {
         match result {
             Ok(()) => {
                 self.succeeded(plugin.name());
-                self.lock()
-                    .retrained
-                    .insert(plugin.name().to_string(), version);
                 json!({
                     "status": "retrained",
                     "model_version": version,

@@ -140,10 +140,8 @@ struct State {
     failing: HashMap<String, Failing>,
     /// Plugins rolled back and held on the restored model: updates skip them.
     held: HashMap<String, rollback::Hold>,
-    /// Retrain jobs finished (model monitoring takes a new reference after each), and the
-    /// version each plugin's newest retrain made.
-    retrains: u64,
-    retrained: HashMap<String, u64>,
+    /// Each `auto_rollback` plugin's model that monitoring accepted last.
+    pinned: HashMap<String, crate::plugins::ModelVersion>,
     /// The models each plugin served before its current one, oldest first.
     lineage: HashMap<String, std::collections::VecDeque<crate::plugins::ModelVersion>>,
 }
@@ -286,8 +284,7 @@ impl Learning {
             last_snapshot: now,
             failing: HashMap::new(),
             held: HashMap::new(),
-            retrains: 0,
-            retrained: HashMap::new(),
+            pinned: HashMap::new(),
             lineage: HashMap::new(),
         };
         let learning = Self {
@@ -406,13 +403,7 @@ impl Learning {
         state.failing.remove(plugin);
         state.held.remove(plugin);
         state.lineage.remove(plugin);
-    }
-
-    /// Retrain jobs finished since start, and the version each plugin's newest retrain
-    /// made.
-    pub fn retrains(&self) -> (u64, HashMap<String, u64>) {
-        let state = self.lock();
-        (state.retrains, state.retrained.clone())
+        state.pinned.remove(plugin);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

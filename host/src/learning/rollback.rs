@@ -5,12 +5,13 @@
 //!
 //! The models a plugin served before are kept in memory as they are replaced (their
 //! snapshots are `Arc`s already held), because snapshots are stored only every
-//! `snapshot_interval_secs` and the version to restore may never have been: the last
-//! [`LINEAGE_KEPT`] for plugins with `auto_rollback` (a quality decision may span several
-//! versions), the last one for the others (what a manual rollback restores). Each is a whole
-//! model: a plugin with an 8 MB model holds up to 64 MB more with `auto_rollback`.
+//! `snapshot_interval_secs` and the version to restore may never have been. For a plugin
+//! with `auto_rollback`, model monitoring **pins** each version it accepts ([`Learning::pin`]):
+//! that model, and every one since (the versions a quality decision may span), are kept, at
+//! most [`LINEAGE_KEPT`] besides the pinned one; an automatic rollback restores exactly the
+//! pinned version. Other plugins keep their previous model only (what a manual rollback
+//! restores). Each is a whole model: memory grows by a model per version kept.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -21,7 +22,7 @@ use crate::plugins::{ModelVersion, PluginRuntime};
 use crate::store::{LearningRun, unix_now, unix_now_ms};
 
 /// Earlier models kept per plugin.
-pub const LINEAGE_KEPT: usize = 8;
+pub const LINEAGE_KEPT: usize = 64;
 
 /// A plugin held on a restored model.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -58,10 +59,34 @@ fn restorable(version: u64, bad: u64, held: Option<&Hold>) -> bool {
     // Held plugins do not update: what comes after the copy is a retrain, which failing
     // sends back to the restored model; the copy failing sends back further.
     let restored_failed = bad == hold.serving_version;
-    !in_bad_line && !(restored_failed && version == hold.restored_version)
+    let the_failed_restored = restored_failed && version == hold.restored_version;
+    !(in_bad_line || the_failed_restored)
 }
 
 impl Learning {
+    /// Keeps `plugin`'s model of `version` (monitoring accepted it): what an automatic
+    /// rollback restores. Earlier kept models are let go.
+    pub fn pin(&self, plugin: &str, version: u64) {
+        if !self.auto_rollback.contains(plugin) {
+            return;
+        }
+        let Some(plugin) = self.plugins.get(plugin) else {
+            return;
+        };
+        let serving = plugin.model();
+        let mut state = self.lock();
+        let lineage = state.lineage.entry(plugin.name().to_string()).or_default();
+        let found = lineage
+            .iter()
+            .chain(serving.iter())
+            .find(|m| m.version == version)
+            .cloned();
+        if let Some(model) = found {
+            lineage.retain(|m| m.version > version);
+            state.pinned.insert(plugin.name().to_string(), model);
+        }
+    }
+
     /// Remembers `plugin`'s model that `next` replaces (call before installing `next`).
     pub(super) fn remember_replaced(&self, plugin: &PluginRuntime) {
         if let Some(current) = plugin.model() {
@@ -104,10 +129,13 @@ impl Learning {
     /// Serves `plugin`'s model from before `bad_version` again (the newest kept model older
     /// than it; `None`: older than the one serving), holds the plugin, and records it as a
     /// learning run (kind `rollback`, trigger `monitoring` or `manual`).
+    /// `restore`: exactly this version (an automatic rollback restores the version
+    /// monitoring last accepted), or `None` for the newest kept model before `bad_version`.
     pub fn roll_back(
         &self,
         plugin_name: &str,
         bad_version: Option<u64>,
+        restore: Option<u64>,
         reason: &str,
         manual: bool,
     ) -> Result<Hold, RollbackError> {
@@ -131,17 +159,21 @@ impl Learning {
         let restore: ModelVersion = {
             let state = self.lock();
             let held = state.held.get(plugin_name);
-            state
-                .lineage
+            let kept: Vec<&ModelVersion> = state
+                .pinned
                 .get(plugin_name)
-                .and_then(|lineage: &VecDeque<ModelVersion>| {
-                    lineage
-                        .iter()
-                        .rev()
-                        .find(|m| m.version < bad && restorable(m.version, bad, held))
-                        .cloned()
-                })
-                .ok_or_else(|| RollbackError::NothingToRestore(plugin_name.to_string()))?
+                .into_iter()
+                .chain(state.lineage.get(plugin_name).into_iter().flatten())
+                .collect();
+            let mut candidates = kept
+                .into_iter()
+                .filter(|m| m.version < bad && restorable(m.version, bad, held));
+            match restore {
+                Some(version) => candidates.find(|m| m.version == version),
+                None => candidates.max_by_key(|m| m.version),
+            }
+            .cloned()
+            .ok_or_else(|| RollbackError::NothingToRestore(plugin_name.to_string()))?
         };
         let started_at_ms = unix_now_ms();
         let started = std::time::Instant::now();

@@ -231,7 +231,8 @@ pub fn proportion_drop(before: (u64, u64), after: (u64, u64)) -> Option<Proporti
 /// small drop (less than the margin) is never significant however many trials there are:
 /// rates measured on different stretches of traffic differ by a little even when the model
 /// does not, and a test of "any drop" would find that little with enough trials. `None`
-/// when either side has no trials or both rates are 0 or 1.
+/// when either side has no trials; when both rates are 0 or 1, p is 0 for a drop beyond
+/// the margin, else 0.5.
 pub fn relative_drop(before: (u64, u64), after: (u64, u64), margin: f64) -> Option<ProportionDrop> {
     let (s1, n1) = before;
     let (s2, n2) = after;
@@ -242,7 +243,15 @@ pub fn relative_drop(before: (u64, u64), after: (u64, u64), margin: f64) -> Opti
     let keep = 1.0 - margin;
     let variance = keep * keep * p1 * (1.0 - p1) / n1 as f64 + p2 * (1.0 - p2) / n2 as f64;
     if variance <= 0.0 {
-        return None;
+        // Both rates are 0 or 1: no spread to weigh the difference by. All hits before and
+        // none after is as clear a drop as there is.
+        let dropped = keep * p1 > p2;
+        return Some(ProportionDrop {
+            before: p1,
+            after: p2,
+            z: if dropped { f64::INFINITY } else { 0.0 },
+            p_value: if dropped { 0.0 } else { 0.5 },
+        });
     }
     let z = (keep * p1 - p2) / variance.sqrt();
     Some(ProportionDrop {
@@ -259,6 +268,15 @@ mod tests {
 
     fn close(a: f64, b: f64, tolerance: f64) -> bool {
         (a - b).abs() <= tolerance
+    }
+
+    #[test]
+    fn all_hits_before_and_none_after_is_a_drop() {
+        assert_eq!(
+            relative_drop((500, 500), (0, 500), 0.3).unwrap().p_value,
+            0.0
+        );
+        assert_eq!(relative_drop((0, 500), (0, 500), 0.3).unwrap().p_value, 0.5);
     }
 
     #[test]

@@ -113,7 +113,15 @@ impl Reference {
 /// Events per active user in each consecutive run of `run` events of `users`.
 fn per_user_runs(users: &[u32], run: usize) -> Vec<f64> {
     let mut out = Vec::new();
-    for chunk in users.chunks(run.max(1)) {
+    let run = run.max(1);
+    // A short last run would count users over fewer events: left out when a full one
+    // exists.
+    let whole = if users.len() >= run {
+        users.len() / run * run
+    } else {
+        users.len()
+    };
+    for chunk in users[..whole].chunks(run) {
         let mut counts: HashMap<u32, u64> = HashMap::new();
         for user in chunk {
             *counts.entry(*user).or_default() += 1;

@@ -35,7 +35,7 @@ use super::webhooks::{Notification, Webhooks};
 use crate::catalog::Users;
 use crate::config::MonitoringConfig;
 use crate::learning::Learning;
-use crate::store::{EventRow, Store, StoreResult, unix_now_ms};
+use crate::store::{EventRow, ServedListRow, Store, StoreResult, unix_now_ms};
 
 /// How often the monitor reads what is new.
 const TICK: Duration = Duration::from_millis(500);
@@ -46,6 +46,20 @@ const REFERENCE_SCORES: usize = 5_000;
 /// Users a drift window needs for `events_per_user` to raise an alert: its deciles are of
 /// the window's users, and a few dozen users (a window of heavy raters) move them by chance.
 const MIN_ACTIVE_USERS: u64 = 500;
+/// Learning runs read per look (retrains and rollbacks are followed by them).
+const RUNS_READ: usize = 50;
+/// Longest an event waits for its user to be known to this node's view.
+const UNKNOWN_USER_WAIT: Duration = Duration::from_secs(5);
+
+/// A rollback that finished on its thread.
+struct RollbackDone {
+    plugin: String,
+    test: super::quality::QualityTest,
+    summary: String,
+    evidence: Value,
+    result: Result<crate::learning::rollback::Hold, crate::learning::rollback::RollbackError>,
+}
+
 /// Scores kept per plugin in a drift window.
 const WINDOW_SCORES: usize = 50_000;
 /// Scores a plugin needs in a drift window for its prediction drift to be measured.
@@ -99,6 +113,9 @@ pub struct MonitorStatus {
     pub last_drift: Option<DriftReport>,
     pub open_alerts: Vec<Alert>,
     pub lists_open: usize,
+    /// Lists left unjudged since start: a waiting cap was reached, or their user's next
+    /// event was read too long before them.
+    pub lists_unjudged: u64,
     pub rollbacks: u64,
 }
 
@@ -141,8 +158,14 @@ pub fn start(parts: MonitorParts, history: &[EventRow]) -> StoreResult<Monitor> 
         .spawn(move || {
             loop {
                 let started = Instant::now();
-                if let Err(error) = state.tick() {
-                    tracing::warn!(%error, "model monitoring could not read; trying again");
+                // A panic in one tick is logged and the next tick goes on: monitoring must
+                // not stop silently.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.tick())) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "model monitoring could not read; trying again")
+                    }
+                    Err(_) => tracing::error!("model monitoring panicked in a tick; going on"),
                 }
                 std::thread::sleep(TICK.saturating_sub(started.elapsed()));
             }
@@ -174,10 +197,20 @@ struct State {
     book: AlertBook,
     /// Whether this node acted as the learner last tick (a new learner adopts open alerts).
     was_learner: bool,
-    /// Retrains seen: each makes the newest events the reference; and the version each
-    /// plugin's newest retrain made.
-    retrains: u64,
-    retrained: HashMap<String, u64>,
+    /// Learning runs taken into account (by id): retrains and rollbacks, from the store,
+    /// so every node follows them.
+    runs_seen: HashSet<u64>,
+    /// Rollbacks running on threads of their own, and their outcomes.
+    rollbacks: (
+        std::sync::mpsc::Sender<RollbackDone>,
+        std::sync::mpsc::Receiver<RollbackDone>,
+    ),
+    /// The version each watch accepted last, as pinned.
+    pinned: HashMap<String, u64>,
+    /// Set when this node became the learner until the open alerts are read.
+    adopt_pending: bool,
+    /// Since when the event page has waited for a user the view does not know yet.
+    unknown_user_since: Option<Instant>,
     last_expiry: Instant,
 }
 
@@ -206,8 +239,11 @@ impl State {
             watches: HashMap::new(),
             book: AlertBook::default(),
             was_learner: false,
-            retrains: 0,
-            retrained: HashMap::new(),
+            runs_seen: HashSet::new(),
+            rollbacks: std::sync::mpsc::channel(),
+            pinned: HashMap::new(),
+            adopt_pending: false,
+            unknown_user_since: None,
             last_expiry: now,
             events_after,
             lists_after,
@@ -219,7 +255,14 @@ impl State {
             state.remember(seen);
         }
         state.reference = Reference::new(state.recent.iter().copied());
-        state.retrains = state.parts.learning.retrains().0;
+        // Runs before start are in the models and the reference already.
+        state.runs_seen = state
+            .parts
+            .store
+            .learning_runs(RUNS_READ)?
+            .into_iter()
+            .map(|run| run.update_id)
+            .collect();
         Ok(state)
     }
 
@@ -255,32 +298,26 @@ impl State {
 
     fn tick(&mut self) -> StoreResult<()> {
         let now_ms = unix_now_ms();
-        self.read_lists()?;
-        self.read_events(now_ms)?;
+        let mut lists = self.read_lists()?;
+        self.read_events(now_ms, &mut lists)?;
+        // Lists whose users' next events are not stored yet wait for them.
+        for list in lists {
+            self.attribution.served(&list);
+        }
         let learner = self.parts.learning.is_learner();
         if learner && !self.was_learner {
+            self.adopt_pending = true;
+        }
+        if learner && self.adopt_pending {
             self.adopt_open_alerts();
         }
         if !learner && self.was_learner {
             // The next learner owns the alerts now (it adopts the open ones from the store).
             self.book = AlertBook::default();
         }
+        self.follow_runs()?;
+        self.finish_rollbacks(now_ms);
         self.was_learner = learner;
-        // A retrain makes the newest events the reference, and starts each plugin's next
-        // quality decision afresh (its model is not of the line under test).
-        let (retrains, versions) = self.parts.learning.retrains();
-        if retrains != self.retrains {
-            self.retrains = retrains;
-            self.reference = Reference::new(self.recent.iter().copied());
-            self.reference_scores.clear();
-        }
-        for (plugin, version) in versions {
-            if self.retrained.insert(plugin.clone(), version) != Some(version)
-                && let Some(watch) = self.watches.get_mut(&plugin)
-            {
-                watch.retrained(version);
-            }
-        }
         for outcome in self.attribution.close(now_ms) {
             self.quality_window.judged(&outcome);
             if !outcome.answered {
@@ -300,6 +337,7 @@ impl State {
             if let Some(verdict) = verdict {
                 self.on_verdict(&outcome.plugin, verdict, learner, now_ms);
             }
+            self.pin_accepted(&outcome.plugin, learner);
         }
         let window = Duration::from_secs(self.parts.config.window_secs);
         if self.window_started.elapsed() >= window {
@@ -319,10 +357,14 @@ impl State {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.open_alerts = self.book.open().cloned().collect();
         status.lists_open = self.attribution.open();
+        status.lists_unjudged = self.attribution.overflowed;
         Ok(())
     }
 
-    fn read_lists(&mut self) -> StoreResult<()> {
+    /// The new lists, newest last by the event they were served after; counted in the
+    /// window, not yet given to the attribution (the events decide when).
+    fn read_lists(&mut self) -> StoreResult<VecDeque<ServedListRow>> {
+        let mut lists = Vec::new();
         loop {
             let page = self
                 .parts
@@ -330,7 +372,6 @@ impl State {
                 .served_lists_after(self.lists_after, PAGE)?;
             for list in &page {
                 self.lists_after = list.id;
-                self.attribution.served(list);
                 self.quality_window.served(list);
                 let plugin: Arc<str> = Arc::from(list.plugin.as_str());
                 let scores = list.scores.iter().map(|s| f64::from(*s));
@@ -345,13 +386,20 @@ impl State {
                     current.extend(scores.take(room));
                 }
             }
-            if page.len() < PAGE {
-                return Ok(());
+            let complete = page.len() < PAGE;
+            lists.extend(page);
+            if complete {
+                // Stable: lists served after the same event keep their order.
+                lists.sort_by_key(|list| list.after_event);
+                return Ok(lists.into());
             }
         }
     }
 
-    fn read_events(&mut self, now_ms: u64) -> StoreResult<()> {
+    /// Reads the new events in order, giving the attribution each list just before the
+    /// first event stored after it was served: a user's lists and events then meet in the
+    /// order they happened, however many of each one tick reads.
+    fn read_events(&mut self, now_ms: u64, lists: &mut VecDeque<ServedListRow>) -> StoreResult<()> {
         loop {
             let page = self.parts.store.events_between(
                 self.events_after,
@@ -367,11 +415,30 @@ impl State {
                     .collect()
             };
             for (event, id) in page.iter().zip(ids) {
-                self.events_after = event.id;
-                if let Some(id) = id {
-                    self.attribution
-                        .event(&id, event.item, event.kind, event.id, now_ms);
+                while lists.front().is_some_and(|l| l.after_event < event.id) {
+                    let list = lists.pop_front().expect("a front");
+                    self.attribution.served(&list);
                 }
+                let Some(id) = id else {
+                    // The view takes in users registered by other writers within about a
+                    // second: wait for it (up to UNKNOWN_USER_WAIT), so that this event
+                    // decides its user's lists rather than a later one.
+                    let since = *self.unknown_user_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < UNKNOWN_USER_WAIT {
+                        return Ok(());
+                    }
+                    tracing::warn!(
+                        event = event.id,
+                        "an event's user is unknown to this node; skipping it"
+                    );
+                    self.unknown_user_since = None;
+                    self.events_after = event.id;
+                    continue;
+                };
+                self.unknown_user_since = None;
+                self.events_after = event.id;
+                self.attribution
+                    .event(&id, event.item, event.kind, event.id, now_ms);
                 let seen = self.see(event);
                 self.drift_window.record(seen);
                 self.remember(seen);
@@ -414,7 +481,7 @@ impl State {
                     return;
                 }
                 let rate = |hits: u64, lists: u64| hits as f64 / lists.max(1) as f64;
-                let mut summary = format!(
+                let summary = format!(
                     "{plugin}: model versions from {} hit {:.1}% of {} lists, against {:.1}% of {} before: below {:.0}% of it (p = {:.2e} < {})",
                     test.first_version,
                     100.0 * rate(test.candidate_hits, test.candidate_lists),
@@ -425,47 +492,153 @@ impl State {
                     test.p_value,
                     test.alpha,
                 );
-                let mut evidence = serde_json::to_value(&test).unwrap_or_default();
+                let evidence = serde_json::to_value(&test).unwrap_or_default();
                 if self.parts.auto_rollback.contains(plugin) {
-                    match self.parts.learning.roll_back(
-                        plugin,
-                        Some(test.first_version),
-                        &summary,
-                        false,
-                    ) {
-                        Ok(hold) => {
-                            // A version installed while the rollback waited for the job's
-                            // install is of the bad line too.
-                            if let Some(watch) = self.watches.get_mut(plugin) {
-                                watch.reject(
-                                    test.first_version,
-                                    hold.serving_version.saturating_sub(1),
+                    // On a thread of its own: a rollback waits for a learning job's install,
+                    // which may take minutes of retraining; the monitor must keep reading.
+                    let learning = self.parts.learning.clone();
+                    let done = self.rollbacks.0.clone();
+                    let plugin = plugin.to_string();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("rollback".into())
+                            .spawn(move || {
+                                let result = learning.roll_back(
+                                    &plugin,
+                                    Some(test.first_version),
+                                    Some(test.previous_version),
+                                    &summary,
+                                    false,
                                 );
-                            }
-                            summary.push_str(&format!(
-                                "; rolled back: version {} serves again as version {}, updates held until a retrain passes",
-                                hold.restored_version, hold.serving_version
-                            ));
-                            evidence["rollback"] = serde_json::to_value(&hold).unwrap_or_default();
-                            self.status
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .rollbacks += 1;
-                        }
-                        Err(error) => {
-                            summary.push_str(&format!("; rollback failed: {error}"));
-                            evidence["rollback_error"] = error.to_string().into();
-                        }
+                                let _ = done.send(RollbackDone {
+                                    plugin,
+                                    test,
+                                    summary,
+                                    evidence,
+                                    result,
+                                });
+                            });
+                    if let Err(error) = spawned {
+                        tracing::error!(%error, "cannot start a rollback thread");
                     }
+                    return;
                 }
-                if let Some(change) =
-                    self.book
-                        .raise(&key, Severity::Critical, summary, evidence, now_ms)
-                {
-                    self.publish(change);
-                }
+                self.raise_quality_alert(&key, summary, evidence, now_ms);
             }
         }
+    }
+
+    /// Raises the quality alert (again, if one is open: a new decision replaces it).
+    fn raise_quality_alert(&mut self, key: &str, summary: String, evidence: Value, now_ms: u64) {
+        let superseded = json!({"superseded": "a newer quality decision"});
+        if let Some(change) = self.book.resolve_if_open(key, now_ms, &superseded) {
+            self.publish(change);
+        }
+        if let Some(change) = self
+            .book
+            .raise(key, Severity::Critical, summary, evidence, now_ms)
+        {
+            self.publish(change);
+        }
+    }
+
+    /// Raises the alerts of the rollbacks that finished.
+    fn finish_rollbacks(&mut self, now_ms: u64) {
+        while let Ok(done) = self.rollbacks.1.try_recv() {
+            let RollbackDone {
+                plugin,
+                test,
+                mut summary,
+                mut evidence,
+                result,
+            } = done;
+            match result {
+                Ok(hold) => {
+                    // A version installed while the rollback waited is of the bad line too.
+                    if let Some(watch) = self.watches.get_mut(&plugin) {
+                        watch.reject(test.first_version, hold.serving_version.saturating_sub(1));
+                    }
+                    summary.push_str(&format!(
+                        "; rolled back: version {} serves again as version {}, updates held until a retrain passes",
+                        hold.restored_version, hold.serving_version
+                    ));
+                    evidence["rollback"] = serde_json::to_value(&hold).unwrap_or_default();
+                    self.status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .rollbacks += 1;
+                }
+                Err(error) => {
+                    summary.push_str(&format!("; rollback failed: {error}"));
+                    evidence["rollback_error"] = error.to_string().into();
+                }
+            }
+            self.raise_quality_alert(&format!("quality:{plugin}"), summary, evidence, now_ms);
+        }
+    }
+
+    /// Pins the version `plugin`'s watch accepted last (what a rollback restores).
+    fn pin_accepted(&mut self, plugin: &str, learner: bool) {
+        let Some(accepted) = self.watches.get(plugin).map(VersionWatch::accepted) else {
+            return;
+        };
+        if learner && self.pinned.get(plugin) != Some(&accepted) {
+            self.parts.learning.pin(plugin, accepted);
+            self.pinned.insert(plugin.to_string(), accepted);
+        }
+    }
+
+    /// Takes in the learning runs stored since the last look, on every node: a retrain
+    /// makes the newest events the reference and starts the plugins' next quality decisions
+    /// at their retrained versions; a rollback (automatic or by hand) rejects the versions
+    /// it replaced.
+    fn follow_runs(&mut self) -> StoreResult<()> {
+        let mut runs = self.parts.store.learning_runs(RUNS_READ)?;
+        runs.retain(|run| !self.runs_seen.contains(&run.update_id));
+        runs.sort_by_key(|run| run.started_at_ms);
+        let mut rebase = false;
+        for run in &runs {
+            self.runs_seen.insert(run.update_id);
+            for (plugin, outcome) in &run.outcomes {
+                let version = |key: &str| outcome.get(key).and_then(Value::as_u64);
+                let Some(watch) = self.watches.get_mut(plugin) else {
+                    continue;
+                };
+                match outcome.get("status").and_then(Value::as_str) {
+                    Some("retrained") => {
+                        rebase = true;
+                        if let Some(v) = version("model_version") {
+                            watch.retrained(v);
+                        }
+                    }
+                    Some("rolled_back") => {
+                        if let (Some(bad), Some(serving)) =
+                            (version("bad_version"), version("model_version"))
+                        {
+                            watch.reject(bad, serving.saturating_sub(1));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            rebase |= run.kind == "retrain";
+        }
+        if rebase {
+            self.reference = Reference::new(self.recent.iter().copied());
+            self.reference_scores.clear();
+        }
+        // Forget ids older than what is read each time.
+        if self.runs_seen.len() > 4 * RUNS_READ {
+            let newest: HashSet<u64> = self
+                .parts
+                .store
+                .learning_runs(RUNS_READ)?
+                .into_iter()
+                .map(|run| run.update_id)
+                .collect();
+            self.runs_seen.retain(|id| newest.contains(id));
+        }
+        Ok(())
     }
 
     fn close_window(&mut self, learner: bool, now_ms: u64) {
@@ -603,6 +776,7 @@ impl State {
     fn adopt_open_alerts(&mut self) {
         match self.parts.store.alerts(u64::MAX, 1_000) {
             Ok(rows) => {
+                self.adopt_pending = false;
                 for row in rows.iter().filter(|row| row.resolved_at_ms.is_none()) {
                     if let Some(alert) = alert_from_row(row)
                         && !self.book.is_open(&alert.alert)

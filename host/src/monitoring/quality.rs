@@ -61,10 +61,25 @@ pub struct Attribution {
     plugins: HashMap<String, Arc<str>>,
     /// Each user's events of the last [`LATE_LIST_GRACE_MS`], oldest first: a list logged
     /// after its user's next event was read (its writer lagged) is decided by them.
-    recent: HashMap<Arc<str>, VecDeque<(i64, u32, EventKind, u64)>>,
+    recent: HashMap<Arc<str>, VecDeque<RecentEvent>>,
     /// (seen at, user) of those events, oldest first, to forget them.
     recent_order: VecDeque<(u64, Arc<str>)>,
+    /// Per user, the newest event id forgotten: a list served before it cannot know its
+    /// next event any more (it is not judged).
+    forgotten: HashMap<Arc<str>, i64>,
+    /// Lists left unjudged because a cap was reached or their next event was forgotten,
+    /// since start.
+    pub overflowed: u64,
 }
+
+/// Most lists one user may have waiting (a shared ID such as "anonymous" would otherwise
+/// make every event of theirs scan a long list); older ones go unjudged.
+pub const MAX_WAITING_PER_USER: usize = 100;
+/// Most lists waiting in all (about 100 bytes each); beyond, new ones go unjudged.
+pub const MAX_WAITING: usize = 1_000_000;
+
+/// An event kept for lists logged after it: id, item, kind, when it was seen.
+type RecentEvent = (i64, u32, EventKind, u64);
 
 /// How long events are kept for lists logged after them.
 pub const LATE_LIST_GRACE_MS: u64 = 30_000;
@@ -80,6 +95,8 @@ impl Attribution {
             plugins: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
+            forgotten: HashMap::new(),
+            overflowed: 0,
         }
     }
 
@@ -94,7 +111,16 @@ impl Attribution {
             .entry(list.plugin.clone())
             .or_insert_with(|| Arc::from(list.plugin.as_str()))
             .clone();
-        // Its user's next event may have been read already.
+        // Its user's next event may have been read already, and even forgotten.
+        if self
+            .forgotten
+            .get(list.user_id.as_str())
+            .is_some_and(|&id| id > list.after_event)
+            || self.open >= MAX_WAITING
+        {
+            self.overflowed += 1;
+            return;
+        }
         let earlier = self.recent.get(list.user_id.as_str()).and_then(|events| {
             events.iter().find(|(id, _, _, seen_at_ms)| {
                 *id > list.after_event
@@ -116,17 +142,20 @@ impl Attribution {
             Some((user, _)) => user.clone(),
             None => Arc::from(list.user_id.as_str()),
         };
-        self.by_user
-            .entry(user.clone())
-            .or_default()
-            .push(OpenList {
-                id: list.id,
-                plugin,
-                model_version: list.model_version,
-                after_event: list.after_event,
-                at_ms: list.at_ms,
-                items: list.items.clone(),
-            });
+        let waiting = self.by_user.entry(user.clone()).or_default();
+        if waiting.len() >= MAX_WAITING_PER_USER {
+            waiting.remove(0);
+            self.open -= 1;
+            self.overflowed += 1;
+        }
+        waiting.push(OpenList {
+            id: list.id,
+            plugin,
+            model_version: list.model_version,
+            after_event: list.after_event,
+            at_ms: list.at_ms,
+            items: list.items.clone(),
+        });
         self.waiting.push_back((list.at_ms, user, list.id));
         self.open += 1;
     }
@@ -169,7 +198,9 @@ impl Attribution {
             }
             let (_, old) = self.recent_order.pop_front().expect("a front");
             if let Some(events) = self.recent.get_mut(&old) {
-                events.pop_front();
+                if let Some((id, ..)) = events.pop_front() {
+                    self.forgotten.insert(old.clone(), id);
+                }
                 if events.is_empty() {
                     self.recent.remove(&old);
                 }
@@ -389,8 +420,10 @@ pub fn popularity_percentiles(counts: &[u64]) -> Vec<f64> {
 /// The evidence of a quality decision.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QualityTest {
-    /// The first model version of the candidate (it and the versions after it were tested).
+    /// The first and last model versions of the candidate (it and the versions after it
+    /// were tested).
     pub first_version: u64,
+    pub last_version: u64,
     /// The newest version before it: what a rollback serves again.
     pub previous_version: u64,
     pub candidate_lists: u64,
@@ -429,7 +462,9 @@ pub struct VersionWatch {
 }
 
 struct Candidate {
+    /// The lowest and highest versions among its outcomes.
     first_version: u64,
+    last_version: u64,
     outcomes: Vec<bool>,
 }
 
@@ -454,34 +489,44 @@ impl VersionWatch {
         {
             return None;
         }
+        // Versions up to the newest accepted one are the baseline's; every newer one is the
+        // candidate's, whichever came first (outcomes come in the order users answer).
+        if version <= self.accepted {
+            self.keep(version, hit);
+            return None;
+        }
         match &mut self.candidate {
-            Some(candidate) if version >= candidate.first_version => {
+            Some(candidate) => {
+                candidate.first_version = candidate.first_version.min(version);
+                candidate.last_version = candidate.last_version.max(version);
                 candidate.outcomes.push(hit);
-                if candidate.outcomes.len() >= self.min_lists {
-                    return Some(self.decide());
-                }
             }
-            Some(_) => self.keep(version, hit),
-            None if version > self.accepted && self.baseline.len() >= self.min_lists => {
+            None if self.baseline.len() >= self.min_lists => {
                 self.candidate = Some(Candidate {
                     first_version: version,
+                    last_version: version,
                     outcomes: vec![hit],
                 });
-                if self.min_lists == 1 {
-                    return Some(self.decide());
-                }
             }
-            None => self.keep(version, hit),
+            // Not enough to compare with yet (after start): it is the baseline.
+            None => {
+                self.keep(version, hit);
+                self.accepted = self.accepted.max(version);
+                return None;
+            }
         }
-        None
+        let full = self
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.outcomes.len() >= self.min_lists);
+        full.then(|| self.decide())
     }
 
-    fn keep(&mut self, version: u64, hit: bool) {
+    fn keep(&mut self, _version: u64, hit: bool) {
         self.baseline.push_back(hit);
         while self.baseline.len() > self.min_lists {
             self.baseline.pop_front();
         }
-        self.accepted = self.accepted.max(version);
     }
 
     fn decide(&mut self) -> Verdict {
@@ -496,6 +541,7 @@ impl VersionWatch {
         let p_value = relative_drop(baseline, tested, self.margin).map_or(1.0, |d| d.p_value);
         let test = QualityTest {
             first_version: candidate.first_version,
+            last_version: candidate.last_version,
             previous_version: self.accepted,
             candidate_lists: tested.1,
             candidate_hits: tested.0,
@@ -509,10 +555,16 @@ impl VersionWatch {
             Verdict::Worse(test)
         } else {
             for hit in candidate.outcomes {
-                self.keep(candidate.first_version, hit);
+                self.keep(candidate.last_version, hit);
             }
+            self.accepted = self.accepted.max(candidate.last_version);
             Verdict::Passed(test)
         }
+    }
+
+    /// The newest accepted version (what a rollback would restore).
+    pub fn accepted(&self) -> u64 {
+        self.accepted
     }
 
     /// Versions `first..=last` were judged worse and are no longer served: later outcomes of
