@@ -335,6 +335,9 @@ impl Learning {
         match result {
             Ok(()) => {
                 self.succeeded(plugin.name());
+                self.lock()
+                    .retrained
+                    .insert(plugin.name().to_string(), version);
                 json!({
                     "status": "retrained",
                     "model_version": version,

@@ -140,6 +140,9 @@ struct State {
     failing: HashMap<String, Failing>,
     /// Plugins rolled back and held on the restored model: updates skip them.
     held: HashMap<String, rollback::Hold>,
+    /// The version each plugin's newest retrain made (the learner's monitor learns of it
+    /// at once; other nodes from the learning record).
+    retrained: HashMap<String, u64>,
     /// Each `auto_rollback` plugin's model that monitoring accepted last.
     pinned: HashMap<String, crate::plugins::ModelVersion>,
     /// The models each plugin served before its current one, oldest first.
@@ -284,6 +287,7 @@ impl Learning {
             last_snapshot: now,
             failing: HashMap::new(),
             held: HashMap::new(),
+            retrained: HashMap::new(),
             pinned: HashMap::new(),
             lineage: HashMap::new(),
         };
@@ -394,6 +398,11 @@ impl Learning {
             state.schedule(JobKind::Update, Trigger::Takeover);
             self.wake.notify_one();
         }
+    }
+
+    /// The version each plugin's newest retrain on this node made.
+    pub fn retrained_versions(&self) -> HashMap<String, u64> {
+        self.lock().retrained.clone()
     }
 
     /// Forgets the failed updates, the hold and the earlier models of `plugin` (it was

@@ -55,7 +55,9 @@ pub enum RollbackError {
 /// a version learned from it), not the restored model again.
 fn restorable(version: u64, bad: u64, held: Option<&Hold>) -> bool {
     let Some(hold) = held else { return true };
-    let in_bad_line = (hold.bad_version..=hold.serving_version).contains(&version);
+    // The copy a rollback installed (`serving_version`) is the restored model, not the bad
+    // line: a failed retrain goes back to it.
+    let in_bad_line = (hold.bad_version..hold.serving_version).contains(&version);
     // Held plugins do not update: what comes after the copy is a retrain, which failing
     // sends back to the restored model; the copy failing sends back further.
     let restored_failed = bad == hold.serving_version;
@@ -66,12 +68,13 @@ fn restorable(version: u64, bad: u64, held: Option<&Hold>) -> bool {
 impl Learning {
     /// Keeps `plugin`'s model of `version` (monitoring accepted it): what an automatic
     /// rollback restores. Earlier kept models are let go.
-    pub fn pin(&self, plugin: &str, version: u64) {
+    /// Whether it was found (it may have left memory: a new learner, or many versions).
+    pub fn pin(&self, plugin: &str, version: u64) -> bool {
         if !self.auto_rollback.contains(plugin) {
-            return;
+            return true;
         }
         let Some(plugin) = self.plugins.get(plugin) else {
-            return;
+            return false;
         };
         let serving = plugin.model();
         let mut state = self.lock();
@@ -81,10 +84,12 @@ impl Learning {
             .chain(serving.iter())
             .find(|m| m.version == version)
             .cloned();
-        if let Some(model) = found {
-            lineage.retain(|m| m.version > version);
-            state.pinned.insert(plugin.name().to_string(), model);
-        }
+        let Some(model) = found else {
+            return false;
+        };
+        lineage.retain(|m| m.version > version);
+        state.pinned.insert(plugin.name().to_string(), model);
+        true
     }
 
     /// Remembers `plugin`'s model that `next` replaces (call before installing `next`).
@@ -129,8 +134,9 @@ impl Learning {
     /// Serves `plugin`'s model from before `bad_version` again (the newest kept model older
     /// than it; `None`: older than the one serving), holds the plugin, and records it as a
     /// learning run (kind `rollback`, trigger `monitoring` or `manual`).
-    /// `restore`: exactly this version (an automatic rollback restores the version
-    /// monitoring last accepted), or `None` for the newest kept model before `bad_version`.
+    /// `restore`: this version (an automatic rollback restores the version monitoring last
+    /// accepted), or the newest kept before it if it is not kept; `None`: the newest kept
+    /// model before `bad_version`.
     pub fn roll_back(
         &self,
         plugin_name: &str,
@@ -165,15 +171,15 @@ impl Learning {
                 .into_iter()
                 .chain(state.lineage.get(plugin_name).into_iter().flatten())
                 .collect();
-            let mut candidates = kept
+            let candidates = kept
                 .into_iter()
                 .filter(|m| m.version < bad && restorable(m.version, bad, held));
-            match restore {
-                Some(version) => candidates.find(|m| m.version == version),
-                None => candidates.max_by_key(|m| m.version),
-            }
-            .cloned()
-            .ok_or_else(|| RollbackError::NothingToRestore(plugin_name.to_string()))?
+            // The exact version asked for, else the newest kept before it.
+            candidates
+                .filter(|m| restore.is_none_or(|version| m.version <= version))
+                .max_by_key(|m| m.version)
+                .cloned()
+                .ok_or_else(|| RollbackError::NothingToRestore(plugin_name.to_string()))?
         };
         let started_at_ms = unix_now_ms();
         let started = std::time::Instant::now();
@@ -279,8 +285,8 @@ mod tests {
             since_ms: 0,
             reason: String::new(),
         };
-        // A retrain (4) found bad: back to the restored model, not to the bad 2.
-        assert!(!restorable(3, 4, Some(&hold)));
+        // A retrain (4) found bad: back to the restored model (or its copy), not to the bad 2.
+        assert!(restorable(3, 4, Some(&hold)), "the restored copy");
         assert!(!restorable(2, 4, Some(&hold)));
         assert!(restorable(1, 4, Some(&hold)));
         // The restored copy (3) itself found bad: older than the restored 1 only.

@@ -50,6 +50,8 @@ const MIN_ACTIVE_USERS: u64 = 500;
 const RUNS_READ: usize = 50;
 /// Longest an event waits for its user to be known to this node's view.
 const UNKNOWN_USER_WAIT: Duration = Duration::from_secs(5);
+/// How long events of unknown users are then skipped without waiting.
+const UNKNOWN_USER_SKIP: Duration = Duration::from_secs(60);
 
 /// A rollback that finished on its thread.
 struct RollbackDone {
@@ -209,8 +211,14 @@ struct State {
     pinned: HashMap<String, u64>,
     /// Set when this node became the learner until the open alerts are read.
     adopt_pending: bool,
-    /// Since when the event page has waited for a user the view does not know yet.
+    /// Since when the event page has waited for a user the view does not know yet, and
+    /// until when such events are skipped at once (the view lags for good).
     unknown_user_since: Option<Instant>,
+    skip_unknown_until: Option<Instant>,
+    /// Lists read and not yet given to the attribution (kept across a failed tick).
+    pending_lists: VecDeque<ServedListRow>,
+    /// Plugins whose rollback thread is running.
+    rolling_back: HashSet<String>,
     last_expiry: Instant,
 }
 
@@ -244,6 +252,9 @@ impl State {
             pinned: HashMap::new(),
             adopt_pending: false,
             unknown_user_since: None,
+            skip_unknown_until: None,
+            pending_lists: VecDeque::new(),
+            rolling_back: HashSet::new(),
             last_expiry: now,
             events_after,
             lists_after,
@@ -256,13 +267,13 @@ impl State {
         }
         state.reference = Reference::new(state.recent.iter().copied());
         // Runs before start are in the models and the reference already.
-        state.runs_seen = state
-            .parts
-            .store
-            .learning_runs(RUNS_READ)?
-            .into_iter()
-            .map(|run| run.update_id)
-            .collect();
+        state.runs_seen = match state.parts.store.learning_runs(RUNS_READ) {
+            Ok(runs) => runs.into_iter().map(|run| run.update_id).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the learning record; following it from now");
+                HashSet::new()
+            }
+        };
         Ok(state)
     }
 
@@ -298,15 +309,17 @@ impl State {
 
     fn tick(&mut self) -> StoreResult<()> {
         let now_ms = unix_now_ms();
-        let mut lists = self.read_lists()?;
-        self.read_events(now_ms, &mut lists)?;
+        self.read_lists()?;
+        self.read_events(now_ms)?;
         // Lists whose users' next events are not stored yet wait for them.
-        for list in lists {
+        while let Some(list) = self.pending_lists.pop_front() {
             self.attribution.served(&list);
         }
         let learner = self.parts.learning.is_learner();
         if learner && !self.was_learner {
             self.adopt_pending = true;
+            // Pins live in the learner's process: a new learner pins afresh.
+            self.pinned.clear();
         }
         if learner && self.adopt_pending {
             self.adopt_open_alerts();
@@ -315,8 +328,16 @@ impl State {
             // The next learner owns the alerts now (it adopts the open ones from the store).
             self.book = AlertBook::default();
         }
-        self.follow_runs()?;
-        self.finish_rollbacks(now_ms);
+        if let Err(error) = self.follow_runs() {
+            tracing::warn!(%error, "cannot read the learning record; trying again");
+        }
+        // This node's own retrains, at once (the record has them when the job ends).
+        for (plugin, version) in self.parts.learning.retrained_versions() {
+            if let Some(watch) = self.watches.get_mut(&plugin) {
+                watch.retrained(version);
+            }
+        }
+        self.finish_rollbacks(learner, now_ms);
         self.was_learner = learner;
         for outcome in self.attribution.close(now_ms) {
             self.quality_window.judged(&outcome);
@@ -363,7 +384,7 @@ impl State {
 
     /// The new lists, newest last by the event they were served after; counted in the
     /// window, not yet given to the attribution (the events decide when).
-    fn read_lists(&mut self) -> StoreResult<VecDeque<ServedListRow>> {
+    fn read_lists(&mut self) -> StoreResult<()> {
         let mut lists = Vec::new();
         loop {
             let page = self
@@ -389,17 +410,21 @@ impl State {
             let complete = page.len() < PAGE;
             lists.extend(page);
             if complete {
-                // Stable: lists served after the same event keep their order.
-                lists.sort_by_key(|list| list.after_event);
-                return Ok(lists.into());
+                break;
             }
         }
+        // Stable: lists served after the same event keep their order.
+        self.pending_lists.extend(lists);
+        self.pending_lists
+            .make_contiguous()
+            .sort_by_key(|list| list.after_event);
+        Ok(())
     }
 
     /// Reads the new events in order, giving the attribution each list just before the
     /// first event stored after it was served: a user's lists and events then meet in the
     /// order they happened, however many of each one tick reads.
-    fn read_events(&mut self, now_ms: u64, lists: &mut VecDeque<ServedListRow>) -> StoreResult<()> {
+    fn read_events(&mut self, now_ms: u64) -> StoreResult<()> {
         loop {
             let page = self.parts.store.events_between(
                 self.events_after,
@@ -415,17 +440,28 @@ impl State {
                     .collect()
             };
             for (event, id) in page.iter().zip(ids) {
-                while lists.front().is_some_and(|l| l.after_event < event.id) {
-                    let list = lists.pop_front().expect("a front");
+                while self
+                    .pending_lists
+                    .front()
+                    .is_some_and(|l| l.after_event < event.id)
+                {
+                    let list = self.pending_lists.pop_front().expect("a front");
                     self.attribution.served(&list);
                 }
                 let Some(id) = id else {
                     // The view takes in users registered by other writers within about a
                     // second: wait for it (up to UNKNOWN_USER_WAIT), so that this event
-                    // decides its user's lists rather than a later one.
+                    // decides its user's lists rather than a later one. After a wait in
+                    // vain, such events are skipped at once for a while.
+                    let skipping = self
+                        .skip_unknown_until
+                        .is_some_and(|until| Instant::now() < until);
                     let since = *self.unknown_user_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < UNKNOWN_USER_WAIT {
+                    if !skipping && since.elapsed() < UNKNOWN_USER_WAIT {
                         return Ok(());
+                    }
+                    if !skipping {
+                        self.skip_unknown_until = Some(Instant::now() + UNKNOWN_USER_SKIP);
                     }
                     tracing::warn!(
                         event = event.id,
@@ -476,8 +512,14 @@ impl State {
                     .learning
                     .plugin_version(plugin)
                     .unwrap_or(test.first_version);
-                watch.reject(test.first_version, serving);
+                // Everything after the accepted version (a late outcome may have started the
+                // candidate above one of them).
+                watch.reject(test.previous_version + 1, serving.max(test.last_version));
                 if !learner {
+                    return;
+                }
+                if self.rolling_back.contains(plugin) {
+                    // The rollback under way covers this line too.
                     return;
                 }
                 let rate = |hits: u64, lists: u64| hits as f64 / lists.max(1) as f64;
@@ -494,34 +536,42 @@ impl State {
                 );
                 let evidence = serde_json::to_value(&test).unwrap_or_default();
                 if self.parts.auto_rollback.contains(plugin) {
+                    self.rolling_back.insert(plugin.to_string());
                     // On a thread of its own: a rollback waits for a learning job's install,
                     // which may take minutes of retraining; the monitor must keep reading.
                     let learning = self.parts.learning.clone();
                     let done = self.rollbacks.0.clone();
-                    let plugin = plugin.to_string();
+                    let name = plugin.to_string();
+                    let (thread_summary, thread_evidence) = (summary.clone(), evidence.clone());
                     let spawned =
                         std::thread::Builder::new()
                             .name("rollback".into())
                             .spawn(move || {
                                 let result = learning.roll_back(
-                                    &plugin,
-                                    Some(test.first_version),
+                                    &name,
+                                    Some(test.previous_version + 1),
                                     Some(test.previous_version),
-                                    &summary,
+                                    &thread_summary,
                                     false,
                                 );
                                 let _ = done.send(RollbackDone {
-                                    plugin,
+                                    plugin: name,
                                     test,
-                                    summary,
-                                    evidence,
+                                    summary: thread_summary,
+                                    evidence: thread_evidence,
                                     result,
                                 });
                             });
-                    if let Err(error) = spawned {
-                        tracing::error!(%error, "cannot start a rollback thread");
+                    match spawned {
+                        Ok(_) => return,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot start a rollback thread");
+                            self.rolling_back.remove(plugin);
+                            let summary = format!("{summary}; rollback not started: {error}");
+                            self.raise_quality_alert(&key, summary, evidence, now_ms);
+                            return;
+                        }
                     }
-                    return;
                 }
                 self.raise_quality_alert(&key, summary, evidence, now_ms);
             }
@@ -543,7 +593,7 @@ impl State {
     }
 
     /// Raises the alerts of the rollbacks that finished.
-    fn finish_rollbacks(&mut self, now_ms: u64) {
+    fn finish_rollbacks(&mut self, learner: bool, now_ms: u64) {
         while let Ok(done) = self.rollbacks.1.try_recv() {
             let RollbackDone {
                 plugin,
@@ -552,11 +602,15 @@ impl State {
                 mut evidence,
                 result,
             } = done;
+            self.rolling_back.remove(&plugin);
             match result {
                 Ok(hold) => {
                     // A version installed while the rollback waited is of the bad line too.
                     if let Some(watch) = self.watches.get_mut(&plugin) {
-                        watch.reject(test.first_version, hold.serving_version.saturating_sub(1));
+                        watch.reject(
+                            test.previous_version + 1,
+                            hold.serving_version.saturating_sub(1),
+                        );
                     }
                     summary.push_str(&format!(
                         "; rolled back: version {} serves again as version {}, updates held until a retrain passes",
@@ -573,7 +627,10 @@ impl State {
                     evidence["rollback_error"] = error.to_string().into();
                 }
             }
-            self.raise_quality_alert(&format!("quality:{plugin}"), summary, evidence, now_ms);
+            // A node that lost the lease meanwhile leaves the alert to the next learner.
+            if learner {
+                self.raise_quality_alert(&format!("quality:{plugin}"), summary, evidence, now_ms);
+            }
         }
     }
 
@@ -582,8 +639,11 @@ impl State {
         let Some(accepted) = self.watches.get(plugin).map(VersionWatch::accepted) else {
             return;
         };
-        if learner && self.pinned.get(plugin) != Some(&accepted) {
-            self.parts.learning.pin(plugin, accepted);
+        // Retried each outcome until the model is found (it may not be in memory).
+        if learner
+            && self.pinned.get(plugin) != Some(&accepted)
+            && self.parts.learning.pin(plugin, accepted)
+        {
             self.pinned.insert(plugin.to_string(), accepted);
         }
     }
@@ -595,7 +655,7 @@ impl State {
     fn follow_runs(&mut self) -> StoreResult<()> {
         let mut runs = self.parts.store.learning_runs(RUNS_READ)?;
         runs.retain(|run| !self.runs_seen.contains(&run.update_id));
-        runs.sort_by_key(|run| run.started_at_ms);
+        runs.sort_by_key(|run| run.update_id);
         let mut rebase = false;
         for run in &runs {
             self.runs_seen.insert(run.update_id);
@@ -621,7 +681,6 @@ impl State {
                     _ => {}
                 }
             }
-            rebase |= run.kind == "retrain";
         }
         if rebase {
             self.reference = Reference::new(self.recent.iter().copied());

@@ -66,7 +66,9 @@ pub struct Attribution {
     recent_order: VecDeque<(u64, Arc<str>)>,
     /// Per user, the newest event id forgotten: a list served before it cannot know its
     /// next event any more (it is not judged).
-    forgotten: HashMap<Arc<str>, i64>,
+    /// (kept until its list could no longer be decided anyway: attribution time and grace).
+    forgotten: HashMap<Arc<str>, (i64, u64)>,
+    last_prune_ms: u64,
     /// Lists left unjudged because a cap was reached or their next event was forgotten,
     /// since start.
     pub overflowed: u64,
@@ -96,6 +98,7 @@ impl Attribution {
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             forgotten: HashMap::new(),
+            last_prune_ms: 0,
             overflowed: 0,
         }
     }
@@ -115,7 +118,7 @@ impl Attribution {
         if self
             .forgotten
             .get(list.user_id.as_str())
-            .is_some_and(|&id| id > list.after_event)
+            .is_some_and(|&(id, _)| id > list.after_event)
             || self.open >= MAX_WAITING
         {
             self.overflowed += 1;
@@ -199,7 +202,7 @@ impl Attribution {
             let (_, old) = self.recent_order.pop_front().expect("a front");
             if let Some(events) = self.recent.get_mut(&old) {
                 if let Some((id, ..)) = events.pop_front() {
-                    self.forgotten.insert(old.clone(), id);
+                    self.forgotten.insert(old.clone(), (id, seen_at_ms));
                 }
                 if events.is_empty() {
                     self.recent.remove(&old);
@@ -221,6 +224,12 @@ impl Attribution {
     /// without an answer.
     pub fn close(&mut self, now_ms: u64) -> Vec<ListOutcome> {
         let mut out = std::mem::take(&mut self.decided);
+        if now_ms.saturating_sub(self.last_prune_ms) >= 60_000 {
+            self.last_prune_ms = now_ms;
+            let horizon = self.attribution_ms + LATE_LIST_GRACE_MS;
+            self.forgotten
+                .retain(|_, (_, at)| at.saturating_add(horizon) > now_ms);
+        }
         while let Some((at_ms, _, _)) = self.waiting.front() {
             if at_ms.saturating_add(self.attribution_ms) > now_ms {
                 break;
@@ -571,7 +580,14 @@ impl VersionWatch {
     /// them are ignored, and the next new version is tested against the same baseline.
     pub fn reject(&mut self, first: u64, last: u64) {
         self.rejected.extend(first..=last);
-        self.candidate = None;
+        // A candidate of versions after these (collected since) stands.
+        if self
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.first_version <= last)
+        {
+            self.candidate = None;
+        }
     }
 
     /// A retrain made `version`: the versions before it not yet judged are left unjudged
@@ -702,6 +718,28 @@ mod tests {
             verdict = watch.judged(5, i % 5 == 2).or(verdict);
         }
         assert!(matches!(verdict, Some(Verdict::Passed(_))), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_candidate_spans_every_version_after_the_accepted_one_whichever_answers_first() {
+        let mut watch = VersionWatch::new(10, 0.001, 0.3);
+        for _ in 0..10 {
+            watch.judged(1, true);
+        }
+        assert_eq!(watch.accepted(), 1);
+        // Version 3 answers first, version 2 late: both in one candidate, from 2 to 3.
+        let mut verdict = None;
+        for i in 0..10 {
+            verdict = watch.judged(if i < 5 { 3 } else { 2 }, true).or(verdict);
+        }
+        let Some(Verdict::Passed(test)) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!((test.first_version, test.last_version), (2, 3));
+        // Accepted through its newest version: a late outcome of 3 is the baseline's now.
+        assert_eq!(watch.accepted(), 3);
+        assert_eq!(watch.judged(3, true), None);
+        assert!(watch.candidate.is_none());
     }
 
     #[test]

@@ -352,7 +352,9 @@ async function monitoring({ api, h }) {
   const latest = windows.length ? windows[windows.length - 1] : null;
   const latestDrift = drifts.length ? drifts[drifts.length - 1].drift : null;
   const threshold = (value, label) => ({ name: label, dashed: true, color: '#9ca3af', points: drifts.map((w) => [w.ended_at_ms, value]) });
-  const versions = latest ? latest.quality : [];
+  // The newest window that served lists (a quiet minute shows the last figures).
+  const withLists = windows.slice().reverse().find((w) => w.quality.length > 0);
+  const versions = withLists ? withLists.quality : [];
   return section(h, 'monitoring-page', 'Monitoring',
     h('div', { class: 'cards' },
       card(h, 'Open alerts', String(alerts.open.length), alerts.open.length ? alerts.open.map((a) => a.alert).join(', ') : 'none'),
@@ -376,8 +378,8 @@ async function monitoring({ api, h }) {
           threshold(data.psi_warn, `warning ${data.psi_warn}`), threshold(data.psi_alert, `alert ${data.psi_alert}`)],
         empty: 'No drift window yet: one closes once it holds min_window_events events.',
       })),
-    h('h3', {}, 'Model versions in the newest window'),
-    versions.length === 0 ? h('p', { class: 'empty' }, 'No list served in the newest window.')
+    h('h3', {}, withLists ? `Model versions, window ending ${dateTime(withLists.ended_at_ms)}` : 'Model versions'),
+    versions.length === 0 ? h('p', { class: 'empty' }, 'No list served yet in the windows kept.')
       : table(h, ['Plugin', '#Version', '#Lists served', '#Judged', '#Hit rate', '#CTR', '#Coverage', '#Popularity pct', '#Score p50'],
         versions.map((q) => [q.plugin, q.model_version, formatNumber(q.lists_served), formatNumber(q.lists_judged), percent(q.hit_rate), percent(q.ctr),
           percent(q.coverage), q.popularity_percentile === null ? '–' : formatNumber(q.popularity_percentile, 2), q.scores ? formatNumber(q.scores.p50, 3) : '–']), { class: 'versions' }),
