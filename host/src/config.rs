@@ -711,6 +711,29 @@ mod tests {
     }
 
     #[test]
+    fn bad_monitoring_settings_are_refused_naming_the_setting() {
+        let refused = |text: &str| -> String {
+            let config: Config = match toml::from_str(text) {
+                Ok(config) => config,
+                Err(error) => return error.to_string(),
+            };
+            format!("{:#}", config.validate().expect_err(text))
+        };
+        assert!(refused("[monitoring]\npsi_warn = 0.3\npsi_alert = 0.2").contains("psi_warn"));
+        assert!(refused("[monitoring]\nsample_rate = 0.0").contains("sample_rate"));
+        assert!(refused("[monitoring]\nquality_alpha = 0.7").contains("quality_alpha"));
+        assert!(refused("[monitoring]\nquality_margin = 1.0").contains("quality_margin"));
+        assert!(refused("[monitoring]\nattribution_secs = 0").contains("attribution_secs"));
+        assert!(refused("[monitoring]\nretention_hours = 99999999").contains("retention_hours"));
+        assert!(refused("[monitoring]\ntop_k = 0").contains("top_k"));
+        assert!(refused("[[monitoring.webhooks]]\nurl = \"ftp://x\"").contains("http://"));
+        assert!(refused("[monitoring]\nwindow = 5").contains("unknown field"));
+        // The defaults are valid.
+        let config: Config = toml::from_str("[monitoring]\n").unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn rejects_unknown_keys_duplicates_and_a_missing_default() {
         let parse = |text: &str| -> anyhow::Result<Config> {
             let config: Config = toml::from_str(text)?;
