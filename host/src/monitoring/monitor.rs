@@ -219,6 +219,8 @@ struct State {
     pending_lists: VecDeque<ServedListRow>,
     /// Plugins whose rollback thread is running.
     rolling_back: HashSet<String>,
+    /// This node's retrains already given to the watches, per plugin.
+    retrained_seen: HashMap<String, u64>,
     last_expiry: Instant,
 }
 
@@ -255,6 +257,7 @@ impl State {
             skip_unknown_until: None,
             pending_lists: VecDeque::new(),
             rolling_back: HashSet::new(),
+            retrained_seen: HashMap::new(),
             last_expiry: now,
             events_after,
             lists_after,
@@ -333,8 +336,11 @@ impl State {
         }
         // This node's own retrains, at once (the record has them when the job ends).
         for (plugin, version) in self.parts.learning.retrained_versions() {
-            if let Some(watch) = self.watches.get_mut(&plugin) {
+            if self.retrained_seen.get(&plugin) != Some(&version)
+                && let Some(watch) = self.watches.get_mut(&plugin)
+            {
                 watch.retrained(version);
+                self.retrained_seen.insert(plugin, version);
             }
         }
         self.finish_rollbacks(learner, now_ms);

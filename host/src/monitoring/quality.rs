@@ -357,17 +357,6 @@ impl WindowQuality {
         window.clicks += u64::from(outcome.clicked);
     }
 
-    /// The scores each plugin served in the window (prediction drift compares them).
-    pub fn scores_by_plugin(&self) -> BTreeMap<Arc<str>, Vec<f64>> {
-        let mut out: BTreeMap<Arc<str>, Vec<f64>> = BTreeMap::new();
-        for ((plugin, _), window) in &self.versions {
-            out.entry(plugin.clone())
-                .or_default()
-                .extend(&window.scores);
-        }
-        out
-    }
-
     /// The window's figures; `percentile(item)` is an item's popularity percentile.
     pub fn summarize(
         &self,
@@ -501,7 +490,7 @@ impl VersionWatch {
         // Versions up to the newest accepted one are the baseline's; every newer one is the
         // candidate's, whichever came first (outcomes come in the order users answer).
         if version <= self.accepted {
-            self.keep(version, hit);
+            self.keep(hit);
             return None;
         }
         match &mut self.candidate {
@@ -519,7 +508,7 @@ impl VersionWatch {
             }
             // Not enough to compare with yet (after start): it is the baseline.
             None => {
-                self.keep(version, hit);
+                self.keep(hit);
                 self.accepted = self.accepted.max(version);
                 return None;
             }
@@ -531,7 +520,7 @@ impl VersionWatch {
         full.then(|| self.decide())
     }
 
-    fn keep(&mut self, _version: u64, hit: bool) {
+    fn keep(&mut self, hit: bool) {
         self.baseline.push_back(hit);
         while self.baseline.len() > self.min_lists {
             self.baseline.pop_front();
@@ -564,7 +553,7 @@ impl VersionWatch {
             Verdict::Worse(test)
         } else {
             for hit in candidate.outcomes {
-                self.keep(candidate.last_version, hit);
+                self.keep(hit);
             }
             self.accepted = self.accepted.max(candidate.last_version);
             Verdict::Passed(test)
