@@ -17,7 +17,9 @@
 //! - [`events`]: validation and durable group-committed storage of live events.
 //! - [`learning`]: the feedback buffer, update scheduler, updates and retrains.
 //! - [`experiments`]: experiment files, GrowthBook-compatible assignment, exposures, results.
-//! - [`monitoring`]: model monitoring (drift statistics so far; issue 21).
+//! - [`monitoring`]: model monitoring: online quality, drift, alerts, automatic rollback.
+//! - [`batch_writer`]: the thread that stores a measurement log (exposures, served lists) in
+//!   batches, off the request path.
 //! - [`histogram`]: the latency histogram behind `/metrics`.
 //! - [`timeline`]: recent rates and latency sampled every 2 s (`GET /overview`).
 //! - [`dashboard`]: the operator dashboard's pages, embedded in the binary.
@@ -30,6 +32,7 @@
 
 pub mod api;
 pub mod app;
+pub mod batch_writer;
 pub mod cache;
 pub mod catalog;
 pub mod cluster;

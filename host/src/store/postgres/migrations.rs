@@ -174,6 +174,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE learning_runs ADD CONSTRAINT learning_runs_kind_check
         CHECK (kind IN ('update', 'retrain', 'rollback'));
     "#,
+    // 9: exposures indexed by experiment and id, the order results read them in (SQLite's
+    // 13): the (experiment, group, user) index put each new row at a random place.
+    r#"
+    DROP INDEX exposures_by_experiment;
+    CREATE INDEX exposures_by_experiment ON exposures(experiment_id, id);
+    "#,
 ];
 
 /// Brings the schema up to the newest version; refuses a database newer than this build.
