@@ -1,7 +1,7 @@
 use recohost_plugin_sdk::weights::EventWeights;
 use recohost_plugin_sdk::{
     Feedback, Item, PluginInfo, Request, Scored, Strategy, StrategyError, TrainingReport,
-    check_item, config, snapshot, topk,
+    check_item, config, snapshot,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +30,13 @@ impl Default for PopularityConfig {
 pub struct Popularity {
     config: PopularityConfig,
     state: Counts,
-    /// `state.scores` as f32, kept in step so `recommend` allocates nothing for it.
+    /// `state.scores` as f32, kept in step (the scores answers carry).
     ranking_scores: Vec<f32>,
+    /// Every item with a finite score, best first (ties to the lower index), rebuilt with the
+    /// scores: `recommend` walks it and skips the excluded items, so a call costs the length
+    /// of the answer and the exclusions, not a scan of the catalog (61 µs → a few at 62k
+    /// items; the ranking was 9% of the server's CPU under wrk even at 1,200).
+    ranking: Vec<u32>,
 }
 
 /// The learned state; also the snapshot body.
@@ -47,6 +52,13 @@ struct Counts {
 impl Popularity {
     fn refresh(&mut self) {
         self.ranking_scores = self.state.scores.iter().map(|&s| s as f32).collect();
+        let scores = &self.ranking_scores;
+        self.ranking = (0..scores.len() as u32)
+            .filter(|&item| scores[item as usize].is_finite())
+            .collect();
+        // Stable: equal scores keep ascending index order.
+        self.ranking
+            .sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
     }
 
     /// Current score of every item, indexed by item.
@@ -111,12 +123,14 @@ impl Strategy for Popularity {
             scores: vec![0.0; catalog.len()],
             ..Counts::default()
         };
-        let ranking_scores = vec![0.0; catalog.len()];
-        Ok(Self {
+        let mut model = Self {
             config,
             state,
-            ranking_scores,
-        })
+            ranking_scores: Vec::new(),
+            ranking: Vec::new(),
+        };
+        model.refresh();
+        Ok(model)
     }
 
     fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
@@ -133,11 +147,18 @@ impl Strategy for Popularity {
     }
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {
-        Ok(topk::top_k(
-            &self.ranking_scores,
-            request.count as usize,
-            &request.exclude,
-        ))
+        let mut exclude = request.exclude.clone();
+        exclude.sort_unstable();
+        Ok(self
+            .ranking
+            .iter()
+            .filter(|item| exclude.binary_search(item).is_err())
+            .take(request.count as usize)
+            .map(|&item| Scored {
+                item,
+                score: self.ranking_scores[item as usize],
+            })
+            .collect())
     }
 
     fn save(&self) -> Result<Vec<u8>, StrategyError> {
@@ -207,6 +228,28 @@ mod tests {
         model.train(events).unwrap();
         assert_eq!(top(&model, 3, vec![]), vec![2, 1, 3]);
         assert_eq!(top(&model, 2, vec![2]), vec![1, 3]);
+    }
+
+    #[test]
+    fn answers_as_a_top_k_over_all_scores_would() {
+        // Many ties (counts), excluded items among the best and beyond the catalog.
+        let mut model = Popularity::configure("{}", catalog(300)).unwrap();
+        let events = (0..3_000u32)
+            .map(|n| click(n % 17, (n * 7919) % 300 % (1 + n % 300), u64::from(n)))
+            .collect();
+        model.train(events).unwrap();
+        for (count, exclude) in [
+            (10, vec![]),
+            (300, vec![]),
+            (5, vec![0, 1, 2, 3, 4, 299]),
+            (50, (0..300).step_by(3).collect()),
+            (20, vec![7, 7, 1_000, 12]),
+            (0, vec![]),
+        ] {
+            let expected = recohost_plugin_sdk::topk::top_k(&model.ranking_scores, count, &exclude);
+            let got = model.recommend(&request(count as u32, exclude)).unwrap();
+            assert_eq!(got, expected, "count {count}");
+        }
     }
 
     #[test]
