@@ -234,9 +234,13 @@ impl Recommender {
             .filter(|&&(index, _)| self.catalog.get(index).is_some())
             .map(|&(item, score)| RecommendedItem { item, score })
             .collect();
-        // Operators' previews are not what users were shown.
+        // Operators' previews are not what users were shown. A known user's cache hit is the
+        // list already logged when it was computed (same model version, no event of the user
+        // since): logging it again would count one outcome (the user's next event) several
+        // times, as if repeated views were independent trials, and cost a row per request.
         if let Some(served) = &self.served
             && !query.bypass_experiments
+            && !(answer.cached && user.index.is_some())
         {
             served.record(crate::store::ServedListRow {
                 id: 0,

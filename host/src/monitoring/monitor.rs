@@ -29,7 +29,7 @@ use super::alerts::{Alert, AlertBook, Change, DriftReading, Severity};
 use super::drift::{QuantileBins, jensen_shannon, psi};
 use super::features::{EventWindow, FeatureDrift, Reference, WindowEvent, compare};
 use super::quality::{
-    Attribution, Verdict, VersionQuality, VersionWatch, WindowQuality, popularity_percentiles,
+    self, Attribution, Verdict, VersionQuality, VersionWatch, WindowQuality, popularity_percentiles,
 };
 use super::webhooks::{Notification, Webhooks};
 use crate::catalog::Users;
@@ -187,6 +187,8 @@ struct State {
     /// The newest `reference_events` events: the next reference when a retrain runs.
     recent: VecDeque<WindowEvent>,
     reference: Reference,
+    /// Plugins' names, shared (see [`quality::intern`]).
+    plugin_names: HashSet<Arc<str>>,
     reference_scores: HashMap<Arc<str>, Vec<f64>>,
     drift_window: EventWindow,
     drift_scores: BTreeMap<Arc<str>, Vec<f64>>,
@@ -239,6 +241,7 @@ impl State {
             user_seen: Vec::new(),
             recent: VecDeque::new(),
             reference: Reference::default(),
+            plugin_names: HashSet::new(),
             reference_scores: HashMap::new(),
             drift_window: EventWindow::default(),
             drift_scores: BTreeMap::new(),
@@ -400,7 +403,7 @@ impl State {
             for list in &page {
                 self.lists_after = list.id;
                 self.quality_window.served(list);
-                let plugin: Arc<str> = Arc::from(list.plugin.as_str());
+                let plugin = quality::intern(&mut self.plugin_names, &list.plugin);
                 let scores = list.scores.iter().map(|s| f64::from(*s));
                 let reference = self.reference_scores.entry(plugin.clone()).or_default();
                 if reference.len() < REFERENCE_SCORES {

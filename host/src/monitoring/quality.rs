@@ -58,7 +58,7 @@ pub struct Attribution {
     /// Lists decided since the last [`Self::close`].
     decided: Vec<ListOutcome>,
     open: usize,
-    plugins: HashMap<String, Arc<str>>,
+    plugins: HashSet<Arc<str>>,
     /// Each user's events of the last [`LATE_LIST_GRACE_MS`], oldest first: a list logged
     /// after its user's next event was read (its writer lagged) is decided by them.
     recent: HashMap<Arc<str>, VecDeque<RecentEvent>>,
@@ -94,7 +94,7 @@ impl Attribution {
             waiting: VecDeque::new(),
             decided: Vec::new(),
             open: 0,
-            plugins: HashMap::new(),
+            plugins: HashSet::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             forgotten: HashMap::new(),
@@ -109,11 +109,7 @@ impl Attribution {
     }
 
     pub fn served(&mut self, list: &ServedListRow) {
-        let plugin = self
-            .plugins
-            .entry(list.plugin.clone())
-            .or_insert_with(|| Arc::from(list.plugin.as_str()))
-            .clone();
+        let plugin = intern(&mut self.plugins, &list.plugin);
         // Its user's next event may have been read already, and even forgotten.
         if self
             .forgotten
@@ -275,6 +271,18 @@ struct VersionWindow {
 #[derive(Default)]
 pub struct WindowQuality {
     versions: BTreeMap<(Arc<str>, u64), VersionWindow>,
+    plugins: HashSet<Arc<str>>,
+}
+
+/// The shared copy of a plugin's name: one allocation per plugin, not one per list (the
+/// monitor reads every list served, tens of thousands a second under load).
+pub(crate) fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(name) = names.get(name) {
+        return name.clone();
+    }
+    let name: Arc<str> = Arc::from(name);
+    names.insert(name.clone());
+    name
 }
 
 /// A score distribution in brief.
@@ -330,7 +338,7 @@ impl WindowQuality {
     pub fn served(&mut self, list: &ServedListRow) {
         let window = self
             .versions
-            .entry((Arc::from(list.plugin.as_str()), list.model_version))
+            .entry((intern(&mut self.plugins, &list.plugin), list.model_version))
             .or_default();
         window.lists_served += 1;
         for item in &list.items {
