@@ -69,6 +69,27 @@ enum Command {
         #[arg(long, value_parser = fraction)]
         oldest: Option<f64>,
     },
+    /// Write a generated dataset in MovieLens's ml-latest format (movies.csv, ratings.csv):
+    /// the demo's taste clusters, titles and genres at any size, deterministic for a seed.
+    /// Import it with `recohost import --format movielens DIR`.
+    DemoData {
+        /// A named shape: s (the demo: 2,000 users, 1,200 items, ~85k events), m (10x) or
+        /// l (MovieLens 25M's size: 162,541 users, 62,423 items, ~25M events).
+        #[arg(long, value_parser = shape, conflicts_with_all = ["users", "items", "events"])]
+        shape: Option<recohost::import::demo::Shape>,
+        #[arg(long, requires_all = ["items", "events"])]
+        users: Option<u32>,
+        #[arg(long, requires_all = ["users", "events"])]
+        items: Option<u32>,
+        /// About this many events (each user's count is drawn around events / users).
+        #[arg(long, requires_all = ["users", "items"])]
+        events: Option<u64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Folder to write movies.csv and ratings.csv into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Copy the data directory's SQLite database into an empty PostgreSQL database (every
     /// table, ids and all, in one transaction; row counts verified), for a move to
     /// `database_url`. Stop the server first.
@@ -269,6 +290,12 @@ fn load_config(
     Ok(config)
 }
 
+/// mimalloc rather than glibc's malloc: requests allocate on one worker and free on another,
+/// and glibc's arenas spent 11% of the server's CPU under wrk on that (consolidating and
+/// unlinking chunks); see docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -371,6 +398,37 @@ fn main() -> anyhow::Result<()> {
             load_config(config, None, database_url)?,
         ),
         Command::Healthcheck { url } => healthcheck(url),
+        Command::DemoData {
+            shape,
+            users,
+            items,
+            events,
+            seed,
+            out,
+        } => {
+            let shape = match (shape, users, items, events) {
+                (Some(shape), ..) => shape,
+                (None, Some(users), Some(items), Some(events)) => recohost::import::demo::Shape {
+                    users,
+                    items,
+                    events,
+                    seed,
+                },
+                _ => anyhow::bail!("give --shape s|m|l, or --users, --items and --events"),
+            };
+            let shape = recohost::import::demo::Shape { seed, ..shape };
+            let started = std::time::Instant::now();
+            let written = recohost::import::demo::write_movielens(&shape, &out, true)?;
+            println!(
+                "wrote {} items, {} users and {} events to {} in {:.1} s",
+                written.items,
+                written.users,
+                written.events,
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Experiments {
             command:
                 ExperimentsCommand::Apply {
@@ -395,21 +453,30 @@ fn main() -> anyhow::Result<()> {
             let config = load_config(config, data_dir, database_url)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let started = std::time::Instant::now();
-            let mut batch = recohost::import::movielens::read(&path, true)?;
-            if let Some(share) = oldest {
-                // Stable: events of the same second keep their order in the file.
-                batch.events.sort_by_key(|e| e.timestamp);
-                let keep = (batch.events.len() as f64 * share).floor() as usize;
-                batch.events.truncate(keep);
-            }
+            let dataset = recohost::import::movielens::open(&path, true)?;
             let store = Store::connect(&config.database())?;
-            let added = store
-                .import(&batch)
-                .context("import failed; nothing was written")?;
+            let items = dataset.items.len();
+            let added = match oldest {
+                // The oldest share needs every event's time first: read whole, then sorted.
+                Some(share) => {
+                    let mut events = dataset
+                        .events
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(anyhow::Error::msg)?;
+                    // Stable: events of the same second keep their order in the file.
+                    events.sort_by_key(|e| e.timestamp);
+                    let keep = (events.len() as f64 * share).floor() as usize;
+                    events.truncate(keep);
+                    store.import_stream(&dataset.items, &mut events.into_iter().map(Ok))
+                }
+                // Streamed: memory holds the items, the users' indices and a chunk of events.
+                None => store.import_stream(&dataset.items, &mut { dataset.events }),
+            }
+            .context("import failed; nothing was written")?;
             let counts = store.counts()?;
             println!(
                 "imported {} items and {added} events in {:.1} s; the database now holds {} items, {} users, {} events",
-                batch.items.len(),
+                items,
                 started.elapsed().as_secs_f64(),
                 counts.items,
                 counts.users,
@@ -421,6 +488,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `s`, `m` or `l`.
+fn shape(text: &str) -> Result<recohost::import::demo::Shape, String> {
+    recohost::import::demo::Shape::named(text)
+        .ok_or_else(|| format!("{text:?} is not a shape: s, m or l"))
 }
 
 /// A share in (0, 1].

@@ -11,10 +11,31 @@ use crate::store::{EventKind, ImportBatch, ImportEvent, ItemRow};
 
 /// Reads a MovieLens folder into a batch ready for [`crate::store::Store::import`].
 pub fn read(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
+    let Dataset { items, events } = open(folder, progress)?;
+    let events = events
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    Ok(ImportBatch { items, events })
+}
+
+/// A MovieLens folder opened for import: its items, and its events read as they are taken
+/// (ml-latest's ratings.csv is 650 MB at 25M ratings; ml-100k is read whole).
+pub struct Dataset {
+    pub items: Vec<ItemRow>,
+    pub events: Box<dyn Iterator<Item = Result<ImportEvent, String>>>,
+}
+
+/// Opens a MovieLens folder, recognizing its format from the files in it.
+pub fn open(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
     if folder.join("u.data").exists() && folder.join("u.item").exists() {
-        read_100k(folder, progress)
+        let items = read_100k_items(&folder.join("u.item"))?;
+        let events = read_ratings(&folder.join("u.data"), progress)?;
+        Ok(Dataset {
+            items,
+            events: Box::new(events.into_iter().map(Ok)),
+        })
     } else if folder.join("ratings.csv").exists() && folder.join("movies.csv").exists() {
-        read_latest(folder, progress)
+        open_latest(folder, progress)
     } else {
         bail!(
             "{} holds neither ml-100k files (u.data, u.item) nor ml-latest files (ratings.csv, movies.csv)",
@@ -40,12 +61,6 @@ fn bar(len: u64, what: &str, visible: bool) -> ProgressBar {
 /// `u.item` is Latin-1: every byte is the code point of the same value.
 fn latin1(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| char::from(b)).collect()
-}
-
-fn read_100k(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
-    let items = read_100k_items(&folder.join("u.item"))?;
-    let events = read_ratings(&folder.join("u.data"), progress)?;
-    Ok(ImportBatch { items, events })
 }
 
 /// Reads an ml-100k `u.item` file (Latin-1, `|`-separated, one 0/1 column per genre). Genre
@@ -184,7 +199,7 @@ fn rating_event(
     })
 }
 
-fn read_latest(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
+fn open_latest(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
     let mut items = Vec::new();
     let mut movies =
         csv::Reader::from_path(folder.join("movies.csv")).context("cannot read movies.csv")?;
@@ -210,26 +225,29 @@ fn read_latest(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
     }
     let path = folder.join("ratings.csv");
     let file = std::fs::File::open(&path).context("cannot open ratings.csv")?;
+    // The bar counts the bytes read, and stays on the terminal at 100% when done.
     let bar = bar(file.metadata()?.len(), "ratings", progress);
-    let mut ratings = csv::Reader::from_reader(bar.wrap_read(file));
-    let mut events = Vec::new();
-    for (number, record) in ratings.records().enumerate() {
-        let record = record.with_context(|| format!("ratings.csv record {}", number + 1))?;
-        let (Some(user), Some(item), Some(rating), Some(timestamp)) =
-            (record.get(0), record.get(1), record.get(2), record.get(3))
-        else {
-            bail!(
-                "ratings.csv record {}: expected userId,movieId,rating,timestamp",
-                number + 1
-            );
-        };
-        events.push(
-            rating_event(user, item, rating, timestamp)
-                .with_context(|| format!("ratings.csv record {}", number + 1))?,
-        );
-    }
-    bar.finish_and_clear();
-    Ok(ImportBatch { items, events })
+    let ratings = csv::Reader::from_reader(bar.wrap_read(file));
+    let events = ratings
+        .into_records()
+        .enumerate()
+        .map(move |(number, record)| {
+            let event = (|| {
+                let record = record?;
+                let (Some(user), Some(item), Some(rating), Some(timestamp)) =
+                    (record.get(0), record.get(1), record.get(2), record.get(3))
+                else {
+                    bail!("expected userId,movieId,rating,timestamp");
+                };
+                rating_event(user, item, rating, timestamp)
+            })()
+            .map_err(|error| format!("ratings.csv record {}: {error:#}", number + 1));
+            event
+        });
+    Ok(Dataset {
+        items,
+        events: Box::new(events),
+    })
 }
 
 #[cfg(test)]

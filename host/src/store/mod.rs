@@ -43,6 +43,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("corrupt row in the database: {0}")]
     Corrupt(String),
+    /// The data given to an import could not be read (nothing was written).
+    #[error("cannot read the data to import: {0}")]
+    Input(String),
     #[error("this node no longer holds the {0} lease")]
     Fenced(&'static str),
     #[error(
@@ -204,6 +207,9 @@ pub struct ImportBatch {
     pub events: Vec<ImportEvent>,
 }
 
+/// Events to import, read one at a time; an `Err` (the reader's message) ends the import.
+pub type EventSource<'a> = &'a mut dyn Iterator<Item = Result<ImportEvent, String>>;
+
 #[derive(Debug, Clone)]
 pub struct ImportEvent {
     pub user: String,
@@ -355,16 +361,32 @@ pub trait EventLog {
     /// Items and users already present (same external ID) keep their index; item titles and
     /// tags are updated. Returns the number of events added.
     fn import(&self, batch: &ImportBatch) -> StoreResult<u64> {
-        Ok(self.import_if(batch, false)?.unwrap_or(0))
+        let mut events = batch.events.iter().cloned().map(Ok);
+        Ok(self
+            .import_if(&batch.items, &mut events, false)?
+            .unwrap_or(0))
+    }
+    /// [`EventLog::import`] with the events read one at a time, for datasets larger than
+    /// memory: the engine holds a chunk of them and the users' indices, nothing more. An
+    /// event the source fails to read ends the import, and nothing is written.
+    fn import_stream(&self, items: &[ItemRow], events: EventSource<'_>) -> StoreResult<u64> {
+        Ok(self.import_if(items, events, false)?.unwrap_or(0))
     }
     /// [`EventLog::import`] into a database without items only (`None` otherwise), decided
     /// inside the import's transaction: nodes starting together on an empty database seed
     /// the demo data once.
     fn seed(&self, batch: &ImportBatch) -> StoreResult<Option<u64>> {
-        self.import_if(batch, true)
+        let mut events = batch.events.iter().cloned().map(Ok);
+        self.import_if(&batch.items, &mut events, true)
     }
-    /// [`EventLog::import`], or nothing if `only_into_empty` and the database has items.
-    fn import_if(&self, batch: &ImportBatch, only_into_empty: bool) -> StoreResult<Option<u64>>;
+    /// [`EventLog::import_stream`], or nothing if `only_into_empty` and the database has
+    /// items.
+    fn import_if(
+        &self,
+        items: &[ItemRow],
+        events: EventSource<'_>,
+        only_into_empty: bool,
+    ) -> StoreResult<Option<u64>>;
     /// Stores each request in its own savepoint of one transaction: all of a request or
     /// none of it, whatever the others do. `known_user` maps the users the caller knows to
     /// their indices; new users get the next dense index inside the transaction, so another

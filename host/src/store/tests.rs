@@ -80,6 +80,7 @@ over_both_engines!(
     monitoring_records_round_trip_and_expire,
     import_assigns_dense_indices_and_is_idempotent_for_ids,
     import_of_an_event_for_an_unknown_item_changes_nothing,
+    a_streamed_import_that_fails_to_read_an_event_changes_nothing,
     snapshots_keep_the_newest_versions,
     the_store_id_is_made_once_and_kept,
     reopening_keeps_data_and_schema_version,
@@ -169,6 +170,39 @@ fn import_of_an_event_for_an_unknown_item_changes_nothing(db: &TestDb) {
     assert!(store.import(&bad).is_err());
     assert_eq!(store.counts().unwrap().items, 0);
     assert_eq!(store.counts().unwrap().events, 0);
+}
+
+fn a_streamed_import_that_fails_to_read_an_event_changes_nothing(db: &TestDb) {
+    let store = db.open();
+    // More events than one PostgreSQL chunk, so that some were inserted when the source
+    // fails: the whole import must still roll back.
+    let good = batch();
+    let mut events = (0..120_000)
+        .map(|n| {
+            let mut event = good.events[n % good.events.len()].clone();
+            event.user = format!("user-{}", n % 5_000);
+            Ok(event)
+        })
+        .chain([Err(
+            "ratings.csv record 120001: rating \"x\" is not a number".to_string(),
+        )]);
+    let error = store.import_stream(&good.items, &mut events).unwrap_err();
+    assert!(error.to_string().contains("record 120001"), "{error}");
+    let counts = store.counts().unwrap();
+    assert_eq!((counts.items, counts.users, counts.events), (0, 0, 0));
+    // The same events without the failure: every one stored, users by first appearance.
+    let mut events = (0..120_000).map(|n| {
+        let mut event = good.events[n % good.events.len()].clone();
+        event.user = format!("user-{}", n % 5_000);
+        Ok(event)
+    });
+    assert_eq!(
+        store.import_stream(&good.items, &mut events).unwrap(),
+        120_000
+    );
+    let users = store.users().unwrap();
+    assert_eq!(users.len(), 5_000);
+    assert_eq!(users[4_999], "user-4999");
 }
 
 fn snapshots_keep_the_newest_versions(db: &TestDb) {

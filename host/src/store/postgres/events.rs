@@ -25,8 +25,8 @@ use futures_util::{TryStreamExt, pin_mut};
 
 use super::{PostgresStore, block_on, event_row, index, lock_keys, pool_error};
 use crate::store::{
-    AppendOutcome, AppendRequest, EventKind, EventLog, EventRow, IDEMPOTENCY_KEY_TTL_SECS,
-    ImportBatch, ItemRow, StoreError, StoreResult, UserHistory, unix_now,
+    AppendOutcome, AppendRequest, EventKind, EventLog, EventRow, EventSource,
+    IDEMPOTENCY_KEY_TTL_SECS, ItemRow, StoreError, StoreResult, UserHistory, unix_now,
 };
 
 /// Events per INSERT statement of an import.
@@ -92,67 +92,86 @@ impl EventLog for PostgresStore {
         })
     }
 
-    fn import_if(&self, batch: &ImportBatch, only_into_empty: bool) -> StoreResult<Option<u64>> {
+    fn import_if(
+        &self,
+        items: &[ItemRow],
+        events: EventSource<'_>,
+        only_into_empty: bool,
+    ) -> StoreResult<Option<u64>> {
         self.run(async |client| {
             let transaction = client.transaction().await?;
             lock_event_log(&transaction).await?;
             if only_into_empty {
-                let items: i64 = transaction
+                let stored: i64 = transaction
                     .query_one("SELECT COUNT(*) FROM items", &[])
                     .await?
                     .try_get(0)?;
-                if items > 0 {
+                if stored > 0 {
                     return Ok(None);
                 }
             }
-            let items = upsert_items(&transaction, &batch.items).await?;
-            let users = resolve_users(
-                &transaction,
-                batch.events.iter().map(|event| event.user.as_str()),
-            )
-            .await?;
-            // Items the batch does not carry must already be stored.
-            let missing: Vec<&str> = batch
-                .events
-                .iter()
-                .map(|event| event.item.as_str())
-                .filter(|item| !items.contains_key(*item))
+            let mut item_index: HashMap<String, i32> = upsert_items(&transaction, items)
+                .await?
+                .into_iter()
+                .map(|(id, idx)| (id.to_string(), idx))
                 .collect();
-            let mut stored_items = HashMap::new();
-            if !missing.is_empty() {
-                for row in transaction
-                    .query(
-                        "SELECT external_id, idx FROM items WHERE external_id = ANY($1)",
-                        &[&missing],
-                    )
-                    .await?
-                {
-                    stored_items.insert(row.try_get::<_, String>(0)?, row.try_get::<_, i32>(1)?);
+            let mut user_index: HashMap<String, i32> = HashMap::new();
+            let mut added = 0;
+            // A chunk at a time: its new users and unknown items resolved in one query each,
+            // its events in one insert.
+            let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+            loop {
+                chunk.clear();
+                for event in (&mut *events).take(IMPORT_CHUNK) {
+                    chunk.push(event.map_err(StoreError::Input)?);
                 }
-            }
-            let mut rows = EventColumns::default();
-            for event in &batch.events {
-                let item = match items.get(event.item.as_str()) {
-                    Some(&idx) => idx,
-                    None => *stored_items.get(&event.item).ok_or_else(|| {
+                if chunk.is_empty() {
+                    break;
+                }
+                let new_users: Vec<&str> = chunk
+                    .iter()
+                    .map(|event| event.user.as_str())
+                    .filter(|user| !user_index.contains_key(*user))
+                    .collect();
+                for (user, idx) in resolve_users(&transaction, new_users.into_iter()).await? {
+                    user_index.insert(user.to_string(), idx);
+                }
+                let mut missing: Vec<&str> = chunk
+                    .iter()
+                    .map(|event| event.item.as_str())
+                    .filter(|item| !item_index.contains_key(*item))
+                    .collect();
+                missing.sort_unstable();
+                missing.dedup();
+                if !missing.is_empty() {
+                    for row in transaction
+                        .query(
+                            "SELECT external_id, idx FROM items WHERE external_id = ANY($1)",
+                            &[&missing],
+                        )
+                        .await?
+                    {
+                        item_index.insert(row.try_get(0)?, row.try_get(1)?);
+                    }
+                }
+                let mut rows = EventColumns::default();
+                for event in &chunk {
+                    let item = *item_index.get(event.item.as_str()).ok_or_else(|| {
                         StoreError::Corrupt(format!("event refers to unknown item {}", event.item))
-                    })?,
-                };
-                rows.push(
-                    users[event.user.as_str()],
-                    item,
-                    event.kind,
-                    event.value,
-                    event.timestamp,
-                );
-                if rows.len() == IMPORT_CHUNK {
-                    rows.insert(&transaction, false).await?;
-                    rows = EventColumns::default();
+                    })?;
+                    rows.push(
+                        user_index[event.user.as_str()],
+                        item,
+                        event.kind,
+                        event.value,
+                        event.timestamp,
+                    );
                 }
+                rows.insert(&transaction, false).await?;
+                added += chunk.len() as u64;
             }
-            rows.insert(&transaction, false).await?;
             transaction.commit().await?;
-            Ok(Some(batch.events.len() as u64))
+            Ok(Some(added))
         })
     }
 
@@ -698,10 +717,6 @@ impl EventColumns {
         self.values.push(f64::from(value));
         self.timestamps
             .push(i64::try_from(timestamp).unwrap_or(i64::MAX));
-    }
-
-    fn len(&self) -> usize {
-        self.users.len()
     }
 
     /// Inserts the rows in order; with `returning`, their ids in the same order.

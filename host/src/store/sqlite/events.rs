@@ -12,8 +12,8 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteStore, event_row};
 use crate::store::{
-    AppendOutcome, AppendRequest, EventKind, EventLog, EventRow, IDEMPOTENCY_KEY_TTL_SECS,
-    ImportBatch, ItemRow, StoreError, StoreResult, UserHistory, unix_now,
+    AppendOutcome, AppendRequest, EventKind, EventLog, EventRow, EventSource,
+    IDEMPOTENCY_KEY_TTL_SECS, ItemRow, StoreError, StoreResult, UserHistory, unix_now,
 };
 
 impl EventLog for SqliteStore {
@@ -84,7 +84,12 @@ impl EventLog for SqliteStore {
         )
     }
 
-    fn import_if(&self, batch: &ImportBatch, only_into_empty: bool) -> StoreResult<Option<u64>> {
+    fn import_if(
+        &self,
+        items: &[ItemRow],
+        events: EventSource<'_>,
+        only_into_empty: bool,
+    ) -> StoreResult<Option<u64>> {
         let mut connection = self.lock();
         // IMMEDIATE: the write lock from the start, so a running server's writer cannot
         // commit between this transaction's reads and its writes (in WAL mode that would
@@ -99,7 +104,9 @@ impl EventLog for SqliteStore {
             }
         }
         let mut item_index = std::collections::HashMap::new();
-        let mut user_index = std::collections::HashMap::new();
+        let mut user_index: std::collections::HashMap<String, i64> =
+            std::collections::HashMap::new();
+        let mut added = 0;
         {
             let mut next_item: i64 = transaction.query_row(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM items",
@@ -113,7 +120,7 @@ impl EventLog for SqliteStore {
             )?;
             let mut update_item =
                 transaction.prepare("UPDATE items SET title = ?2, tags = ?3 WHERE idx = ?1")?;
-            for item in &batch.items {
+            for item in items {
                 let tags = serde_json::to_string(&item.tags)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let existing: Option<i64> = find_item
@@ -135,7 +142,7 @@ impl EventLog for SqliteStore {
                         next_item - 1
                     }
                 };
-                item_index.insert(item.external_id.as_str(), idx);
+                item_index.insert(item.external_id.clone(), idx);
             }
             let mut next_user: i64 = transaction.query_row(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM users",
@@ -146,41 +153,48 @@ impl EventLog for SqliteStore {
                 transaction.prepare("SELECT idx FROM users WHERE external_id = ?1")?;
             let mut insert_user = transaction
                 .prepare("INSERT INTO users (idx, external_id, created_at) VALUES (?1, ?2, ?3)")?;
-            let now = unix_now();
-            for event in &batch.events {
-                if user_index.contains_key(event.user.as_str()) {
-                    continue;
-                }
-                let existing: Option<i64> = find_user
-                    .query_row([&event.user], |row| row.get(0))
-                    .optional()?;
-                let idx = match existing {
-                    Some(idx) => idx,
-                    None => {
-                        insert_user.execute(params![next_user, event.user, now])?;
-                        next_user += 1;
-                        next_user - 1
-                    }
-                };
-                user_index.insert(event.user.as_str(), idx);
-            }
             let mut insert_event = transaction.prepare(
                 "INSERT INTO events (user_idx, item_idx, kind, value, timestamp) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            for event in &batch.events {
+            let now = unix_now();
+            // One pass: a user gets its index at its first event, as the two passes this
+            // replaced gave it (the order of first appearance).
+            for event in events {
+                let event = event.map_err(StoreError::Input)?;
                 let item = match item_index.get(event.item.as_str()) {
                     Some(&idx) => idx,
-                    None => find_item
-                        .query_row([&event.item], |row| row.get(0))
-                        .optional()?
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!(
-                                "event refers to unknown item {}",
-                                event.item
-                            ))
-                        })?,
+                    None => {
+                        let idx = find_item
+                            .query_row([&event.item], |row| row.get(0))
+                            .optional()?
+                            .ok_or_else(|| {
+                                StoreError::Corrupt(format!(
+                                    "event refers to unknown item {}",
+                                    event.item
+                                ))
+                            })?;
+                        item_index.insert(event.item.clone(), idx);
+                        idx
+                    }
                 };
-                let user = user_index[event.user.as_str()];
+                let user = match user_index.get(event.user.as_str()) {
+                    Some(&idx) => idx,
+                    None => {
+                        let existing: Option<i64> = find_user
+                            .query_row([&event.user], |row| row.get(0))
+                            .optional()?;
+                        let idx = match existing {
+                            Some(idx) => idx,
+                            None => {
+                                insert_user.execute(params![next_user, event.user, now])?;
+                                next_user += 1;
+                                next_user - 1
+                            }
+                        };
+                        user_index.insert(event.user.clone(), idx);
+                        idx
+                    }
+                };
                 insert_event.execute(params![
                     user,
                     item,
@@ -188,10 +202,11 @@ impl EventLog for SqliteStore {
                     f64::from(event.value),
                     event.timestamp as i64
                 ])?;
+                added += 1;
             }
         }
         transaction.commit()?;
-        Ok(Some(batch.events.len() as u64))
+        Ok(Some(added))
     }
 
     fn append_requests(
