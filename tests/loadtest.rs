@@ -10,11 +10,12 @@
 //! 4. `POST /recommend` while a client posts a 1,000-event batch every 100 ms, each of which
 //!    triggers a model update of every plugin (`update_buffer_size = 1000`).
 //!    (3 and 4 run with the cache off, so every request reaches a plugin.)
-//! 5. The cache: `GET /health` (the ceiling: routing, answered from memory), then
-//!    `POST /recommend` over the 2,000 demo users with the in-process cache (warmed by a first
-//!    pass), with Redis (a real redis-server started here), with the in-process cache and no
-//!    experiment running (no exposure to log), and with the cache off, each as a share of
-//!    `/health`.
+//! 5. Host overhead: `POST /recommend` over the 2,000 demo users against `GET /health` (the
+//!    ceiling: routing, answered from memory) measured on the same server just before:
+//!    popularity with the cache off and no experiment (the host's own cost around the
+//!    cheapest model), the default model with the cache off, then cached (in-process, Redis,
+//!    both warmed by a first pass) with the shipped experiment running, and cached without
+//!    it. `loadtest overhead` runs this scenario alone.
 //!
 //! Learning stays on in 1 and 2 (default triggers), as in production.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
@@ -52,6 +53,12 @@ fn main() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
     let mut results = serde_json::Map::new();
+    if std::env::args().nth(1).as_deref() == Some("overhead") {
+        let overhead = host_overhead(dir);
+        println!("{}", serde_json::to_string_pretty(&overhead).unwrap());
+        print_overhead(&overhead);
+        return;
+    }
 
     eprintln!("1/5 POST /events (64 connections, {DURATION})");
     let server = start(dir, "events", "");
@@ -139,44 +146,7 @@ fn main() {
     results.insert("p99_ratio_during_updates".into(), json!(ratio));
     drop(server);
 
-    eprintln!("5/5 the cache: /health, then /recommend cached (memory, Redis) and uncached");
-    let mut cache = serde_json::Map::new();
-    let server = start(dir, "cache-memory", "");
-    cache.insert("health".into(), wrk(&server.base, HEALTH_LUA, 64, dir));
-    drop(server);
-    let redis = recohost_e2e::Redis::start();
-    let redis_config = format!(
-        "[cache]\nbackend = \"redis\"\nredis_url = {:?}\n",
-        redis.url()
-    );
-    // The shipped experiment (./experiments) is running in every scenario, so each request
-    // also logs an exposure; the last one shows the cache without that work.
-    let no_experiments = dir.join("no-experiments");
-    std::fs::create_dir_all(&no_experiments).unwrap();
-    let memory_alone = format!(
-        "experiments_dir = {:?}\n",
-        no_experiments.display().to_string()
-    );
-    for (name, config) in [
-        ("memory", String::new()),
-        ("redis", redis_config),
-        ("memory_no_experiment", memory_alone),
-    ] {
-        let server = start(dir, &format!("cache-{name}"), &config);
-        wrk(&server.base, RECOMMEND_LUA, 64, dir); // warm-up pass: fills the cache
-        let cached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
-        assert_eq!(cached["non_2xx"], 0, "{cached}");
-        cache.insert(format!("recommend_{name}_cache"), cached);
-        let stats = server.get("/health").1["cache"].clone();
-        cache.insert(format!("{name}_cache_stats"), stats);
-    }
-    drop(redis);
-    let server = start(dir, "cache-off", "[cache]\nbackend = \"off\"\n");
-    let uncached = wrk(&server.base, RECOMMEND_LUA, 64, dir);
-    assert_eq!(uncached["non_2xx"], 0, "{uncached}");
-    cache.insert("recommend_uncached".into(), uncached);
-    drop(server);
-    results.insert("cache".into(), Value::Object(cache));
+    results.insert("cache".into(), host_overhead(dir));
 
     let report = Value::Object(results);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -210,31 +180,7 @@ fn main() {
             r[key]["p99_us"].as_f64().unwrap() / 1e3
         );
     }
-    let c = &r["cache"];
-    let health = c["health"]["requests_per_second"].as_f64().unwrap();
-    println!("\n| cache scenario | requests/s | share of /health | p50 | p99 |");
-    println!("|---|---|---|---|---|");
-    for (key, label) in [
-        ("health", "GET /health"),
-        (
-            "recommend_memory_cache",
-            "POST /recommend, in-process cache",
-        ),
-        ("recommend_redis_cache", "POST /recommend, Redis cache"),
-        (
-            "recommend_memory_no_experiment_cache",
-            "POST /recommend, in-process cache, no experiment running",
-        ),
-        ("recommend_uncached", "POST /recommend, cache off"),
-    ] {
-        let rps = c[key]["requests_per_second"].as_f64().unwrap();
-        println!(
-            "| {label} | {rps:.0} | {:.0}% | {:.2} ms | {:.2} ms |",
-            100.0 * rps / health,
-            c[key]["p50_us"].as_f64().unwrap() / 1e3,
-            c[key]["p99_us"].as_f64().unwrap() / 1e3
-        );
-    }
+    print_overhead(&r["cache"]);
     let updates = &r["updates_during_scenario_4"];
     println!(
         "\n/recommend p99 during updates / without: {ratio:.2}x; {} updates of >= 1,000 events ran, median {:.1} ms, p95 {:.1} ms (until every plugin serves the new version)",
@@ -242,4 +188,98 @@ fn main() {
         updates["median_ms"].as_f64().unwrap(),
         updates["p95_ms"].as_f64().unwrap()
     );
+}
+
+/// Scenario 5: what the host costs around a plugin call, each `/recommend` measure against
+/// `GET /health` measured on the same server just before it (the ceiling: routing and a
+/// small JSON body from memory), so that a share is not moved by how busy the machine was
+/// between two servers. On fresh servers over the demo data:
+/// - uncached: cache off, no experiment, `popularity` (the cheapest model: the host's own cost),
+///   and the default model (`hybrid`);
+/// - cached, the shipped experiment running (every answer logs an exposure), in-process and
+///   Redis; and cached with no experiment.
+fn host_overhead(dir: &Path) -> Value {
+    eprintln!("5/5 host overhead: /recommend against /health, uncached and cached");
+    let mut cache = serde_json::Map::new();
+    let no_experiments = dir.join("no-experiments");
+    std::fs::create_dir_all(&no_experiments).unwrap();
+    let no_experiment = format!(
+        "experiments_dir = {:?}\n",
+        no_experiments.display().to_string()
+    );
+    let redis = recohost_e2e::Redis::start();
+    let redis_cache = format!(
+        "[cache]\nbackend = \"redis\"\nredis_url = {:?}\n",
+        redis.url()
+    );
+    let cache_off = "[cache]\nbackend = \"off\"\n";
+    let popularity_lua = RECOMMEND_LUA.replace(
+        r#""n_recommendations":10}"#,
+        r#""n_recommendations":10,"model_type":"popularity"}"#,
+    );
+    assert_ne!(popularity_lua, RECOMMEND_LUA);
+    for (name, config, script, warm) in [
+        (
+            "popularity_uncached_no_experiment",
+            format!("{no_experiment}{cache_off}"),
+            popularity_lua.as_str(),
+            false,
+        ),
+        ("uncached", cache_off.to_string(), RECOMMEND_LUA, false),
+        ("memory_cache", String::new(), RECOMMEND_LUA, true),
+        ("redis_cache", redis_cache, RECOMMEND_LUA, true),
+        (
+            "memory_cache_no_experiment",
+            no_experiment.clone(),
+            RECOMMEND_LUA,
+            true,
+        ),
+    ] {
+        let server = start(dir, &format!("overhead-{name}"), &config);
+        if warm {
+            wrk(&server.base, script, 64, dir); // fills the cache
+        }
+        let health = wrk(&server.base, HEALTH_LUA, 64, dir);
+        let recommend = wrk(&server.base, script, 64, dir);
+        assert_eq!(recommend["non_2xx"], 0, "{recommend}");
+        let share = recommend["requests_per_second"].as_f64().unwrap()
+            / health["requests_per_second"].as_f64().unwrap();
+        let stats = server.get("/health").1["cache"].clone();
+        cache.insert(
+            name.into(),
+            json!({"health": health, "recommend": recommend, "share_of_health": share, "cache": stats}),
+        );
+    }
+    drop(redis);
+    Value::Object(cache)
+}
+
+fn print_overhead(c: &Value) {
+    println!(
+        "\n| scenario | /health requests/s | /recommend requests/s | share of /health | p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (key, label) in [
+        (
+            "popularity_uncached_no_experiment",
+            "popularity, cache off, no experiment",
+        ),
+        ("uncached", "default model, cache off, experiment running"),
+        ("memory_cache", "in-process cache, experiment running"),
+        ("redis_cache", "Redis cache, experiment running"),
+        (
+            "memory_cache_no_experiment",
+            "in-process cache, no experiment",
+        ),
+    ] {
+        let run = &c[key];
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms |",
+            run["health"]["requests_per_second"].as_f64().unwrap(),
+            run["recommend"]["requests_per_second"].as_f64().unwrap(),
+            100.0 * run["share_of_health"].as_f64().unwrap(),
+            run["recommend"]["p50_us"].as_f64().unwrap() / 1e3,
+            run["recommend"]["p99_us"].as_f64().unwrap() / 1e3
+        );
+    }
 }

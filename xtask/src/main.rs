@@ -6,9 +6,12 @@
 //!   plugins, demo data).
 //! - `test [ARGS]`: `plugins` and the test fixtures (`tests/fixtures/`, to `dist/fixtures/`),
 //!   the release build of the server, then every test of the workspace and (without ARGS) `api-check` `k8s-check` and the Prometheus rules (`promtool check rules`, `promtool test rules`).
-//! - `loadtest [main | hardening | storage | cluster]`: `plugins`, the release build, then the load
+//! - `loadtest [main | overhead | hardening | storage | cluster]`: `plugins`, the release build, then the load
 //!   tests (`tests/loadtest.rs`, `hardening_load.rs`, `storage_load.rs`, `cluster_load.rs`:
 //!   the real server under load; not part of `test` because they take minutes and need wrk).
+//!
+//! - `scale [s m l]`: `plugins`, the release build, then the cost-growth benchmark over
+//!   generated datasets of those shapes (`tests/scale.rs`; default S and M, L takes long).
 //!
 //! - `api-check`: `plugins`, the release build, then schemathesis against a live server from
 //!   its `/openapi.json` (`api_check.rs`; installs schemathesis from PyPI on first use).
@@ -59,12 +62,13 @@ fn main() -> ExitCode {
             .and_then(|()| api_check::api_check()),
         Some("k8s-check") => k8s_check::k8s_check(),
         Some("screenshots") => build_plugins_and_fixtures().and_then(|()| screenshots()),
+        Some("scale") => build_plugins().and_then(|()| scale(&args[1..])),
         Some("fuzz") => fuzz::fuzz(args.get(1).map(String::as_str)),
         Some("container-test") => container::container_test(),
         Some("cluster-test") => cluster_test::cluster_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | hardening | storage | cluster] | api-check | k8s-check | screenshots | fuzz [RUNS] | container-test | cluster-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | overhead | hardening | storage | cluster] | scale [s m l] | api-check | k8s-check | screenshots | fuzz [RUNS] | container-test | cluster-test>"
             );
             return ExitCode::from(2);
         }
@@ -184,17 +188,25 @@ fn build_server_and_tests() -> Result<(), String> {
 }
 
 /// `loadtest` runs every load test; `loadtest main`, `hardening`, `storage` or `cluster`
-/// one of them.
+/// one of them; `loadtest overhead` the main one's host-overhead scenario alone.
 fn loadtest(which: Option<&str>) -> Result<(), String> {
     let binaries: &[&str] = match which {
         None => &["loadtest", "hardening-load", "storage-load", "cluster-load"],
         Some("main") => &["loadtest"],
+        Some("overhead") => {
+            build_server_and_tests()?;
+            return run(Command::new(target_dir().join("release").join("loadtest"))
+                .arg("overhead")
+                .current_dir(root())
+                .env("RECOHOST_BIN", target_dir().join("release/recohost"))
+                .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")));
+        }
         Some("hardening") => &["hardening-load"],
         Some("storage") => &["storage-load"],
         Some("cluster") => &["cluster-load"],
         Some(other) => {
             return Err(format!(
-                "unknown load test {other:?}: main, hardening, storage or cluster"
+                "unknown load test {other:?}: main, overhead, hardening, storage or cluster"
             ));
         }
     };
@@ -206,6 +218,17 @@ fn loadtest(which: Option<&str>) -> Result<(), String> {
             .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")))?;
     }
     Ok(())
+}
+
+/// `scale [SHAPES]`: the cost-growth benchmark (`tests/scale.rs`) over generated datasets of
+/// the shapes named (default S and M; L is MovieLens 25M's size and takes long).
+fn scale(shapes: &[String]) -> Result<(), String> {
+    build_server_and_tests()?;
+    run(Command::new(target_dir().join("release").join("scale"))
+        .args(shapes)
+        .current_dir(root())
+        .env("RECOHOST_BIN", target_dir().join("release/recohost"))
+        .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")))
 }
 
 /// `cargo test` over the workspace against the release server and the built plugins.

@@ -1,0 +1,259 @@
+//! How the server's costs grow with the data: the same measures on generated datasets of
+//! several shapes (`recohost demo-data`), printed as one table with a growth factor.
+//!
+//!     cargo xtask scale            (shapes S and M)
+//!     cargo xtask scale s m l      (L is MovieLens 25M's size: a long run)
+//!
+//! For each shape, on a fresh data directory, with the demo's plugins and settings
+//! (`recohost.toml`), the cache off and no experiment:
+//! - generate the dataset (ml-latest CSV), then `recohost import` it: time, events/s, the
+//!   database's size;
+//! - first start (every plugin trained inside its sandbox), then a restart from the
+//!   snapshots: time until the server listens;
+//! - host RSS idle, the plugins' instance memory (`/plugins`), each plugin's training time;
+//! - `/recommend` under wrk (default model, random users, 64 connections), uncached: p50,
+//!   p99 and requests/s, and RSS under that load.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use recohost_e2e::Server;
+use serde_json::{Value, json};
+
+#[path = "wrk.rs"]
+#[allow(dead_code)] // shared by the load test binaries; each uses part of it
+mod wrk;
+
+fn binary() -> String {
+    std::env::var("RECOHOST_BIN").expect("RECOHOST_BIN: run it with `cargo xtask scale`")
+}
+
+/// The demo's configuration with this run's data directory, no demo data, no experiment and
+/// the cache off. Plugin paths stay relative to the repository root (the working directory).
+fn config(dir: &Path) -> String {
+    let demo = std::fs::read_to_string("recohost.toml").expect("run from the repository root");
+    let experiments = dir.join("no-experiments");
+    std::fs::create_dir_all(&experiments).unwrap();
+    let mut text = String::new();
+    for line in demo.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        match key {
+            "bind" | "data_dir" | "demo_data" | "experiments_dir" => {}
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    format!(
+        "bind = \"127.0.0.1:0\"\ndemo_data = false\nexperiments_dir = {:?}\n{text}\n[cache]\nbackend = \"off\"\n[http]\nmax_in_flight = 128\n",
+        experiments.display().to_string()
+    )
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn directory_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("recohost.db")
+        })
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum()
+}
+
+fn measure(shape: &str, dir: &Path) -> Value {
+    let data = dir.join(format!("dataset-{shape}"));
+    let started = Instant::now();
+    let generated = run(Command::new(binary())
+        .args(["demo-data", "--shape", shape, "--out"])
+        .arg(&data));
+    let generate_s = started.elapsed().as_secs_f64();
+    eprintln!("{shape}: {}", generated.trim());
+
+    let data_dir = dir.join(format!("data-{shape}"));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let config_path = dir.join(format!("{shape}.toml"));
+    std::fs::write(&config_path, config(dir)).unwrap();
+    let started = Instant::now();
+    let imported = run(Command::new(binary())
+        .args(["import", "--format", "movielens"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(&data_dir));
+    let import_s = started.elapsed().as_secs_f64();
+    eprintln!("{shape}: {}", imported.lines().next().unwrap_or(""));
+    let events: f64 = generated
+        .split_whitespace()
+        .skip_while(|word| *word != "and")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("the event count in demo-data's output");
+    let database_bytes = directory_bytes(&data_dir);
+
+    let config_text = std::fs::read_to_string(&config_path).unwrap();
+    let started = Instant::now();
+    let server = Server::start_in(&data_dir, &config_text).unwrap();
+    let first_start_s = started.elapsed().as_secs_f64();
+    let (rss_idle, _) = server.memory();
+    let plugins = server.get("/plugins").1;
+    let history = server.get("/learning/history?limit=10").1;
+    let base = server.base.clone();
+    let load = wrk::wrk(&base, wrk::RECOMMEND_LUA, 64, dir);
+    let (rss_loaded, rss_peak) = server.memory();
+    drop(server);
+    let started = Instant::now();
+    let server = Server::start_in(&data_dir, &config_text).unwrap();
+    let restart_s = started.elapsed().as_secs_f64();
+    drop(server);
+    let memory: Vec<Value> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            json!({"plugin": p["name"], "largest_instance_bytes": p["memory"]["largest_instance_bytes"],
+                   "total_bytes": p["memory"]["total_bytes"]})
+        })
+        .collect();
+    json!({
+        "shape": shape,
+        "events": events,
+        "generate_s": generate_s,
+        "import_s": import_s,
+        "import_events_per_s": events / import_s,
+        "database_bytes": database_bytes,
+        "first_start_s": first_start_s,
+        "restart_s": restart_s,
+        "rss_idle_bytes": rss_idle,
+        "rss_under_load_bytes": rss_loaded,
+        "rss_peak_bytes": rss_peak,
+        "plugin_memory": memory,
+        "training": history["updates"],
+        "recommend_uncached": load,
+    })
+}
+
+fn main() {
+    let mut shapes: Vec<String> = std::env::args().skip(1).collect();
+    if shapes.is_empty() {
+        shapes = vec!["s".into(), "m".into()];
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let results: Vec<Value> = shapes.iter().map(|s| measure(s, temp.path())).collect();
+    println!("{}", serde_json::to_string_pretty(&results).unwrap());
+    print_table(&results);
+}
+
+fn print_table(results: &[Value]) {
+    let mib = |v: &Value| v.as_f64().unwrap() / (1024.0 * 1024.0);
+    let rows: Vec<(&str, Box<dyn Fn(&Value) -> f64>, &str)> = vec![
+        ("events", Box::new(|r| r["events"].as_f64().unwrap()), ""),
+        (
+            "import time (s)",
+            Box::new(|r| r["import_s"].as_f64().unwrap()),
+            "",
+        ),
+        (
+            "import (events/s)",
+            Box::new(|r| r["import_events_per_s"].as_f64().unwrap()),
+            "",
+        ),
+        (
+            "database (MiB)",
+            Box::new(move |r| mib(&r["database_bytes"])),
+            "",
+        ),
+        (
+            "first start, training every plugin (s)",
+            Box::new(|r| r["first_start_s"].as_f64().unwrap()),
+            "",
+        ),
+        (
+            "restart from snapshots (s)",
+            Box::new(|r| r["restart_s"].as_f64().unwrap()),
+            "",
+        ),
+        (
+            "host RSS idle (MiB)",
+            Box::new(move |r| mib(&r["rss_idle_bytes"])),
+            "",
+        ),
+        (
+            "host RSS under load (MiB)",
+            Box::new(move |r| mib(&r["rss_under_load_bytes"])),
+            "",
+        ),
+        (
+            "/recommend uncached p50 (ms)",
+            Box::new(|r| r["recommend_uncached"]["p50_us"].as_f64().unwrap() / 1e3),
+            "",
+        ),
+        (
+            "/recommend uncached p99 (ms)",
+            Box::new(|r| r["recommend_uncached"]["p99_us"].as_f64().unwrap() / 1e3),
+            "",
+        ),
+        (
+            "/recommend uncached (requests/s)",
+            Box::new(|r| {
+                r["recommend_uncached"]["requests_per_second"]
+                    .as_f64()
+                    .unwrap()
+            }),
+            "",
+        ),
+    ];
+    let names: Vec<String> = results
+        .iter()
+        .map(|r| r["shape"].as_str().unwrap().to_uppercase())
+        .collect();
+    println!(
+        "\n| measure | {} | growth {}→{} |",
+        names.join(" | "),
+        names[0],
+        names[names.len() - 1]
+    );
+    println!("|---|{}---|", "---|".repeat(names.len()));
+    for (label, value, _) in &rows {
+        let values: Vec<f64> = results.iter().map(|r| value(r)).collect();
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+        let growth = values[values.len() - 1] / values[0];
+        println!("| {label} | {} | {growth:.2}x |", cells.join(" | "));
+    }
+    for (index, plugin) in results[0]["plugin_memory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let name = plugin["plugin"].as_str().unwrap();
+        let values: Vec<f64> = results
+            .iter()
+            .map(|r| mib(&r["plugin_memory"][index]["largest_instance_bytes"]))
+            .collect();
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+        println!(
+            "| {name}: one instance (MiB) | {} | {:.2}x |",
+            cells.join(" | "),
+            values[values.len() - 1] / values[0]
+        );
+    }
+}
