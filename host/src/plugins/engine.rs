@@ -28,11 +28,6 @@ impl EpochClock {
         self.0.load(Ordering::Relaxed)
     }
 
-    #[cfg(test)]
-    pub fn advance_for_tests(&self, ticks: u64) {
-        self.0.fetch_add(ticks, Ordering::Relaxed);
-    }
-
     /// How long until the clock reads `tick` (zero once it has).
     pub fn until(&self, tick: u64) -> Duration {
         let ticks = tick.saturating_sub(self.now());

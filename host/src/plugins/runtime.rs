@@ -23,7 +23,6 @@ use super::engine::{CodeSource, PluginEngine, hex};
 use super::health::{Admission, Health, HealthReport};
 use super::instance::{CallError, PluginInstance, export_names};
 use super::limits::PluginLimits;
-use super::placement::CallPlacement;
 
 #[derive(Debug, Error)]
 pub enum PluginLoadError {
@@ -117,9 +116,6 @@ pub struct PluginStatus {
     pub health: HealthReport,
     pub limits: PluginLimits,
     pub memory: PluginMemory,
-    /// Whether its calls run on the server's async workers now (short calls), rather than
-    /// on the blocking pool (after a call took over 2 ms or failed, for 10 s).
-    pub serving_inline: bool,
 }
 
 /// The memory the plugin's instances hold on this node (linear memories and tables; they
@@ -174,7 +170,6 @@ pub struct PluginRuntime {
     serving: Arc<tokio::sync::Semaphore>,
     stats: CallStats,
     health: Health,
-    placement: CallPlacement,
 }
 
 impl PluginRuntime {
@@ -268,7 +263,6 @@ impl PluginRuntime {
             serving: Arc::new(tokio::sync::Semaphore::new(max_idle)),
             stats: CallStats::default(),
             health,
-            placement: CallPlacement::new(engine.clock().clone()),
         })
     }
 
@@ -346,7 +340,6 @@ impl PluginRuntime {
             health,
             limits: (*self.limits).clone(),
             memory: self.memory(),
-            serving_inline: !self.placement.offloaded(),
         }
     }
 
@@ -526,8 +519,7 @@ impl PluginRuntime {
     }
 
     /// [`Self::recommend`] from async code: unless the plugin is unhealthy (then it fails at
-    /// once), waits for a free serving instance and calls it, on this worker while its calls
-    /// are short and on a blocking thread otherwise ([`super::placement`]).
+    /// once), waits for a free serving instance and calls it on a blocking thread.
     pub async fn recommend_async(
         self: &Arc<Self>,
         request: Request,
@@ -550,14 +542,6 @@ impl PluginRuntime {
             .acquire_owned()
             .await
             .map_err(|_| RecommendCallError::NotTrained(self.name.to_string()))?;
-        if !probe && self.placement.inline() {
-            let _permit = permit;
-            return self.placement.run_inline(|| {
-                let result = self.call_recommend(&request, false);
-                let failed = matches!(&result, Err(RecommendCallError::Call(e)) if e.is_failure());
-                (result, failed)
-            });
-        }
         let plugin = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
