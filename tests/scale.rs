@@ -78,6 +78,16 @@ fn directory_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The user count in `recohost demo-data`'s report ("wrote N items, U users and E events").
+fn generated_users(report: &str) -> u64 {
+    report
+        .split_whitespace()
+        .skip_while(|word| *word != "items,")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("the user count in demo-data's output")
+}
+
 fn measure(shape: &str, dir: &Path) -> Value {
     let data = dir.join(format!("dataset-{shape}"));
     let started = Instant::now();
@@ -117,7 +127,13 @@ fn measure(shape: &str, dir: &Path) -> Value {
     let plugins = server.get("/plugins").1;
     let history = server.get("/learning/history?limit=10").1;
     let base = server.base.clone();
-    let load = wrk::wrk(&base, wrk::RECOMMEND_LUA, 64, dir);
+    // Users from the whole shape, not the demo's first 2,000 (a small hot set would flatter
+    // the larger shapes).
+    let users = generated_users(&generated);
+    let script =
+        wrk::RECOMMEND_LUA.replace("math.random(1, USERS)", &format!("math.random(1, {users})"));
+    assert_ne!(script, wrk::RECOMMEND_LUA);
+    let load = wrk::wrk(&base, &script, 64, dir);
     let (rss_loaded, rss_peak) = server.memory();
     drop(server);
     let started = Instant::now();

@@ -71,7 +71,9 @@ enum Command {
     },
     /// Write a generated dataset in MovieLens's ml-latest format (movies.csv, ratings.csv):
     /// the demo's taste clusters, titles and genres at any size, deterministic for a seed.
-    /// Import it with `recohost import --format movielens DIR`.
+    /// Ratings only, and users' activity long-tailed as in MovieLens (at least 20 each):
+    /// shape s has the demo's size, not its very events. Import it with
+    /// `recohost import --format movielens DIR`.
     DemoData {
         /// A named shape: s (the demo: 2,000 users, 1,200 items, ~85k events), m (10x) or
         /// l (MovieLens 25M's size: 162,541 users, 62,423 items, ~25M events).
@@ -771,7 +773,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
         })
         .await?;
         let experiments = app.experiments.clone();
-        tokio::task::spawn_blocking(move || experiments.flush()).await?;
+        let app_for_lists = app.clone();
+        tokio::task::spawn_blocking(move || {
+            experiments.flush();
+            if let Some(served) = &app_for_lists.recommender.served {
+                served.flush();
+            }
+        })
+        .await?;
         tracing::info!("models saved; bye");
         anyhow::Ok(())
     })

@@ -190,7 +190,7 @@ impl Recommender {
         };
         let count = count as u32;
         let (model, answer, fallback, plugin_revision) = match self
-            .answer(&model, &plugin, &user, count)
+            .answer(&model, &plugin, &user, count, !query.bypass_experiments)
             .await
         {
             Ok(answer) => (model, answer, None, plugin.published_revision()),
@@ -205,7 +205,13 @@ impl Recommender {
                 };
                 tracing::warn!(model, fallback = %fallback_name, error = %source, "serving the fallback plugin's answer");
                 let answer = self
-                    .answer(fallback_name, &fallback_plugin, &user, count)
+                    .answer(
+                        fallback_name,
+                        &fallback_plugin,
+                        &user,
+                        count,
+                        !query.bypass_experiments,
+                    )
                     .await
                     .map_err(|fallback_error| RecommendError::PluginFailed {
                         model: model.clone(),
@@ -288,13 +294,16 @@ impl Recommender {
     }
 
     /// `plugin`'s checked answer for `user`: from the cache when the same model version
-    /// answered the same user version, else from the plugin (then cached).
+    /// answered the same user version, else from the plugin (then cached, if `store`: an
+    /// operator's preview is not, since a user's later cache hit is not logged for
+    /// monitoring again and the preview's list never was).
     async fn answer(
         &self,
         model: &str,
         plugin: &Arc<PluginRuntime>,
         user: &UserView<'_>,
         count: u32,
+        store: bool,
     ) -> Result<Answer, RecommendCallError> {
         // The cache key names the plugin's serving model version and the user's version
         // (their event count): an update or the user's feedback moves it.
@@ -359,6 +368,7 @@ impl Recommender {
         // key must never hold one user's exclusions).
         let described = index.is_none() || built_from.is_some();
         if let Some(key) = key
+            && store
             && described
             && key
                 == cache::key(
@@ -495,14 +505,14 @@ mod tests {
             });
         }
         let theirs = recommender
-            .answer("popularity", &plugin, &cold("new"), 5)
+            .answer("popularity", &plugin, &cold("new"), 5, true)
             .await
             .unwrap();
         assert!(theirs.entries.iter().all(|&(item, _)| item != top));
 
         // Another cold user must not get that answer (with "new"'s exclusion) from the cache.
         let other = recommender
-            .answer("popularity", &plugin, &cold("other"), 5)
+            .answer("popularity", &plugin, &cold("other"), 5, true)
             .await
             .unwrap();
         assert!(!other.cached, "the cold key held one user's answer");

@@ -51,6 +51,11 @@ impl ServedLog {
         let _ = self.writer.record(list);
     }
 
+    /// Blocks until the lists queued before this call are stored (shutdown). Blocking.
+    pub fn flush(&self) {
+        self.writer.flush();
+    }
+
     /// Lists dropped (queue full) and failed to store, since start.
     pub fn lost(&self) -> (u64, u64) {
         let counts = self.writer.counts();
