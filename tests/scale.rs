@@ -47,6 +47,9 @@ fn config(dir: &Path) -> String {
             }
         }
     }
+    // Plugin paths are relative to the config file's folder: make them absolute.
+    let plugins = std::env::var("RECOHOST_PLUGINS_DIR").expect("RECOHOST_PLUGINS_DIR");
+    let text = text.replace("\"dist/plugins/", &format!("\"{plugins}/"));
     format!(
         "bind = \"127.0.0.1:0\"\ndemo_data = false\nexperiments_dir = {:?}\n{text}\n[cache]\nbackend = \"off\"\n[http]\nmax_in_flight = 128\n",
         experiments.display().to_string()
