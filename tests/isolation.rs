@@ -72,6 +72,60 @@ fn traps_are_contained_and_the_instance_is_rebuilt_from_the_snapshot() {
 }
 
 #[test]
+fn a_plugin_that_loops_or_waits_is_moved_off_the_async_workers() {
+    // Short calls run on the async worker that took the request; a call that fails (here
+    // the time budget of a loop) moves the plugin's calls to the blocking pool, so a plugin
+    // that loops holds a worker for one budget, not one per request.
+    let (server, _temp) = misbehaving_server_with("", "failures_before_unhealthy = 1000\n");
+    let inline =
+        |server: &Server| server.plugin_status("misbehaving").unwrap()["serving_inline"].clone();
+    assert_eq!(ask(&server, 5).0, 200);
+    assert_eq!(inline(&server), true, "a fast plugin serves inline");
+    let (status, body) = ask(&server, 17);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(inline(&server), false, "after its loop, off the workers");
+    // Four loops at once, each on the pool: the server keeps answering everyone else.
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let base = server.base.clone();
+            std::thread::spawn(move || ask_at(&base, 17))
+        })
+        .collect();
+    let (status, other) = server.post("/recommend", &json!({"user_id": 5, "n_recommendations": 5}));
+    assert_eq!(status, 200, "{other}");
+    for looping in loops {
+        assert_eq!(looping.join().unwrap().0, 503);
+    }
+    assert_eq!(ask(&server, 5).0, 200, "and it still answers what it can");
+
+    // A guest panic writes its message to stderr and waits for the flush: a wait tokio
+    // refuses on a worker. The request is served again on the pool (the guest's own trap,
+    // not a reset connection), and the plugin stays on the pool.
+    let (server, _temp) = misbehaving_server();
+    assert_eq!(ask(&server, 5).0, 200);
+    assert_eq!(inline(&server), true);
+    let (status, body) = ask(&server, 13);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "model_unavailable"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("trapped"),
+        "{body}"
+    );
+    assert_eq!(
+        inline(&server),
+        false,
+        "a plugin that waits stays on the pool"
+    );
+    assert_eq!(ask(&server, 5).0, 200);
+}
+
+#[test]
 fn garbage_answers_are_cleaned_before_any_client_sees_them() {
     let (server, _temp) = misbehaving_server();
     let seen = server.seen_items("5");

@@ -130,7 +130,8 @@ impl App {
             "loaded the catalog and event history"
         );
 
-        let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?;
+        let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?
+            .serving_inline(Duration::from_millis(config.http.request_timeout_ms));
         // A cluster runs the plugins published to it over those its config file declares.
         let published = match database {
             crate::store::Database::Postgres(_) => store

@@ -28,6 +28,11 @@ impl EpochClock {
         self.0.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
+    pub fn advance_for_tests(&self, ticks: u64) {
+        self.0.fetch_add(ticks, Ordering::Relaxed);
+    }
+
     /// How long until the clock reads `tick` (zero once it has).
     pub fn until(&self, tick: u64) -> Duration {
         let ticks = tick.saturating_sub(self.now());
@@ -42,6 +47,8 @@ pub struct PluginEngine {
     cache_dir: Option<Arc<PathBuf>>,
     /// See [`Self::observing_network`].
     observe_network: bool,
+    /// The server's inline-call slots ([`super::placement`]); none outside the server.
+    inline: Arc<super::placement::InlineSlots>,
 }
 
 impl PluginEngine {
@@ -99,6 +106,7 @@ impl PluginEngine {
             clock,
             cache_dir: cache_dir.map(Arc::new),
             observe_network: false,
+            inline: Arc::new(super::placement::InlineSlots::none()),
         })
     }
 
@@ -106,6 +114,17 @@ impl PluginEngine {
     /// or bind reaches the socket-address check, which refuses it and records it. For
     /// `recohost plugin check` only: serving instances cannot even create a socket (a plugin
     /// could otherwise hold host file descriptors).
+    /// An engine whose plugins' serving calls may run on the server's async workers
+    /// ([`super::placement`]), for a server whose requests time out after `request_timeout`.
+    pub fn serving_inline(mut self, request_timeout: Duration) -> Self {
+        self.inline = Arc::new(super::placement::InlineSlots::new(request_timeout));
+        self
+    }
+
+    pub(super) fn inline_slots(&self) -> &super::placement::InlineSlots {
+        &self.inline
+    }
+
     pub fn observing_network(mut self) -> Self {
         self.observe_network = true;
         self

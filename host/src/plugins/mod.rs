@@ -8,6 +8,7 @@
 //! - [`limiter`]: the memory budget every instance's linear memories and tables share.
 //! - [`bounded_io`]: WASI's blocking calls, ended by the deadline of the call they are in.
 //! - [`fast_abi`]: the hot calls' arguments, copied into the guest in one pass.
+//! - [`placement`]: whether a serving call runs on the async worker or the blocking pool.
 //! - [`runtime`]: one plugin: current model version and its pool of serving instances.
 //! - [`PluginRegistry`]: every loaded plugin by name; [`LivePlugins`]: the registry serving
 //!   now, replaced as a whole when plugins are added or replaced without a restart.
@@ -21,6 +22,7 @@ pub mod health;
 pub mod instance;
 pub mod limiter;
 pub mod limits;
+pub mod placement;
 pub mod runtime;
 
 use std::collections::BTreeMap;

@@ -23,6 +23,7 @@ use super::engine::{CodeSource, PluginEngine, hex};
 use super::health::{Admission, Health, HealthReport};
 use super::instance::{CallError, PluginInstance, export_names};
 use super::limits::PluginLimits;
+use super::placement::{CallPlacement, Inline};
 
 #[derive(Debug, Error)]
 pub enum PluginLoadError {
@@ -116,6 +117,10 @@ pub struct PluginStatus {
     pub health: HealthReport,
     pub limits: PluginLimits,
     pub memory: PluginMemory,
+    /// Whether its calls may run on the server's async workers now (short calls, a budget
+    /// under the request timeout), rather than on the blocking pool (for 10 s after slow or
+    /// failed calls; for good once it waited inside WASI). See docs/architecture.md.
+    pub serving_inline: bool,
 }
 
 /// The memory the plugin's instances hold on this node (linear memories and tables; they
@@ -170,6 +175,7 @@ pub struct PluginRuntime {
     serving: Arc<tokio::sync::Semaphore>,
     stats: CallStats,
     health: Health,
+    placement: CallPlacement,
 }
 
 impl PluginRuntime {
@@ -263,6 +269,7 @@ impl PluginRuntime {
             serving: Arc::new(tokio::sync::Semaphore::new(max_idle)),
             stats: CallStats::default(),
             health,
+            placement: CallPlacement::new(engine.clock().clone()),
         })
     }
 
@@ -340,6 +347,11 @@ impl PluginRuntime {
             health,
             limits: (*self.limits).clone(),
             memory: self.memory(),
+            serving_inline: self.placement.inline()
+                && self
+                    .engine
+                    .inline_slots()
+                    .budget_allows(self.limits.recommend()),
         }
     }
 
@@ -519,7 +531,8 @@ impl PluginRuntime {
     }
 
     /// [`Self::recommend`] from async code: unless the plugin is unhealthy (then it fails at
-    /// once), waits for a free serving instance and calls it on a blocking thread.
+    /// once), waits for a free serving instance and calls it, on this worker while its calls
+    /// are short and on a blocking thread otherwise ([`super::placement`]).
     pub async fn recommend_async(
         self: &Arc<Self>,
         request: Request,
@@ -542,6 +555,25 @@ impl PluginRuntime {
             .acquire_owned()
             .await
             .map_err(|_| RecommendCallError::NotTrained(self.name.to_string()))?;
+        if !probe
+            && self.placement.inline()
+            && self.engine.inline_slots().allows(self.limits.recommend())
+            && let Some(_slot) = self.engine.inline_slots().take()
+            && let Some((model, instance)) = self.idle_instance()
+        {
+            let outcome = self.placement.run_inline(|| {
+                let result = self.recommend_on(model, instance, &request, false);
+                let failed = matches!(&result, Err(RecommendCallError::Call(e)) if e.is_failure());
+                (result, failed)
+            });
+            match outcome {
+                Inline::Done(result) => return result,
+                Inline::Waited => tracing::warn!(
+                    plugin = %self.name,
+                    "the plugin waited inside WASI on an async worker (tokio's panic above says so); that request is served again on the blocking pool, and its calls run there from now on"
+                ),
+            }
+        }
         let plugin = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -581,11 +613,33 @@ impl PluginRuntime {
         let model = self
             .model()
             .ok_or_else(|| RecommendCallError::NotTrained(self.name.to_string()))?;
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        let mut instance = self
+        let instance = self
             .checkout(&model)
             .inspect_err(|error| self.record_failure(error))?;
+        self.recommend_on(model, instance, request, probe)
+    }
+
+    /// The model serving now and an idle instance holding it, if the pool has one (an
+    /// inline call must not build one on a worker).
+    fn idle_instance(&self) -> Option<(ModelVersion, PluginInstance)> {
+        let model = self.model()?;
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let position = idle
+            .iter()
+            .rposition(|instance| instance.model_version == model.version)?;
+        Some((model, idle.swap_remove(position)))
+    }
+
+    /// Calls `instance` (holding `model`) and files the outcome: stats, health, the pool.
+    fn recommend_on(
+        &self,
+        model: ModelVersion,
+        mut instance: PluginInstance,
+        request: &Request,
+        probe: bool,
+    ) -> Result<(Vec<Scored>, u64), RecommendCallError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let result = if probe {
             instance.recommend_within(request, self.probe_budget())
         } else {
