@@ -110,10 +110,6 @@ impl PluginEngine {
         })
     }
 
-    /// An engine whose instances may create sockets, so that a plugin's attempt to connect
-    /// or bind reaches the socket-address check, which refuses it and records it. For
-    /// `recohost plugin check` only: serving instances cannot even create a socket (a plugin
-    /// could otherwise hold host file descriptors).
     /// An engine whose plugins' serving calls may run on the server's async workers
     /// ([`super::placement`]), for a server whose requests time out after `request_timeout`.
     pub fn serving_inline(mut self, request_timeout: Duration) -> Self {
@@ -125,6 +121,10 @@ impl PluginEngine {
         &self.inline
     }
 
+    /// An engine whose instances may create sockets, so that a plugin's attempt to connect
+    /// or bind reaches the socket-address check, which refuses it and records it. For
+    /// `recohost plugin check` only: serving instances cannot even create a socket (a plugin
+    /// could otherwise hold host file descriptors).
     pub fn observing_network(mut self) -> Self {
         self.observe_network = true;
         self

@@ -28,7 +28,11 @@
 //! answer, and the plugin's calls stay on the pool from then on.
 //!
 //! So the most plugins can hold is `workers - 1` workers for one budget each, then once per
-//! [`OFFLOAD_FOR`] per plugin.
+//! [`OFFLOAD_FOR`] per plugin. Two limits remain: a task in the held worker's LIFO slot (one
+//! the request woke just before its call) waits for the call, since other workers cannot
+//! steal it; and the budget is compared with the whole request timeout, not what is left of
+//! it, so an answer can go out up to one budget after the request's deadline instead of a
+//! `timeout` 503.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -165,12 +169,15 @@ impl CallPlacement {
                 self.inline_call_took(started.elapsed(), failed);
                 Inline::Done(result)
             }
-            Err(_) => {
+            Err(panic) if refused_wait(panic.as_ref()) => {
                 // Tokio refused a blocking wait on a worker (see the module's text): the
-                // instance is gone with the unwinding, the permit and slot were given back.
+                // instance was dropped with the unwinding; the caller still holds the permit
+                // and the slot, and serves the request again on the pool.
                 self.waits.store(true, Ordering::Relaxed);
                 Inline::Waited
             }
+            // Anything else is a bug of the host's, not a wait: not retried, not hidden.
+            Err(panic) => std::panic::resume_unwind(panic),
         }
     }
 
@@ -194,6 +201,17 @@ impl CallPlacement {
                 .store(self.clock.now() + ticks as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether a panic is tokio refusing to block a worker thread (its message, as of tokio 1.x:
+/// "Cannot start a runtime from within a runtime").
+fn refused_wait(panic: &(dyn std::any::Any + Send)) -> bool {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("");
+    message.contains("Cannot start a runtime from within a runtime")
 }
 
 #[cfg(test)]
@@ -242,6 +260,12 @@ mod tests {
         assert!(matches!(outcome, Inline::Waited));
         clock.advance_for_tests(1_000_000);
         assert!(!placement.inline());
+        // Any other panic is the host's own: it goes on unwinding.
+        let other = std::panic::catch_unwind(|| {
+            CallPlacement::new(EpochClock::default())
+                .run_inline(|| -> (u32, bool) { panic!("index out of bounds") })
+        });
+        assert!(other.is_err());
     }
 
     #[test]

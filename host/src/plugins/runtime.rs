@@ -348,10 +348,7 @@ impl PluginRuntime {
             limits: (*self.limits).clone(),
             memory: self.memory(),
             serving_inline: self.placement.inline()
-                && self
-                    .engine
-                    .inline_slots()
-                    .budget_allows(self.limits.recommend()),
+                && self.engine.inline_slots().allows(self.limits.recommend()),
         }
     }
 
@@ -568,10 +565,14 @@ impl PluginRuntime {
             });
             match outcome {
                 Inline::Done(result) => return result,
-                Inline::Waited => tracing::warn!(
+                Inline::Waited => {
+                    // The inline attempt counted a call that the pool now makes.
+                    self.stats.calls.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(
                     plugin = %self.name,
                     "the plugin waited inside WASI on an async worker (tokio's panic above says so); that request is served again on the blocking pool, and its calls run there from now on"
-                ),
+                    );
+                }
             }
         }
         let plugin = self.clone();
