@@ -292,12 +292,6 @@ fn load_config(
     Ok(config)
 }
 
-/// mimalloc rather than glibc's malloc: requests allocate on one worker and free on another,
-/// and glibc's arenas spent 11% of the server's CPU under wrk on that (consolidating and
-/// unlinking chunks); see docs/benchmarks.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
