@@ -6,26 +6,14 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use recohost_e2e::{Server, binary, config_text, fixture};
+use recohost_e2e::{Server, binary, config_text, fixture, succeed};
 use serde_json::json;
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
-/// Runs `command`, panicking with its output unless it succeeds.
-fn succeed(command: &mut Command) -> Output {
-    let output = command.output().expect("the command starts");
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// Where generated crates build: beside the server's build, so that a second run reuses the

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use recohost_e2e::Server;
+use recohost_e2e::{Server, succeed};
 use serde_json::{Value, json};
 
 #[path = "wrk.rs"]
@@ -56,15 +56,9 @@ fn config(dir: &Path) -> String {
     )
 }
 
+/// The standard output of `command`, which must succeed.
 fn run(command: &mut Command) -> String {
-    let output = command.output().expect("the command runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    String::from_utf8_lossy(&succeed(command).stdout).into_owned()
 }
 
 fn directory_bytes(dir: &Path) -> u64 {
@@ -182,64 +176,52 @@ fn main() {
 }
 
 fn print_table(results: &[Value]) {
-    let mib = |v: &Value| v.as_f64().unwrap() / (1024.0 * 1024.0);
-    let rows: Vec<(&str, Box<dyn Fn(&Value) -> f64>, &str)> = vec![
-        ("events", Box::new(|r| r["events"].as_f64().unwrap()), ""),
-        (
-            "import time (s)",
-            Box::new(|r| r["import_s"].as_f64().unwrap()),
-            "",
-        ),
-        (
-            "import (events/s)",
-            Box::new(|r| r["import_events_per_s"].as_f64().unwrap()),
-            "",
-        ),
-        (
-            "database (MiB)",
-            Box::new(move |r| mib(&r["database_bytes"])),
-            "",
-        ),
+    const MIB: f64 = 1.0 / (1024.0 * 1024.0);
+    // (label, JSON pointer into each shape's results, unit factor).
+    let mut rows: Vec<(String, String, f64)> = [
+        ("events", "/events", 1.0),
+        ("import time (s)", "/import_s", 1.0),
+        ("import (events/s)", "/import_events_per_s", 1.0),
+        ("database (MiB)", "/database_bytes", MIB),
         (
             "first start, training every plugin (s)",
-            Box::new(|r| r["first_start_s"].as_f64().unwrap()),
-            "",
+            "/first_start_s",
+            1.0,
         ),
-        (
-            "restart from snapshots (s)",
-            Box::new(|r| r["restart_s"].as_f64().unwrap()),
-            "",
-        ),
-        (
-            "host RSS idle (MiB)",
-            Box::new(move |r| mib(&r["rss_idle_bytes"])),
-            "",
-        ),
-        (
-            "host RSS under load (MiB)",
-            Box::new(move |r| mib(&r["rss_under_load_bytes"])),
-            "",
-        ),
+        ("restart from snapshots (s)", "/restart_s", 1.0),
+        ("host RSS idle (MiB)", "/rss_idle_bytes", MIB),
+        ("host RSS under load (MiB)", "/rss_under_load_bytes", MIB),
         (
             "/recommend uncached p50 (ms)",
-            Box::new(|r| r["recommend_uncached"]["p50_us"].as_f64().unwrap() / 1e3),
-            "",
+            "/recommend_uncached/p50_us",
+            1e-3,
         ),
         (
             "/recommend uncached p99 (ms)",
-            Box::new(|r| r["recommend_uncached"]["p99_us"].as_f64().unwrap() / 1e3),
-            "",
+            "/recommend_uncached/p99_us",
+            1e-3,
         ),
         (
             "/recommend uncached (requests/s)",
-            Box::new(|r| {
-                r["recommend_uncached"]["requests_per_second"]
-                    .as_f64()
-                    .unwrap()
-            }),
-            "",
+            "/recommend_uncached/requests_per_second",
+            1.0,
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|(label, pointer, unit)| (label.to_string(), pointer.to_string(), unit))
+    .collect();
+    for (index, plugin) in results[0]["plugin_memory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        rows.push((
+            format!("{}: one instance (MiB)", plugin["plugin"].as_str().unwrap()),
+            format!("/plugin_memory/{index}/largest_instance_bytes"),
+            MIB,
+        ));
+    }
     let names: Vec<String> = results
         .iter()
         .map(|r| r["shape"].as_str().unwrap().to_uppercase())
@@ -251,28 +233,13 @@ fn print_table(results: &[Value]) {
         names[names.len() - 1]
     );
     println!("|---|{}---|", "---|".repeat(names.len()));
-    for (label, value, _) in &rows {
-        let values: Vec<f64> = results.iter().map(|r| value(r)).collect();
+    for (label, pointer, unit) in &rows {
+        let values: Vec<f64> = results
+            .iter()
+            .map(|r| r.pointer(pointer).and_then(Value::as_f64).unwrap() * unit)
+            .collect();
         let cells: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
         let growth = values[values.len() - 1] / values[0];
         println!("| {label} | {} | {growth:.2}x |", cells.join(" | "));
-    }
-    for (index, plugin) in results[0]["plugin_memory"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        let name = plugin["plugin"].as_str().unwrap();
-        let values: Vec<f64> = results
-            .iter()
-            .map(|r| mib(&r["plugin_memory"][index]["largest_instance_bytes"]))
-            .collect();
-        let cells: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
-        println!(
-            "| {name}: one instance (MiB) | {} | {:.2}x |",
-            cells.join(" | "),
-            values[values.len() - 1] / values[0]
-        );
     }
 }
