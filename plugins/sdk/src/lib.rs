@@ -23,8 +23,8 @@ pub mod bindings {
         export_macro_name: "__export_strategy_bindings",
         default_bindings_module: "recohost_plugin_sdk::bindings",
         additional_derives: [PartialEq],
-        // Written by hand in `abi`, which takes the request's history without copying it.
-        skip: ["recommend"],
+        // Written by hand in `abi`, which takes their lists of events without copying them.
+        skip: ["recommend", "train", "update"],
     });
 }
 
@@ -38,6 +38,7 @@ pub use bindings::recohost::strategy::types::{
     TrainingReport, UserIndex,
 };
 
+pub mod by_user;
 pub mod config;
 pub mod kernels;
 pub mod snapshot;
@@ -131,16 +132,6 @@ macro_rules! export_strategy {
             ) -> ::std::result::Result<(), $crate::StrategyError> {
                 __RECOHOST_STATE.with(|state| state.configure(&config_json, catalog))
             }
-            fn train(
-                events: ::std::vec::Vec<$crate::Feedback>,
-            ) -> ::std::result::Result<$crate::TrainingReport, $crate::StrategyError> {
-                __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::train(model, events)))
-            }
-            fn update(
-                events: ::std::vec::Vec<$crate::Feedback>,
-            ) -> ::std::result::Result<$crate::TrainingReport, $crate::StrategyError> {
-                __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::update(model, events)))
-            }
             fn predict(
                 user: $crate::UserIndex,
                 items: ::std::vec::Vec<$crate::ItemIndex>,
@@ -159,8 +150,8 @@ macro_rules! export_strategy {
 
         $crate::bindings::__export_strategy_bindings!(__RecohostStrategyExport with_types_in $crate::bindings);
 
-        // `recommend` is exported by hand (see `abi`); the names are the ones wit-bindgen
-        // derives from `wit/strategy.wit` and must follow its package version.
+        // `recommend`, `train` and `update` are exported by hand (see `abi`); the names are the
+        // ones wit-bindgen derives from `wit/strategy.wit` and must follow its package version.
         #[cfg(target_arch = "wasm32")]
         #[unsafe(export_name = "recohost:strategy/plugin@1.0.0#recommend")]
         unsafe extern "C" fn __recohost_export_recommend(
@@ -185,6 +176,42 @@ macro_rules! export_strategy {
         unsafe extern "C" fn __recohost_post_return_recommend(area: *mut u8) {
             // SAFETY: called by the canonical ABI with what the export above returned.
             unsafe { $crate::abi::recommend_post_return(area) }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(export_name = "recohost:strategy/plugin@1.0.0#train")]
+        unsafe extern "C" fn __recohost_export_train(events: *mut u8, events_len: usize) -> *mut u8 {
+            // SAFETY: called by the canonical ABI with `train`'s flattened arguments.
+            unsafe {
+                $crate::abi::learn(events, events_len, |events| {
+                    __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::train(model, events)))
+                })
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(export_name = "cabi_post_recohost:strategy/plugin@1.0.0#train")]
+        unsafe extern "C" fn __recohost_post_return_train(area: *mut u8) {
+            // SAFETY: called by the canonical ABI with what the export above returned.
+            unsafe { $crate::abi::learn_post_return(area) }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(export_name = "recohost:strategy/plugin@1.0.0#update")]
+        unsafe extern "C" fn __recohost_export_update(events: *mut u8, events_len: usize) -> *mut u8 {
+            // SAFETY: called by the canonical ABI with `update`'s flattened arguments.
+            unsafe {
+                $crate::abi::learn(events, events_len, |events| {
+                    __RECOHOST_STATE.with(|state| state.with_model_mut(|model| <$strategy as $crate::Strategy>::update(model, events)))
+                })
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(export_name = "cabi_post_recohost:strategy/plugin@1.0.0#update")]
+        unsafe extern "C" fn __recohost_post_return_update(area: *mut u8) {
+            // SAFETY: called by the canonical ABI with what the export above returned.
+            unsafe { $crate::abi::learn_post_return(area) }
         }
     };
 }
