@@ -1,7 +1,7 @@
 use recohost_plugin_sdk::weights::EventWeights;
 use recohost_plugin_sdk::{
     Feedback, Item, ItemIndex, PluginInfo, Request, Scored, Strategy, StrategyError,
-    TrainingReport, check_item, config, kernels, snapshot, topk,
+    TrainingReport, by_user, check_item, config, kernels, snapshot, topk,
 };
 use serde::{Deserialize, Serialize};
 
@@ -203,6 +203,18 @@ impl Collaborative {
 
     /// Raw EASE scores for a history (zero everywhere for an empty one). Exposed for `hybrid`.
     pub fn score_history(&self, history: &[Feedback]) -> Vec<f32> {
+        let (items, sums) = self.score_modeled(history);
+        let mut scores = vec![0.0f32; self.catalog_len];
+        for (&item, sum) in items.iter().zip(sums) {
+            scores[item as usize] = sum;
+        }
+        scores
+    }
+
+    /// [`Self::score_history`] where it is not zero: the modeled items (at most `max_items`)
+    /// and their scores, in the same order. Every other item scores 0. Exposed for `hybrid`,
+    /// which then need not walk the whole catalog for this part.
+    pub fn score_modeled(&self, history: &[Feedback]) -> (&[ItemIndex], Vec<f32>) {
         let weights = &self.state.weights;
         let m = weights.items.len();
         let mut rows: Vec<u32> = history
@@ -215,11 +227,7 @@ impl Collaborative {
         rows.dedup();
         let mut sums = vec![0.0f32; m];
         kernels::sum_rows(&weights.matrix, m, &rows, &mut sums);
-        let mut scores = vec![0.0f32; self.catalog_len];
-        for (&item, sum) in weights.items.iter().zip(sums) {
-            scores[item as usize] = sum;
-        }
-        scores
+        (&weights.items, sums)
     }
 
     /// Popularity in [0, 1) for the cold start of other models. Exposed for `hybrid`.
@@ -263,16 +271,34 @@ impl Strategy for Collaborative {
         for event in &events {
             check_item(event.item, self.catalog_len)?;
         }
+        // The interactions in one pass per user, not `absorb`'s insert per event: see
+        // `by_user` for why (MovieLens 25M would not fit the instance's memory).
+        let events_used = events.len() as u64;
+        let weights = &self.config.event_weights;
+        let mut user_items = by_user::group_by_user(&events, |event| {
+            (weights.weight(event) > 0.0).then_some(event.item)
+        });
+        drop(events);
+        let mut item_counts = vec![0; self.catalog_len];
+        let mut added = 0;
+        for items in &mut user_items {
+            items.sort_unstable();
+            items.dedup();
+            for &item in items.iter() {
+                item_counts[item as usize] += 1;
+            }
+            added += items.len() as u64;
+        }
         self.state = State {
-            item_counts: vec![0; self.catalog_len],
+            user_items,
+            item_counts,
             ..State::default()
         };
-        let added = self.absorb(&events)?;
         self.refresh_prior();
         self.state.pending_interactions = added;
         self.solve()?;
         Ok(TrainingReport {
-            events_used: events.len() as u64,
+            events_used,
             message: format!("solved on {added} user-item pairs"),
         })
     }
@@ -335,6 +361,7 @@ impl Strategy for Collaborative {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use recohost_plugin_sdk::EventKind;
     use recohost_plugin_sdk::testing::{
         catalog, click as view, recommend_after_clicks as recommend,
     };
@@ -352,6 +379,26 @@ mod tests {
             events.push(view(user, 5));
         }
         events
+    }
+
+    #[test]
+    fn a_training_window_gives_the_interactions_one_at_a_time_give() {
+        // Repeats, interleaved users, and events that weigh nothing.
+        let mut events = two_tastes();
+        events.extend([view(3, 2), view(45, 1), view(3, 2), view(3, 0)]);
+        events.push(Feedback {
+            kind: EventKind::Rate,
+            value: 1.0,
+            ..view(46, 3)
+        });
+        let config = r#"{"event_weights": {"min_rating": 2.0}}"#;
+        let mut trained = Collaborative::configure(config, catalog(6)).unwrap();
+        trained.train(events.clone()).unwrap();
+        let mut absorbed = Collaborative::configure(config, catalog(6)).unwrap();
+        absorbed.train(Vec::new()).unwrap();
+        absorbed.absorb(&events).unwrap();
+        assert_eq!(trained.state.user_items, absorbed.state.user_items);
+        assert_eq!(trained.state.item_counts, absorbed.state.item_counts);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use recohost_plugin_sdk::{
     EventKind, Feedback, Item, ItemIndex, PluginInfo, Request, Scored, Strategy, StrategyError,
-    TrainingReport, UserIndex, check_item, config, snapshot, topk,
+    TrainingReport, UserIndex, by_user, check_item, config, snapshot, topk,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,15 +110,7 @@ impl Ratings {
     /// Adds rate events; returns how many were used and how many of those were new ratings
     /// (not re-ratings).
     fn absorb(&mut self, events: &[Feedback]) -> Result<(u64, u64), StrategyError> {
-        for event in events {
-            check_item(event.item, self.catalog_len)?;
-            if event.kind == EventKind::Rate && !event.value.is_finite() {
-                return Err(StrategyError::InvalidInput(format!(
-                    "rating {} of item {} is not a number",
-                    event.value, event.item
-                )));
-            }
-        }
+        self.check(events)?;
         let (mut used, mut new) = (0, 0);
         for event in events.iter().filter(|e| e.kind == EventKind::Rate) {
             let user = event.user as usize;
@@ -148,6 +140,43 @@ impl Ratings {
             used += 1;
         }
         Ok((used, new))
+    }
+
+    /// Refuses events outside the catalog and ratings that are not numbers.
+    fn check(&self, events: &[Feedback]) -> Result<(), StrategyError> {
+        for event in events {
+            check_item(event.item, self.catalog_len)?;
+            if event.kind == EventKind::Rate && !event.value.is_finite() {
+                return Err(StrategyError::InvalidInput(format!(
+                    "rating {} of item {} is not a number",
+                    event.value, event.item
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What `absorb` makes of a whole training window, with each user's ratings gathered in
+    /// one pass (see `by_user` for why); returns the rate events used.
+    fn absorb_window(&mut self, events: Vec<Feedback>) -> Result<u64, StrategyError> {
+        self.check(&events)?;
+        let used = events.iter().filter(|e| e.kind == EventKind::Rate).count() as u64;
+        let mut users = by_user::group_by_user(&events, |event| {
+            (event.kind == EventKind::Rate).then_some((event.item, event.value))
+        });
+        drop(events);
+        for ratings in &mut users {
+            latest_per_item(ratings);
+            for &(item, rating) in ratings.iter() {
+                let rating = f64::from(rating);
+                self.state.item_sums[item as usize] += rating;
+                self.state.item_counts[item as usize] += 1;
+                self.state.total += rating;
+                self.state.count += 1;
+            }
+        }
+        self.state.users = users;
+        Ok(used)
     }
 
     /// Recomputes the residual similarities between the most-rated items.
@@ -253,6 +282,30 @@ impl Ratings {
     }
 }
 
+/// Keeps one rating per item, where the user first rated it, with the latest value: what
+/// `absorb` makes of the same ratings one at a time.
+fn latest_per_item(ratings: &mut Vec<(ItemIndex, f32)>) {
+    if ratings.len() < 2 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..ratings.len()).collect();
+    order.sort_unstable_by_key(|&i| (ratings[i].0, i));
+    let runs: Vec<(usize, usize)> = order
+        .chunk_by(|&a, &b| ratings[a].0 == ratings[b].0)
+        .map(|run| (run[0], run[run.len() - 1]))
+        .collect();
+    let mut keep = vec![false; ratings.len()];
+    for (first, last) in runs {
+        ratings[first].1 = ratings[last].1;
+        keep[first] = true;
+    }
+    let mut position = 0;
+    ratings.retain(|_| {
+        position += 1;
+        keep[position - 1]
+    });
+}
+
 impl Strategy for Ratings {
     fn describe() -> PluginInfo {
         PluginInfo {
@@ -293,7 +346,7 @@ impl Strategy for Ratings {
         };
         // Refused events leave an empty model behind: rank as such.
         self.refresh_ranking();
-        let (used, _) = self.absorb(&events)?;
+        let used = self.absorb_window(events)?;
         self.solve();
         self.refresh_ranking();
         Ok(TrainingReport {
@@ -426,6 +479,36 @@ mod tests {
         let after = model.predict(99, &[4]).unwrap()[0];
         assert!(after > before + 1.0, "{before} -> {after}");
         assert!(model.predict(0, &[9]).is_err(), "item outside the catalog");
+    }
+
+    #[test]
+    fn a_training_window_gives_the_model_its_events_one_at_a_time_give() {
+        // Re-ratings, interleaved users, a user with no ratings and a non-rating event.
+        let mut events = two_camps();
+        events.extend([
+            rate(3, 0, 2.0),
+            rate(25, 5, 4.0),
+            rate(3, 5, 1.0),
+            rate(3, 0, 4.5),
+        ]);
+        events.push(Feedback {
+            kind: EventKind::Click,
+            ..rate(27, 4, 1.0)
+        });
+        let trained = model(events.clone());
+        let mut absorbed = model(Vec::new());
+        absorbed.update(events).unwrap();
+        assert_eq!(trained.state.users, absorbed.state.users);
+        assert_eq!(trained.state.item_counts, absorbed.state.item_counts);
+        assert_eq!(trained.state.count, absorbed.state.count);
+        for (a, b) in trained
+            .state
+            .item_sums
+            .iter()
+            .zip(&absorbed.state.item_sums)
+        {
+            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
     }
 
     #[test]
