@@ -2,12 +2,13 @@
 //! plugins, give every plugin a model (its latest snapshot where it still fits, else a fresh
 //! training), and put the events no model has learned yet back into the learning buffer.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::catalog::{Catalog, Users, to_feedback};
+use crate::catalog::{Catalog, Users};
 use crate::cluster::Node;
 use crate::config::{Config, LearningConfig, PluginDeclaration};
 use crate::events::EventWriter;
@@ -16,6 +17,7 @@ use crate::features::{Features, SharedFeatures};
 use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
 use crate::plugin_set::PublishedSet;
+use crate::plugins::bindings::Feedback;
 use crate::plugins::{LivePlugins, ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
 use crate::recommend::Recommender;
 use crate::store::{Store, unix_now};
@@ -99,6 +101,32 @@ impl App {
             }
         }
         let catalog = Arc::new(Catalog::new(store.items()?));
+
+        let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?
+            .serving_inline(Duration::from_millis(config.http.request_timeout_ms));
+        // A cluster runs the plugins published to it over those its config file declares.
+        let published = match database {
+            crate::store::Database::Postgres(_) => store
+                .latest_plugins()?
+                .map(|(revision, plugins)| PublishedSet { revision, plugins }),
+            crate::store::Database::Sqlite(_) => None,
+        };
+        let declarations = crate::plugin_set::overlay(
+            config.plugins.clone(),
+            published.as_ref(),
+            &store,
+            &crate::plugin_set::wasm_dir(&config.data_dir),
+        )
+        .context("cannot fetch the plugins published to the cluster")?;
+        let registry = load_plugins(&declarations, &engine, &catalog)?;
+        restore_or_train_all(
+            &registry,
+            &TrainingSet::new(&store, &config.learning, &catalog),
+        )?;
+
+        // Read after the trainings, not before: at MovieLens 25M's size these events and the
+        // histories built from them are 1.6 GB, which the trainings' own copy of the window
+        // (and two sandboxes holding it) would come on top of.
         let events = store.events_after(0)?;
         let clustered = matches!(database, crate::store::Database::Postgres(_));
         // A cluster node keeps no user histories: they are in the shared feature store.
@@ -129,38 +157,6 @@ impl App {
             events = events.len(),
             "loaded the catalog and event history"
         );
-
-        let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))?
-            .serving_inline(Duration::from_millis(config.http.request_timeout_ms));
-        // A cluster runs the plugins published to it over those its config file declares.
-        let published = match database {
-            crate::store::Database::Postgres(_) => store
-                .latest_plugins()?
-                .map(|(revision, plugins)| PublishedSet { revision, plugins }),
-            crate::store::Database::Sqlite(_) => None,
-        };
-        let declarations = crate::plugin_set::overlay(
-            config.plugins.clone(),
-            published.as_ref(),
-            &store,
-            &crate::plugin_set::wasm_dir(&config.data_dir),
-        )
-        .context("cannot fetch the plugins published to the cluster")?;
-        let registry = load_plugins(&declarations, &engine, &catalog)?;
-        std::thread::scope(|scope| -> anyhow::Result<()> {
-            let tasks: Vec<_> = registry
-                .iter()
-                .map(|plugin| {
-                    let (store, learning) = (&store, &config.learning);
-                    scope.spawn(move || restore_or_train(plugin, store, learning))
-                })
-                .collect();
-            for task in tasks {
-                task.join()
-                    .map_err(|_| anyhow::anyhow!("a training thread panicked"))??;
-            }
-            Ok(())
-        })?;
 
         // Every event some model has not learned goes back into the learning buffer.
         let learned_through = registry
@@ -374,15 +370,78 @@ fn load_plugins(
     Ok(registry)
 }
 
+/// The training window of a start-up or a reload, read from the store at most once for all
+/// the plugins that need it, and only if one does: at MovieLens 25M's size it is 600 MB.
+pub(crate) struct TrainingSet<'a> {
+    store: &'a Store,
+    config: &'a LearningConfig,
+    items: u32,
+    window: Mutex<Option<Arc<(Vec<Feedback>, i64)>>>,
+}
+
+impl<'a> TrainingSet<'a> {
+    pub fn new(store: &'a Store, config: &'a LearningConfig, catalog: &Catalog) -> Self {
+        Self {
+            store,
+            config,
+            items: u32::try_from(catalog.len()).unwrap_or(u32::MAX),
+            window: Mutex::new(None),
+        }
+    }
+
+    /// The window's events and the id of its newest. Callers wait while one reads it.
+    fn window(&self) -> anyhow::Result<Arc<(Vec<Feedback>, i64)>> {
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(window) = &*window {
+            return Ok(window.clone());
+        }
+        let read = Arc::new(crate::learning::training_window(
+            self.store,
+            self.config,
+            self.items,
+        )?);
+        *window = Some(read.clone());
+        Ok(read)
+    }
+}
+
+/// [`restore_or_train`] for every plugin of `registry`, as many at a time as there are CPU
+/// cores: training is CPU-bound, so more at once would not finish sooner, and each training
+/// instance holds its own copy of the window in its sandbox.
+fn restore_or_train_all(registry: &PluginRegistry, training: &TrainingSet) -> anyhow::Result<()> {
+    let plugins: Vec<&Arc<PluginRuntime>> = registry.iter().collect();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, plugins.len().max(1));
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    while let Some(plugin) = plugins.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        restore_or_train(plugin, training)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.join()
+                .map_err(|_| anyhow::anyhow!("a training thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
 /// Gives `plugin` a serving model: its latest snapshot when it was made by the same .wasm,
 /// config and catalog, else a fresh training over the training window. Events after the
 /// snapshot are not learned here: they go into the learning buffer, so that start-up does not
 /// wait for a backlog.
 pub(crate) fn restore_or_train(
     plugin: &PluginRuntime,
-    store: &Store,
-    config: &LearningConfig,
+    training: &TrainingSet,
 ) -> anyhow::Result<()> {
+    let store = training.store;
     let started = Instant::now();
     let latest = store.latest_snapshot(plugin.name())?;
     if let Some(snapshot) = latest.filter(|s| s.fingerprint == plugin.fingerprint()) {
@@ -408,10 +467,9 @@ pub(crate) fn restore_or_train(
             }
         }
     }
-    let items = u32::try_from(plugin.catalog_len()).unwrap_or(u32::MAX);
-    let (window, through_event) = crate::learning::training_window(store, config, items)?;
-    let feedback: Vec<_> = window.iter().map(to_feedback).collect();
-    let bytes = plugin.train(&feedback)?;
+    let window = training.window()?;
+    let (feedback, through_event) = (&window.0, window.1);
+    let bytes = plugin.train(feedback)?;
     let next_version = store.allocate_model_versions(&[plugin.name()], through_event, None)?[0];
     plugin.install(ModelVersion {
         version: next_version,

@@ -174,7 +174,8 @@ pub fn load_with_model(
     learning: &LearningConfig,
 ) -> anyhow::Result<PluginRuntime> {
     let plugin = crate::app::load_declared(engine, declaration, catalog)?;
-    crate::app::restore_or_train(&plugin, store, learning)
+    let training = crate::app::TrainingSet::new(store, learning, catalog);
+    crate::app::restore_or_train(&plugin, &training)
         .with_context(|| format!("plugin {:?}: cannot train a model", plugin.name()))?;
     Ok(plugin)
 }

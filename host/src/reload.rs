@@ -16,7 +16,7 @@ use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 
-use crate::app::{App, load_declared, restore_or_train};
+use crate::app::{App, TrainingSet, load_declared, restore_or_train};
 use crate::config::Config;
 use crate::experiments::live::ReloadFailure;
 use crate::plugin_set::{self, PublishedSet};
@@ -342,6 +342,7 @@ impl App {
             return Ok((None, changes));
         }
         let mut registry = (*current).clone();
+        let training = TrainingSet::new(&self.store, &self.config.learning, &self.catalog);
         for declaration in fresh {
             let plugin = load_declared(&self.engine, declaration, &self.catalog)?;
             let serving = current
@@ -356,9 +357,9 @@ impl App {
                     format!("plugin {:?}: cannot load its serving model", plugin.name())
                 })?,
                 None => {
-                    restore_or_train(&plugin, &self.store, &self.config.learning).with_context(
-                        || format!("plugin {:?}: cannot train a model", plugin.name()),
-                    )?;
+                    restore_or_train(&plugin, &training).with_context(|| {
+                        format!("plugin {:?}: cannot train a model", plugin.name())
+                    })?;
                 }
             }
             // A replaced plugin starts afresh: its predecessor's failed updates are not its.

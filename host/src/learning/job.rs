@@ -10,8 +10,9 @@ use super::buffer::Batch;
 use super::{Failing, Job, JobKind, Learning};
 use crate::app::SNAPSHOTS_KEPT;
 use crate::catalog::to_feedback;
+use crate::plugins::bindings::Feedback;
 use crate::plugins::{ModelVersion, PluginRuntime};
-use crate::store::{EventRow, LearningRun, SnapshotRow, Store, VersionRow, unix_now, unix_now_ms};
+use crate::store::{LearningRun, SnapshotRow, Store, VersionRow, unix_now, unix_now_ms};
 
 impl Learning {
     /// Runs `job` to the end and records it. Each plugin switches serving to its new version
@@ -313,17 +314,16 @@ impl Learning {
         }
     }
 
-    /// Retrains `plugin` on `window` (events through `through_event`) and installs the result.
+    /// Retrains `plugin` on `feedback` (the training window's events through `through_event`) and installs the result.
     fn retrain_one(
         &self,
         plugin: &Arc<PluginRuntime>,
-        window: &[EventRow],
+        feedback: &[Feedback],
         version: u64,
         through_event: i64,
     ) -> Value {
         let started = Instant::now();
-        let feedback: Vec<_> = window.iter().map(to_feedback).collect();
-        let result = plugin.train(&feedback).and_then(|bytes| {
+        let result = plugin.train(feedback).and_then(|bytes| {
             self.remember_replaced(plugin);
             plugin.install(ModelVersion {
                 version,
@@ -479,7 +479,7 @@ pub fn save_snapshot(store: &Store, plugin: &PluginRuntime) -> anyhow::Result<()
 /// earlier update was offered), or a retrain's training window.
 enum JobEvents {
     Batch { batch: Batch, new: usize },
-    Window(Vec<EventRow>),
+    Window(Vec<Feedback>),
 }
 
 impl JobEvents {

@@ -168,8 +168,17 @@ impl PluginInstance {
                         budget.as_millis()
                     )))
                 } else if let Some(cap) = error.downcast_ref::<MemoryCapExceeded>() {
+                    let allowance = self.store.data().limits.events_allowance;
+                    let events = if allowance == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            " and {:.1} MiB for the events it was given",
+                            allowance as f64 / (1024.0 * 1024.0)
+                        )
+                    };
                     Err(trapped(format!(
-                        "exceeded its memory limit of {} MiB ({cap})",
+                        "exceeded its memory limit of {} MiB{events} ({cap})",
                         self.limits.memory_mb
                     )))
                 } else if error.downcast_ref::<Trap>().is_some() {
@@ -247,6 +256,7 @@ impl PluginInstance {
     }
 
     pub fn train(&mut self, events: &[Feedback]) -> Result<TrainingReport, CallError> {
+        self.allow_events(events);
         let budget = self.limits.train();
         let train = self.hot.train;
         self.call("train", budget, AnswerLimit::SMALL, |_, s| {
@@ -257,6 +267,7 @@ impl PluginInstance {
     }
 
     pub fn update(&mut self, events: &[Feedback]) -> Result<TrainingReport, CallError> {
+        self.allow_events(events);
         let budget = self.limits.update();
         let update = self.hot.update;
         self.call("update", budget, AnswerLimit::SMALL, |_, s| {
@@ -264,6 +275,15 @@ impl PluginInstance {
             let update = unsafe { LearnFn::new_unchecked(update) };
             Ok(update.call(s, (FastFeedback::slice(events),))?.0)
         })
+    }
+
+    /// See [`super::limiter::SandboxLimiter::allow_events`].
+    fn allow_events(&mut self, events: &[Feedback]) {
+        // What the list takes in the guest's memory, by the canonical ABI.
+        let bytes = events
+            .len()
+            .saturating_mul(<Feedback as wasmtime::component::ComponentType>::SIZE32);
+        self.store.data_mut().limits.allow_events(bytes);
     }
 
     /// An [`CallError::OverLimit`] for `call`.

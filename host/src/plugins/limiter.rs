@@ -35,6 +35,9 @@ pub struct SandboxLimiter {
     last_grant: usize,
     /// The largest `used` has been.
     pub peak_bytes: usize,
+    /// Bytes allowed on top of `limits.memory_mb` for the events a `train` or `update` call
+    /// was handed (see [`Self::allow_events`]).
+    pub events_allowance: usize,
 }
 
 impl SandboxLimiter {
@@ -44,6 +47,19 @@ impl SandboxLimiter {
             used: 0,
             last_grant: 0,
             peak_bytes: 0,
+            events_allowance: 0,
+        }
+    }
+
+    /// Lets the instance hold `bytes` more than its budget from now on, for the copy of the
+    /// events a `train` or `update` call hands it (24 bytes an event): `limits.memory_mb`
+    /// sizes the model, and the training window grows with the data, not with the model
+    /// (MovieLens 25M's is 600 MB). The largest list handed in counts, not their sum: the
+    /// guest frees a list after the call and reuses its memory.
+    pub fn allow_events(&mut self, bytes: usize) {
+        if bytes > self.events_allowance {
+            self.budget = self.budget.saturating_add(bytes - self.events_allowance);
+            self.events_allowance = bytes;
         }
     }
 

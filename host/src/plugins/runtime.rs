@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -117,6 +117,9 @@ pub struct PluginStatus {
     pub health: HealthReport,
     pub limits: PluginLimits,
     pub memory: PluginMemory,
+    /// This node's last full training of the plugin (at start-up or a retrain), if any since
+    /// it was loaded: `null` when its model came from a snapshot.
+    pub last_training: Option<TrainingCost>,
     /// Whether its calls may run on the server's async workers now (short calls, a budget
     /// under the request timeout), rather than on the blocking pool (for 10 s after slow or
     /// failed calls; for good once it waited inside WASI). See docs/architecture.md.
@@ -140,6 +143,19 @@ pub struct PluginMemory {
     /// The largest single instance: what each further pooled instance will cost.
     pub largest_instance_bytes: u64,
     pub total_bytes: u64,
+}
+
+/// What this node's last full training of a plugin cost, inside the sandbox.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TrainingCost {
+    /// Events it was given.
+    pub events: u64,
+    /// From instantiating the learner to the end of `train` (not `save`), in milliseconds.
+    pub train_ms: f64,
+    /// The most memory the learner instance held, the events it was given included.
+    pub peak_memory_bytes: u64,
+    /// The size of the snapshot it saved.
+    pub snapshot_bytes: u64,
 }
 
 pub struct PluginRuntime {
@@ -176,6 +192,7 @@ pub struct PluginRuntime {
     stats: CallStats,
     health: Health,
     placement: CallPlacement,
+    last_training: Mutex<Option<TrainingCost>>,
 }
 
 impl PluginRuntime {
@@ -270,6 +287,7 @@ impl PluginRuntime {
             stats: CallStats::default(),
             health,
             placement: CallPlacement::new(engine.clock().clone()),
+            last_training: Mutex::new(None),
         })
     }
 
@@ -347,6 +365,11 @@ impl PluginRuntime {
             health,
             limits: (*self.limits).clone(),
             memory: self.memory(),
+            last_training: self
+                .last_training
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             serving_inline: self.placement.inline()
                 && self.engine.inline_slots().allows(self.limits.recommend()),
         }
@@ -456,11 +479,24 @@ impl PluginRuntime {
         Ok(Session { instance })
     }
 
-    /// Trains a new model on `events` in a learner instance and returns its snapshot.
+    /// Trains a new model on `events` in a learner instance and returns its snapshot. What it
+    /// cost is kept for `/plugins` ([`TrainingCost`]).
     pub fn train(&self, events: &[Feedback]) -> Result<Vec<u8>, CallError> {
+        let started = Instant::now();
         let mut learner = self.configured_instance()?;
         learner.train(events)?;
-        learner.save()
+        let train_ms = started.elapsed().as_secs_f64() * 1e3;
+        let snapshot = learner.save()?;
+        *self
+            .last_training
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(TrainingCost {
+            events: events.len() as u64,
+            train_ms,
+            peak_memory_bytes: learner.peak_memory_bytes() as u64,
+            snapshot_bytes: snapshot.len() as u64,
+        });
+        Ok(snapshot)
     }
 
     /// Loads `snapshot` into a learner instance, applies `events`, and returns the new snapshot.
