@@ -10,9 +10,13 @@
 //!   database's size;
 //! - first start (every plugin trained inside its sandbox), then a restart from the
 //!   snapshots: time until the server listens;
-//! - host RSS idle, the plugins' instance memory (`/plugins`), each plugin's training time;
-//! - `/recommend` under wrk (default model, random users, 64 connections), uncached: p50,
-//!   p99 and requests/s, and RSS under that load.
+//! - host RSS idle; per plugin (`/plugins`): its training time and the training instance's
+//!   peak memory (the events it is given included), one serving instance's memory, the
+//!   snapshot's size;
+//! - `/recommend` under wrk (random users of the whole shape, 64 connections), uncached: the
+//!   default model, then each plugin on its own: p50, p99 and requests/s, and RSS under load;
+//! - the restart with the in-process cache on: `/recommend` for 2,000 users, once to fill the
+//!   cache and once measured.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
 use std::path::Path;
@@ -85,6 +89,13 @@ fn generated_users(report: &str) -> u64 {
         .expect("the user count in demo-data's output")
 }
 
+/// A wrk report whose every request was answered with 200: a figure of failures is no figure.
+fn answered(report: Value) -> Value {
+    assert_eq!(report["non_2xx"], 0, "requests failed: {report}");
+    assert_eq!(report["socket_errors"], 0, "requests failed: {report}");
+    report
+}
+
 fn measure(shape: &str, dir: &Path) -> Value {
     let data = dir.join(format!("dataset-{shape}"));
     let started = Instant::now();
@@ -122,7 +133,6 @@ fn measure(shape: &str, dir: &Path) -> Value {
     let first_start_s = started.elapsed().as_secs_f64();
     let (rss_idle, _) = server.memory();
     let plugins = server.get("/plugins").1;
-    let history = server.get("/learning/history?limit=10").1;
     let base = server.base.clone();
     // Users from the whole shape, not the demo's first 2,000 (a small hot set would flatter
     // the larger shapes).
@@ -130,22 +140,40 @@ fn measure(shape: &str, dir: &Path) -> Value {
     let script =
         wrk::RECOMMEND_LUA.replace("math.random(1, USERS)", &format!("math.random(1, {users})"));
     assert_ne!(script, wrk::RECOMMEND_LUA);
-    let load = wrk::wrk(&base, &script, 64, dir);
+    let load = answered(wrk::wrk(&base, &script, 64, dir));
     let (rss_loaded, rss_peak) = server.memory();
+    // Each plugin on its own, uncached.
+    let mut per_plugin = Vec::new();
+    for plugin in plugins["plugins"].as_array().unwrap() {
+        let name = plugin["name"].as_str().unwrap();
+        let one_plugin = script.replace(
+            r#""n_recommendations":10}"#,
+            &format!(r#""n_recommendations":10,"model_type":"{name}"}}"#),
+        );
+        assert_ne!(one_plugin, script);
+        let load = answered(wrk::wrk(&base, &one_plugin, 64, dir));
+        per_plugin.push(json!({
+            "plugin": name,
+            "largest_instance_bytes": plugin["memory"]["largest_instance_bytes"],
+            "total_bytes": plugin["memory"]["total_bytes"],
+            "train_s": plugin["last_training"]["train_ms"].as_f64().unwrap() / 1e3,
+            "training_peak_bytes": plugin["last_training"]["peak_memory_bytes"],
+            "snapshot_bytes": plugin["last_training"]["snapshot_bytes"],
+            "recommend": load,
+        }));
+    }
     drop(server);
+    // The restart, from the snapshots, with the in-process cache: then `/recommend` for the
+    // demo's 2,000 users, once to fill the cache and once measured.
+    let cached_config = config_text.replace("backend = \"off\"", "backend = \"memory\"");
+    assert_ne!(cached_config, config_text);
     let started = Instant::now();
-    let server = Server::start_in(&data_dir, &config_text).unwrap();
+    let server = Server::start_in(&data_dir, &cached_config).unwrap();
     let restart_s = started.elapsed().as_secs_f64();
+    let (rss_restarted, _) = server.memory();
+    wrk::wrk(&server.base, wrk::RECOMMEND_LUA, 64, dir);
+    let cached = answered(wrk::wrk(&server.base, wrk::RECOMMEND_LUA, 64, dir));
     drop(server);
-    let memory: Vec<Value> = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            json!({"plugin": p["name"], "largest_instance_bytes": p["memory"]["largest_instance_bytes"],
-                   "total_bytes": p["memory"]["total_bytes"]})
-        })
-        .collect();
     json!({
         "shape": shape,
         "events": events,
@@ -158,9 +186,10 @@ fn measure(shape: &str, dir: &Path) -> Value {
         "rss_idle_bytes": rss_idle,
         "rss_under_load_bytes": rss_loaded,
         "rss_peak_bytes": rss_peak,
-        "plugin_memory": memory,
-        "training": history["updates"],
+        "rss_after_restart_bytes": rss_restarted,
+        "plugins": per_plugin,
         "recommend_uncached": load,
+        "recommend_cached": cached,
     })
 }
 
@@ -206,21 +235,50 @@ fn print_table(results: &[Value]) {
             "/recommend_uncached/requests_per_second",
             1.0,
         ),
+        (
+            "/recommend cached p50 (ms)",
+            "/recommend_cached/p50_us",
+            1e-3,
+        ),
+        (
+            "/recommend cached p99 (ms)",
+            "/recommend_cached/p99_us",
+            1e-3,
+        ),
+        (
+            "/recommend cached (requests/s)",
+            "/recommend_cached/requests_per_second",
+            1.0,
+        ),
+        (
+            "host RSS after the restart (MiB)",
+            "/rss_after_restart_bytes",
+            MIB,
+        ),
     ]
     .into_iter()
     .map(|(label, pointer, unit)| (label.to_string(), pointer.to_string(), unit))
     .collect();
-    for (index, plugin) in results[0]["plugin_memory"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        rows.push((
-            format!("{}: one instance (MiB)", plugin["plugin"].as_str().unwrap()),
-            format!("/plugin_memory/{index}/largest_instance_bytes"),
-            MIB,
-        ));
+    for (index, plugin) in results[0]["plugins"].as_array().unwrap().iter().enumerate() {
+        let name = plugin["plugin"].as_str().unwrap();
+        for (label, pointer, unit) in [
+            ("training in the sandbox (s)", "train_s", 1.0),
+            (
+                "training instance's peak memory (MiB)",
+                "training_peak_bytes",
+                MIB,
+            ),
+            ("one serving instance (MiB)", "largest_instance_bytes", MIB),
+            ("snapshot (MiB)", "snapshot_bytes", MIB),
+            ("/recommend uncached p50 (ms)", "recommend/p50_us", 1e-3),
+            ("/recommend uncached p99 (ms)", "recommend/p99_us", 1e-3),
+        ] {
+            rows.push((
+                format!("{name}: {label}"),
+                format!("/plugins/{index}/{pointer}"),
+                unit,
+            ));
+        }
     }
     let names: Vec<String> = results
         .iter()
