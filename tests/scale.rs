@@ -156,7 +156,8 @@ fn measure(shape: &str, dir: &Path) -> Value {
             "plugin": name,
             "largest_instance_bytes": plugin["memory"]["largest_instance_bytes"],
             "total_bytes": plugin["memory"]["total_bytes"],
-            "train_s": plugin["last_training"]["train_ms"].as_f64().unwrap() / 1e3,
+            // Null when the model came from a snapshot (not on a fresh data directory).
+            "train_s": plugin["last_training"]["train_ms"].as_f64().map(|ms| ms / 1e3),
             "training_peak_bytes": plugin["last_training"]["peak_memory_bytes"],
             "snapshot_bytes": plugin["last_training"]["snapshot_bytes"],
             "recommend": load,
@@ -259,6 +260,7 @@ fn print_table(results: &[Value]) {
     .into_iter()
     .map(|(label, pointer, unit)| (label.to_string(), pointer.to_string(), unit))
     .collect();
+    // `/plugins` lists plugins by name, so index `i` is the same plugin in every shape.
     for (index, plugin) in results[0]["plugins"].as_array().unwrap().iter().enumerate() {
         let name = plugin["plugin"].as_str().unwrap();
         for (label, pointer, unit) in [
@@ -294,7 +296,13 @@ fn print_table(results: &[Value]) {
     for (label, pointer, unit) in &rows {
         let values: Vec<f64> = results
             .iter()
-            .map(|r| r.pointer(pointer).and_then(Value::as_f64).unwrap() * unit)
+            // A missing figure (a null training) shows as NaN rather than stopping the table.
+            .map(|r| {
+                r.pointer(pointer)
+                    .and_then(Value::as_f64)
+                    .unwrap_or(f64::NAN)
+                    * unit
+            })
             .collect();
         let cells: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
         let growth = values[values.len() - 1] / values[0];

@@ -48,6 +48,15 @@ struct State {
 }
 
 impl Content {
+    /// [`Strategy::update`] on borrowed events (see [`Self::train_on`]).
+    pub fn update_on(&mut self, events: &[Feedback]) -> Result<TrainingReport, StrategyError> {
+        self.learn(events)?;
+        Ok(TrainingReport {
+            events_used: events.len() as u64,
+            message: String::new(),
+        })
+    }
+
     /// [`Strategy::train`] on borrowed events: the hybrid plugin trains this model and its
     /// collaborative one on the same window without a copy of it (600 MB at MovieLens 25M).
     pub fn train_on(&mut self, events: &[Feedback]) -> Result<TrainingReport, StrategyError> {
@@ -299,11 +308,7 @@ impl Strategy for Content {
     }
 
     fn update(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
-        self.learn(&events)?;
-        Ok(TrainingReport {
-            events_used: events.len() as u64,
-            message: String::new(),
-        })
+        self.update_on(&events)
     }
 
     fn recommend(&self, request: &Request) -> Result<Vec<Scored>, StrategyError> {

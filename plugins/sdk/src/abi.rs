@@ -82,7 +82,7 @@ pub unsafe fn recommend(
     let result = answer(&request);
     drop(request);
     let area = (&raw mut RETURN_AREA).cast::<u8>();
-    // SAFETY: `area` is this module's own 16-byte, 8-aligned return area; the offsets are the
+    // SAFETY: `area` is this module's own 24-byte, 8-aligned return area; the offsets are the
     // ones the module's documentation lists, all within it and aligned for what they hold.
     unsafe {
         match result {
