@@ -99,6 +99,45 @@ fn eval_reports_every_metric_per_plugin_and_collaborative_beats_popularity_on_cl
 }
 
 #[test]
+fn a_generated_ml_latest_dataset_is_evaluated_on_a_sample_of_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("generated");
+    let generated = Command::new(binary())
+        .args([
+            "demo-data",
+            "--users",
+            "600",
+            "--items",
+            "300",
+            "--events",
+            "30000",
+            "--out",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+    let data = data.to_str().unwrap();
+    let args = [
+        "--dataset",
+        data,
+        "--split",
+        "random",
+        "--plugins",
+        "popularity,collaborative",
+    ];
+    let all = eval(&args, dir.path());
+    let sampled = eval(&[&args[..], &["--max-users", "100"]].concat(), dir.path());
+    for report in [&all, &sampled] {
+        // The generator's taste clusters are there to be found.
+        let ndcg = |plugin: &str| report[plugin]["ndcg@10"].as_f64().unwrap();
+        assert!(ndcg("collaborative") > ndcg("popularity") * 1.5, "{report}");
+    }
+    assert!(all["popularity"]["users"].as_u64().unwrap() > 500, "{all}");
+    assert_eq!(sampled["popularity"]["users"], 100, "{sampled}");
+}
+
+#[test]
 fn eval_refuses_bad_arguments_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _) = clustered_ratings(dir.path());
@@ -150,6 +189,33 @@ fn eval_refuses_bad_arguments_with_a_message() {
                 &popularity,
             ],
             "already declared",
+        ),
+        (
+            vec!["--dataset", "/no/such/folder", "--split", "random"],
+            "/no/such/folder",
+        ),
+        (vec!["--dataset", "/tmp"], "--split"),
+        (
+            vec![
+                "--dataset",
+                "/tmp",
+                "--split",
+                "random",
+                "--train",
+                train.as_str(),
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "--train",
+                train.as_str(),
+                "--split",
+                "random",
+                "--max-users",
+                "0",
+            ],
+            "--max-users must be at least 1",
         ),
     ] {
         let output = Command::new(binary())

@@ -1027,8 +1027,11 @@ fn a_plugin_whose_update_fails_for_a_while_learns_again_at_a_retry() {
         200
     );
     // Its update fails, the others learn; then, with no new event, a retry brings it level.
+    // (Plugins update one after another, by name: the failure is on record before popularity
+    // has learned, so wait for both.)
     let stats = server.wait_for("/learning/stats", WAIT, |stats| {
         stats["models"]["misbehaving"]["failed_updates"].as_u64() >= Some(1)
+            && stats["models"]["popularity"]["through_event"] == stats["total_events_stored"]
     });
     let newest = stats["models"]["popularity"]["through_event"].clone();
     let stats = server.wait_for("/learning/stats", WAIT, |stats| {

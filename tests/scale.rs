@@ -16,7 +16,9 @@
 //! - `/recommend` under wrk (random users of the whole shape, 64 connections), uncached: the
 //!   default model, then each plugin on its own: p50, p99 and requests/s, and RSS under load;
 //! - the restart with the in-process cache on: `/recommend` for 2,000 users, once to fill the
-//!   cache and once measured.
+//!   cache and once measured;
+//! - quality: `recohost eval` on the shape's dataset, random 80/20 split, NDCG@10 of every
+//!   plugin (popularity is the baseline) over at most 5,000 test users.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
 
 use std::path::Path;
@@ -88,6 +90,10 @@ fn generated_users(report: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .expect("the user count in demo-data's output")
 }
+
+/// Test users scored per shape by `recohost eval` (a sample at M and L: every user of L is
+/// 162k lists per plugin).
+const EVAL_USERS: usize = 5_000;
 
 /// A wrk report whose every request was answered with 200: a figure of failures is no figure.
 fn answered(report: Value) -> Value {
@@ -175,6 +181,16 @@ fn measure(shape: &str, dir: &Path) -> Value {
     wrk::wrk(&server.base, wrk::RECOMMEND_LUA, 64, dir);
     let cached = answered(wrk::wrk(&server.base, wrk::RECOMMEND_LUA, 64, dir));
     drop(server);
+    // Quality on the shape's own held-out split, every plugin against popularity.
+    let started = Instant::now();
+    let quality: Value = serde_json::from_str(&run(Command::new(binary())
+        .args(["eval", "--split", "random", "--seed", "42", "--json"])
+        .args(["--max-users", &EVAL_USERS.to_string(), "--dataset"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config_path)))
+    .expect("eval --json prints JSON");
+    let eval_s = started.elapsed().as_secs_f64();
     json!({
         "shape": shape,
         "events": events,
@@ -191,6 +207,8 @@ fn measure(shape: &str, dir: &Path) -> Value {
         "plugins": per_plugin,
         "recommend_uncached": load,
         "recommend_cached": cached,
+        "quality": quality,
+        "eval_s": eval_s,
     })
 }
 
@@ -281,6 +299,11 @@ fn print_table(results: &[Value]) {
                 unit,
             ));
         }
+        rows.push((
+            format!("{name}: NDCG@10, random 80/20 split"),
+            format!("/quality/{name}/ndcg@10"),
+            1.0,
+        ));
     }
     let names: Vec<String> = results
         .iter()
@@ -304,7 +327,8 @@ fn print_table(results: &[Value]) {
                     * unit
             })
             .collect();
-        let cells: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+        let precision = if label.contains("NDCG") { 4 } else { 1 };
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.precision$}")).collect();
         let growth = values[values.len() - 1] / values[0];
         println!("| {label} | {} | {growth:.2}x |", cells.join(" | "));
     }

@@ -205,8 +205,16 @@ struct EvalArgs {
     config: Option<PathBuf>,
     /// Training ratings (u.data format: user, item, rating, timestamp). With --split, the one
     /// ratings file to split.
-    #[arg(long, alias = "ratings")]
-    train: PathBuf,
+    #[arg(long, alias = "ratings", required_unless_present = "dataset")]
+    train: Option<PathBuf>,
+    /// A MovieLens folder to split instead (ml-100k, or ml-latest's ratings.csv and
+    /// movies.csv, as `recohost import` and `recohost demo-data` read and write them); its
+    /// items are the catalog.
+    #[arg(long, conflicts_with_all = ["train", "test", "items"], requires = "split")]
+    dataset: Option<PathBuf>,
+    /// Score at most this many test users, spread evenly (all by default).
+    #[arg(long, conflicts_with = "prequential")]
+    max_users: Option<usize>,
     /// Test ratings, same format.
     #[arg(long, conflicts_with = "split")]
     test: Option<PathBuf>,
@@ -557,11 +565,28 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.test_fraction) || args.test_fraction == 0.0 {
         anyhow::bail!("--test-fraction must be between 0 and 1");
     }
-    let ratings = recohost::import::movielens::read_ratings(&args.train, true)?;
-    let items = match &args.items {
-        Some(path) => recohost::import::movielens::read_100k_items(path)?,
-        None => Vec::new(),
+    let (ratings, items, source) = match (&args.dataset, &args.train) {
+        (Some(folder), _) => {
+            let dataset = recohost::import::movielens::open(folder, true)?;
+            let ratings = dataset
+                .events
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            (ratings, dataset.items, folder.clone())
+        }
+        (None, Some(train)) => {
+            let items = match &args.items {
+                Some(path) => recohost::import::movielens::read_100k_items(path)?,
+                None => Vec::new(),
+            };
+            let ratings = recohost::import::movielens::read_ratings(train, true)?;
+            (ratings, items, train.clone())
+        }
+        (None, None) => anyhow::bail!("give --ratings FILE or --dataset DIR"),
     };
+    if args.max_users == Some(0) {
+        anyhow::bail!("--max-users must be at least 1");
+    }
     if args.prequential {
         if args.batch == 0 {
             anyhow::bail!("--batch must be at least 1");
@@ -578,7 +603,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         if let Some(path) = &args.plot {
             let title = format!(
                 "{}, prequential replay of the newest {:.0}% (updates every {} events)",
-                short_path(&args.train).display(),
+                short_path(&source).display(),
                 args.test_fraction * 100.0,
                 args.batch
             );
@@ -611,6 +636,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         plugins: args.plugins,
         progress: true,
         rating_scale: (config.events.rating_min, config.events.rating_max),
+        max_users: args.max_users,
     };
     let data = recohost::eval::EvalData { items, train, test };
     let scores = recohost::eval::run(&config, data, &options)?;
@@ -625,7 +651,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             ),
             None => "given test file".to_string(),
         };
-        let title = format!("{}, {split}", short_path(&args.train).display());
+        let title = format!("{}, {split}", short_path(&source).display());
         recohost::eval::plot::write_metric_vs_k(&scores, &title, path)?;
         eprintln!("wrote {}", path.display());
     }
