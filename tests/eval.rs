@@ -194,7 +194,11 @@ fn eval_refuses_bad_arguments_with_a_message() {
             vec!["--dataset", "/no/such/folder", "--split", "random"],
             "/no/such/folder",
         ),
-        (vec!["--dataset", "/tmp"], "--split"),
+        (
+            vec!["--dataset", "/tmp", "--test", train.as_str()],
+            "cannot be used with",
+        ),
+        (vec!["--split", "random"], "--dataset"),
         (
             vec![
                 "--dataset",
@@ -215,7 +219,7 @@ fn eval_refuses_bad_arguments_with_a_message() {
                 "--max-users",
                 "0",
             ],
-            "--max-users must be at least 1",
+            "--max-users",
         ),
     ] {
         let output = Command::new(binary())

@@ -17,6 +17,7 @@
 //!   default model, then each plugin on its own: p50, p99 and requests/s, and RSS under load;
 //! - the restart with the in-process cache on: `/recommend` for 2,000 users, once to fill the
 //!   cache and once measured;
+//! - an update of 1,000 ratings: each plugin's time to learn them and serve the new model;
 //! - quality: `recohost eval` on the shape's dataset, random 80/20 split, NDCG@10 of every
 //!   plugin (popularity is the baseline) over at most 5,000 test users.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: fail loudly
@@ -89,6 +90,44 @@ fn generated_users(report: &str) -> u64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .expect("the user count in demo-data's output")
+}
+
+/// Stores 1,000 ratings by users spread over the shape (items among the first 1,000) in one
+/// batch, which fills the learning buffer (`update_buffer_size`, 1,000 by default) and starts
+/// an update; returns that update's record: per plugin `duration_ms`, the `update` call
+/// and the serving model's swap.
+fn update_of_1000_events(server: &Server, users: u64) -> Value {
+    let events: Vec<Value> = (0..1_000u64)
+        .map(|i| {
+            json!({"user_id": (1 + i * 7_919 % users).to_string(),
+                   "item_id": (1 + i * 104_729 % 1_000).to_string(),
+                   "event_type": "rate", "rating": 4.0})
+        })
+        .collect();
+    let (status, answer) = server.post("/events/batch", &json!({ "events": events }));
+    assert_eq!(status, 200, "{answer}");
+    let update_id = answer["model_update"]["update_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("1,000 events started no update: {answer}"));
+    let timeout = std::time::Duration::from_secs(600);
+    let history = server.wait_for("/learning/history?limit=20", timeout, |body| {
+        body["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|run| run["update_id"] == update_id)
+    });
+    let run = history["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|run| run["update_id"] == update_id)
+        .unwrap()
+        .clone();
+    for (plugin, outcome) in run["outcomes"].as_object().unwrap() {
+        assert_eq!(outcome["status"], "updated", "{plugin}: {run}");
+    }
+    run
 }
 
 /// Test users scored per shape by `recohost eval` (a sample at M and L: every user of L is
@@ -180,6 +219,9 @@ fn measure(shape: &str, dir: &Path) -> Value {
     let (rss_restarted, _) = server.memory();
     wrk::wrk(&server.base, wrk::RECOMMEND_LUA, 64, dir);
     let cached = answered(wrk::wrk(&server.base, wrk::RECOMMEND_LUA, 64, dir));
+    // Last on this server: what the update leaves behind (snapshots, a learner) must not
+    // weigh on the figures above.
+    let update = update_of_1000_events(&server, users);
     drop(server);
     // Quality on the shape's own held-out split, every plugin against popularity.
     let started = Instant::now();
@@ -207,6 +249,7 @@ fn measure(shape: &str, dir: &Path) -> Value {
         "plugins": per_plugin,
         "recommend_uncached": load,
         "recommend_cached": cached,
+        "update": update,
         "quality": quality,
         "eval_s": eval_s,
     })
@@ -299,6 +342,11 @@ fn print_table(results: &[Value]) {
                 unit,
             ));
         }
+        rows.push((
+            format!("{name}: update of 1,000 events (ms)"),
+            format!("/update/outcomes/{name}/duration_ms"),
+            1.0,
+        ));
         rows.push((
             format!("{name}: NDCG@10, random 80/20 split"),
             format!("/quality/{name}/ndcg@10"),

@@ -199,22 +199,23 @@ enum PluginCommand {
 }
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["train", "dataset"]))]
 struct EvalArgs {
     /// Config file declaring the plugins to evaluate. Default: ./recohost.toml.
     #[arg(long, env = "RECOHOST_CONFIG")]
     config: Option<PathBuf>,
     /// Training ratings (u.data format: user, item, rating, timestamp). With --split, the one
     /// ratings file to split.
-    #[arg(long, alias = "ratings", required_unless_present = "dataset")]
+    #[arg(long, alias = "ratings", group = "source")]
     train: Option<PathBuf>,
     /// A MovieLens folder to split instead (ml-100k, or ml-latest's ratings.csv and
     /// movies.csv, as `recohost import` and `recohost demo-data` read and write them); its
     /// items are the catalog.
-    #[arg(long, conflicts_with_all = ["train", "test", "items"], requires = "split")]
+    #[arg(long, group = "source", conflicts_with_all = ["test", "items"])]
     dataset: Option<PathBuf>,
     /// Score at most this many test users, spread evenly (all by default).
-    #[arg(long, conflicts_with = "prequential")]
-    max_users: Option<usize>,
+    #[arg(long, conflicts_with = "prequential", value_parser = clap::value_parser!(u64).range(1..))]
+    max_users: Option<u64>,
     /// Test ratings, same format.
     #[arg(long, conflicts_with = "split")]
     test: Option<PathBuf>,
@@ -584,9 +585,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --ratings FILE or --dataset DIR"),
     };
-    if args.max_users == Some(0) {
-        anyhow::bail!("--max-users must be at least 1");
-    }
+
     if args.prequential {
         if args.batch == 0 {
             anyhow::bail!("--batch must be at least 1");
@@ -636,7 +635,9 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         plugins: args.plugins,
         progress: true,
         rating_scale: (config.events.rating_min, config.events.rating_max),
-        max_users: args.max_users,
+        max_users: args
+            .max_users
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let data = recohost::eval::EvalData { items, train, test };
     let scores = recohost::eval::run(&config, data, &options)?;

@@ -165,14 +165,30 @@ fn prepare(data: EvalData, k: usize, history_limit: usize) -> Prepared {
 }
 
 impl Prepared {
-    /// Keeps `max` of the evaluated users, every n-th in index order, and only their ratings.
+    /// Keeps `max` of the evaluated users, spread evenly in index order (the order of their
+    /// first training event), and only their ratings.
     fn sample_users(&mut self, max: usize) {
-        if self.cases.len() <= max {
+        let n = self.cases.len();
+        if n <= max {
             return;
         }
-        let step = self.cases.len().div_ceil(max.max(1));
+        // Case `i * n / max` for each `i` below `max`: strictly increasing since n > max.
+        let mut next = 0;
+        let mut kept = 0;
         let cases = std::mem::take(&mut self.cases);
-        self.cases = cases.into_iter().step_by(step).collect();
+        self.cases = cases
+            .into_iter()
+            .enumerate()
+            .filter(|&(index, _)| {
+                let keep = kept < max && index == next;
+                if keep {
+                    kept += 1;
+                    next = kept * n / max;
+                }
+                keep
+            })
+            .map(|(_, case)| case)
+            .collect();
         let kept: HashSet<u32> = self.cases.iter().filter_map(|(r, _)| r.user).collect();
         self.ratings.retain(|user, _| kept.contains(user));
     }

@@ -27,6 +27,9 @@ pub struct Dataset {
 
 /// Opens a MovieLens folder, recognizing its format from the files in it.
 pub fn open(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
+    if !folder.is_dir() {
+        bail!("{}: no such folder", folder.display());
+    }
     if folder.join("u.data").exists() && folder.join("u.item").exists() {
         let items = read_100k_items(&folder.join("u.item"))?;
         let events = read_ratings(&folder.join("u.data"), progress)?;
