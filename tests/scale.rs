@@ -95,7 +95,8 @@ fn generated_users(report: &str) -> u64 {
 /// Stores 1,000 ratings by users spread over the shape (items among the first 1,000) in one
 /// batch, which fills the learning buffer (`update_buffer_size`, 1,000 by default) and starts
 /// an update; returns that update's record: per plugin `duration_ms`, the `update` call
-/// and the serving model's swap.
+/// and the serving model's swap. A plugin whose update failed is reported (its `error` in
+/// the record, a NaN in the table), not fatal: that is a finding of the run.
 fn update_of_1000_events(server: &Server, users: u64) -> Value {
     let events: Vec<Value> = (0..1_000u64)
         .map(|i| {
@@ -124,8 +125,12 @@ fn update_of_1000_events(server: &Server, users: u64) -> Value {
         .find(|run| run["update_id"] == update_id)
         .unwrap()
         .clone();
-    for (plugin, outcome) in run["outcomes"].as_object().unwrap() {
-        assert_eq!(outcome["status"], "updated", "{plugin}: {run}");
+    let mut run = run;
+    for (plugin, outcome) in run["outcomes"].as_object_mut().unwrap() {
+        if outcome["status"] != "updated" {
+            eprintln!("{plugin}: its update of 1,000 events failed: {outcome}");
+            outcome["duration_ms"] = Value::Null;
+        }
     }
     run
 }

@@ -173,7 +173,7 @@ impl PluginInstance {
                         String::new()
                     } else {
                         format!(
-                            " and {:.1} MiB for the events it was given",
+                            " and {:.2} MiB for the events it was given",
                             allowance as f64 / (1024.0 * 1024.0)
                         )
                     };
