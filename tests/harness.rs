@@ -426,6 +426,27 @@ impl Server {
         }
     }
 
+    /// Waits until the learning run `update_id` has finished (its record is in the history and
+    /// the buffer bookkeeping is done) and returns its record; panics after `timeout`.
+    pub fn wait_for_run(&self, update_id: u64, timeout: Duration) -> Value {
+        self.wait_for("/learning/stats", timeout, |stats| {
+            stats["last_update"]["update_id"].as_u64() >= Some(update_id)
+                && stats["running"].is_null()
+        });
+        let history = self.wait_for("/learning/history?limit=50", timeout, |body| {
+            body["updates"]
+                .as_array()
+                .unwrap_or(&Vec::new())
+                .iter()
+                .any(|run| run["update_id"] == update_id)
+        });
+        history["updates"]
+            .as_array()
+            .and_then(|runs| runs.iter().find(|run| run["update_id"] == update_id))
+            .cloned()
+            .expect("the run is in the history")
+    }
+
     /// The IDs of every item `user_id` interacted with, as JSON values.
     pub fn seen_items(&self, user_id: &str) -> Vec<Value> {
         let (status, user) = self.get(&format!("/users/{user_id}?limit=1000"));

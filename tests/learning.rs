@@ -29,28 +29,6 @@ fn versions(stats: &Value) -> Vec<u64> {
         .collect()
 }
 
-/// Waits until the learning run `update_id` has finished (its record is in the history and
-/// the buffer bookkeeping is done) and returns it.
-fn wait_for_run(server: &Server, update_id: u64) -> Value {
-    server.wait_for("/learning/stats", WAIT, |stats| {
-        stats["last_update"]["update_id"].as_u64() >= Some(update_id) && stats["running"].is_null()
-    });
-    let history = server.wait_for("/learning/history?limit=50", WAIT, |body| {
-        body["updates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|run| run["update_id"] == update_id)
-    });
-    history["updates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|run| run["update_id"] == update_id)
-        .unwrap()
-        .clone()
-}
-
 #[test]
 fn an_event_is_stored_registers_its_user_and_reports_the_buffer() {
     let (_temp, server) = start("");
@@ -250,7 +228,7 @@ fn updates_run_on_buffer_size_interval_and_request_and_keep_a_history() {
     assert_eq!(answer["online_learning"]["should_update"], true);
     assert_eq!(answer["model_update"]["scheduled"], true);
     let update_id = answer["model_update"]["update_id"].as_u64().unwrap();
-    let run = wait_for_run(&server, update_id);
+    let run = server.wait_for_run(update_id, WAIT);
     assert_eq!(run["trigger"], "buffer_size");
     assert_eq!(run["kind"], "update");
     assert_eq!(run["feedback_count"], 5);
@@ -322,7 +300,7 @@ fn a_retrain_runs_in_the_background_and_swaps_every_model() {
         (202, Some("scheduled")),
         "{answer}"
     );
-    let run = wait_for_run(&server, answer["update_id"].as_u64().unwrap());
+    let run = server.wait_for_run(answer["update_id"].as_u64().unwrap(), WAIT);
     assert_eq!(run["kind"], "retrain");
     assert_eq!(run["trigger"], "manual");
     assert_eq!(run["feedback_count"], 50_000, "the training window");
@@ -474,7 +452,7 @@ fn recommendations_move_toward_what_a_new_user_liked() {
     assert_eq!(status, 200);
     let (status, answer) = server.post_as("/learning/trigger-update", None);
     assert_eq!(status, 202, "{answer}");
-    let run = wait_for_run(&server, answer["update_id"].as_u64().unwrap());
+    let run = server.wait_for_run(answer["update_id"].as_u64().unwrap(), WAIT);
     assert_eq!(run["models_updated"], PLUGINS.len(), "{run}");
 
     for model in ["collaborative", "hybrid", "content"] {

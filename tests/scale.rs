@@ -110,22 +110,7 @@ fn update_of_1000_events(server: &Server, users: u64) -> Value {
     let update_id = answer["model_update"]["update_id"]
         .as_u64()
         .unwrap_or_else(|| panic!("1,000 events started no update: {answer}"));
-    let timeout = std::time::Duration::from_secs(600);
-    let history = server.wait_for("/learning/history?limit=20", timeout, |body| {
-        body["updates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|run| run["update_id"] == update_id)
-    });
-    let run = history["updates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|run| run["update_id"] == update_id)
-        .unwrap()
-        .clone();
-    let mut run = run;
+    let mut run = server.wait_for_run(update_id, std::time::Duration::from_secs(600));
     for (plugin, outcome) in run["outcomes"].as_object_mut().unwrap() {
         if outcome["status"] != "updated" {
             eprintln!("{plugin}: its update of 1,000 events failed: {outcome}");

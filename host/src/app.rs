@@ -370,13 +370,16 @@ fn load_plugins(
     Ok(registry)
 }
 
+/// A training window's events and the id of its newest.
+type Window = (Vec<Feedback>, i64);
+
 /// The training window of a start-up or a reload, read from the store at most once for all
 /// the plugins that need it, and only if one does: at MovieLens 25M's size it is 600 MB.
 pub(crate) struct TrainingSet<'a> {
     store: &'a Store,
     config: &'a LearningConfig,
     items: u32,
-    window: Mutex<Option<Arc<(Vec<Feedback>, i64)>>>,
+    window: Mutex<Option<Arc<Window>>>,
 }
 
 impl<'a> TrainingSet<'a> {
@@ -390,7 +393,7 @@ impl<'a> TrainingSet<'a> {
     }
 
     /// The window's events and the id of its newest. Callers wait while one reads it.
-    fn window(&self) -> anyhow::Result<Arc<(Vec<Feedback>, i64)>> {
+    fn window(&self) -> anyhow::Result<Arc<Window>> {
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(window) = &*window {
             return Ok(window.clone());

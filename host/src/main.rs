@@ -568,12 +568,8 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let (ratings, items, source) = match (&args.dataset, &args.train) {
         (Some(folder), _) => {
-            let dataset = recohost::import::movielens::open(folder, true)?;
-            let ratings = dataset
-                .events
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
-            (ratings, dataset.items, folder.clone())
+            let dataset = recohost::import::movielens::read(folder, true)?;
+            (dataset.events, dataset.items, folder.clone())
         }
         (None, Some(train)) => {
             let items = match &args.items {

@@ -314,7 +314,8 @@ impl Learning {
         }
     }
 
-    /// Retrains `plugin` on `feedback` (the training window's events through `through_event`) and installs the result.
+    /// Retrains `plugin` on `feedback` (the training window's events through
+    /// `through_event`) and installs the result.
     fn retrain_one(
         &self,
         plugin: &Arc<PluginRuntime>,

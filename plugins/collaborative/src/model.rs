@@ -211,6 +211,12 @@ impl Collaborative {
         scores
     }
 
+    /// The items the weights cover (at most `max_items`, the most interacted), in the order
+    /// of [`Self::score_modeled`]'s scores. Exposed for `hybrid`.
+    pub fn modeled_items(&self) -> &[ItemIndex] {
+        &self.state.weights.items
+    }
+
     /// [`Self::score_history`] where it is not zero: the modeled items (at most `max_items`)
     /// and their scores, in the same order. Every other item scores 0. Exposed for `hybrid`,
     /// which then need not walk the whole catalog for this part.

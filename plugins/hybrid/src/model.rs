@@ -161,8 +161,11 @@ impl Hybrid {
         }
     }
 
-    /// Blended scores of every item for this request; excluded items are NaN.
-    pub fn blend(&self, request: &Request) -> Vec<f32> {
+    /// Blended scores of every item for this request; excluded items are NaN. Serving uses
+    /// [`Self::best`]; this dense form is what the tests compare with the item-by-item
+    /// formula.
+    #[cfg(test)]
+    fn blend(&self, request: &Request) -> Vec<f32> {
         let blend = self.prepare(request);
         let set_of = self.content.tag_set_of();
         let popularity = self.collaborative.popularity_scores();
@@ -226,7 +229,7 @@ impl Hybrid {
         for (&end, &base) in self.unmodeled_by_set_ends.iter().zip(&blend.base) {
             let items = &self.unmodeled_by_set[start..end];
             let score = |item: u32| base + p.0 * (popularity[item as usize] - p.1);
-            take_first_allowed(items, count, &excluded, score, &mut candidates);
+            take_first_allowed(items, count, excluded, score, &mut candidates);
             start = end;
         }
         order_best(candidates, count, popularity)
@@ -246,7 +249,7 @@ impl Hybrid {
 
         let set_of = self.content.tag_set_of();
         let mut modeled = vec![false; popularity.len()];
-        for &item in self.collaborative.score_modeled(&[]).0 {
+        for &item in self.collaborative.modeled_items() {
             modeled[item as usize] = true;
         }
         // Most popular first, ties to the lower index; then grouped by tag set, keeping that
@@ -558,7 +561,7 @@ mod tests {
         model.train(events).unwrap();
         let most_popular = *model.popularity_order.last().unwrap();
         let least_popular = model.popularity_order[0];
-        let modeled = model.collaborative.score_modeled(&[]).0.to_vec();
+        let modeled = model.collaborative.modeled_items().to_vec();
         let unmodeled = (0..ITEMS).find(|item| !modeled.contains(item)).unwrap();
         let all_but =
             |kept: &[u32]| -> Vec<u32> { (0..ITEMS).filter(|i| !kept.contains(i)).collect() };
