@@ -45,6 +45,9 @@ pub struct Ratings {
     /// Derived from `state`, recomputed whenever `train`, `update` or `load` change it, so a
     /// request only selects from it.
     ranking: Vec<f32>,
+    /// Set by `load`, cleared by the next `update`: the model still sits above the hole the
+    /// snapshot's bytes left in linear memory (see [`Ratings::move_into_snapshot_hole`]).
+    above_snapshot_hole: bool,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -73,6 +76,22 @@ struct Similarities {
 }
 
 impl Ratings {
+    /// Copies the model down into the space the loaded snapshot's bytes occupied.
+    ///
+    /// `load` decodes the users' ratings above the snapshot's bytes, which are freed when it
+    /// returns. A learner's first `update` then ends in `save`, which needs one block a little
+    /// larger than that hole (the snapshot grew by the update), so the instance grew by a
+    /// whole snapshot more: at MovieLens 25M's size 162 MiB of bytes + 190 MiB of ratings +
+    /// the new snapshot = 547 MB, over the default 512 MiB limit. wasi-libc's allocator fills
+    /// freed chunks before it grows memory, so a copy made now lands in the hole, and the
+    /// model's old place, freed in one piece, is where the new snapshot then fits: the learner
+    /// peaks at what `load` needed.
+    fn move_into_snapshot_hole(&mut self) {
+        if std::mem::take(&mut self.above_snapshot_hole) {
+            self.state = self.state.clone();
+        }
+    }
+
     fn mean(&self) -> f64 {
         if self.state.count == 0 {
             3.0
@@ -335,10 +354,12 @@ impl Strategy for Ratings {
             catalog_len,
             state,
             ranking: vec![f32::NEG_INFINITY; catalog_len],
+            above_snapshot_hole: false,
         })
     }
 
     fn train(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
+        self.above_snapshot_hole = false;
         self.state = State {
             item_sums: vec![0.0; self.catalog_len],
             item_counts: vec![0; self.catalog_len],
@@ -356,6 +377,7 @@ impl Strategy for Ratings {
     }
 
     fn update(&mut self, events: Vec<Feedback>) -> Result<TrainingReport, StrategyError> {
+        self.move_into_snapshot_hole();
         let (used, new) = self.absorb(&events)?;
         self.state.pending += new;
         let refreshed = self.state.pending as f64
@@ -417,6 +439,7 @@ impl Strategy for Ratings {
             )));
         }
         self.state = state;
+        self.above_snapshot_hole = true;
         self.refresh_ranking();
         Ok(())
     }
