@@ -62,9 +62,9 @@ fn main() {
         let keep = mode == "histories";
         let before = resident_bytes();
         let mut records = if keep {
-            Users::new(ids(), &[])
+            Users::new(ids())
         } else {
-            Users::without_histories(ids(), &[])
+            Users::without_histories(ids())
         };
         for k in 0..per_user {
             for user in 0..users {
@@ -113,7 +113,7 @@ fn main() {
     }
     let temp = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(Store::open(&temp.path().join("db")).expect("store"));
-    let records = Arc::new(RwLock::new(Users::without_histories(ids(), &[])));
+    let records = Arc::new(RwLock::new(Users::without_histories(ids())));
     let cache = CacheConfig {
         redis_url: format!("redis://127.0.0.1:{port}"),
         timeout_ms: 5_000,
@@ -186,7 +186,7 @@ fn main() {
             );
         }
     });
-    let local_users = Arc::new(RwLock::new(Users::new(ids(), &[])));
+    let local_users = Arc::new(RwLock::new(Users::new(ids())));
     {
         let mut records = local_users.write().unwrap_or_else(|p| p.into_inner());
         for k in 0..per_user {

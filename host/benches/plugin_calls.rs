@@ -29,7 +29,10 @@ fn bench(c: &mut Criterion) {
         .expect("demo data");
     let catalog = Catalog::new(store.items().expect("items"));
     let events = store.events_after(0).expect("events");
-    let users = Users::new(store.users().expect("users"), &events);
+    let mut users = Users::new(store.users().expect("users"));
+    for event in &events {
+        users.record(event);
+    }
     let feedback: Vec<_> = events.iter().map(to_feedback).collect();
     let engine = PluginEngine::new(None).expect("engine");
 

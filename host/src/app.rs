@@ -124,17 +124,40 @@ impl App {
             &TrainingSet::new(&store, &config.learning, &catalog),
         )?;
 
-        // Read after the trainings, not before: at MovieLens 25M's size these events and the
-        // histories built from them are 1.6 GB, which the trainings' own copy of the window
-        // (and two sandboxes holding it) would come on top of.
-        let events = store.events_after(0)?;
+        // Every event some model has not learned goes back into the learning buffer.
+        let learned_through = registry
+            .iter()
+            .map(|p| p.model().map(|m| m.through_event).unwrap_or(0))
+            .min()
+            .unwrap_or(0);
         let clustered = matches!(database, crate::store::Database::Postgres(_));
         // A cluster node keeps no user histories: they are in the shared feature store.
-        let users = Arc::new(RwLock::new(if clustered {
-            Users::without_histories(store.users()?, &events)
+        let mut users = if clustered {
+            Users::without_histories(store.users()?)
         } else {
-            Users::new(store.users()?, &events)
-        }));
+            Users::new(store.users()?)
+        };
+        let mut monitor_history = config.monitoring.enabled.then(|| {
+            crate::monitoring::monitor::EventHistory::new(&config.monitoring, catalog.len())
+        });
+        // One pass over the stored events feeds the users' histories, the monitor and the
+        // learning buffer, event by event: the events are not held (at MovieLens 25M's size
+        // 800 MB as rows). It runs after the trainings, whose copy of the window and the
+        // sandboxes holding it would otherwise come on top of the histories.
+        let mut unlearned = Vec::new();
+        let mut stored_events = 0u64;
+        store.scan_events_after(0, &mut |event| {
+            stored_events += 1;
+            users.record(event);
+            if let Some(history) = &mut monitor_history {
+                history.add(event);
+            }
+            if event.id > learned_through {
+                unlearned.push(event.clone());
+            }
+        })?;
+        users.shrink_to_fit();
+        let users = Arc::new(RwLock::new(users));
         let store_id = store.store_id()?;
         let features = Arc::new(if clustered {
             Features::Shared(Arc::new(SharedFeatures::new(
@@ -154,18 +177,9 @@ impl App {
         });
         tracing::info!(
             items = catalog.len(),
-            events = events.len(),
+            events = stored_events,
             "loaded the catalog and event history"
         );
-
-        // Every event some model has not learned goes back into the learning buffer.
-        let learned_through = registry
-            .iter()
-            .map(|p| p.model().map(|m| m.through_event).unwrap_or(0))
-            .min()
-            .unwrap_or(0);
-        let first_unlearned = events.partition_point(|e| e.id <= learned_through);
-        let unlearned = &events[first_unlearned..];
         if !unlearned.is_empty() {
             tracing::info!(
                 events = unlearned.len(),
@@ -187,9 +201,10 @@ impl App {
             store.clone(),
             plugins.clone(),
             u32::try_from(catalog.len()).unwrap_or(u32::MAX),
-            unlearned,
-            events.len() as u64,
+            &unlearned,
+            stored_events,
         )?;
+        drop(unlearned);
         if let crate::store::Database::Postgres(_) = database {
             learning = learning.in_cluster(node.learner.clone());
         }
@@ -203,7 +218,7 @@ impl App {
         let learning = Arc::new(learning);
 
         let monitoring = &config.monitoring;
-        let monitor = if monitoring.enabled {
+        let monitor = if let Some(history) = monitor_history {
             let webhooks = Arc::new(
                 crate::monitoring::webhooks::Webhooks::start(monitoring.webhooks.clone())
                     .context("cannot start the webhook thread")?,
@@ -220,7 +235,7 @@ impl App {
                 webhooks,
             };
             Some(
-                crate::monitoring::monitor::start(parts, &events)
+                crate::monitoring::monitor::start(parts, history)
                     .context("cannot start model monitoring")?,
             )
         } else {
@@ -237,7 +252,6 @@ impl App {
             })
             .transpose()?;
 
-        drop(events);
         let events = EventWriter::start(
             &database,
             users.clone(),

@@ -99,24 +99,24 @@ pub struct Users {
 }
 
 impl Users {
-    /// Users with their histories (a single node).
-    pub fn new(external_ids: Vec<String>, events: &[EventRow]) -> Self {
-        Self::with(external_ids, events, true)
+    /// Users with their histories (a single node), before any event is recorded.
+    pub fn new(external_ids: Vec<String>) -> Self {
+        Self::with(external_ids, true)
     }
 
     /// Users without their histories (a cluster node: they are in the feature store).
-    pub fn without_histories(external_ids: Vec<String>, events: &[EventRow]) -> Self {
-        Self::with(external_ids, events, false)
+    pub fn without_histories(external_ids: Vec<String>) -> Self {
+        Self::with(external_ids, false)
     }
 
-    fn with(external_ids: Vec<String>, events: &[EventRow], keep_histories: bool) -> Self {
+    fn with(external_ids: Vec<String>, keep_histories: bool) -> Self {
         let by_external_id = external_ids
             .iter()
             .enumerate()
             .map(|(i, id)| (id.clone(), i as u32))
             .collect();
         let users = external_ids.len();
-        let mut this = Self {
+        Self {
             external_ids,
             by_external_id,
             counts: vec![0; users],
@@ -124,11 +124,15 @@ impl Users {
             histories: keep_histories.then(|| vec![Vec::new(); users]),
             last_event_id: 0,
             event_count: 0,
-        };
-        for event in events {
-            this.record(event);
         }
-        this
+    }
+
+    /// Gives back what the histories' growth left unused, after start-up recorded every
+    /// stored event (up to half of each history).
+    pub fn shrink_to_fit(&mut self) {
+        for history in self.histories.iter_mut().flatten() {
+            history.shrink_to_fit();
+        }
     }
 
     /// Adds a user registered in the store under `index` (the next free one).

@@ -150,8 +150,74 @@ pub struct MonitorParts {
     pub webhooks: Arc<Webhooks>,
 }
 
-/// Starts the monitor thread. `history`: the events stored at start, oldest first.
-pub fn start(parts: MonitorParts, history: &[EventRow]) -> StoreResult<Monitor> {
+/// What the monitor keeps of every event it has seen: events per item, the users seen, and
+/// the newest `reference_events` (the next reference when a retrain runs). Start-up builds
+/// it in its one pass over the stored events ([`EventHistory::add`]) and hands it to
+/// [`start`]; the monitor then adds each new event.
+pub struct EventHistory {
+    /// Id of the newest event added (0: none).
+    newest: i64,
+    item_events: Vec<u64>,
+    user_seen: Vec<bool>,
+    recent: VecDeque<WindowEvent>,
+    keep_recent: usize,
+}
+
+impl EventHistory {
+    pub fn new(config: &MonitoringConfig, catalog_items: usize) -> Self {
+        Self {
+            newest: 0,
+            item_events: vec![0; catalog_items],
+            user_seen: Vec::new(),
+            recent: VecDeque::new(),
+            keep_recent: config.reference_events,
+        }
+    }
+
+    /// Adds the next stored event (ids ascending).
+    pub fn add(&mut self, event: &EventRow) {
+        self.newest = event.id;
+        let seen = self.see(event);
+        self.remember(seen);
+    }
+
+    /// Counts `event` as seen and returns it as a window takes it.
+    fn see(&mut self, event: &EventRow) -> WindowEvent {
+        let user = event.user as usize;
+        if self.user_seen.len() <= user {
+            self.user_seen.resize(user + 1, false);
+        }
+        let new_user = !std::mem::replace(&mut self.user_seen[user], true);
+        let item = event.item as usize;
+        if self.item_events.len() <= item {
+            self.item_events.resize(item + 1, 0);
+        }
+        let new_item = self.item_events[item] == 0;
+        self.item_events[item] += 1;
+        WindowEvent {
+            user: event.user,
+            item: event.item,
+            kind: event.kind,
+            value: event.value,
+            new_user,
+            new_item,
+        }
+    }
+
+    fn remember(&mut self, event: WindowEvent) {
+        self.recent.push_back(event);
+        while self.recent.len() > self.keep_recent {
+            self.recent.pop_front();
+        }
+    }
+
+    fn reference(&self) -> Reference {
+        Reference::new(self.recent.iter().copied())
+    }
+}
+
+/// Starts the monitor thread, which goes on from `history`: the events stored at start.
+pub fn start(parts: MonitorParts, history: EventHistory) -> StoreResult<Monitor> {
     let status = Arc::new(Mutex::new(MonitorStatus::default()));
     let webhooks = parts.webhooks.clone();
     let mut state = State::new(parts, history, status.clone())?;
@@ -181,11 +247,7 @@ struct State {
     status: Arc<Mutex<MonitorStatus>>,
     events_after: i64,
     lists_after: i64,
-    /// Events per item, and which users have had an event.
-    item_events: Vec<u64>,
-    user_seen: Vec<bool>,
-    /// The newest `reference_events` events: the next reference when a retrain runs.
-    recent: VecDeque<WindowEvent>,
+    history: EventHistory,
     reference: Reference,
     /// Plugins' names, shared (see [`quality::intern`]).
     plugin_names: HashSet<Arc<str>>,
@@ -229,18 +291,16 @@ struct State {
 impl State {
     fn new(
         parts: MonitorParts,
-        history: &[EventRow],
+        history: EventHistory,
         status: Arc<Mutex<MonitorStatus>>,
     ) -> StoreResult<Self> {
         let lists_after = parts.store.last_served_list_id()?;
-        let events_after = history.last().map_or(0, |e| e.id);
+        let events_after = history.newest;
         let now = Instant::now();
         let mut state = Self {
             attribution: Attribution::new(parts.config.attribution_secs),
-            item_events: vec![0; parts.catalog_items],
-            user_seen: Vec::new(),
-            recent: VecDeque::new(),
-            reference: Reference::default(),
+            reference: history.reference(),
+            history,
             plugin_names: HashSet::new(),
             reference_scores: HashMap::new(),
             drift_window: EventWindow::default(),
@@ -267,11 +327,6 @@ impl State {
             status,
             parts,
         };
-        for event in history {
-            let seen = state.see(event);
-            state.remember(seen);
-        }
-        state.reference = Reference::new(state.recent.iter().copied());
         // Runs before start are in the models and the reference already.
         state.runs_seen = match state.parts.store.learning_runs(RUNS_READ) {
             Ok(runs) => runs.into_iter().map(|run| run.update_id).collect(),
@@ -281,36 +336,6 @@ impl State {
             }
         };
         Ok(state)
-    }
-
-    /// Counts `event` as seen and returns it as a window takes it.
-    fn see(&mut self, event: &EventRow) -> WindowEvent {
-        let user = event.user as usize;
-        if self.user_seen.len() <= user {
-            self.user_seen.resize(user + 1, false);
-        }
-        let new_user = !std::mem::replace(&mut self.user_seen[user], true);
-        let item = event.item as usize;
-        if self.item_events.len() <= item {
-            self.item_events.resize(item + 1, 0);
-        }
-        let new_item = self.item_events[item] == 0;
-        self.item_events[item] += 1;
-        WindowEvent {
-            user: event.user,
-            item: event.item,
-            kind: event.kind,
-            value: event.value,
-            new_user,
-            new_item,
-        }
-    }
-
-    fn remember(&mut self, event: WindowEvent) {
-        self.recent.push_back(event);
-        while self.recent.len() > self.parts.config.reference_events {
-            self.recent.pop_front();
-        }
     }
 
     fn tick(&mut self) -> StoreResult<()> {
@@ -484,9 +509,9 @@ impl State {
                 self.events_after = event.id;
                 self.attribution
                     .event(&id, event.item, event.kind, event.id, now_ms);
-                let seen = self.see(event);
+                let seen = self.history.see(event);
                 self.drift_window.record(seen);
-                self.remember(seen);
+                self.history.remember(seen);
             }
             if page.len() < PAGE {
                 return Ok(());
@@ -692,7 +717,7 @@ impl State {
             }
         }
         if rebase {
-            self.reference = Reference::new(self.recent.iter().copied());
+            self.reference = self.history.reference();
             self.reference_scores.clear();
         }
         // Forget ids older than what is read each time.
@@ -711,7 +736,7 @@ impl State {
 
     fn close_window(&mut self, learner: bool, now_ms: u64) {
         let config = &self.parts.config;
-        let percentiles = popularity_percentiles(&self.item_events);
+        let percentiles = popularity_percentiles(&self.history.item_events);
         let quality = std::mem::take(&mut self.quality_window)
             .summarize(self.parts.catalog_items, |item| {
                 percentiles.get(item as usize).copied()

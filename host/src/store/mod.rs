@@ -401,8 +401,16 @@ pub trait EventLog {
     fn expire_idempotency_keys(&self) -> StoreResult<usize>;
     /// Id of the newest event, 0 when there are none.
     fn last_event_id(&self) -> StoreResult<i64>;
-    /// Events with an id above `after`, oldest first.
-    fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>>;
+    /// Calls `visit` with every event with an id above `after`, oldest first, without holding
+    /// them all: start-up reads the whole log this way (at MovieLens 25M's size, 800 MB as
+    /// rows).
+    fn scan_events_after(&self, after: i64, visit: &mut dyn FnMut(&EventRow)) -> StoreResult<()>;
+    /// Events with an id above `after`, oldest first ([`Self::scan_events_after`], collected).
+    fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>> {
+        let mut events = Vec::new();
+        self.scan_events_after(after, &mut |event| events.push(event.clone()))?;
+        Ok(events)
+    }
     /// How many events of the first `items` items have an id in `(after, before)`: the
     /// events a plugin that learned through `after` still needs beyond the learning buffer,
     /// which starts at `before` (`items`: the catalog the plugins serve; events of items

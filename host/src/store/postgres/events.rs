@@ -239,11 +239,21 @@ impl EventLog for PostgresStore {
         })
     }
 
-    fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>> {
-        self.query_events(
-            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 ORDER BY id"),
-            &[&after],
-        )
+    fn scan_events_after(&self, after: i64, visit: &mut dyn FnMut(&EventRow)) -> StoreResult<()> {
+        self.run(async |client| {
+            // Streamed: rows arrive as the server sends them, not all at once.
+            let rows = client
+                .query_raw(
+                    &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id > $1 ORDER BY id"),
+                    [&after],
+                )
+                .await?;
+            pin_mut!(rows);
+            while let Some(row) = rows.try_next().await? {
+                visit(&event_row(&row)?);
+            }
+            Ok(())
+        })
     }
 
     fn count_events_between(&self, after: i64, before: i64, items: u32) -> StoreResult<u64> {

@@ -68,11 +68,16 @@ impl EventLog for SqliteStore {
         Ok(users)
     }
 
-    fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>> {
-        self.query_events(
+    fn scan_events_after(&self, after: i64, visit: &mut dyn FnMut(&EventRow)) -> StoreResult<()> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
             "SELECT id, user_idx, item_idx, kind, value, timestamp FROM events WHERE id > ?1 ORDER BY id",
-            &[&after],
-        )
+        )?;
+        let mut rows = statement.query([after])?;
+        while let Some(row) = rows.next()? {
+            visit(&event_row(row)?);
+        }
+        Ok(())
     }
 
     fn last_event_id(&self) -> StoreResult<i64> {

@@ -109,8 +109,12 @@ impl Backend for SqliteStore {
 /// The event `row` holds (`id, user_idx, item_idx, kind, value, timestamp`).
 fn event_row(row: &rusqlite::Row<'_>) -> StoreResult<EventRow> {
     let id: i64 = row.get(0)?;
-    let kind: String = row.get(3)?;
-    let kind = EventKind::parse(&kind)
+    // Borrowed, not a String: start-up reads every event through here.
+    let kind = row
+        .get_ref(3)?
+        .as_str()
+        .map_err(|error| StoreError::Corrupt(format!("event {id} has kind {error}")))?;
+    let kind = EventKind::parse(kind)
         .ok_or_else(|| StoreError::Corrupt(format!("event {id} has kind {kind:?}")))?;
     Ok(EventRow {
         id,
