@@ -96,7 +96,9 @@ fn generated_users(report: &str) -> u64 {
 /// batch, which fills the learning buffer (`update_buffer_size`, 1,000 by default) and starts
 /// an update; returns that update's record: per plugin `duration_ms`, the `update` call
 /// and the serving model's swap. A plugin whose update failed is reported (its `error` in
-/// the record, a NaN in the table), not fatal: that is a finding of the run.
+/// the record, a NaN in the table), not fatal: that is a finding of the run. Each outcome
+/// gains `learner_bytes`: the memory of the instance that learned (it loaded the serving
+/// snapshot, updated, saved the next one), from `/plugins`.
 fn update_of_1000_events(server: &Server, users: u64) -> Value {
     let events: Vec<Value> = (0..1_000u64)
         .map(|i| {
@@ -115,6 +117,13 @@ fn update_of_1000_events(server: &Server, users: u64) -> Value {
         if outcome["status"] != "updated" {
             eprintln!("{plugin}: its update of 1,000 events failed: {outcome}");
             outcome["duration_ms"] = Value::Null;
+        }
+    }
+    let plugins = server.get("/plugins").1;
+    for plugin in plugins["plugins"].as_array().unwrap() {
+        let name = plugin["name"].as_str().unwrap();
+        if let Some(outcome) = run["outcomes"].get_mut(name) {
+            outcome["learner_bytes"] = plugin["memory"]["learner_bytes"].clone();
         }
     }
     run
@@ -336,6 +345,11 @@ fn print_table(results: &[Value]) {
             format!("{name}: update of 1,000 events (ms)"),
             format!("/update/outcomes/{name}/duration_ms"),
             1.0,
+        ));
+        rows.push((
+            format!("{name}: the learning instance after it (MiB)"),
+            format!("/update/outcomes/{name}/learner_bytes"),
+            MIB,
         ));
         rows.push((
             format!("{name}: NDCG@10, random 80/20 split"),
