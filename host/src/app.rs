@@ -14,8 +14,8 @@ use crate::config::{Config, LearningConfig, PluginDeclaration};
 use crate::events::EventWriter;
 use crate::experiments::Experiments;
 use crate::features::{Features, SharedFeatures};
-use crate::learning::Learning;
 use crate::learning::job::save_snapshot;
+use crate::learning::{Learning, Unlearned};
 use crate::plugin_set::PublishedSet;
 use crate::plugins::bindings::Feedback;
 use crate::plugins::{LivePlugins, ModelVersion, PluginEngine, PluginRegistry, PluginRuntime};
@@ -131,6 +131,10 @@ impl App {
             .min()
             .unwrap_or(0);
         let clustered = matches!(database, crate::store::Database::Postgres(_));
+        // The log as far as this id: the users are read after it, so each of those events
+        // has its user among them (a user is stored with, or before, their first event).
+        // Events other writers store meanwhile are caught up after start, as any later one.
+        let through = store.last_event_id()?;
         // A cluster node keeps no user histories: they are in the shared feature store.
         let mut users = if clustered {
             Users::without_histories(store.users()?)
@@ -144,16 +148,19 @@ impl App {
         // learning buffer, event by event: the events are not held (at MovieLens 25M's size
         // 800 MB as rows). It runs after the trainings, whose copy of the window and the
         // sandboxes holding it would otherwise come on top of the histories.
-        let mut unlearned = Vec::new();
+        let mut unlearned = Unlearned::new(&config.learning);
         let mut stored_events = 0u64;
         store.scan_events_after(0, &mut |event| {
+            if event.id > through {
+                return;
+            }
             stored_events += 1;
             users.record(event);
             if let Some(history) = &mut monitor_history {
                 history.add(event);
             }
             if event.id > learned_through {
-                unlearned.push(event.clone());
+                unlearned.push(event);
             }
         })?;
         users.shrink_to_fit();
@@ -201,10 +208,9 @@ impl App {
             store.clone(),
             plugins.clone(),
             u32::try_from(catalog.len()).unwrap_or(u32::MAX),
-            &unlearned,
+            unlearned,
             stored_events,
         )?;
-        drop(unlearned);
         if let crate::store::Database::Postgres(_) = database {
             learning = learning.in_cluster(node.learner.clone());
         }

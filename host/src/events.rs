@@ -686,8 +686,9 @@ mod tests {
             })
             .unwrap();
         let plugins = Arc::new(crate::plugins::LivePlugins::new(Default::default()));
-        let learning =
-            Arc::new(Learning::new(Default::default(), store, plugins, 1, &[], 0).unwrap());
+        let learning = Arc::new(
+            Learning::new(Default::default(), store, plugins, 1, Default::default(), 0).unwrap(),
+        );
         let users = Arc::new(RwLock::new(Users::default()));
         let features = Arc::new(Features::Local {
             users: users.clone(),

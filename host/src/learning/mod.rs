@@ -260,6 +260,48 @@ pub fn training_window(
     Ok((rows.iter().map(to_feedback).collect(), through))
 }
 
+/// The stored events some serving model has not learned, as start-up finds them ([`push`]
+/// in id order): how many, the first one's id, and the events themselves while they fit the
+/// learning buffer (`max_lag`). Past that the buffer would drop them all, and the
+/// scheduler reads them from the store, so they are not held.
+///
+/// [`push`]: Unlearned::push
+#[derive(Default)]
+pub struct Unlearned {
+    count: usize,
+    first_id: Option<i64>,
+    events: Vec<EventRow>,
+    capacity: usize,
+}
+
+impl Unlearned {
+    /// For a buffer of `config`'s size.
+    pub fn new(config: &LearningConfig) -> Self {
+        Self {
+            capacity: config.max_lag(),
+            ..Self::default()
+        }
+    }
+
+    pub fn push(&mut self, event: &EventRow) {
+        self.count += 1;
+        self.first_id.get_or_insert(event.id);
+        if self.count <= self.capacity {
+            self.events.push(*event);
+        } else if !self.events.is_empty() {
+            self.events = Vec::new();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 impl Learning {
     /// `unlearned` are the stored events that some plugin's serving model has not learned
     /// (after a restart, the events since the oldest snapshot); `stored` counts all events.
@@ -268,7 +310,7 @@ impl Learning {
         store: Arc<Store>,
         plugins: Arc<LivePlugins>,
         items: u32,
-        unlearned: &[EventRow],
+        unlearned: Unlearned,
         stored: u64,
     ) -> StoreResult<Self> {
         let (runs, highest_id) = store.learning_run_counts()?;
@@ -276,20 +318,20 @@ impl Learning {
         let now = Instant::now();
         let newest = store.last_event_id()?;
         let mut buffer = Buffer::new(config.max_lag());
-        buffer.push(unlearned);
+        buffer.push(&unlearned.events);
         let state = State {
             buffer,
-            waiting: unlearned.len(),
-            unlearned: unlearned.len() as u64,
+            waiting: unlearned.count,
+            unlearned: unlearned.count as u64,
             stored,
             newest,
-            offered_through: unlearned.first().map_or(newest, |e| e.id - 1),
+            offered_through: unlearned.first_id.map_or(newest, |id| id - 1),
             pending: None,
             running: None,
             next_job_id: highest_id + 1,
             runs,
             last_run,
-            waiting_since: (!unlearned.is_empty()).then_some(now),
+            waiting_since: (unlearned.count > 0).then_some(now),
             last_retrain: now,
             last_snapshot: now,
             failing: HashMap::new(),
@@ -521,6 +563,27 @@ impl Learning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlearned_events_are_held_only_while_they_fit_the_buffer() {
+        let config = LearningConfig {
+            max_lag_events: Some(3),
+            ..LearningConfig::default()
+        };
+        let mut unlearned = Unlearned::new(&config);
+        for id in 5..8 {
+            unlearned.push(&event(id));
+        }
+        assert_eq!((unlearned.len(), unlearned.first_id), (3, Some(5)));
+        assert_eq!(unlearned.events.len(), 3);
+        // One more than the buffer holds: the buffer would drop them all, so none are kept,
+        // but the count and the first id still say where learning starts.
+        unlearned.push(&event(8));
+        assert_eq!((unlearned.len(), unlearned.first_id), (4, Some(5)));
+        assert!(unlearned.events.is_empty());
+        unlearned.push(&event(9));
+        assert!(unlearned.events.is_empty());
+    }
     use crate::plugins::PluginRegistry;
     use crate::store::{EventKind, ImportBatch, ImportEvent, ItemRow};
 
@@ -542,7 +605,15 @@ mod tests {
         let path = dir.path().join("db");
         let store = Arc::new(Store::open(&path).unwrap());
         let plugins = Arc::new(LivePlugins::new(PluginRegistry::default()));
-        let learning = Learning::new(LearningConfig::default(), store, plugins, 1, &[], 0).unwrap();
+        let learning = Learning::new(
+            LearningConfig::default(),
+            store,
+            plugins,
+            1,
+            Default::default(),
+            0,
+        )
+        .unwrap();
         learning.push(&[event(1), event(2)]);
         // Without the events table, any COUNT(*) over it fails: stats must not need one
         // (`/metrics` and the dashboard poll them).

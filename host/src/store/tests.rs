@@ -100,6 +100,7 @@ over_both_engines!(
     weights_revisions_are_claimed_once_and_read_back_in_order,
     a_published_plugin_joins_or_replaces_its_name_in_the_next_revision,
     a_user_history_is_counted_newest_first_with_every_item,
+    a_scan_visits_each_event_after_the_given_id_once_in_order,
 );
 
 fn batch() -> ImportBatch {
@@ -155,6 +156,31 @@ fn import_assigns_dense_indices_and_is_idempotent_for_ids(db: &TestDb) {
     );
     assert_eq!(store.last_event_id().unwrap(), 6);
     assert_eq!(store.events_after(5).unwrap().len(), 1);
+}
+
+fn a_scan_visits_each_event_after_the_given_id_once_in_order(db: &TestDb) {
+    let store = db.open();
+    // Twice: six events.
+    store.import(&batch()).unwrap();
+    store.import(&batch()).unwrap();
+    let mut seen = Vec::new();
+    store
+        .scan_events_after(2, &mut |event| {
+            seen.push((event.id, event.user, event.item))
+        })
+        .unwrap();
+    let expected: Vec<_> = store.events_after(0).unwrap()[2..]
+        .iter()
+        .map(|e| (e.id, e.user, e.item))
+        .collect();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen, expected);
+    assert!(seen.windows(2).all(|pair| pair[0].0 < pair[1].0));
+    let mut none = 0;
+    store
+        .scan_events_after(store.last_event_id().unwrap(), &mut |_| none += 1)
+        .unwrap();
+    assert_eq!(none, 0);
 }
 
 fn import_of_an_event_for_an_unknown_item_changes_nothing(db: &TestDb) {

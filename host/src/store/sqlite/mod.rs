@@ -110,10 +110,9 @@ impl Backend for SqliteStore {
 fn event_row(row: &rusqlite::Row<'_>) -> StoreResult<EventRow> {
     let id: i64 = row.get(0)?;
     // Borrowed, not a String: start-up reads every event through here.
-    let kind = row
-        .get_ref(3)?
-        .as_str()
-        .map_err(|error| StoreError::Corrupt(format!("event {id} has kind {error}")))?;
+    let kind = row.get_ref(3)?.as_str().map_err(|error| {
+        StoreError::Corrupt(format!("event {id}: its kind is not text ({error})"))
+    })?;
     let kind = EventKind::parse(kind)
         .ok_or_else(|| StoreError::Corrupt(format!("event {id} has kind {kind:?}")))?;
     Ok(EventRow {
