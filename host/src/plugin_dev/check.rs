@@ -93,11 +93,16 @@ pub(crate) struct CheckData {
 }
 
 pub(crate) fn dataset() -> CheckData {
-    let batch = generate(&DemoSize {
+    dataset_of(&DemoSize {
         users: 200,
         items: 300,
         seed: 7,
-    });
+    })
+}
+
+/// [`dataset`] at another size.
+pub(crate) fn dataset_of(size: &DemoSize) -> CheckData {
+    let batch = generate(size);
     let catalog = Catalog::new(batch.items);
     let mut user_index: HashMap<String, u32> = HashMap::new();
     let mut events: Vec<Feedback> = batch

@@ -45,8 +45,9 @@ pub struct Ratings {
     /// Derived from `state`, recomputed whenever `train`, `update` or `load` change it, so a
     /// request only selects from it.
     ranking: Vec<f32>,
-    /// Set by `load`, cleared by the next `update`: the model still sits above the hole the
-    /// snapshot's bytes left in linear memory (see [`Ratings::move_into_snapshot_hole`]).
+    /// Set by `load`, cleared by the next `update` or `train`: the model still sits above the
+    /// hole the snapshot's bytes left in linear memory (see
+    /// [`Ratings::move_into_snapshot_hole`]).
     above_snapshot_hole: bool,
 }
 
@@ -79,13 +80,15 @@ impl Ratings {
     /// Copies the model down into the space the loaded snapshot's bytes occupied.
     ///
     /// `load` decodes the users' ratings above the snapshot's bytes, which are freed when it
-    /// returns. A learner's first `update` then ends in `save`, which needs one block a little
-    /// larger than that hole (the snapshot grew by the update), so the instance grew by a
+    /// returns. A learner's first `update` is followed by `save`, which needs one block a
+    /// little larger than that hole (the update grew the model), so the instance grew by a
     /// whole snapshot more: at MovieLens 25M's size 162 MiB of bytes + 190 MiB of ratings +
     /// the new snapshot = 547 MB, over the default 512 MiB limit. wasi-libc's allocator fills
-    /// freed chunks before it grows memory, so a copy made now lands in the hole, and the
-    /// model's old place, freed in one piece, is where the new snapshot then fits: the learner
-    /// peaks at what `load` needed.
+    /// freed chunks before it grows memory, so a copy made now lands in the hole (what does
+    /// not fit spills past it: the model is larger than its snapshot), and the model's old
+    /// place, freed in one piece, is where the new snapshot then fits. The learner then peaks
+    /// near what `load` needed plus the model's excess over its snapshot, not plus a whole
+    /// snapshot. One copy of the model per learner, on its first update only.
     fn move_into_snapshot_hole(&mut self) {
         if std::mem::take(&mut self.above_snapshot_hole) {
             self.state = self.state.clone();
