@@ -244,7 +244,7 @@ fn answers(server: &Server, users: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
     "items",
     "users",
     "events",
@@ -252,6 +252,7 @@ const TABLES: [&str; 11] = [
     "learning_runs",
     "model_versions",
     "exposures",
+    "exposure_batches",
     "sticky_assignments",
     "idempotency_keys",
     "experiment_revisions",
@@ -376,16 +377,17 @@ fn migrate_copies_a_sqlite_deployment_with_equal_counts_and_identical_recommenda
         );
     }
     assert!(
-        postgres.count(database, "SELECT COUNT(*) FROM exposures") > 0,
+        postgres.count(database, "SELECT COUNT(*) FROM exposure_batches") > 0,
         "the test meant to copy exposures"
     );
-    // Each exposure keeps the weights revision that served it.
-    let served_under = "SELECT COALESCE(SUM(weights_revision), 0) FROM exposures";
-    let in_sqlite: u64 = sqlite
-        .query_row(served_under, [], |row| row.get(0))
-        .unwrap();
-    assert!(in_sqlite > 0, "the test meant to copy bandit exposures");
-    assert_eq!(postgres.count(database, served_under), in_sqlite);
+    // Each batch's exposures, byte for byte (the weights revision that served each included).
+    for measure in [
+        "SELECT COALESCE(SUM(exposures), 0) FROM exposure_batches",
+        "SELECT COALESCE(SUM(LENGTH(body)), 0) FROM exposure_batches",
+    ] {
+        let in_sqlite: u64 = sqlite.query_row(measure, [], |row| row.get(0)).unwrap();
+        assert_eq!(postgres.count(database, measure), in_sqlite, "{measure}");
+    }
     assert_eq!(
         postgres.count(database, "SELECT COUNT(*) FROM idempotency_keys"),
         1

@@ -132,6 +132,17 @@ const TABLES: &[Table] = &[
         identity: Some("id"),
     },
     Table {
+        name: "exposure_batches",
+        columns: &[
+            ("id", Kind::Int),
+            ("experiment_id", Kind::Text),
+            ("exposures", Kind::Int),
+            ("body", Kind::Blob),
+        ],
+        order: "id",
+        identity: Some("id"),
+    },
+    Table {
         name: "weights_revisions",
         columns: &[
             ("experiment_id", Kind::Text),

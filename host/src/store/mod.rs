@@ -18,6 +18,7 @@
 //! commit, from one transaction-scoped lock that every event append and import takes (see
 //! `postgres/events.rs`; docs/architecture.md says why this and not a commit horizon).
 
+mod exposure_batches;
 pub mod migrate;
 mod postgres;
 mod sqlite;
@@ -280,6 +281,8 @@ pub struct StickyRow {
 /// An exposure as results need it: whose, which group, from which event on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExposureKey {
+    /// Its place among the experiment's exposures (ascending in storage order; exposures
+    /// stored in batches are numbered after the rows stored one by one before them).
     pub id: i64,
     pub user_id: String,
     pub group_name: String,
@@ -403,12 +406,13 @@ pub trait EventLog {
     fn last_event_id(&self) -> StoreResult<i64>;
     /// Calls `visit` with every event with an id above `after`, oldest first, without holding
     /// them all: start-up reads the whole log this way (at MovieLens 25M's size, 800 MB as
-    /// rows).
+    /// rows). The store is busy until it returns (SQLite's connection lock is held): `visit`
+    /// must not use the same store.
     fn scan_events_after(&self, after: i64, visit: &mut dyn FnMut(&EventRow)) -> StoreResult<()>;
     /// Events with an id above `after`, oldest first ([`Self::scan_events_after`], collected).
     fn events_after(&self, after: i64) -> StoreResult<Vec<EventRow>> {
         let mut events = Vec::new();
-        self.scan_events_after(after, &mut |event| events.push(event.clone()))?;
+        self.scan_events_after(after, &mut |event| events.push(*event))?;
         Ok(events)
     }
     /// How many events of the first `items` items have an id in `(after, before)`: the
@@ -499,7 +503,8 @@ pub trait ExperimentRecord {
     fn latest_experiment_revision(&self) -> StoreResult<u64>;
     /// The newest revision and its files, if any.
     fn latest_experiments(&self) -> StoreResult<Option<(u64, ExperimentFiles)>>;
-    /// Stores exposures and sticky assignments in one transaction.
+    /// Stores exposures (one row per experiment: `exposure_batches.rs`) and sticky
+    /// assignments in one transaction.
     fn append_exposures(&self, exposures: &[ExposureRow], sticky: &[StickyRow]) -> StoreResult<()>;
     /// The sticky assignments stored (by the database's clock) at or after `since_ms` (0:
     /// all of them), and the newest such time (`since_ms` when none): what a cluster's

@@ -1,9 +1,10 @@
-//! Experiment records in PostgreSQL: exposures and sticky assignments.
+//! Experiment records in PostgreSQL: exposures (in batches: `store/exposure_batches.rs`) and
+//! sticky assignments.
 
 use super::{PostgresStore, lock_keys, to_i64};
 use crate::store::{
     ExperimentFiles, ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult,
-    WeightsRevisionRow,
+    WeightsRevisionRow, exposure_batches,
 };
 
 impl ExperimentRecord for PostgresStore {
@@ -81,43 +82,20 @@ impl ExperimentRecord for PostgresStore {
         self.run(async |client| {
             let transaction = client.transaction().await?;
             if !exposures.is_empty() {
-                let column = |f: fn(&ExposureRow) -> &str| -> Vec<&str> {
-                    exposures.iter().map(f).collect()
-                };
-                let versions: Vec<i64> =
-                    exposures.iter().map(|e| to_i64(e.model_version)).collect();
-                let after: Vec<i64> = exposures.iter().map(|e| e.after_event).collect();
-                let at: Vec<i64> = exposures.iter().map(|e| to_i64(e.at_ms)).collect();
-                let revisions: Vec<i64> = exposures
-                    .iter()
-                    .map(|e| to_i64(e.weights_revision))
-                    .collect();
+                let batches = exposure_batches::encode(exposures);
+                let experiments: Vec<&str> = batches.iter().map(|b| b.experiment_id).collect();
+                let counts: Vec<i32> = batches.iter().map(|b| b.exposures as i32).collect();
+                let bodies: Vec<&[u8]> = batches.iter().map(|b| b.body.as_slice()).collect();
                 let statement = transaction
                     .prepare_cached(
-                        "INSERT INTO exposures (experiment_id, group_name, user_id, plugin,
-                                                model_version, after_event, at_ms,
-                                                weights_revision)
-                         SELECT x, g, u, p, v, a, m, w
-                         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
-                                     $5::int8[], $6::int8[], $7::int8[], $8::int8[])
-                             WITH ORDINALITY AS t(x, g, u, p, v, a, m, w, n)
+                        "INSERT INTO exposure_batches (experiment_id, exposures, body)
+                         SELECT x, c, b FROM UNNEST($1::text[], $2::int4[], $3::bytea[])
+                             WITH ORDINALITY AS t(x, c, b, n)
                          ORDER BY n",
                     )
                     .await?;
                 transaction
-                    .execute(
-                        &statement,
-                        &[
-                            &column(|e| e.experiment_id.as_str()),
-                            &column(|e| e.group_name.as_str()),
-                            &column(|e| e.user_id.as_str()),
-                            &column(|e| e.plugin.as_str()),
-                            &versions,
-                            &after,
-                            &at,
-                            &revisions,
-                        ],
-                    )
+                    .execute(&statement, &[&experiments, &counts, &bodies])
                     .await?;
             }
             let upsert = transaction
@@ -180,14 +158,23 @@ impl ExperimentRecord for PostgresStore {
 
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>> {
         self.run(async |client| {
-            let statement = client
+            // One snapshot for both reads: a batch committed between them is in neither or
+            // in the second only, never counted twice or numbered out of order.
+            let transaction = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            // Exposures stored one row each (before schema 10), then the batches.
+            let statement = transaction
                 .prepare_cached(
                     "SELECT id, user_id, group_name, after_event, at_ms, weights_revision
                      FROM exposures WHERE experiment_id = $1 ORDER BY id",
                 )
                 .await?;
             let mut rows = Vec::new();
-            for row in client.query(&statement, &[&experiment_id]).await? {
+            for row in transaction.query(&statement, &[&experiment_id]).await? {
                 rows.push(ExposureKey {
                     id: row.try_get(0)?,
                     user_id: row.try_get(1)?,
@@ -197,6 +184,19 @@ impl ExperimentRecord for PostgresStore {
                     weights_revision: row.try_get::<_, i64>(5)?.max(0) as u64,
                 });
             }
+            let mut next_id: i64 = transaction
+                .query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM exposures", &[])
+                .await?
+                .try_get(0)?;
+            let statement = transaction
+                .prepare_cached(
+                    "SELECT body FROM exposure_batches WHERE experiment_id = $1 ORDER BY id",
+                )
+                .await?;
+            for row in transaction.query(&statement, &[&experiment_id]).await? {
+                exposure_batches::decode(row.try_get(0)?, &mut next_id, &mut rows)?;
+            }
+            transaction.commit().await?;
             Ok(rows)
         })
     }

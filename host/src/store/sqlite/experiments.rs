@@ -1,12 +1,12 @@
-//! Experiment records in SQLite: exposures (what was served to whom under which arm) and the
-//! groups that sticky experiments keep per user.
+//! Experiment records in SQLite: exposures (what was served to whom under which arm, in
+//! batches: `store/exposure_batches.rs`) and the groups that sticky experiments keep per user.
 
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::store::{
     ExperimentFiles, ExperimentRecord, ExposureKey, ExposureRow, StickyRow, StoreResult,
-    WeightsRevisionRow,
+    WeightsRevisionRow, exposure_batches,
 };
 
 impl ExperimentRecord for SqliteStore {
@@ -74,21 +74,10 @@ impl ExperimentRecord for SqliteStore {
         let transaction = connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO exposures (experiment_id, group_name, user_id, plugin, model_version,
-                                        after_event, at_ms, weights_revision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO exposure_batches (experiment_id, exposures, body) VALUES (?1, ?2, ?3)",
             )?;
-            for e in exposures {
-                insert.execute(params![
-                    e.experiment_id,
-                    e.group_name,
-                    e.user_id,
-                    e.plugin,
-                    e.model_version as i64,
-                    e.after_event,
-                    e.at_ms as i64,
-                    e.weights_revision as i64
-                ])?;
+            for batch in exposure_batches::encode(exposures) {
+                insert.execute(params![batch.experiment_id, batch.exposures, batch.body])?;
             }
             let mut upsert = transaction.prepare_cached(
                 "INSERT INTO sticky_assignments
@@ -149,6 +138,7 @@ impl ExperimentRecord for SqliteStore {
 
     fn exposures_of(&self, experiment_id: &str) -> StoreResult<Vec<ExposureKey>> {
         let connection = self.lock();
+        // Exposures stored one row each (before schema 14), then the batches.
         let mut statement = connection.prepare_cached(
             "SELECT id, user_id, group_name, after_event, at_ms, weights_revision FROM exposures
              WHERE experiment_id = ?1 ORDER BY id",
@@ -163,7 +153,21 @@ impl ExperimentRecord for SqliteStore {
                 weights_revision: row.get::<_, i64>(5)?.max(0) as u64,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut exposures: Vec<ExposureKey> = rows.collect::<Result<_, _>>()?;
+        let mut next_id: i64 = connection.query_row(
+            "SELECT COALESCE(MAX(id), 0) + 1 FROM exposures",
+            [],
+            |row| row.get(0),
+        )?;
+        let mut batches = connection.prepare_cached(
+            "SELECT body FROM exposure_batches WHERE experiment_id = ?1 ORDER BY id",
+        )?;
+        let mut rows = batches.query([experiment_id])?;
+        while let Some(row) = rows.next()? {
+            let body = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+            exposure_batches::decode(body, &mut next_id, &mut exposures)?;
+        }
+        Ok(exposures)
     }
 
     fn append_weights_revision(&self, revision: &WeightsRevisionRow) -> StoreResult<bool> {
