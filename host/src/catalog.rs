@@ -11,6 +11,9 @@ use crate::store::{EventKind, EventRow, ItemRow};
 /// Items, by dense index and by external ID.
 pub struct Catalog {
     items: Vec<ItemRow>,
+    /// Each item's ID and title as JSON, encoded once: every `/recommend` answer carries
+    /// them, and escaping titles per answer was a twelfth of a cached request's time.
+    json: Vec<ItemJson>,
     by_external_id: HashMap<String, u32>,
     plugin_items: std::sync::Arc<Vec<Item>>,
     fingerprint: String,
@@ -42,8 +45,10 @@ impl Catalog {
             }
         }
         let fingerprint = crate::plugins::engine::hex(&digest.finalize());
+        let json = items.iter().map(ItemJson::new).collect();
         Self {
             items,
+            json,
             by_external_id,
             plugin_items: std::sync::Arc::new(plugin_items),
             fingerprint,
@@ -66,6 +71,11 @@ impl Catalog {
         self.items.get(index as usize)
     }
 
+    /// The item's ID and title as JSON.
+    pub fn json(&self, index: u32) -> Option<&ItemJson> {
+        self.json.get(index as usize)
+    }
+
     /// The catalog as plugins receive it in `configure`.
     pub fn plugin_items(&self) -> std::sync::Arc<Vec<Item>> {
         self.plugin_items.clone()
@@ -74,6 +84,23 @@ impl Catalog {
     /// Changes whenever an item is added or its tags change: trained models depend on it.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+}
+
+/// An item's external ID (as the API writes IDs: a number when it is one) and title, as JSON
+/// text ready to be written into an answer.
+pub struct ItemJson {
+    pub id: Box<serde_json::value::RawValue>,
+    pub title: Box<serde_json::value::RawValue>,
+}
+
+impl ItemJson {
+    fn new(item: &ItemRow) -> Self {
+        Self {
+            id: serde_json::value::to_raw_value(&crate::api::ids::to_json(&item.external_id))
+                .expect("a JSON value encodes"),
+            title: serde_json::value::to_raw_value(&item.title).expect("a string encodes"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::error::{ApiError, ErrorBody};
 use super::ids::ExternalId;
@@ -92,9 +93,9 @@ pub async fn recommend(
         .items
         .iter()
         .filter_map(|recommended| {
-            let item = state.catalog.get(recommended.item)?;
+            let item = state.catalog.json(recommended.item)?;
             Some(ItemBody {
-                item_id: ids::to_json(&item.external_id),
+                item_id: &item.id,
                 title: &item.title,
                 score: recommended.score,
             })
@@ -136,9 +137,11 @@ pub struct RecommendResponse<'a> {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ItemBody<'a> {
+    /// Encoded once per item (`Catalog::json`).
     #[schema(value_type = ExternalId)]
-    item_id: Value,
-    title: &'a str,
+    item_id: &'a RawValue,
+    #[schema(value_type = String)]
+    title: &'a RawValue,
     score: f32,
 }
 
