@@ -97,8 +97,9 @@ fn generated_users(report: &str) -> u64 {
 /// an update; returns that update's record: per plugin `duration_ms`, the `update` call
 /// and the serving model's swap. A plugin whose update failed is reported (its `error` in
 /// the record, a NaN in the table), not fatal: that is a finding of the run. Each outcome
-/// gains `learner_bytes`: the memory of the instance that learned (it loaded the serving
-/// snapshot, updated, saved the next one), from `/plugins`.
+/// gains `learner_bytes`: the linear memory of the instance that learned (it loaded the
+/// serving snapshot, updated, saved the next one; memory only grows, so its peak), from
+/// `/plugins`.
 fn update_of_1000_events(server: &Server, users: u64) -> Value {
     let events: Vec<Value> = (0..1_000u64)
         .map(|i| {
@@ -123,7 +124,12 @@ fn update_of_1000_events(server: &Server, users: u64) -> Value {
     for plugin in plugins["plugins"].as_array().unwrap() {
         let name = plugin["name"].as_str().unwrap();
         if let Some(outcome) = run["outcomes"].get_mut(name) {
-            outcome["learner_bytes"] = plugin["memory"]["learner_bytes"].clone();
+            // A failed update drops its learner (0 bytes): no figure, as for its duration.
+            outcome["learner_bytes"] = if outcome["status"] == "updated" {
+                plugin["memory"]["learner_bytes"].clone()
+            } else {
+                Value::Null
+            };
         }
     }
     run
@@ -347,7 +353,7 @@ fn print_table(results: &[Value]) {
             1.0,
         ));
         rows.push((
-            format!("{name}: the learning instance after it (MiB)"),
+            format!("{name}: the learning instance's peak memory (MiB)"),
             format!("/update/outcomes/{name}/learner_bytes"),
             MIB,
         ));
