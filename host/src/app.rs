@@ -148,6 +148,7 @@ impl App {
         // learning buffer, event by event: the events are not held (at MovieLens 25M's size
         // 800 MB as rows). It runs after the trainings, whose copy of the window and the
         // sandboxes holding it would otherwise come on top of the histories.
+        let reading = Instant::now();
         let mut unlearned = Unlearned::new(&config.learning);
         let mut stored_events = 0u64;
         store.scan_events_after(0, &mut |event| {
@@ -185,6 +186,7 @@ impl App {
         tracing::info!(
             items = catalog.len(),
             events = stored_events,
+            elapsed_ms = reading.elapsed().as_millis() as u64,
             "loaded the catalog and event history"
         );
         if !unlearned.is_empty() {
