@@ -137,7 +137,7 @@ pub struct RecommendResponse<'a> {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ItemBody<'a> {
-    /// Encoded once per item (`Catalog::json`).
+    // Encoded once per item (`Catalog::json`).
     #[schema(value_type = ExternalId)]
     item_id: &'a RawValue,
     #[schema(value_type = String)]

@@ -8,7 +8,7 @@
 //! experiment's exposures in order, which the batches give back as they were written.
 //!
 //! The body is postcard: the batch's distinct group and plugin names once, then per exposure
-//! the indices of its names, the user's ID and varint integers (about 15 bytes an exposure
+//! the indices of its names, the user's ID and varint integers (about 20 bytes an exposure
 //! for numeric user IDs).
 
 use serde::{Deserialize, Serialize};
@@ -133,6 +133,21 @@ pub fn decode(body: &[u8], next_id: &mut i64, out: &mut Vec<ExposureKey>) -> Sto
         *next_id += 1;
     }
     Ok(())
+}
+
+/// Orders an experiment's exposures read from both tables: the first `one_by_one` from the
+/// table of rows stored one by one, the rest from batches. Such rows can be newer than the
+/// batches (an older node still serving during a rolling upgrade writes them), so when both
+/// kinds are there the whole list goes by serving time (stable: exposures of the same
+/// millisecond keep their storage order) and is numbered again.
+pub fn in_serving_order(exposures: &mut [ExposureKey], one_by_one: usize) {
+    if one_by_one == 0 || one_by_one == exposures.len() {
+        return;
+    }
+    exposures.sort_by_key(|e| e.at_ms);
+    for (id, exposure) in (1..).zip(exposures.iter_mut()) {
+        exposure.id = id;
+    }
 }
 
 #[cfg(test)]

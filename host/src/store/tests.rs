@@ -32,6 +32,16 @@ impl TestDb {
         Store::connect(&self.database).unwrap()
     }
 
+    /// Runs `sql` on a connection of its own (rows as another build would have written them).
+    fn execute(&self, sql: &str) {
+        match &self.database {
+            Database::Sqlite(path) => rusqlite::Connection::open(path)
+                .and_then(|connection| connection.execute_batch(sql))
+                .unwrap_or_else(|error| panic!("{sql}: {error}")),
+            Database::Postgres(url) => RawSession::connect(url).execute(sql),
+        }
+    }
+
     /// Another empty database of the same engine.
     fn another(&self) -> Self {
         match self.database {
@@ -101,6 +111,7 @@ over_both_engines!(
     a_published_plugin_joins_or_replaces_its_name_in_the_next_revision,
     a_user_history_is_counted_newest_first_with_every_item,
     a_scan_visits_each_event_after_the_given_id_once_in_order,
+    exposures_stored_one_by_one_and_in_batches_come_back_in_serving_order,
 );
 
 fn batch() -> ImportBatch {
@@ -481,6 +492,34 @@ fn exposure(user: &str, group: &str) -> ExposureRow {
         at_ms: 1,
         weights_revision: 0,
     }
+}
+
+fn exposures_stored_one_by_one_and_in_batches_come_back_in_serving_order(db: &TestDb) {
+    let store = db.open();
+    // Stored one row each, as by a build before batches or an older node during a rolling
+    // upgrade: one served before the batch below, one after it.
+    db.execute(
+        "INSERT INTO exposures (experiment_id, group_name, user_id, plugin, model_version,
+                                after_event, at_ms, weights_revision)
+         VALUES ('e', 'b', 'early', 'p', 1, 0, 5, 0), ('e', 'a', 'late', 'p', 1, 0, 20, 0)",
+    );
+    let batched = |user: &str, at_ms| ExposureRow {
+        at_ms,
+        ..exposure(user, "a")
+    };
+    store
+        .append_exposures(&[batched("first", 10), batched("second", 10)], &[])
+        .unwrap();
+    let exposures = store.exposures_of("e").unwrap();
+    let read: Vec<_> = exposures
+        .iter()
+        .map(|e| (e.user_id.as_str(), e.at_ms))
+        .collect();
+    assert_eq!(
+        read,
+        [("early", 5), ("first", 10), ("second", 10), ("late", 20)]
+    );
+    assert!(exposures.windows(2).all(|pair| pair[0].id < pair[1].id));
 }
 
 fn exposures_and_sticky_assignments_round_trip(db: &TestDb) {

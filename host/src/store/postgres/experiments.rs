@@ -184,6 +184,7 @@ impl ExperimentRecord for PostgresStore {
                     weights_revision: row.try_get::<_, i64>(5)?.max(0) as u64,
                 });
             }
+            let one_by_one = rows.len();
             let mut next_id: i64 = transaction
                 .query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM exposures", &[])
                 .await?
@@ -197,6 +198,7 @@ impl ExperimentRecord for PostgresStore {
                 exposure_batches::decode(row.try_get(0)?, &mut next_id, &mut rows)?;
             }
             transaction.commit().await?;
+            exposure_batches::in_serving_order(&mut rows, one_by_one);
             Ok(rows)
         })
     }

@@ -154,6 +154,7 @@ impl ExperimentRecord for SqliteStore {
             })
         })?;
         let mut exposures: Vec<ExposureKey> = rows.collect::<Result<_, _>>()?;
+        let one_by_one = exposures.len();
         let mut next_id: i64 = connection.query_row(
             "SELECT COALESCE(MAX(id), 0) + 1 FROM exposures",
             [],
@@ -167,6 +168,7 @@ impl ExperimentRecord for SqliteStore {
             let body = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
             exposure_batches::decode(body, &mut next_id, &mut exposures)?;
         }
+        exposure_batches::in_serving_order(&mut exposures, one_by_one);
         Ok(exposures)
     }
 
