@@ -12,16 +12,15 @@
 //! copied in and the answer copied out, check-in). `recommend_without_time_limit` repeats the
 //! WASM calls on an engine without the time limit's epoch checks, to show what they cost.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use recohost::catalog::Catalog;
 use recohost::eval::split::{SplitKind, split};
 use recohost::import::demo::{DemoSize, generate};
 use recohost::import::movielens;
+use recohost::plugins::PluginEngine;
 use recohost::plugins::bindings as host;
-use recohost::plugins::{ModelVersion, PluginEngine, PluginLimits, PluginRuntime};
 use recohost::store::{EventKind, ImportEvent, ItemRow};
 use recohost_plugin_sdk as sdk;
 use sdk::Strategy;
@@ -94,7 +93,7 @@ fn algorithm(name: &str) -> Box<dyn Native> {
 
 mod common;
 
-use common::{PLUGINS, plugins_dir};
+use common::PLUGINS;
 
 fn bench(c: &mut Criterion) {
     let (items, ratings) = dataset();
@@ -166,14 +165,13 @@ fn bench(c: &mut Criterion) {
     );
 
     let engine = PluginEngine::new(None).expect("engine");
-    let dist = plugins_dir();
     let mut recommend = c.benchmark_group("recommend_top10_1682_items");
     for name in PLUGINS {
         let native = algorithm(name).train(&sdk_catalog, &sdk_events);
         recommend.bench_function(BenchmarkId::new(name, "native"), |b| {
             b.iter(|| native(&sdk_request))
         });
-        let runtime = trained(&engine, &dist, name, &catalog, &host_events);
+        let runtime = common::trained(&engine, name, &catalog, &host_events).0;
         recommend.bench_function(BenchmarkId::new(name, "wasm"), |b| {
             b.iter(|| runtime.recommend(&host_request).expect("recommend"))
         });
@@ -185,7 +183,7 @@ fn bench(c: &mut Criterion) {
     let unlimited = PluginEngine::without_time_limit_for_benchmarks().expect("engine");
     let mut no_limit = c.benchmark_group("recommend_without_time_limit");
     for name in PLUGINS {
-        let runtime = trained(&unlimited, &dist, name, &catalog, &host_events);
+        let runtime = common::trained(&unlimited, name, &catalog, &host_events).0;
         no_limit.bench_function(BenchmarkId::new(name, "wasm"), |b| {
             b.iter(|| runtime.recommend(&host_request).expect("recommend"))
         });
@@ -195,7 +193,7 @@ fn bench(c: &mut Criterion) {
     // What a call costs before any algorithm runs: popularity asked for nothing, with an empty
     // request and with the typical user's request (51 history events copied in).
     let mut floor = c.benchmark_group("call_floor");
-    let runtime = trained(&engine, &dist, "popularity", &catalog, &host_events);
+    let runtime = common::trained(&engine, "popularity", &catalog, &host_events).0;
     let empty = host::Request {
         user: None,
         count: 0,
@@ -220,46 +218,12 @@ fn bench(c: &mut Criterion) {
         train.bench_function(BenchmarkId::new(name, "native"), |b| {
             b.iter(|| algorithm(name).train(&sdk_catalog, &sdk_events))
         });
-        let runtime = load(&engine, &dist, name, &catalog);
+        let runtime = common::load(&engine, name, &catalog);
         train.bench_function(BenchmarkId::new(name, "wasm"), |b| {
             b.iter(|| runtime.train(&host_events).expect("train"))
         });
     }
     train.finish();
-}
-
-/// [`load`], trained on `events` with the model installed, ready to serve.
-fn trained(
-    engine: &PluginEngine,
-    dist: &Path,
-    name: &str,
-    catalog: &Catalog,
-    events: &[host::Feedback],
-) -> PluginRuntime {
-    let runtime = load(engine, dist, name, catalog);
-    let snapshot = runtime.train(events).expect("train");
-    runtime
-        .install(ModelVersion {
-            version: 1,
-            snapshot: Arc::new(snapshot),
-            created_at: 0,
-            through_event: 0,
-        })
-        .expect("install");
-    runtime
-}
-
-fn load(engine: &PluginEngine, dist: &Path, name: &str, catalog: &Catalog) -> PluginRuntime {
-    PluginRuntime::load(
-        engine,
-        name,
-        &dist.join(format!("{name}.wasm")),
-        "{}".into(),
-        PluginLimits::default(),
-        catalog.plugin_items(),
-        catalog.fingerprint(),
-    )
-    .unwrap_or_else(|e| panic!("{e} (build the plugins with `cargo xtask plugins`)"))
 }
 
 criterion_group! {

@@ -10,12 +10,12 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use recohost::catalog::{Catalog, Users, to_feedback};
 use recohost::import::demo::{DemoSize, generate};
 use recohost::plugins::bindings::Request;
-use recohost::plugins::{ModelVersion, PluginEngine, PluginLimits, PluginRuntime};
+use recohost::plugins::{ModelVersion, PluginEngine};
 use recohost::store::Store;
 
 mod common;
 
-use common::{PLUGINS, plugins_dir};
+use common::PLUGINS;
 
 fn bench(c: &mut Criterion) {
     let temp = tempfile::tempdir().expect("temp dir");
@@ -59,26 +59,7 @@ fn bench(c: &mut Criterion) {
 
     let mut trained = Vec::new();
     for name in PLUGINS {
-        let path = plugins_dir().join(format!("{name}.wasm"));
-        let runtime = PluginRuntime::load(
-            &engine,
-            name,
-            &path,
-            "{}".into(),
-            PluginLimits::default(),
-            catalog.plugin_items(),
-            catalog.fingerprint(),
-        )
-        .unwrap_or_else(|e| panic!("{e} (build the plugins with `cargo xtask plugins`)"));
-        let snapshot = runtime.train(&feedback).expect("train");
-        runtime
-            .install(ModelVersion {
-                version: 1,
-                snapshot: Arc::new(snapshot.clone()),
-                created_at: 0,
-                through_event: 0,
-            })
-            .expect("install");
+        let (runtime, snapshot) = common::trained(&engine, name, &catalog, &feedback);
         trained.push((name, runtime, snapshot));
     }
 

@@ -14,20 +14,19 @@
 //!
 //!     RECOHOST_BENCH_SHAPES=s,m,l cargo bench -p recohost --bench plugin_scale
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use recohost::catalog::{Catalog, Users, to_feedback};
 use recohost::import::demo::{Shape, write_movielens};
+use recohost::plugins::PluginEngine;
 use recohost::plugins::bindings::Request;
-use recohost::plugins::{ModelVersion, PluginEngine, PluginLimits, PluginRuntime};
 use recohost::store::Store;
 
 mod common;
 
-use common::{PLUGINS, plugins_dir};
+use common::PLUGINS;
 
 /// Users whose requests are timed per shape.
 const USERS: usize = 2_000;
@@ -95,26 +94,7 @@ fn bench(c: &mut Criterion) {
 
         let mut group = c.benchmark_group(format!("recommend_top10_shape_{name}"));
         for plugin in PLUGINS {
-            let path = plugins_dir().join(format!("{plugin}.wasm"));
-            let runtime = PluginRuntime::load(
-                &engine,
-                plugin,
-                &path,
-                "{}".into(),
-                PluginLimits::default(),
-                catalog.plugin_items(),
-                catalog.fingerprint(),
-            )
-            .unwrap_or_else(|e| panic!("{e} (build the plugins with `cargo xtask plugins`)"));
-            let snapshot = runtime.train(&feedback).expect("train");
-            runtime
-                .install(ModelVersion {
-                    version: 1,
-                    snapshot: Arc::new(snapshot),
-                    created_at: 0,
-                    through_event: 0,
-                })
-                .expect("install");
+            let (runtime, _) = common::trained(&engine, plugin, &catalog, &feedback);
             // Each user once, alone: the distribution of single calls.
             let mut calls: Vec<Duration> = requests
                 .iter()
