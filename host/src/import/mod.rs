@@ -2,3 +2,4 @@
 
 pub mod demo;
 pub mod movielens;
+pub mod read_ahead;

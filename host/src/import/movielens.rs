@@ -22,7 +22,7 @@ pub fn read(folder: &Path, progress: bool) -> anyhow::Result<ImportBatch> {
 /// (ml-latest's ratings.csv is 650 MB at 25M ratings; ml-100k is read whole).
 pub struct Dataset {
     pub items: Vec<ItemRow>,
-    pub events: Box<dyn Iterator<Item = Result<ImportEvent, String>>>,
+    pub events: Box<dyn Iterator<Item = Result<ImportEvent, String>> + Send>,
 }
 
 /// Opens a MovieLens folder, recognizing its format from the files in it.
@@ -249,7 +249,8 @@ fn open_latest(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
         });
     Ok(Dataset {
         items,
-        events: Box::new(events),
+        // Parsed on a thread of its own while the store inserts.
+        events: Box::new(super::read_ahead::read_ahead(events)?),
     })
 }
 

@@ -240,6 +240,22 @@ fn a_streamed_import_that_fails_to_read_an_event_changes_nothing(db: &TestDb) {
     let users = store.users().unwrap();
     assert_eq!(users.len(), 5_000);
     assert_eq!(users[4_999], "user-4999");
+    // Every event once, in the source's order, with its own fields (SQLite inserts them
+    // many to a statement).
+    let items = store.items().unwrap();
+    let stored = store.events_after(0).unwrap();
+    assert_eq!(stored.len(), 120_000);
+    assert!(stored.windows(2).all(|pair| pair[0].id < pair[1].id));
+    for (n, event) in stored.iter().enumerate() {
+        let source = &good.events[n % good.events.len()];
+        assert_eq!(users[event.user as usize], format!("user-{}", n % 5_000));
+        assert_eq!(items[event.item as usize].external_id, source.item);
+        assert_eq!(
+            (event.kind, event.value, event.timestamp),
+            (source.kind, source.value, source.timestamp),
+            "event {n}"
+        );
+    }
 }
 
 fn snapshots_keep_the_newest_versions(db: &TestDb) {
