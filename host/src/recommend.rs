@@ -308,14 +308,19 @@ impl Recommender {
         // The cache key names the plugin's serving model version and the user's version
         // (their event count): an update or the user's feedback moves it.
         let serving_version = plugin.model_version();
-        let scope = |model_version| KeyScope {
-            store_id: &self.store_id,
-            plugin: model,
-            model_version,
-        };
-        let key = serving_version.map(|version| {
-            let user_key = user.index.map(|_| (user.id, user.version));
-            cache::key(scope(version), count, user_key)
+        // What the key describes: the model version and the user's version (`None`: a cold
+        // start). No key at all when the cache is off: building one is a visible share of an
+        // uncached request.
+        let described_by_key = serving_version
+            .filter(|_| self.cache.stores_anything())
+            .map(|version| (version, user.index.map(|_| user.version)));
+        let key = described_by_key.map(|(model_version, user_version)| {
+            let scope = KeyScope {
+                store_id: &self.store_id,
+                plugin: model,
+                model_version,
+            };
+            cache::key(scope, count, user_version.map(|version| (user.id, version)))
         });
         let cached = match &key {
             Some(key) => self.cache.get(key).await.and_then(|b| cache::decode(&b)),
@@ -370,12 +375,7 @@ impl Recommender {
         if let Some(key) = key
             && store
             && described
-            && key
-                == cache::key(
-                    scope(model_version),
-                    count,
-                    built_from.map(|version| (user.id, version)),
-                )
+            && described_by_key == Some((model_version, built_from))
         {
             // Awaited, not spawned: the next request of this user must find it (a miss
             // already paid for a plugin call; Redis adds one round trip).

@@ -101,7 +101,7 @@ pub async fn recommend(
             })
         })
         .collect();
-    Ok(Json(RecommendResponse {
+    json_response(&RecommendResponse {
         user_id: ids::to_json(&user_id),
         recommendations,
         model: &recommendation.model,
@@ -112,7 +112,22 @@ pub async fn recommend(
         cold_start: recommendation.cold_start,
         cached: recommendation.cached,
     })
-    .into_response())
+}
+
+/// The answer encoded into a buffer sized for it up front: axum's `Json` starts at 128 bytes
+/// and reallocates its way up to a ~1 KB answer, a visible share of a request's time.
+fn json_response(body: &RecommendResponse<'_>) -> Result<Response, ApiError> {
+    const FIELDS: usize = 320; // everything but the items, an experiment included
+    const PER_ITEM: usize = 96; // `{"item_id":…,"title":…,"score":…}` but the title
+    let titles: usize = body
+        .recommendations
+        .iter()
+        .map(|i| i.title.get().len())
+        .sum();
+    let mut bytes = Vec::with_capacity(FIELDS + titles + PER_ITEM * body.recommendations.len());
+    serde_json::to_writer(&mut bytes, body).map_err(ApiError::internal)?;
+    let json = axum::http::HeaderValue::from_static("application/json");
+    Ok(([(axum::http::header::CONTENT_TYPE, json)], bytes).into_response())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -35,6 +35,10 @@ pub trait RecommendationCache: Send + Sync {
     fn stats(&self) -> &CacheStats;
     /// `memory`, `redis` or `off`.
     fn backend(&self) -> &'static str;
+    /// False when nothing is ever stored: callers skip building keys.
+    fn stores_anything(&self) -> bool {
+        true
+    }
 }
 
 /// Counters every backend keeps.
@@ -105,6 +109,10 @@ impl RecommendationCache for NoCache {
     fn backend(&self) -> &'static str {
         "off"
     }
+
+    fn stores_anything(&self) -> bool {
+        false
+    }
 }
 
 /// The configured cache (`clustered`: this node shares its database with others).
@@ -135,11 +143,17 @@ pub fn key(scope: KeyScope<'_>, count: u32, user: Option<(&str, u64)>) -> String
         plugin,
         model_version,
     } = scope;
-    let prefix = format!("rh:1:{store_id}:{plugin}:{model_version}:{count}");
-    match user {
-        Some((user_id, user_version)) => format!("{prefix}:{user_version}:{user_id}"),
-        None => format!("{prefix}:cold"),
-    }
+    use std::fmt::Write;
+    // One allocation, sized for the longest part: a key is built on every request.
+    let mut key = String::with_capacity(
+        48 + store_id.len() + plugin.len() + user.map_or(4, |(id, _)| id.len()),
+    );
+    let _ = write!(key, "rh:1:{store_id}:{plugin}:{model_version}:{count}");
+    let _ = match user {
+        Some((user_id, user_version)) => write!(key, ":{user_version}:{user_id}"),
+        None => write!(key, ":cold"),
+    };
+    key
 }
 
 /// A checked answer as stored: item indices and scores.
