@@ -224,6 +224,17 @@ const TABLES: &[Table] = &[
         identity: Some("id"),
     },
     Table {
+        name: "served_list_batches",
+        columns: &[
+            ("id", Kind::Int),
+            ("newest_at_ms", Kind::Int),
+            ("lists", Kind::Int),
+            ("body", Kind::Blob),
+        ],
+        order: "id",
+        identity: Some("id"),
+    },
+    Table {
         name: "monitoring_windows",
         columns: &[
             ("id", Kind::Int),

@@ -21,6 +21,7 @@
 mod exposure_batches;
 pub mod migrate;
 mod postgres;
+mod served_list_batches;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -562,6 +563,7 @@ pub struct AlertRow {
 /// (`monitoring.rs` of each engine). Measurements, not acknowledged data: kept for the
 /// configured retention, then expired.
 pub trait MonitoringRecord {
+    /// Stores `lists` together (`served_list_batches.rs`: one row per call), in order.
     fn append_served_lists(&self, lists: &[ServedListRow]) -> StoreResult<()>;
     /// Lists with an id above `after`, oldest first, at most `limit`.
     fn served_lists_after(&self, after: i64, limit: usize) -> StoreResult<Vec<ServedListRow>>;
@@ -577,32 +579,10 @@ pub trait MonitoringRecord {
     /// Open alerts, and those resolved at or after `resolved_since_ms`, newest first, at
     /// most `limit`.
     fn alerts(&self, resolved_since_ms: u64, limit: usize) -> StoreResult<Vec<AlertRow>>;
-    /// Deletes lists served before `lists_before_ms`, and windows older than `before_ms`
-    /// and alerts resolved before it.
+    /// Deletes lists served before `lists_before_ms` (the lists of one append go together,
+    /// when the newest of them is that old), and windows older than `before_ms` and alerts
+    /// resolved before it. Returns the rows deleted.
     fn expire_monitoring(&self, lists_before_ms: u64, before_ms: u64) -> StoreResult<u64>;
-}
-
-/// Little-endian bytes of a list's items, as stored.
-fn u32s_to_bytes(values: &[u32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn bytes_to_u32s(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn bytes_to_f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// The plugins a cluster runs beyond what each node's config file declares: their .wasm

@@ -964,11 +964,18 @@ fn monitoring_records_round_trip_and_expire(db: &TestDb) {
         scores: vec![0.5, -1.25, f32::MIN_POSITIVE],
     };
     assert_eq!(store.last_served_list_id().unwrap(), 0);
+    // Two appends: two batches (one row each, `served_list_batches.rs`).
     store
-        .append_served_lists(&[list(1_000, "a"), list(2_000, "b"), list(3_000, "c")])
+        .append_served_lists(&[list(1_000, "a"), list(2_000, "b")])
         .unwrap();
+    store.append_served_lists(&[list(3_000, "c")]).unwrap();
+    store.append_served_lists(&[]).unwrap();
     let all = store.served_lists_after(0, 10).unwrap();
     assert_eq!(all.len(), 3);
+    assert_eq!(
+        all.iter().map(|l| l.user_id.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
     assert_eq!(
         ServedListRow {
             id: 0,
@@ -982,6 +989,10 @@ fn monitoring_records_round_trip_and_expire(db: &TestDb) {
     let after_first = store.served_lists_after(all[0].id, 1).unwrap();
     assert_eq!(after_first.len(), 1);
     assert_eq!(after_first[0].user_id, "b");
+    // Paging from inside a batch into the next, and past the newest.
+    let rest = store.served_lists_after(all[0].id, 10).unwrap();
+    assert_eq!(rest, all[1..].to_vec());
+    assert!(store.served_lists_after(all[2].id, 10).unwrap().is_empty());
 
     store.append_monitoring_window(1_500, "{\"w\":1}").unwrap();
     store.append_monitoring_window(2_500, "{\"w\":2}").unwrap();
@@ -1019,10 +1030,17 @@ fn monitoring_records_round_trip_and_expire(db: &TestDb) {
     store.record_learning_run(&rollback).unwrap();
     assert_eq!(store.learning_runs(1).unwrap()[0].kind, "rollback");
 
-    // Lists before 2,500 go; windows before 2,000, with alerts resolved before it; open
-    // alerts stay.
-    assert_eq!(store.expire_monitoring(2_500, 2_000).unwrap(), 4);
-    assert_eq!(store.served_lists_after(0, 10).unwrap().len(), 1);
+    // Lists before 2,500 go (the first batch, all of whose lists are older); windows before
+    // 2,000, with alerts resolved before it; open alerts stay.
+    assert_eq!(store.expire_monitoring(2_500, 2_000).unwrap(), 3);
+    assert_eq!(store.served_lists_after(0, 10).unwrap(), all[2..].to_vec());
+    // Ids keep growing once every list has expired: a reader's place stays valid.
+    assert_eq!(store.expire_monitoring(u64::MAX, 0).unwrap(), 1);
+    assert_eq!(store.last_served_list_id().unwrap(), 0);
+    store.append_served_lists(&[list(4_000, "d")]).unwrap();
+    let newest = store.served_lists_after(all[2].id, 10).unwrap();
+    assert_eq!(newest.len(), 1);
+    assert!(newest[0].id > all[2].id);
     assert_eq!(store.monitoring_windows(0, 10).unwrap().len(), 1);
     assert_eq!(store.alerts(0, 10).unwrap().len(), 1);
 }

@@ -1,79 +1,77 @@
 //! Model monitoring's records in PostgreSQL: lists served, windows, alerts.
 
 use super::{PostgresStore, lock_keys, to_i64};
-use crate::store::{
-    AlertRow, MonitoringRecord, ServedListRow, StoreResult, bytes_to_f32s, bytes_to_u32s,
-    f32s_to_bytes, u32s_to_bytes,
-};
+use crate::store::{AlertRow, MonitoringRecord, ServedListRow, StoreResult, served_list_batches};
 
 impl MonitoringRecord for PostgresStore {
     fn append_served_lists(&self, lists: &[ServedListRow]) -> StoreResult<()> {
-        if lists.is_empty() {
+        let batches = served_list_batches::encode(lists);
+        if batches.is_empty() {
             return Ok(());
         }
-        let at: Vec<i64> = lists.iter().map(|l| to_i64(l.at_ms)).collect();
-        let users: Vec<&str> = lists.iter().map(|l| l.user_id.as_str()).collect();
-        let plugins: Vec<&str> = lists.iter().map(|l| l.plugin.as_str()).collect();
-        let versions: Vec<i64> = lists.iter().map(|l| to_i64(l.model_version)).collect();
-        let after: Vec<i64> = lists.iter().map(|l| l.after_event).collect();
-        let items: Vec<Vec<u8>> = lists.iter().map(|l| u32s_to_bytes(&l.items)).collect();
-        let scores: Vec<Vec<u8>> = lists.iter().map(|l| f32s_to_bytes(&l.scores)).collect();
         self.run(async |client| {
             let transaction = client.transaction().await?;
-            // Ids in commit order (see `lock_keys::SERVED_LISTS`); one statement per batch.
+            // Ids in commit order (see `lock_keys::SERVED_LISTS`): a reader paging by id
+            // never passes a batch that commits later with a smaller id.
             transaction
                 .execute(
                     "SELECT pg_advisory_xact_lock($1)",
                     &[&lock_keys::SERVED_LISTS],
                 )
                 .await?;
-            transaction
-                .execute(
-                    "INSERT INTO served_lists
-                         (at_ms, user_id, plugin, model_version, after_event, items, scores)
-                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[],
-                                          $5::int8[], $6::bytea[], $7::bytea[])",
-                    &[&at, &users, &plugins, &versions, &after, &items, &scores],
-                )
-                .await?;
+            for batch in &batches {
+                transaction
+                    .execute(
+                        "INSERT INTO served_list_batches (newest_at_ms, lists, body)
+                         VALUES ($1, $2, $3)",
+                        &[
+                            &to_i64(batch.newest_at_ms),
+                            &i64::from(batch.lists),
+                            &batch.body,
+                        ],
+                    )
+                    .await?;
+            }
             transaction.commit().await?;
             Ok(())
         })
     }
 
     fn served_lists_after(&self, after: i64, limit: usize) -> StoreResult<Vec<ServedListRow>> {
-        let limit = to_i64(limit as u64);
+        let first = served_list_batches::first_batch_after(after);
+        // Every batch holds at least one list: `limit` batches hold enough.
+        let batches = to_i64(limit as u64);
         self.run(async |client| {
-            client
+            let rows = client
                 .query(
-                    "SELECT id, at_ms, user_id, plugin, model_version, after_event, items, scores
-                     FROM served_lists WHERE id > $1 ORDER BY id LIMIT $2",
-                    &[&after, &limit],
+                    "SELECT id, body FROM served_list_batches WHERE id >= $1 ORDER BY id LIMIT $2",
+                    &[&first, &batches],
                 )
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(ServedListRow {
-                        id: row.try_get(0)?,
-                        at_ms: row.try_get::<_, i64>(1)?.max(0) as u64,
-                        user_id: row.try_get(2)?,
-                        plugin: row.try_get(3)?,
-                        model_version: row.try_get::<_, i64>(4)?.max(0) as u64,
-                        after_event: row.try_get(5)?,
-                        items: bytes_to_u32s(row.try_get(6)?),
-                        scores: bytes_to_f32s(row.try_get(7)?),
-                    })
-                })
-                .collect()
+                .await?;
+            let mut lists = Vec::new();
+            for row in &rows {
+                if lists.len() >= limit {
+                    break;
+                }
+                let body: &[u8] = row.try_get(1)?;
+                served_list_batches::decode(row.try_get(0)?, body, after, limit, &mut lists)?;
+            }
+            Ok(lists)
         })
     }
 
     fn last_served_list_id(&self) -> StoreResult<i64> {
         self.run(async |client| {
-            let row = client
-                .query_one("SELECT COALESCE(MAX(id), 0) FROM served_lists", &[])
+            let newest = client
+                .query_opt(
+                    "SELECT id, lists FROM served_list_batches ORDER BY id DESC LIMIT 1",
+                    &[],
+                )
                 .await?;
-            Ok(row.try_get(0)?)
+            Ok(match newest {
+                Some(row) => served_list_batches::last_list_id(row.try_get(0)?, row.try_get(1)?),
+                None => 0,
+            })
         })
     }
 
@@ -163,6 +161,13 @@ impl MonitoringRecord for PostgresStore {
         self.run(async |client| {
             let transaction = client.transaction().await?;
             let mut deleted = transaction
+                .execute(
+                    "DELETE FROM served_list_batches WHERE newest_at_ms < $1",
+                    &[&lists_before],
+                )
+                .await?;
+            // Lists stored one by one before migration 11 (or by an older node meanwhile).
+            deleted += transaction
                 .execute(
                     "DELETE FROM served_lists WHERE at_ms < $1",
                     &[&lists_before],

@@ -1,12 +1,9 @@
 //! Model monitoring's records in SQLite: lists served, windows, alerts.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::store::{
-    AlertRow, MonitoringRecord, ServedListRow, StoreResult, bytes_to_f32s, bytes_to_u32s,
-    f32s_to_bytes, u32s_to_bytes,
-};
+use crate::store::{AlertRow, MonitoringRecord, ServedListRow, StoreResult, served_list_batches};
 
 impl MonitoringRecord for SqliteStore {
     fn append_served_lists(&self, lists: &[ServedListRow]) -> StoreResult<()> {
@@ -14,19 +11,13 @@ impl MonitoringRecord for SqliteStore {
         let transaction = connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO served_lists
-                     (at_ms, user_id, plugin, model_version, after_event, items, scores)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO served_list_batches (newest_at_ms, lists, body) VALUES (?1, ?2, ?3)",
             )?;
-            for list in lists {
+            for batch in served_list_batches::encode(lists) {
                 insert.execute(params![
-                    list.at_ms as i64,
-                    list.user_id,
-                    list.plugin,
-                    list.model_version as i64,
-                    list.after_event,
-                    u32s_to_bytes(&list.items),
-                    f32s_to_bytes(&list.scores),
+                    batch.newest_at_ms.min(i64::MAX as u64) as i64,
+                    batch.lists,
+                    batch.body
                 ])?;
             }
         }
@@ -36,33 +27,34 @@ impl MonitoringRecord for SqliteStore {
 
     fn served_lists_after(&self, after: i64, limit: usize) -> StoreResult<Vec<ServedListRow>> {
         let connection = self.lock();
+        // Every batch holds at least one list: `limit` batches hold enough.
         let mut select = connection.prepare_cached(
-            "SELECT id, at_ms, user_id, plugin, model_version, after_event, items, scores
-             FROM served_lists WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, body FROM served_list_batches WHERE id >= ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = select
-            .query_map(params![after, limit.min(i64::MAX as usize) as i64], |row| {
-                Ok(ServedListRow {
-                    id: row.get(0)?,
-                    at_ms: row.get::<_, i64>(1)?.max(0) as u64,
-                    user_id: row.get(2)?,
-                    plugin: row.get(3)?,
-                    model_version: row.get::<_, i64>(4)?.max(0) as u64,
-                    after_event: row.get(5)?,
-                    items: bytes_to_u32s(&row.get::<_, Vec<u8>>(6)?),
-                    scores: bytes_to_f32s(&row.get::<_, Vec<u8>>(7)?),
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        let first = served_list_batches::first_batch_after(after);
+        let mut rows = select.query(params![first, limit.min(i64::MAX as usize) as i64])?;
+        let mut lists = Vec::new();
+        while lists.len() < limit
+            && let Some(row) = rows.next()?
+        {
+            let body = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            served_list_batches::decode(row.get(0)?, body, after, limit, &mut lists)?;
+        }
+        Ok(lists)
     }
 
     fn last_served_list_id(&self) -> StoreResult<i64> {
-        Ok(self
+        let newest: Option<(i64, i64)> = self
             .lock()
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM served_lists", [], |row| {
-                row.get(0)
-            })?)
+            .query_row(
+                "SELECT id, lists FROM served_list_batches ORDER BY id DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        Ok(newest.map_or(0, |(batch, lists)| {
+            served_list_batches::last_list_id(batch, lists)
+        }))
     }
 
     fn append_monitoring_window(&self, at_ms: u64, body: &str) -> StoreResult<()> {
@@ -138,7 +130,12 @@ impl MonitoringRecord for SqliteStore {
         let transaction = connection.transaction()?;
         let before = before_ms.min(i64::MAX as u64) as i64;
         let lists_before = lists_before_ms.min(i64::MAX as u64) as i64;
-        let mut deleted =
+        let mut deleted = transaction.execute(
+            "DELETE FROM served_list_batches WHERE newest_at_ms < ?1",
+            [lists_before],
+        )?;
+        // Lists stored one by one before migration 15 (or by an older node meanwhile).
+        deleted +=
             transaction.execute("DELETE FROM served_lists WHERE at_ms < ?1", [lists_before])?;
         deleted +=
             transaction.execute("DELETE FROM monitoring_windows WHERE at_ms < ?1", [before])?;
