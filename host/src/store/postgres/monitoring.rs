@@ -42,17 +42,26 @@ impl MonitoringRecord for PostgresStore {
         // Every batch holds at least one list: `limit` batches hold enough.
         let batches = to_i64(limit as u64);
         self.run(async |client| {
+            use futures_util::TryStreamExt;
+            // The batches holding a list above `after` (the first may hold older ones too),
+            // streamed: reading stops once `limit` lists are decoded, whatever the backlog.
             let rows = client
-                .query(
-                    "SELECT id, body FROM served_list_batches WHERE id >= $1 ORDER BY id LIMIT $2",
-                    &[&first, &batches],
+                .query_raw(
+                    "SELECT id, body FROM served_list_batches
+                     WHERE id >= $1 AND id * $2 + lists - 1 > $3 ORDER BY id LIMIT $4",
+                    [
+                        &first as &(dyn tokio_postgres::types::ToSql + Sync),
+                        &served_list_batches::LISTS_PER_BATCH,
+                        &after,
+                        &batches,
+                    ],
                 )
                 .await?;
+            let mut rows = std::pin::pin!(rows);
             let mut lists = Vec::new();
-            for row in &rows {
-                if lists.len() >= limit {
-                    break;
-                }
+            while lists.len() < limit
+                && let Some(row) = rows.try_next().await?
+            {
                 let body: &[u8] = row.try_get(1)?;
                 served_list_batches::decode(row.try_get(0)?, body, after, limit, &mut lists)?;
             }

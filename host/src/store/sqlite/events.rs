@@ -175,10 +175,8 @@ impl EventLog for SqliteStore {
         // users inserted before their events: SQLite's foreign-key check (two B-tree lookups
         // per event) was a sixth of an import's time. Off for the import only (the pragma
         // cannot change inside a transaction), on again whatever the import returns.
-        connection.pragma_update(None, "foreign_keys", "OFF")?;
-        let imported = import_in(&mut connection, items, events, only_into_empty);
-        connection.pragma_update(None, "foreign_keys", "ON")?;
-        imported
+        let unchecked = ForeignKeysOff::on(&mut connection)?;
+        import_in(&mut *unchecked.0, items, events, only_into_empty)
     }
 
     fn append_requests(
@@ -445,6 +443,28 @@ impl SqliteStore {
             events.push(event_row(row)?);
         }
         Ok(events)
+    }
+}
+
+/// A connection with foreign-key checks off until this is dropped, however its holder ends
+/// (an error, or a panic in the event source: the store's lock ignores poisoning, so the
+/// connection would otherwise go on unchecked).
+struct ForeignKeysOff<'c>(&'c mut rusqlite::Connection);
+
+impl<'c> ForeignKeysOff<'c> {
+    fn on(connection: &'c mut rusqlite::Connection) -> StoreResult<Self> {
+        connection.pragma_update(None, "foreign_keys", "OFF")?;
+        Ok(Self(connection))
+    }
+}
+
+impl Drop for ForeignKeysOff<'_> {
+    fn drop(&mut self) {
+        // Outside any transaction (the import's has ended), so this only fails with the
+        // connection itself.
+        if let Err(error) = self.0.pragma_update(None, "foreign_keys", "ON") {
+            tracing::error!(%error, "cannot turn SQLite's foreign-key checks back on after an import");
+        }
     }
 }
 

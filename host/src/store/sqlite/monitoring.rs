@@ -27,12 +27,19 @@ impl MonitoringRecord for SqliteStore {
 
     fn served_lists_after(&self, after: i64, limit: usize) -> StoreResult<Vec<ServedListRow>> {
         let connection = self.lock();
-        // Every batch holds at least one list: `limit` batches hold enough.
+        // The batches holding a list above `after` (the first may hold older ones too);
+        // every batch holds at least one list, so `limit` batches hold enough.
         let mut select = connection.prepare_cached(
-            "SELECT id, body FROM served_list_batches WHERE id >= ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, body FROM served_list_batches
+             WHERE id >= ?1 AND id * ?2 + lists - 1 > ?3 ORDER BY id LIMIT ?4",
         )?;
         let first = served_list_batches::first_batch_after(after);
-        let mut rows = select.query(params![first, limit.min(i64::MAX as usize) as i64])?;
+        let mut rows = select.query(params![
+            first,
+            served_list_batches::LISTS_PER_BATCH,
+            after,
+            limit.min(i64::MAX as usize) as i64
+        ])?;
         let mut lists = Vec::new();
         while lists.len() < limit
             && let Some(row) = rows.next()?
