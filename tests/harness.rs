@@ -262,6 +262,24 @@ impl Server {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// CPU time the server has used since it started, user and system, in seconds (/proc
+    /// stat). With wrk on the same cores, CPU per request is a steadier measure of what a
+    /// request costs than requests per second, which move with the machine's other load.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the server's /proc stat");
+        // After the command (in parentheses, which may hold spaces): the state, then ...,
+        // utime and stime, the 14th and 15th fields of the line.
+        let rest = &stat[stat.rfind(')').expect("a command in /proc stat") + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |index: usize| -> f64 {
+            fields[index]
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("/proc stat field {index}: {stat}")) as f64
+        };
+        (ticks(11) + ticks(12)) / clock_ticks_per_second()
+    }
+
     /// Starts measuring the server's peak resident memory afresh (Linux: `5` to
     /// /proc/PID/clear_refs resets VmHWM to the current RSS).
     pub fn reset_peak_memory(&self) {
@@ -613,4 +631,19 @@ pub fn succeed(command: &mut Command) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// The unit of /proc's CPU times (`getconf CLK_TCK`, 100 on Linux's usual builds).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let output = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf runs");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("getconf CLK_TCK prints a number")
+    })
 }

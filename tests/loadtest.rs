@@ -243,9 +243,19 @@ fn host_overhead(dir: &Path) -> Value {
         // Twice each, alternating: /health alone varies by a fifth between runs on this
         // machine, and the share is of the two means.
         let mut runs = Vec::new();
+        // The server's CPU per request, microseconds: steadier than the shares, which move
+        // with whatever else the machine runs (requests/s of `/health` alone vary by a fifth).
+        let measured = |script: &str| {
+            let before = server.cpu_seconds();
+            let mut result = wrk(&server.base, script, 64, dir);
+            let cpu = server.cpu_seconds() - before;
+            let requests = result["requests"].as_f64().unwrap().max(1.0);
+            result["server_cpu_us_per_request"] = json!(cpu * 1e6 / requests);
+            result
+        };
         for _ in 0..2 {
-            let health = wrk(&server.base, HEALTH_LUA, 64, dir);
-            let recommend = wrk(&server.base, script, 64, dir);
+            let health = measured(HEALTH_LUA);
+            let recommend = measured(script);
             assert_eq!(recommend["non_2xx"], 0, "{recommend}");
             runs.push((health, recommend));
         }
@@ -257,13 +267,30 @@ fn host_overhead(dir: &Path) -> Value {
         };
         let (health_rps, recommend_rps) = (mean(|run| &run.0), mean(|run| &run.1));
         let share = recommend_rps / health_rps;
+        let mean_cpu = |pick: fn(&(Value, Value)) -> &Value| {
+            runs.iter()
+                .map(|run| pick(run)["server_cpu_us_per_request"].as_f64().unwrap())
+                .sum::<f64>()
+                / runs.len() as f64
+        };
+        let (health_cpu, recommend_cpu) = (mean_cpu(|run| &run.0), mean_cpu(|run| &run.1));
         let (mut health, mut recommend) = runs.pop().unwrap();
         health["requests_per_second"] = json!(health_rps);
         recommend["requests_per_second"] = json!(recommend_rps);
+        health["server_cpu_us_per_request"] = json!(health_cpu);
+        recommend["server_cpu_us_per_request"] = json!(recommend_cpu);
         let stats = server.get("/health").1["cache"].clone();
         cache.insert(
             name.into(),
-            json!({"health": health, "recommend": recommend, "share_of_health": share, "cache": stats}),
+            json!({
+                "health": health,
+                "recommend": recommend,
+                "share_of_health": share,
+                // /health's CPU per request over /recommend's: the share of /health's
+                // throughput the server's CPU alone would allow.
+                "cpu_share_of_health": health_cpu / recommend_cpu,
+                "cache": stats,
+            }),
         );
     }
     drop(redis);
@@ -272,9 +299,9 @@ fn host_overhead(dir: &Path) -> Value {
 
 fn print_overhead(c: &Value) {
     println!(
-        "\n| scenario | /health requests/s | /recommend requests/s | share of /health | p50 | p99 |"
+        "\n| scenario | /health requests/s | /recommend requests/s | share of /health | server CPU per request, /health / /recommend | CPU share | p50 | p99 |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (key, label) in [
         (
             "popularity_uncached_no_experiment",
@@ -290,10 +317,15 @@ fn print_overhead(c: &Value) {
     ] {
         let run = &c[key];
         println!(
-            "| {label} | {:.0} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms |",
+            "| {label} | {:.0} | {:.0} | {:.0}% | {:.1} / {:.1} µs | {:.0}% | {:.2} ms | {:.2} ms |",
             run["health"]["requests_per_second"].as_f64().unwrap(),
             run["recommend"]["requests_per_second"].as_f64().unwrap(),
             100.0 * run["share_of_health"].as_f64().unwrap(),
+            run["health"]["server_cpu_us_per_request"].as_f64().unwrap(),
+            run["recommend"]["server_cpu_us_per_request"]
+                .as_f64()
+                .unwrap(),
+            100.0 * run["cpu_share_of_health"].as_f64().unwrap(),
             run["recommend"]["p50_us"].as_f64().unwrap() / 1e3,
             run["recommend"]["p99_us"].as_f64().unwrap() / 1e3
         );
