@@ -144,9 +144,10 @@ pub fn key(scope: KeyScope<'_>, count: u32, user: Option<(&str, u64)>) -> String
         model_version,
     } = scope;
     use std::fmt::Write;
-    // One allocation, sized for the longest part: a key is built on every request.
+    // One allocation (the fixed text and four integers fit in 64 bytes): a key is built on
+    // every request.
     let mut key = String::with_capacity(
-        48 + store_id.len() + plugin.len() + user.map_or(4, |(id, _)| id.len()),
+        64 + store_id.len() + plugin.len() + user.map_or(0, |(id, _)| id.len()),
     );
     let _ = write!(key, "rh:1:{store_id}:{plugin}:{model_version}:{count}");
     let _ = match user {
