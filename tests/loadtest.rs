@@ -259,21 +259,22 @@ fn host_overhead(dir: &Path) -> Value {
             assert_eq!(recommend["non_2xx"], 0, "{recommend}");
             runs.push((health, recommend));
         }
-        let mean = |pick: fn(&(Value, Value)) -> &Value| {
+        // The mean of `field` over the runs of one route (`pick`: /health's or /recommend's).
+        let mean = |field: &str, pick: fn(&(Value, Value)) -> &Value| {
             runs.iter()
-                .map(|run| pick(run)["requests_per_second"].as_f64().unwrap())
+                .map(|run| pick(run)[field].as_f64().unwrap())
                 .sum::<f64>()
                 / runs.len() as f64
         };
-        let (health_rps, recommend_rps) = (mean(|run| &run.0), mean(|run| &run.1));
+        let (health_rps, recommend_rps) = (
+            mean("requests_per_second", |run| &run.0),
+            mean("requests_per_second", |run| &run.1),
+        );
         let share = recommend_rps / health_rps;
-        let mean_cpu = |pick: fn(&(Value, Value)) -> &Value| {
-            runs.iter()
-                .map(|run| pick(run)["server_cpu_us_per_request"].as_f64().unwrap())
-                .sum::<f64>()
-                / runs.len() as f64
-        };
-        let (health_cpu, recommend_cpu) = (mean_cpu(|run| &run.0), mean_cpu(|run| &run.1));
+        let (health_cpu, recommend_cpu) = (
+            mean("server_cpu_us_per_request", |run| &run.0),
+            mean("server_cpu_us_per_request", |run| &run.1),
+        );
         let (mut health, mut recommend) = runs.pop().unwrap();
         health["requests_per_second"] = json!(health_rps);
         recommend["requests_per_second"] = json!(recommend_rps);
