@@ -146,12 +146,17 @@ enum ExperimentsCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Generate a plugin crate in ./NAME (outside any workspace) that builds and passes its
-    /// tests at once: the algorithm in src/model.rs, the WIT binding in src/lib.rs.
+    /// Generate a plugin project in ./NAME that builds and passes its tests at once: the
+    /// algorithm in a plain module (src/model.rs, src/model.py, src/model.js) with its own
+    /// tests, a thin binding to the WIT contract, and one command that builds NAME.wasm.
     New {
         /// The plugin's name: lower-case letters, digits, '-' and '_'.
         name: String,
-        /// Folder to create the crate in.
+        /// The plugin's language: rust (cargo), python (componentize-py) or js
+        /// (componentize-js).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: recohost::plugin_dev::new::Lang,
+        /// Folder to create the project in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
@@ -343,19 +348,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Eval(args) => eval(args),
         Command::Plugin {
-            command: PluginCommand::New { name, dir },
+            command: PluginCommand::New { name, lang, dir },
         } => {
-            let root = recohost::plugin_dev::new::create(&name, &dir)?;
-            println!("created the plugin crate {}", root.display());
-            println!(
-                "next: cd {} && cargo test && cargo build --release --target wasm32-wasip2",
-                root.display()
-            );
-            println!(
-                "then: recohost plugin check {}/target/wasm32-wasip2/release/{}.wasm",
-                root.display(),
-                name.replace('-', "_")
-            );
+            let root = recohost::plugin_dev::new::create(&name, lang, &dir)?;
+            let (build, component) = lang.next_steps(&root, &name);
+            println!("created the plugin project {}", root.display());
+            println!("next: {build}");
+            println!("then: recohost plugin check {}", component.display());
             Ok(())
         }
         Command::Plugin {

@@ -5,7 +5,8 @@
 //! Steps, stopping at the first failure: load (compile, WIT version and exports, `describe`,
 //! `configure`), `train`, `recommend` for a spread of users and an anonymous visitor at every
 //! list length from 1 to 50, `predict` when the plugin says it predicts ratings, `update`, and
-//! `save` then `load` into a fresh instance that must answer identically. Throughout: no
+//! `save` then `load` into a fresh instance that must answer identically, and `load` of bytes
+//! no `save` made, which must be refused with `invalid-input`. Throughout: no
 //! trap, no time or memory limit hit, no more log than the per-call limit, no network use.
 
 use std::collections::{HashMap, HashSet};
@@ -16,7 +17,8 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, wit_kind};
 use crate::import::demo::{DemoSize, generate};
-use crate::plugins::bindings::{Feedback, Request, Scored};
+use crate::plugins::bindings::{Feedback, Request, Scored, StrategyError};
+use crate::plugins::instance::CallError;
 use crate::plugins::runtime::Session;
 use crate::plugins::{PluginEngine, PluginLimits, PluginRuntime};
 
@@ -266,7 +268,11 @@ impl Run {
         let outcome = self.round_trip(&plugin, &mut session, data);
         self.report.figures.peak_memory_bytes = Some(session.instance().peak_memory_bytes());
         let outcome = outcome.and_then(|detail| sandbox_kept(&session, &limits).map(|()| detail));
-        self.step("save and load", outcome)
+        self.step("save and load", outcome)?;
+
+        let outcome = refuses_a_foreign_snapshot(&mut session, data)
+            .and_then(|detail| sandbox_kept(&session, &limits).map(|()| detail));
+        self.step("foreign bytes", outcome)
     }
 
     /// Every list length from 1 to [`MAX_COUNT`] for each asked user and an anonymous one.
@@ -344,6 +350,34 @@ impl Run {
             snapshot.len().div_ceil(1024)
         ))
     }
+}
+
+/// `load` of bytes no `save` made must give `invalid-input`, never a trap, and leave an
+/// instance that still answers (the contract's `load`). A plugin whose binding lets an
+/// exception escape (a Python `ValueError`, a JavaScript `Error` without a `payload`) traps
+/// here, and every corrupt snapshot would cost the server an instance.
+fn refuses_a_foreign_snapshot(session: &mut Session, data: &CheckData) -> Result<String, String> {
+    const FOREIGN: &[u8] = b"not a snapshot: bytes recohost plugin check hands to `load`";
+    match session.load(FOREIGN) {
+        Err(CallError::Refused {
+            error: StrategyError::InvalidInput(_),
+            ..
+        }) => {}
+        Ok(()) => {
+            return Err(
+                "`load` accepted bytes that no `save` made; it must refuse them with invalid-input"
+                    .into(),
+            );
+        }
+        Err(CallError::Refused { error, .. }) => {
+            return Err(format!(
+                "`load` refused bytes that no `save` made with {error:?}; the contract asks for invalid-input"
+            ));
+        }
+        Err(other) => return Err(other.to_string()),
+    }
+    answer_for(session, data, 0, 10)
+        .map(|_| "refused with invalid-input, and the instance answers after it".into())
 }
 
 fn describe_user(user: Option<u32>) -> String {

@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bounded_io::BoundedIo;
 use super::engine::EpochClock;
 use super::limiter::SandboxLimiter;
+use super::output_tail::OutputTail;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -48,12 +49,15 @@ pub struct InstanceState {
     pub log_messages_dropped: u64,
     /// Network uses the sandbox refused (`connect 127.0.0.1:22`), since the instance began.
     pub denied_network: Arc<Mutex<Vec<String>>>,
+    /// The end of what the guest wrote to stdout and stderr, for a trap's reason.
+    pub output: OutputTail,
 }
 
 impl InstanceState {
     /// WASI grants nothing here: no preopened directories, no environment, no arguments, no
-    /// sockets, no inherited stdio. Clocks and randomness stay (Rust's std needs them), with
-    /// their host-side allocations bounded.
+    /// sockets, no inherited stdio (stdout and stderr go to a small [`OutputTail`] that only
+    /// a trap's reason reads). Clocks and randomness stay (Rust's std needs them), with their
+    /// host-side allocations bounded.
     ///
     /// With `observe_network` (`recohost plugin check`), sockets may be created so that a
     /// connect or bind reaches the address check, which refuses every address and notes it.
@@ -65,8 +69,11 @@ impl InstanceState {
     ) -> Self {
         let denied_network = Arc::new(Mutex::new(Vec::new()));
         let noted = denied_network.clone();
+        let output = OutputTail::default();
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
         builder
+            .stdout(output.clone())
+            .stderr(output.clone())
             .max_random_size(MAX_RANDOM_BYTES)
             .allow_tcp(observe_network)
             .allow_udp(observe_network)
@@ -90,6 +97,7 @@ impl InstanceState {
             log_budget: 0,
             log_messages_dropped: 0,
             denied_network,
+            output,
         }
     }
 

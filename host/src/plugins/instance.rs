@@ -182,7 +182,16 @@ impl PluginInstance {
                         self.limits.memory_mb
                     )))
                 } else if error.downcast_ref::<Trap>().is_some() {
-                    Err(trapped(short_text(&format!("{error:#}"))))
+                    // An interpreter's fatal error (a Python traceback) is only on its stderr:
+                    // it comes first, the engine's backtrace of interpreter frames after.
+                    let output = match self.store.data().output.text() {
+                        Some(text) => format!("its last output was \"{text}\"; "),
+                        None => String::new(),
+                    };
+                    Err(trapped(format!(
+                        "{output}{}",
+                        short_text(&format!("{error:#}"))
+                    )))
                 } else {
                     // Not a trap of the guest's code: the host refused a host call's request
                     // while the guest ran (it then carries the guest's backtrace), or the

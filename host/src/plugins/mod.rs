@@ -22,6 +22,7 @@ pub mod health;
 pub mod instance;
 pub mod limiter;
 pub mod limits;
+pub mod output_tail;
 pub mod placement;
 pub mod runtime;
 

@@ -795,6 +795,10 @@ impl Session {
         self.instance.save()
     }
 
+    pub fn load(&mut self, snapshot: &[u8]) -> Result<(), CallError> {
+        self.instance.load(snapshot)
+    }
+
     /// The instance itself, for what it used (memory, log, refused network uses).
     pub fn instance(&self) -> &PluginInstance {
         &self.instance
