@@ -621,6 +621,33 @@ impl Drop for Redis {
     }
 }
 
+/// `recohost plugin check FILE --config CONFIG --limits LIMITS`: whether it passed, and its
+/// report with anything it logged.
+pub fn plugin_check(file: &Path, config: &str, limits: &str) -> (bool, String) {
+    let output = Command::new(binary())
+        .args(["plugin", "check"])
+        .arg(file)
+        .args(["--config", config, "--limits", limits])
+        .env("RECOHOST_LOG", "error")
+        .output()
+        .expect("plugin check starts");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Why a `plugin check` failed: its report from the `FAILED:` line on (a trap's reason may
+/// span lines: the guest's last output, the engine's backtrace).
+pub fn check_failure(report: &str) -> &str {
+    let start = report
+        .find("\nFAILED: ")
+        .unwrap_or_else(|| panic!("no FAILED line:\n{report}"));
+    &report[start + 1..]
+}
+
 /// Runs `command`, panicking with its output unless it succeeds.
 pub fn succeed(command: &mut Command) -> Output {
     let output = command.output().expect("the command starts");

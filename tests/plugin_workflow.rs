@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use recohost_e2e::{Server, binary, config_text, fixture, succeed};
+use recohost_e2e::{Server, binary, check_failure, config_text, fixture, plugin_check, succeed};
 use serde_json::json;
 
 fn cargo() -> Command {
@@ -46,23 +46,7 @@ fn test_and_build(crate_dir: &Path, lib: &str) -> PathBuf {
 }
 
 fn check(file: &Path, config: &str) -> (bool, String) {
-    check_under(file, config, "{}")
-}
-
-fn check_under(file: &Path, config: &str, limits: &str) -> (bool, String) {
-    let output = Command::new(binary())
-        .args(["plugin", "check"])
-        .arg(file)
-        .args(["--config", config, "--limits", limits])
-        .env("RECOHOST_LOG", "error")
-        .output()
-        .expect("plugin check starts");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    plugin_check(file, config, "{}")
 }
 
 #[test]
@@ -162,12 +146,9 @@ fn plugin_check_rejects_each_hostile_fixture_with_its_reason() {
     ];
     for (count, limits, reason) in cases {
         let config = format!(r#"{{"misbehave_only": {count}}}"#);
-        let (passed, report) = check_under(&misbehaving, &config, limits);
+        let (passed, report) = plugin_check(&misbehaving, &config, limits);
         assert!(!passed, "count {count} passed:\n{report}");
-        let failure = report
-            .lines()
-            .find(|line| line.starts_with("FAILED: "))
-            .unwrap_or_else(|| panic!("no FAILED line:\n{report}"));
+        let failure = check_failure(&report);
         assert!(
             failure.contains(reason) && failure.contains(&format!("count {count}")),
             "count {count}: expected {reason:?} in {failure}"
@@ -193,11 +174,8 @@ fn plugin_check_rejects_each_hostile_fixture_with_its_reason() {
             "exceeded its memory limit of 64 MiB",
         ),
     ] {
-        let (passed, report) = check_under(&file, config, limits);
-        let failure = report
-            .lines()
-            .find(|line| line.starts_with("FAILED: "))
-            .unwrap_or_else(|| panic!("no FAILED line:\n{report}"));
+        let (passed, report) = plugin_check(&file, config, limits);
+        let failure = check_failure(&report);
         assert!(
             !passed && failure.contains(reason),
             "expected {reason:?} in {failure}"
