@@ -42,7 +42,11 @@ const NPM: Registry = Registry {
     name: "npm",
     probe: || {
         let mut command = Command::new("npm");
-        command.args(["view", "@bytecodealliance/componentize-js@0.23.0", "version"]);
+        command.args([
+            "view",
+            "@bytecodealliance/componentize-js@0.23.0",
+            "version",
+        ]);
         command
     },
 };
@@ -64,7 +68,9 @@ fn registry_reachable(registry: Registry) -> bool {
         std::env::var_os("RECOHOST_REQUIRE_REGISTRIES").is_none(),
         "{name} is unreachable ({problem}) and RECOHOST_REQUIRE_REGISTRIES is set"
     );
-    eprintln!("SKIPPED: {name} is unreachable ({problem}); the plugin toolchain cannot be installed");
+    eprintln!(
+        "SKIPPED: {name} is unreachable ({problem}); the plugin toolchain cannot be installed"
+    );
     false
 }
 
@@ -102,8 +108,15 @@ fn js_plugin(name: &str, parent: &Path) -> PathBuf {
             .current_dir(&project),
     );
     let tests = stdout_of(Command::new("npm").arg("test").current_dir(&project));
-    assert!(tests.contains("# pass 6") && tests.contains("# fail 0"), "{tests}");
-    succeed(Command::new("npm").args(["run", "build"]).current_dir(&project));
+    assert!(
+        tests.contains("# pass 6") && tests.contains("# fail 0"),
+        "{tests}"
+    );
+    succeed(
+        Command::new("npm")
+            .args(["run", "build"])
+            .current_dir(&project),
+    );
     project.join(format!("{name}.wasm"))
 }
 
@@ -126,7 +139,10 @@ fn python_and_javascript_plugins_from_nothing_pass_the_check_and_serve_without_a
         assert!(report.contains("foreign bytes"), "{name}: {report}");
         // The config reaches the model, which refuses an unknown key by name.
         let (passed, report) = plugin_check(wasm, r#"{"positve_rating": 4}"#, "{}");
-        assert!(!passed && report.contains("positve_rating"), "{name}: {report}");
+        assert!(
+            !passed && report.contains("positve_rating"),
+            "{name}: {report}"
+        );
     }
 
     // A running server picks the new TOML entries up by itself.
@@ -178,7 +194,13 @@ fn a_python_plugin_that_loops_hoards_memory_or_sleeps_is_stopped_by_its_limits()
     succeed(
         Command::new(project.join(".venv/bin/componentize-py"))
             .args(["--wit-path", "wit", "--world", "strategy", "componentize"])
-            .args(["--python-path", "src", "hostile", "--output", "hostile.wasm"])
+            .args([
+                "--python-path",
+                "src",
+                "hostile",
+                "--output",
+                "hostile.wasm",
+            ])
             .current_dir(&project),
     );
     let wasm = project.join("hostile.wasm");

@@ -51,7 +51,10 @@ const RUST: &[Template] = &[
 const PYTHON: &[Template] = &[
     file("README.md", include_str!("template/python/README.md.txt")),
     file(".gitignore", include_str!("template/python/gitignore.txt")),
-    file("pyproject.toml", include_str!("template/python/pyproject.toml.txt")),
+    file(
+        "pyproject.toml",
+        include_str!("template/python/pyproject.toml.txt"),
+    ),
     file(
         "requirements.txt",
         include_str!("template/python/requirements.txt.txt"),
@@ -62,7 +65,10 @@ const PYTHON: &[Template] = &[
         executable: true,
     },
     file("src/app.py", include_str!("template/python/src/app.py.txt")),
-    file("src/model.py", include_str!("template/python/src/model.py.txt")),
+    file(
+        "src/model.py",
+        include_str!("template/python/src/model.py.txt"),
+    ),
     file(
         "tests/test_model.py",
         include_str!("template/python/tests/test_model.py.txt"),
@@ -73,7 +79,10 @@ const JS: &[Template] = &[
     file("README.md", include_str!("template/js/README.md.txt")),
     file(".gitignore", include_str!("template/js/gitignore.txt")),
     file("package.json", include_str!("template/js/package.json.txt")),
-    file("src/plugin.js", include_str!("template/js/src/plugin.js.txt")),
+    file(
+        "src/plugin.js",
+        include_str!("template/js/src/plugin.js.txt"),
+    ),
     file("src/model.js", include_str!("template/js/src/model.js.txt")),
     file(
         "test/model.test.js",
@@ -206,11 +215,19 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let temp = tempfile::tempdir().expect("temp dir");
         for (lang, component_named_in) in [(Lang::Python, "build.sh"), (Lang::Js, "package.json")] {
-            let root = create("my-model", lang, temp.path().join(format!("{lang:?}")).as_path())
-                .expect("created");
+            let root = create(
+                "my-model",
+                lang,
+                temp.path().join(format!("{lang:?}")).as_path(),
+            )
+            .expect("created");
             for template in lang.templates() {
                 let text = std::fs::read_to_string(root.join(template.path)).expect(template.path);
-                assert!(!text.contains("{{"), "{lang:?} {}: a placeholder left", template.path);
+                assert!(
+                    !text.contains("{{"),
+                    "{lang:?} {}: a placeholder left",
+                    template.path
+                );
                 let mode = std::fs::metadata(root.join(template.path)).expect("metadata");
                 assert_eq!(
                     mode.permissions().mode() & 0o111 != 0,
@@ -229,7 +246,10 @@ mod tests {
     fn refuses_bad_names_and_existing_folders() {
         let temp = tempfile::tempdir().expect("temp dir");
         for bad in ["", "My", "1abc", "a b", "../x", "a/b", &"x".repeat(65)] {
-            assert!(create(bad, Lang::Python, temp.path()).is_err(), "{bad:?} accepted");
+            assert!(
+                create(bad, Lang::Python, temp.path()).is_err(),
+                "{bad:?} accepted"
+            );
         }
         create("taken", Lang::Js, temp.path()).expect("first");
         let error = create("taken", Lang::Rust, temp.path())

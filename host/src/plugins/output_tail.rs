@@ -40,7 +40,9 @@ impl OutputTail {
     pub fn text(&self) -> Option<String> {
         let tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (front, back) = tail.as_slices();
-        let text = String::from_utf8_lossy(&[front, back].concat()).trim().to_string();
+        let text = String::from_utf8_lossy(&[front, back].concat())
+            .trim()
+            .to_string();
         (!text.is_empty()).then_some(text)
     }
 }
@@ -83,7 +85,11 @@ impl OutputStream for OutputTail {
 }
 
 impl AsyncWrite for OutputTail {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.append(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -106,10 +112,19 @@ mod tests {
         let tail = OutputTail::default();
         assert_eq!(tail.text(), None);
         let mut stream = tail.p2_stream();
-        stream.write(Bytes::from_static(b"Traceback (most recent call last):\n")).unwrap();
-        assert_eq!(tail.text().as_deref(), Some("Traceback (most recent call last):"));
-        stream.write(Bytes::from(vec![b'x'; 3 * TAIL_BYTES])).unwrap();
-        stream.write(Bytes::from_static(b"ValueError: bad snapshot\n")).unwrap();
+        stream
+            .write(Bytes::from_static(b"Traceback (most recent call last):\n"))
+            .unwrap();
+        assert_eq!(
+            tail.text().as_deref(),
+            Some("Traceback (most recent call last):")
+        );
+        stream
+            .write(Bytes::from(vec![b'x'; 3 * TAIL_BYTES]))
+            .unwrap();
+        stream
+            .write(Bytes::from_static(b"ValueError: bad snapshot\n"))
+            .unwrap();
         let text = tail.text().unwrap();
         assert_eq!(text.len(), TAIL_BYTES - 1, "trimmed of its newline");
         assert!(text.ends_with("xValueError: bad snapshot"), "{text}");
