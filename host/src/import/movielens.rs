@@ -235,7 +235,7 @@ fn open_latest(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
         .into_records()
         .enumerate()
         .map(move |(number, record)| {
-            let event = (|| {
+            (|| {
                 let record = record?;
                 let (Some(user), Some(item), Some(rating), Some(timestamp)) =
                     (record.get(0), record.get(1), record.get(2), record.get(3))
@@ -244,8 +244,7 @@ fn open_latest(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
                 };
                 rating_event(user, item, rating, timestamp)
             })()
-            .map_err(|error| format!("ratings.csv record {}: {error:#}", number + 1));
-            event
+            .map_err(|error| format!("ratings.csv record {}: {error:#}", number + 1))
         });
     Ok(Dataset {
         items,

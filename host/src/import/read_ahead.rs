@@ -83,10 +83,7 @@ mod tests {
 
     #[test]
     fn a_source_that_panics_is_not_taken_for_the_end_of_the_data() {
-        let source = (0..CHUNK * 2).map(|n| {
-            assert!(n < CHUNK + 5, "the source fails");
-            n
-        });
+        let source = (0..CHUNK * 2).inspect(|&n| assert!(n < CHUNK + 5, "the source fails"));
         let mut read = read_ahead(source).unwrap();
         let caught =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read.by_ref().count()));
