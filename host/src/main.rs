@@ -204,6 +204,10 @@ enum PluginCommand {
         /// '{"memory_mb": 64}'); the rest keep the server's defaults.
         #[arg(long, default_value = "{}")]
         limits: String,
+        /// The data to check on: small (seconds) or demo (the server's demo data, for
+        /// figures that say what the plugin costs there).
+        #[arg(long, value_enum, default_value = "small")]
+        dataset: recohost::plugin_dev::check::CheckDataset,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -370,6 +374,7 @@ fn main() -> anyhow::Result<()> {
                     file,
                     config,
                     limits,
+                    dataset,
                     json,
                 },
         } => {
@@ -380,7 +385,7 @@ fn main() -> anyhow::Result<()> {
             }
             let limits: recohost::plugins::PluginLimits =
                 serde_json::from_str(&limits).map_err(|e| anyhow::anyhow!("--limits: {e}"))?;
-            let report = recohost::plugin_dev::check::check(&file, &config, limits);
+            let report = recohost::plugin_dev::check::check(&file, &config, limits, dataset);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

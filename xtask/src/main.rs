@@ -13,6 +13,10 @@
 //! - `scale [s m l]`: `plugins`, the release build, then the cost-growth benchmark over
 //!   generated datasets of those shapes (`tests/scale.rs`; default S and M, L takes long).
 //!
+//! - `plugin-costs`: `plugins`, the release build, then the same plugin generated in Rust,
+//!   Python and JavaScript, built and measured by `plugin check --dataset demo`
+//!   (`tests/plugin_costs.rs`; needs PyPI, npm, node).
+//!
 //! - `api-check`: `plugins`, the release build, then schemathesis against a live server from
 //!   its `/openapi.json` (`api_check.rs`; installs schemathesis from PyPI on first use).
 //! - `k8s-check`: renders the Kubernetes kustomizations and validates them offline for two
@@ -63,12 +67,13 @@ fn main() -> ExitCode {
         Some("k8s-check") => k8s_check::k8s_check(),
         Some("screenshots") => build_plugins_and_fixtures().and_then(|()| screenshots()),
         Some("scale") => build_plugins().and_then(|()| scale(&args[1..])),
+        Some("plugin-costs") => build_plugins().and_then(|()| plugin_costs()),
         Some("fuzz") => fuzz::fuzz(args.get(1).map(String::as_str)),
         Some("container-test") => container::container_test(),
         Some("cluster-test") => cluster_test::cluster_test(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | overhead | hardening | storage | cluster] | scale [s m l] | api-check | k8s-check | screenshots | fuzz [RUNS] | container-test | cluster-test>"
+                "usage: cargo xtask <plugins | demo [SERVE ARGS] | test [CARGO TEST ARGS] | loadtest [main | overhead | hardening | storage | cluster] | scale [s m l] | plugin-costs | api-check | k8s-check | screenshots | fuzz [RUNS] | container-test | cluster-test>"
             );
             return ExitCode::from(2);
         }
@@ -229,6 +234,18 @@ fn scale(shapes: &[String]) -> Result<(), String> {
         .current_dir(root())
         .env("RECOHOST_BIN", target_dir().join("release/recohost"))
         .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")))
+}
+
+/// `plugin-costs`: the same plugin in Rust, Python and JavaScript, generated, built and
+/// measured (`tests/plugin_costs.rs`).
+fn plugin_costs() -> Result<(), String> {
+    build_server_and_tests()?;
+    run(
+        Command::new(target_dir().join("release").join("plugin-costs"))
+            .current_dir(root())
+            .env("RECOHOST_BIN", target_dir().join("release/recohost"))
+            .env("RECOHOST_PLUGINS_DIR", root().join("dist/plugins")),
+    )
 }
 
 /// `cargo test` over the workspace against the release server and the built plugins.

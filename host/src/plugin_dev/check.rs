@@ -79,6 +79,11 @@ pub struct Figures {
     pub recommend_max_us: Option<f64>,
     pub update_ms: Option<f64>,
     pub snapshot_bytes: Option<usize>,
+    /// A fresh instance from the compiled component: instantiate, `configure`, `load` of the
+    /// snapshot (what the server pays to add a serving instance).
+    pub instance_start_ms: Option<f64>,
+    /// That instance's first `recommend`.
+    pub first_recommend_us: Option<f64>,
     /// Largest linear memory of the instance that trained and served.
     pub peak_memory_bytes: Option<usize>,
 }
@@ -137,9 +142,27 @@ pub(crate) fn dataset_of(size: &DemoSize) -> CheckData {
     }
 }
 
+/// The data a check runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckDataset {
+    /// 300 items, 200 users, ~8,600 events: seconds, for every build.
+    Small,
+    /// The server's demo data (1,200 items, 2,000 users, ~100,000 events): figures that
+    /// say what the plugin costs in the demo.
+    Demo,
+}
+
 /// Runs the check of the plugin at `path`, configured with `config_json`, under `limits`.
-pub fn check(path: &Path, config_json: &str, limits: PluginLimits) -> CheckReport {
-    let data = dataset();
+pub fn check(
+    path: &Path,
+    config_json: &str,
+    limits: PluginLimits,
+    dataset: CheckDataset,
+) -> CheckReport {
+    let data = match dataset {
+        CheckDataset::Small => self::dataset(),
+        CheckDataset::Demo => dataset_of(&DemoSize::default()),
+    };
     let mut run = Run {
         report: CheckReport {
             file: path.display().to_string(),
@@ -331,9 +354,15 @@ impl Run {
     ) -> Result<String, String> {
         let snapshot = session.save().map_err(|e| e.to_string())?;
         self.report.figures.snapshot_bytes = Some(snapshot.len());
+        let started = Instant::now();
         let mut restored = plugin
             .session_from_snapshot(&snapshot)
             .map_err(|e| e.to_string())?;
+        self.report.figures.instance_start_ms = Some(millis(started.elapsed()));
+        let started = Instant::now();
+        answer_for(&mut restored, data, 0, 10)?;
+        self.report.figures.first_recommend_us =
+            Some((started.elapsed().as_secs_f64() * 1e7).round() / 10.0);
         for user in (0..data.users).step_by((data.users / 10).max(1)).take(10) {
             let before = answer_for(session, data, user, 10)?;
             let after = answer_for(&mut restored, data, user, 10)?;
@@ -559,6 +588,15 @@ pub fn render(report: &CheckReport) -> String {
             "snapshot",
             f.snapshot_bytes
                 .map(|b| format!("{} KiB", b.div_ceil(1024))),
+        ),
+        (
+            "new instance",
+            f.instance_start_ms.map(|start| {
+                format!(
+                    "{start:.1} ms to instantiate, configure and load; first recommend {}",
+                    us(f.first_recommend_us).unwrap_or_default()
+                )
+            }),
         ),
         (
             "peak memory",
