@@ -11,13 +11,6 @@ use recohost::config::Config;
 use recohost::eval::split::SplitKind;
 use recohost::store::Store;
 
-// mimalloc instead of glibc's malloc: under load an uncached /recommend spent ~15% of the
-// server's CPU in glibc malloc/free, a fifth of it in malloc_consolidate (a tokio worker
-// freeing what the other allocated). mimalloc's per-thread free lists take those frees
-// without a lock or a consolidation pass.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "recohost",
