@@ -125,8 +125,38 @@ pub fn movielens_100k() -> Option<PathBuf> {
     if dir.join("u.data").exists() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: ../shared/datasets/ml-100k is not on this machine");
+        skipped("../shared/datasets/ml-100k is not on this machine");
         None
+    }
+}
+
+/// The file where tests note what they skipped, beside the build (`cargo xtask test` empties
+/// it first and prints it last: cargo shows nothing a passing test prints).
+pub fn skipped_tests_file() -> PathBuf {
+    binary()
+        .parent()
+        .expect("target/release/recohost")
+        .join("skipped-tests.txt")
+}
+
+/// Says that (part of) a test was skipped and why, on stderr and in [`skipped_tests_file`].
+pub fn skipped(reason: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED: {reason}");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let noted = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skipped_tests_file())
+        .and_then(|mut file| writeln!(file, "{test}: {reason}"));
+    if let Err(error) = noted {
+        eprintln!(
+            "cannot note the skip in {}: {error}",
+            skipped_tests_file().display()
+        );
     }
 }
 
@@ -631,10 +661,11 @@ pub fn plugin_check(file: &Path, config: &str, limits: &str) -> (bool, String) {
         .env("RECOHOST_LOG", "error")
         .output()
         .expect("plugin check starts");
+    // Its log first: what follows the report's FAILED line is then the report's own.
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
     );
     (output.status.success(), text)
 }

@@ -2,14 +2,16 @@
 //! generates a project whose own tests pass (pytest, node's test runner) and whose one build
 //! command (`./build.sh`, `npm run build`) makes a component that passes `plugin check`; a
 //! running server then loads both from new TOML entries, no restart, and serves 10
-//! recommendations from each. And the sandbox holds a Python plugin that loops, hoards memory
+//! recommendations from each, and after a restart takes their machine code from its
+//! compiled-code cache. And the sandbox holds a Python plugin that loops, hoards memory
 //! or sleeps to its limits, as it does the Rust fixtures, and a trap caused by an escaping
 //! exception carries its traceback.
 //!
 //! The toolchains come from the public registries (componentize-py from PyPI into the
 //! project's own virtualenv, componentize-js from npm); node and npm from Debian (`.ci/run`
-//! installs them). Where a registry cannot be reached the test says so and stops, unless
-//! `RECOHOST_REQUIRE_REGISTRIES` is set (`.ci/run` sets it): then it fails.
+//! installs them). Where a registry cannot be reached the test says so and stops (listed as
+//! skipped at the end of `cargo xtask test`), unless `RECOHOST_REQUIRE_REGISTRIES` is set
+//! (`.ci/run` sets it): then it fails.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
@@ -19,58 +21,59 @@ use std::time::Duration;
 use recohost_e2e::{Server, binary, check_failure, config_text, plugin_check, succeed};
 use serde_json::json;
 
-/// A registry and how to ask it whether it answers: through the tool that installs from it,
-/// so that its proxy and certificate settings are the ones used (pip's and npm's config).
-struct Registry {
-    name: &'static str,
-    probe: fn() -> Command,
+/// A registry, asked through the tool that installs from it so that the tool's own index,
+/// proxy and certificate settings apply.
+#[derive(Clone, Copy)]
+enum Registry {
+    PyPi,
+    Npm,
 }
 
-const PYPI: Registry = Registry {
-    name: "PyPI",
-    probe: || {
-        let mut command = Command::new("python3");
-        command.args([
-            "-c",
-            "import urllib.request; urllib.request.urlopen('https://pypi.org/simple/componentize-py/', timeout=20)",
-        ]);
-        command
-    },
-};
-
-const NPM: Registry = Registry {
-    name: "npm",
-    probe: || {
-        let mut command = Command::new("npm");
-        command.args([
-            "view",
-            "@bytecodealliance/componentize-js@0.23.0",
-            "version",
-        ]);
-        command
-    },
-};
-
-/// Whether `registry` answers. If not, the test is skipped with a message, or fails where the
-/// registries are required.
+/// Whether `registry` answers. If not, the test is skipped, saying so (the harness lists skips
+/// at the end of `cargo xtask test`), or fails where the registries are required. A tool that
+/// is not installed is a failure, not a skip.
 fn registry_reachable(registry: Registry) -> bool {
-    let problem = match (registry.probe)().output() {
-        Ok(output) if output.status.success() => return true,
-        Ok(output) => String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string(),
-        Err(error) => error.to_string(),
+    let temp = tempfile::tempdir().unwrap();
+    let (name, mut probe) = match registry {
+        Registry::PyPi => {
+            // pip comes with a virtualenv (Debian's python3 has none of its own).
+            let venv = temp.path().join("venv");
+            succeed(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+            let mut pip = Command::new(venv.join("bin/pip"));
+            pip.args(["index", "versions", "componentize-py"]);
+            ("PyPI", pip)
+        }
+        Registry::Npm => {
+            let mut npm = Command::new("npm");
+            npm.args([
+                "view",
+                "@bytecodealliance/componentize-js@0.23.0",
+                "version",
+            ]);
+            ("npm", npm)
+        }
     };
-    let name = registry.name;
+    let output = probe
+        .output()
+        .unwrap_or_else(|error| panic!("{probe:?} cannot start: {error}"));
+    if output.status.success() {
+        return true;
+    }
+    // The tool's error line (npm ends with where its log went, pip with a hint).
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let problem = stderr
+        .lines()
+        .find(|line| line.to_lowercase().contains("error"))
+        .or_else(|| stderr.lines().rfind(|line| !line.trim().is_empty()))
+        .unwrap_or_default()
+        .to_string();
     assert!(
         std::env::var_os("RECOHOST_REQUIRE_REGISTRIES").is_none(),
         "{name} is unreachable ({problem}) and RECOHOST_REQUIRE_REGISTRIES is set"
     );
-    eprintln!(
-        "SKIPPED: {name} is unreachable ({problem}); the plugin toolchain cannot be installed"
-    );
+    recohost_e2e::skipped(&format!(
+        "{name} is unreachable ({problem}): its plugin toolchain cannot be installed"
+    ));
     false
 }
 
@@ -99,6 +102,14 @@ fn python_plugin(name: &str, parent: &Path) -> PathBuf {
     project.join(format!("{name}.wasm"))
 }
 
+/// `npm test` with the TAP reporter, whose counts read the same on every Node release.
+fn js_tests(project: &Path) -> Command {
+    let mut npm = Command::new("npm");
+    npm.args(["test", "--", "--test-reporter=tap"])
+        .current_dir(project);
+    npm
+}
+
 /// Generates, tests and builds a JavaScript plugin; its component.
 fn js_plugin(name: &str, parent: &Path) -> PathBuf {
     let project = new_project(name, "js", parent);
@@ -107,7 +118,7 @@ fn js_plugin(name: &str, parent: &Path) -> PathBuf {
             .args(["install", "--no-audit", "--no-fund"])
             .current_dir(&project),
     );
-    let tests = stdout_of(Command::new("npm").arg("test").current_dir(&project));
+    let tests = stdout_of(&mut js_tests(&project));
     assert!(
         tests.contains("# pass 6") && tests.contains("# fail 0"),
         "{tests}"
@@ -124,10 +135,10 @@ fn js_plugin(name: &str, parent: &Path) -> PathBuf {
 fn python_and_javascript_plugins_from_nothing_pass_the_check_and_serve_without_a_restart() {
     let temp = tempfile::tempdir().unwrap();
     let mut plugins = Vec::new();
-    if registry_reachable(PYPI) {
+    if registry_reachable(Registry::PyPi) {
         plugins.push(("py-pop", python_plugin("py-pop", temp.path())));
     }
-    if registry_reachable(NPM) {
+    if registry_reachable(Registry::Npm) {
         plugins.push(("js-pop", js_plugin("js-pop", temp.path())));
     }
     if plugins.is_empty() {
@@ -157,32 +168,107 @@ fn python_and_javascript_plugins_from_nothing_pass_the_check_and_serve_without_a
         ));
     }
     let partial = temp.path().join("config.partial");
-    std::fs::write(&partial, config).unwrap();
+    std::fs::write(&partial, &config).unwrap();
     std::fs::rename(&partial, &config_path).unwrap();
-    server.wait_for("/plugins", Duration::from_secs(180), |listed| {
-        plugins.iter().all(|(name, _)| {
-            listed["plugins"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["name"] == *name && p["status"] == "ready")
+    let all_ready = |server: &Server| {
+        server.wait_for("/plugins", Duration::from_secs(180), |listed| {
+            plugins.iter().all(|(name, _)| {
+                listed["plugins"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == *name && p["status"] == "ready")
+            })
         })
-    });
+    };
+    let code_of = |listed: &serde_json::Value, name: &str| {
+        listed["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["code"].clone())
+    };
+    let listed = all_ready(&server);
+    let recommend = |server: &Server| {
+        for (name, _) in &plugins {
+            let (status, body) = server.post(
+                "/recommend",
+                &json!({"user_id": 7, "n_recommendations": 10, "model_type": name, "bypass_experiments": true}),
+            );
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["model"], *name, "{body}");
+            let recommendations = body["recommendations"].as_array().unwrap();
+            assert_eq!(recommendations.len(), 10, "{body}");
+        }
+    };
+    recommend(&server);
+
+    // Compiled once: a restart takes their machine code from the compiled-code cache.
     for (name, _) in &plugins {
-        let (status, body) = server.post(
-            "/recommend",
-            &json!({"user_id": 7, "n_recommendations": 10, "model_type": name, "bypass_experiments": true}),
+        assert_eq!(code_of(&listed, name), Some(json!("compiled")), "{name}");
+    }
+    drop(server);
+    let server = Server::start_in(&data_dir, &config).unwrap();
+    let listed = all_ready(&server);
+    for (name, _) in &plugins {
+        assert_eq!(code_of(&listed, name), Some(json!("cache")), "{name}");
+    }
+    recommend(&server);
+}
+
+/// A copy of `examples/NAME` in `parent`, without what a build there may have left.
+fn copy_example(name: &str, parent: &Path) -> PathBuf {
+    let source = recohost_e2e::workspace_root().join("examples").join(name);
+    succeed(Command::new("cp").arg("-r").arg(&source).arg(parent));
+    let copy = parent.join(name);
+    for generated in [".venv", "node_modules", "__pycache__"] {
+        let _ = std::fs::remove_dir_all(copy.join(generated));
+    }
+    copy
+}
+
+#[test]
+fn the_python_and_javascript_examples_pass_the_check_under_the_production_limits() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut built = Vec::new();
+    if registry_reachable(Registry::PyPi) {
+        let project = copy_example("python-itemknn", temp.path());
+        let build = stdout_of(Command::new("./build.sh").current_dir(&project));
+        assert!(build.contains("8 passed"), "{build}");
+        built.push((project.join("python-itemknn.wasm"), r#"{"neighbors": 20}"#));
+    }
+    if registry_reachable(Registry::Npm) {
+        let project = copy_example("js-popularity", temp.path());
+        succeed(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&project),
         );
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["model"], *name, "{body}");
-        let recommendations = body["recommendations"].as_array().unwrap();
-        assert_eq!(recommendations.len(), 10, "{body}");
+        let tests = stdout_of(&mut js_tests(&project));
+        assert!(
+            tests.contains("# pass 7") && tests.contains("# fail 0"),
+            "{tests}"
+        );
+        succeed(
+            Command::new("npm")
+                .args(["run", "build"])
+                .current_dir(&project),
+        );
+        built.push((
+            project.join("js-popularity.wasm"),
+            r#"{"half_life_days": 7}"#,
+        ));
+    }
+    for (wasm, config) in built {
+        let (passed, report) = plugin_check(&wasm, config, "{}");
+        assert!(passed, "{}: {report}", wasm.display());
     }
 }
 
 #[test]
 fn a_python_plugin_that_loops_hoards_memory_or_sleeps_is_stopped_by_its_limits() {
-    if !registry_reachable(PYPI) {
+    if !registry_reachable(Registry::PyPi) {
         return;
     }
     let temp = tempfile::tempdir().unwrap();

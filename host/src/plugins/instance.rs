@@ -144,6 +144,7 @@ impl PluginInstance {
         let state = self.store.data_mut();
         state.deadline_tick = self.clock.now() + ticks;
         state.log_budget = self.limits.max_log_bytes_per_call;
+        state.output.clear();
         let result = run(&self.exports, &mut self.store);
         // The plugin's name is only needed for an error: no allocation on the happy path.
         let plugin = || self.store.data().plugin.to_string();
@@ -183,13 +184,16 @@ impl PluginInstance {
                     )))
                 } else if error.downcast_ref::<Trap>().is_some() {
                     // An interpreter's fatal error (a Python traceback) is only on its stderr:
-                    // it comes first, the engine's backtrace of interpreter frames after.
+                    // this call's output follows the engine's reason, marked as the plugin's.
                     let output = match self.store.data().output.text() {
-                        Some(text) => format!("its last output was \"{text}\"; "),
+                        // Already its last KiB: the end of a traceback is what matters.
+                        Some(text) => format!(
+                            "\nthe plugin's output before the trap (stdout and stderr): {text}"
+                        ),
                         None => String::new(),
                     };
                     Err(trapped(format!(
-                        "{output}{}",
+                        "{}{output}",
                         short_text(&format!("{error:#}"))
                     )))
                 } else {

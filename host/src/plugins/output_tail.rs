@@ -5,8 +5,9 @@
 //! exception that escapes a componentize-py export prints its Python traceback to stderr and
 //! aborts, and componentize-js prints the JavaScript error. Without it a trap reads "error while
 //! executing at wasm backtrace" and a list of interpreter frames. So both streams go into one
-//! small buffer that keeps the last [`TAIL_BYTES`]; a trap's reason ends with them, and
-//! nothing else reads them (a plugin talks to the log through `host-log`).
+//! small buffer that keeps the last [`TAIL_BYTES`] of the call under way (cleared as each call
+//! begins, so one request's output never reaches another's error); a trap's reason ends with
+//! them, and nothing else reads them (a plugin talks to the log through `host-log`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -19,14 +20,20 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi_io::poll::Pollable;
 use wasmtime_wasi_io::streams::{OutputStream, StreamResult};
 
-/// Bytes kept: a Python traceback of a few frames, not a flood.
-pub const TAIL_BYTES: usize = 2048;
+/// Bytes kept: a Python traceback of a few frames with its last line, the exception; as much as
+/// the host keeps of a plugin's error text, so that a trap's reason stays small.
+pub const TAIL_BYTES: usize = 1024;
 
 /// One instance's stdout and stderr together, last [`TAIL_BYTES`] kept. Clones share it.
 #[derive(Clone, Default)]
 pub struct OutputTail(Arc<Mutex<VecDeque<u8>>>);
 
 impl OutputTail {
+    /// Forgets what earlier calls wrote.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn append(&self, bytes: &[u8]) {
         let mut tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let kept = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
@@ -128,5 +135,7 @@ mod tests {
         let text = tail.text().unwrap();
         assert_eq!(text.len(), TAIL_BYTES - 1, "trimmed of its newline");
         assert!(text.ends_with("xValueError: bad snapshot"), "{text}");
+        tail.clear();
+        assert_eq!(tail.text(), None);
     }
 }
