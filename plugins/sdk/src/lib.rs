@@ -38,6 +38,8 @@ pub use bindings::recohost::strategy::types::{
     TrainingReport, UserIndex,
 };
 
+#[cfg(feature = "ndarray")]
+pub mod arrays;
 pub mod by_user;
 pub mod config;
 pub mod kernels;
