@@ -151,7 +151,9 @@ pub fn skipped(reason: &str) {
         .create(true)
         .append(true)
         .open(skipped_tests_file())
-        .and_then(|mut file| writeln!(file, "{test}: {reason}"));
+        // One write of the whole line: tests run on threads and in processes at once, and an
+        // appended write(2) this small is not interleaved with another.
+        .and_then(|mut file| file.write_all(format!("{test}: {reason}\n").as_bytes()));
     if let Err(error) = noted {
         eprintln!(
             "cannot note the skip in {}: {error}",
@@ -677,6 +679,19 @@ pub fn check_failure(report: &str) -> &str {
         .find("\nFAILED: ")
         .unwrap_or_else(|| panic!("no FAILED line:\n{report}"));
     &report[start + 1..]
+}
+
+/// `plugin check` of a fixture that misbehaves at one list length (config
+/// `{"misbehave_only": COUNT}`), under `limits`: it must fail at that length, for `reason`.
+pub fn assert_check_fails_at(fixture: &Path, count: u32, limits: &str, reason: &str) {
+    let config = format!(r#"{{"misbehave_only": {count}}}"#);
+    let (passed, report) = plugin_check(fixture, &config, limits);
+    assert!(!passed, "count {count} passed:\n{report}");
+    let failure = check_failure(&report);
+    assert!(
+        failure.contains(reason) && failure.contains(&format!("count {count}")),
+        "count {count}: expected {reason:?} in {failure}"
+    );
 }
 
 /// Runs `command`, panicking with its output unless it succeeds.

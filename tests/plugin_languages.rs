@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use recohost_e2e::{Server, binary, check_failure, config_text, plugin_check, succeed};
+use recohost_e2e::{Server, binary, config_text, plugin_check, succeed};
 use serde_json::json;
 
 /// A registry, asked through the tool that installs from it so that the tool's own index,
@@ -102,33 +102,35 @@ fn python_plugin(name: &str, parent: &Path) -> PathBuf {
     project.join(format!("{name}.wasm"))
 }
 
-/// `npm test` with the TAP reporter, whose counts read the same on every Node release.
-fn js_tests(project: &Path) -> Command {
-    let mut npm = Command::new("npm");
-    npm.args(["test", "--", "--test-reporter=tap"])
-        .current_dir(project);
-    npm
-}
-
-/// Generates, tests and builds a JavaScript plugin; its component.
-fn js_plugin(name: &str, parent: &Path) -> PathBuf {
-    let project = new_project(name, "js", parent);
+/// In a JavaScript project: `npm INSTALL` (`install`, or `ci` from its lock), its tests (all
+/// `tests` must pass, counted by the TAP reporter, which reads the same on every Node
+/// release), then `npm run build`; the component.
+fn js_build(project: &Path, install: &str, tests: usize, name: &str) -> PathBuf {
     succeed(
         Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund"])
-            .current_dir(&project),
+            .args([install, "--no-audit", "--no-fund"])
+            .current_dir(project),
     );
-    let tests = stdout_of(&mut js_tests(&project));
+    let report = stdout_of(
+        Command::new("npm")
+            .args(["test", "--", "--test-reporter=tap"])
+            .current_dir(project),
+    );
     assert!(
-        tests.contains("# pass 6") && tests.contains("# fail 0"),
-        "{tests}"
+        report.contains(&format!("# pass {tests}")) && report.contains("# fail 0"),
+        "{report}"
     );
     succeed(
         Command::new("npm")
             .args(["run", "build"])
-            .current_dir(&project),
+            .current_dir(project),
     );
     project.join(format!("{name}.wasm"))
+}
+
+/// Generates, tests and builds a JavaScript plugin; its component.
+fn js_plugin(name: &str, parent: &Path) -> PathBuf {
+    js_build(&new_project(name, "js", parent), "install", 6, name)
 }
 
 #[test]
@@ -240,25 +242,8 @@ fn the_python_and_javascript_examples_pass_the_check_under_the_production_limits
     }
     if registry_reachable(Registry::Npm) {
         let project = copy_example("js-popularity", temp.path());
-        succeed(
-            Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&project),
-        );
-        let tests = stdout_of(&mut js_tests(&project));
-        assert!(
-            tests.contains("# pass 7") && tests.contains("# fail 0"),
-            "{tests}"
-        );
-        succeed(
-            Command::new("npm")
-                .args(["run", "build"])
-                .current_dir(&project),
-        );
-        built.push((
-            project.join("js-popularity.wasm"),
-            r#"{"half_life_days": 7}"#,
-        ));
+        let wasm = js_build(&project, "ci", 7, "js-popularity");
+        built.push((wasm, r#"{"half_life_days": 7}"#));
     }
     for (wasm, config) in built {
         let (passed, report) = plugin_check(&wasm, config, "{}");
@@ -307,14 +292,7 @@ fn a_python_plugin_that_loops_hoards_memory_or_sleeps_is_stopped_by_its_limits()
         ),
         (41, "{}", "exceeded its time budget of 250 ms"),
     ] {
-        let config = format!(r#"{{"misbehave_only": {count}}}"#);
-        let (passed, report) = plugin_check(&wasm, &config, limits);
-        assert!(!passed, "count {count} passed:\n{report}");
-        let failure = check_failure(&report);
-        assert!(
-            failure.contains(reason) && failure.contains(&format!("count {count}")),
-            "count {count}: expected {reason:?} in {failure}"
-        );
+        recohost_e2e::assert_check_fails_at(&wasm, count, limits, reason);
     }
     // Honest otherwise: the fixture is the generated plugin.
     let (passed, report) = plugin_check(&wasm, r#"{"misbehave_only": 1000}"#, "{}");

@@ -145,14 +145,7 @@ fn plugin_check_rejects_each_hostile_fixture_with_its_reason() {
         ),
     ];
     for (count, limits, reason) in cases {
-        let config = format!(r#"{{"misbehave_only": {count}}}"#);
-        let (passed, report) = plugin_check(&misbehaving, &config, limits);
-        assert!(!passed, "count {count} passed:\n{report}");
-        let failure = check_failure(&report);
-        assert!(
-            failure.contains(reason) && failure.contains(&format!("count {count}")),
-            "count {count}: expected {reason:?} in {failure}"
-        );
+        recohost_e2e::assert_check_fails_at(&misbehaving, count, limits, reason);
     }
     // Honest otherwise: the fixture is the popularity model.
     let (passed, report) = check(&misbehaving, r#"{"misbehave_only": 1000}"#);
