@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -26,16 +27,34 @@ pub const TAIL_BYTES: usize = 1024;
 
 /// One instance's stdout and stderr together, last [`TAIL_BYTES`] kept. Clones share it.
 #[derive(Clone, Default)]
-pub struct OutputTail(Arc<Mutex<VecDeque<u8>>>);
+pub struct OutputTail(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    tail: Mutex<VecDeque<u8>>,
+    /// Whether anything was written since the last clear: [`OutputTail::clear`] runs before
+    /// every plugin call, and almost no call writes, so it takes the lock only when one did.
+    written: AtomicBool,
+}
 
 impl OutputTail {
     /// Forgets what earlier calls wrote.
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // A plain load first: a swap is as dear as the lock it would spare.
+        if self.0.written.load(Ordering::Relaxed) {
+            let mut tail = self.lock();
+            tail.clear();
+            self.0.written.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<u8>> {
+        self.0.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn append(&self, bytes: &[u8]) {
-        let mut tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tail = self.lock();
+        self.0.written.store(true, Ordering::Relaxed);
         let kept = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
         let overflow = (tail.len() + kept.len()).saturating_sub(TAIL_BYTES);
         tail.drain(..overflow);
@@ -45,7 +64,7 @@ impl OutputTail {
     /// What was kept, as text (invalid UTF-8 replaced), trimmed; `None` when nothing was
     /// written.
     pub fn text(&self) -> Option<String> {
-        let tail = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let tail = self.lock();
         let (front, back) = tail.as_slices();
         let text = String::from_utf8_lossy(&[front, back].concat())
             .trim()
