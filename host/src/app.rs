@@ -14,6 +14,7 @@ use crate::config::{Config, LearningConfig, PluginDeclaration};
 use crate::events::EventWriter;
 use crate::experiments::Experiments;
 use crate::features::{Features, SharedFeatures};
+use crate::histories::HistoriesBuilder;
 use crate::learning::job::save_snapshot;
 use crate::learning::{Learning, Unlearned};
 use crate::plugin_set::PublishedSet;
@@ -135,12 +136,9 @@ impl App {
         // has its user among them (a user is stored with, or before, their first event).
         // Events other writers store meanwhile are caught up after start, as any later one.
         let through = store.last_event_id()?;
+        let mut users = Users::new(store.users()?);
         // A cluster node keeps no user histories: they are in the shared feature store.
-        let mut users = if clustered {
-            Users::without_histories(store.users()?)
-        } else {
-            Users::new(store.users()?)
-        };
+        let mut histories = (!clustered).then(|| HistoriesBuilder::new(users.len()));
         let mut monitor_history = config.monitoring.enabled.then(|| {
             crate::monitoring::monitor::EventHistory::new(&config.monitoring, catalog.len())
         });
@@ -157,6 +155,9 @@ impl App {
             }
             stored_events += 1;
             users.record(event);
+            if let Some(histories) = &mut histories {
+                histories.push(event);
+            }
             if let Some(history) = &mut monitor_history {
                 history.add(event);
             }
@@ -164,7 +165,9 @@ impl App {
                 unlearned.push(event);
             }
         })?;
-        users.shrink_to_fit();
+        if let Some(histories) = histories {
+            users.keep_histories(histories.build());
+        }
         let users = Arc::new(RwLock::new(users));
         let store_id = store.store_id()?;
         let features = Arc::new(if clustered {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
+use crate::histories::{Histories, History};
 use crate::plugins::bindings::{Feedback, Item, WitEventKind};
 use crate::store::{EventKind, EventRow, ItemRow};
 
@@ -105,19 +106,19 @@ impl ItemJson {
 }
 
 /// Registered users: their IDs, event counts and newest event ids, and (on a single node)
-/// their histories. A cluster node keeps no histories: they are in the shared feature
+/// their histories ([`Histories`]). A cluster node keeps no histories: they are in the shared feature
 /// store (`features`), and the counts and newest ids say whether what it reads there is
 /// current.
 #[derive(Default)]
 pub struct Users {
     external_ids: Vec<String>,
     by_external_id: HashMap<String, u32>,
-    /// Each user's event count: their version.
-    counts: Vec<u32>,
-    /// Each user's newest event id (0: none).
-    newest: Vec<i64>,
-    /// Each user's events, oldest first, when kept here.
-    histories: Option<Vec<Vec<Feedback>>>,
+    /// Each user's event count and newest event id, side by side: start-up records every
+    /// stored event here in time order, one random access each (two, with two vectors, were
+    /// a sixth of a restart at MovieLens 25M's size).
+    records: Vec<UserRecord>,
+    /// Each user's events, when kept here.
+    histories: Option<Histories>,
     /// Id of the newest event recorded: an experiment exposure served now is answered by the
     /// user's events after it.
     last_event_id: i64,
@@ -125,18 +126,34 @@ pub struct Users {
     event_count: u64,
 }
 
+/// What [`Users`] keeps of each user's events whether or not it keeps their history.
+#[derive(Clone, Copy, Default)]
+struct UserRecord {
+    /// Their newest event's id (0: none).
+    newest: i64,
+    /// How many events they have: their version.
+    count: u32,
+}
+
 impl Users {
-    /// Users with their histories (a single node), before any event is recorded.
+    /// Users as the store lists them, before any event is recorded, without histories: a
+    /// cluster node never keeps them (they are in the feature store), a single node is given
+    /// them by [`Self::keep_histories`] once it has read the log.
     pub fn new(external_ids: Vec<String>) -> Self {
-        Self::with(external_ids, true)
+        Self::with(external_ids, None)
     }
 
-    /// Users without their histories (a cluster node: they are in the feature store).
-    pub fn without_histories(external_ids: Vec<String>) -> Self {
-        Self::with(external_ids, false)
+    /// Users with empty histories, kept from now on (a single node's).
+    #[cfg(test)]
+    pub fn with_histories(external_ids: Vec<String>) -> Self {
+        let users = external_ids.len();
+        Self::with(
+            external_ids,
+            Some(crate::histories::HistoriesBuilder::new(users).build()),
+        )
     }
 
-    fn with(external_ids: Vec<String>, keep_histories: bool) -> Self {
+    fn with(external_ids: Vec<String>, histories: Option<Histories>) -> Self {
         let by_external_id = external_ids
             .iter()
             .enumerate()
@@ -146,20 +163,17 @@ impl Users {
         Self {
             external_ids,
             by_external_id,
-            counts: vec![0; users],
-            newest: vec![0; users],
-            histories: keep_histories.then(|| vec![Vec::new(); users]),
+            records: vec![UserRecord::default(); users],
+            histories,
             last_event_id: 0,
             event_count: 0,
         }
     }
 
-    /// Gives back what the histories' growth left unused, after start-up recorded every
-    /// stored event (up to half of each history).
-    pub fn shrink_to_fit(&mut self) {
-        for history in self.histories.iter_mut().flatten() {
-            history.shrink_to_fit();
-        }
+    /// Keeps `histories` (built from the events recorded so far) and every later event's
+    /// place in them.
+    pub fn keep_histories(&mut self, histories: Histories) {
+        self.histories = Some(histories);
     }
 
     /// Adds a user registered in the store under `index` (the next free one).
@@ -167,10 +181,9 @@ impl Users {
         debug_assert_eq!(index as usize, self.external_ids.len());
         self.by_external_id.insert(external_id.clone(), index);
         self.external_ids.push(external_id);
-        self.counts.push(0);
-        self.newest.push(0);
+        self.records.push(UserRecord::default());
         if let Some(histories) = &mut self.histories {
-            histories.push(Vec::new());
+            histories.register();
         }
     }
 
@@ -179,11 +192,11 @@ impl Users {
     pub fn record(&mut self, event: &EventRow) -> Option<i64> {
         self.last_event_id = self.last_event_id.max(event.id);
         let user = event.user as usize;
-        let newest = self.newest.get_mut(user)?;
-        let previous = std::mem::replace(newest, event.id);
-        self.counts[user] = self.counts[user].saturating_add(1);
-        if let Some(history) = self.histories.as_mut().and_then(|h| h.get_mut(user)) {
-            history.push(to_feedback(event));
+        let record = self.records.get_mut(user)?;
+        let previous = std::mem::replace(&mut record.newest, event.id);
+        record.count = record.count.saturating_add(1);
+        if let Some(histories) = &mut self.histories {
+            histories.record(event);
         }
         self.event_count += 1;
         Some(previous)
@@ -209,12 +222,16 @@ impl Users {
     /// the same after a restart (events are never deleted), so cache keys built on it can
     /// outlive the process (Redis) without ever naming a stale answer.
     pub fn version(&self, user: u32) -> u64 {
-        self.counts.get(user as usize).copied().map_or(0, u64::from)
+        self.records
+            .get(user as usize)
+            .map_or(0, |record| u64::from(record.count))
     }
 
     /// The id of the user's newest event (0: none).
     pub fn newest_event(&self, user: u32) -> i64 {
-        self.newest.get(user as usize).copied().unwrap_or(0)
+        self.records
+            .get(user as usize)
+            .map_or(0, |record| record.newest)
     }
 
     pub fn len(&self) -> usize {
@@ -234,15 +251,9 @@ impl Users {
         self.external_ids.get(index as usize).map(String::as_str)
     }
 
-    /// The user's events, oldest first, when histories are kept here (else `None`).
-    pub fn history(&self, user: u32) -> Option<&[Feedback]> {
-        let histories = self.histories.as_ref()?;
-        Some(
-            histories
-                .get(user as usize)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-        )
+    /// The user's events, when histories are kept here (else `None`).
+    pub fn history(&self, user: u32) -> Option<History<'_>> {
+        Some(self.histories.as_ref()?.of(user))
     }
 }
 

@@ -43,6 +43,7 @@ pub mod events;
 pub mod experiments;
 pub mod features;
 pub mod histogram;
+pub mod histories;
 pub mod import;
 pub mod learning;
 pub mod monitoring;

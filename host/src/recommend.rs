@@ -449,7 +449,7 @@ mod tests {
             &crate::store::Database::Sqlite(database),
         )
         .unwrap();
-        let users = Arc::new(RwLock::new(Users::new(Vec::new())));
+        let users = Arc::new(RwLock::new(Users::with_histories(Vec::new())));
         let recommender = Recommender {
             catalog: Arc::new(data.catalog),
             features: Arc::new(crate::features::Features::Local {

@@ -77,9 +77,14 @@ impl Features {
                 history_limit,
             } => {
                 let users = users.read().unwrap_or_else(|p| p.into_inner());
-                let full = users.history(index).unwrap_or(&[]);
-                let history = full.iter().rev().take(*history_limit).cloned().collect();
-                let mut exclude: Vec<u32> = full.iter().map(|event| event.item).collect();
+                // A single node always keeps histories (`None` only on a cluster node).
+                let full = users.history(index);
+                let history = full.as_ref().map_or_else(Vec::new, |full| {
+                    full.events().rev().take(*history_limit).collect()
+                });
+                let mut exclude: Vec<u32> = full
+                    .as_ref()
+                    .map_or_else(Vec::new, |full| full.items().collect());
                 exclude.sort_unstable();
                 exclude.dedup();
                 UserFeatures {
@@ -99,8 +104,10 @@ impl Features {
         match self {
             Self::Local { users, .. } => {
                 let users = users.read().unwrap_or_else(|p| p.into_inner());
-                let full = users.history(index).unwrap_or(&[]);
-                full.iter().rev().take(limit).cloned().collect()
+                users
+                    .history(index)
+                    .map(|full| full.events().rev().take(limit).collect())
+                    .unwrap_or_default()
             }
             Self::Shared(shared) => {
                 let mut history = shared.user(index).await.history;

@@ -57,15 +57,6 @@ pub struct WindowEvent {
     pub new_item: bool,
 }
 
-fn kind_index(kind: EventKind) -> usize {
-    match kind {
-        EventKind::Rate => 0,
-        EventKind::Click => 1,
-        EventKind::View => 2,
-        EventKind::Purchase => 3,
-    }
-}
-
 impl EventWindow {
     /// Users with an event in the window.
     pub fn active_users(&self) -> usize {
@@ -74,7 +65,7 @@ impl EventWindow {
 
     pub fn record(&mut self, event: WindowEvent) {
         self.events += 1;
-        self.kinds[kind_index(event.kind)] += 1;
+        self.kinds[event.kind.index()] += 1;
         if event.kind == EventKind::Rate && event.value.is_finite() {
             *self
                 .ratings

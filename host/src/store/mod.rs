@@ -131,6 +131,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, at its [`Self::index`].
+    pub const ALL: [Self; 4] = [Self::Rate, Self::Click, Self::View, Self::Purchase];
+
+    /// The kind's place in [`Self::ALL`]: a small code for compact rows and per-kind counts.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Rate => "rate",
