@@ -8,8 +8,8 @@
 //! exception carries its traceback.
 //!
 //! The toolchains come from the public registries (componentize-py from PyPI into the
-//! project's own virtualenv, componentize-js from npm); node and npm from Debian (`.ci/run`
-//! installs them). Where a registry cannot be reached the test says so and stops (listed as
+//! project's own virtualenv, componentize-js from npm); Node.js 20.19 or newer with npm
+//! (`.ci/run` takes Node 22 from PyPI where the machine has none). Where a registry cannot be reached the test says so and stops (listed as
 //! skipped at the end of `cargo xtask test`), unless `RECOHOST_REQUIRE_REGISTRIES` is set
 //! (`.ci/run` sets it): then it fails.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use recohost::catalog::Users;
 use recohost::config::CacheConfig;
 use recohost::features::{Features, SharedFeatures};
+use recohost::histories::HistoriesBuilder;
 use recohost::store::{EventKind, EventRow, Store};
 
 fn resident_bytes() -> u64 {
@@ -61,15 +62,21 @@ fn main() {
     if let Some(mode) = std::env::var_os("FEATURE_MEMORY_RECORDS") {
         let keep = mode == "histories";
         let before = resident_bytes();
-        let mut records = if keep {
-            Users::new(ids())
-        } else {
-            Users::without_histories(ids())
-        };
+        // As a node starts: every event read in time order (users interleaved), the single
+        // node's histories built from them (`HistoriesBuilder`) and kept.
+        let mut records = Users::without_histories(ids());
+        let mut histories = keep.then(|| HistoriesBuilder::new(records.len()));
         for k in 0..per_user {
             for user in 0..users {
-                records.record(&event(user, k, users));
+                let event = event(user, k, users);
+                records.record(&event);
+                if let Some(histories) = &mut histories {
+                    histories.push(&event);
+                }
             }
+        }
+        if let Some(histories) = histories {
+            records.keep_histories(histories.build());
         }
         let grown = resident_bytes().saturating_sub(before);
         println!(
@@ -186,7 +193,7 @@ fn main() {
             );
         }
     });
-    let local_users = Arc::new(RwLock::new(Users::new(ids())));
+    let local_users = Arc::new(RwLock::new(Users::with_histories(ids())));
     {
         let mut records = local_users.write().unwrap_or_else(|p| p.into_inner());
         for k in 0..per_user {

@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
         .expect("demo data");
     let catalog = Catalog::new(store.items().expect("items"));
     let events = store.events_after(0).expect("events");
-    let mut users = Users::new(store.users().expect("users"));
+    let mut users = Users::with_histories(store.users().expect("users"));
     for event in &events {
         users.record(event);
     }
@@ -42,11 +42,8 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(0);
     let history: Vec<_> = users
         .history(user)
-        .unwrap_or(&[])
-        .iter()
-        .rev()
-        .cloned()
-        .collect();
+        .map(|full| full.events().rev().collect())
+        .unwrap_or_default();
     let mut exclude: Vec<u32> = history.iter().map(|e| e.item).collect();
     exclude.sort_unstable();
     exclude.dedup();

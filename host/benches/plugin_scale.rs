@@ -48,9 +48,9 @@ fn requests(users: &Users) -> Vec<Request> {
     (0..USERS)
         .map(|_| {
             let user = rng.random_range(0..users.len() as u32);
-            let full = users.history(user).unwrap_or(&[]);
-            let history = full.iter().rev().take(HISTORY_LIMIT).cloned().collect();
-            let mut exclude: Vec<u32> = full.iter().map(|e| e.item).collect();
+            let full = users.history(user).expect("a single node's histories");
+            let history = full.events().rev().take(HISTORY_LIMIT).collect();
+            let mut exclude: Vec<u32> = full.items().collect();
             exclude.sort_unstable();
             exclude.dedup();
             Request {
@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
             .import_stream(&dataset.items, &mut { dataset.events })
             .expect("import");
         let catalog = Catalog::new(store.items().expect("items"));
-        let mut users = Users::new(store.users().expect("users"));
+        let mut users = Users::with_histories(store.users().expect("users"));
         let mut feedback = Vec::new();
         store
             .scan_events_after(0, &mut |event| {

@@ -136,7 +136,7 @@ impl App {
         // has its user among them (a user is stored with, or before, their first event).
         // Events other writers store meanwhile are caught up after start, as any later one.
         let through = store.last_event_id()?;
-        let mut users = Users::new(store.users()?);
+        let mut users = Users::without_histories(store.users()?);
         // A cluster node keeps no user histories: they are in the shared feature store.
         let mut histories = (!clustered).then(|| HistoriesBuilder::new(users.len()));
         let mut monitor_history = config.monitoring.enabled.then(|| {

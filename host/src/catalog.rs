@@ -106,9 +106,9 @@ impl ItemJson {
 }
 
 /// Registered users: their IDs, event counts and newest event ids, and (on a single node)
-/// their histories ([`Histories`]). A cluster node keeps no histories: they are in the shared feature
-/// store (`features`), and the counts and newest ids say whether what it reads there is
-/// current.
+/// their histories ([`Histories`]). A cluster node keeps no histories: they are in the
+/// shared feature store (`features`), and the counts and newest ids say whether what it
+/// reads there is current.
 #[derive(Default)]
 pub struct Users {
     external_ids: Vec<String>,
@@ -136,15 +136,15 @@ struct UserRecord {
 }
 
 impl Users {
-    /// Users as the store lists them, before any event is recorded, without histories: a
-    /// cluster node never keeps them (they are in the feature store), a single node is given
-    /// them by [`Self::keep_histories`] once it has read the log.
-    pub fn new(external_ids: Vec<String>) -> Self {
+    /// Users as the store lists them, before any event is recorded, with no histories: a
+    /// cluster node never keeps them (they are in the feature store); a single node is given
+    /// them by [`Self::keep_histories`] once start-up has read the log.
+    pub fn without_histories(external_ids: Vec<String>) -> Self {
         Self::with(external_ids, None)
     }
 
-    /// Users with empty histories, kept from now on (a single node's).
-    #[cfg(test)]
+    /// Users with empty histories, each event recorded from now on kept in them (a single
+    /// node without a start-up pass: tests and benchmarks).
     pub fn with_histories(external_ids: Vec<String>) -> Self {
         let users = external_ids.len();
         Self::with(
@@ -173,6 +173,7 @@ impl Users {
     /// Keeps `histories` (built from the events recorded so far) and every later event's
     /// place in them.
     pub fn keep_histories(&mut self, histories: Histories) {
+        debug_assert_eq!(histories.users(), self.len(), "histories for other users");
         self.histories = Some(histories);
     }
 

@@ -64,8 +64,8 @@ pub enum EventError {
     FutureTimestamp(u64),
 }
 
-/// Largest clock difference accepted for a client's timestamp.
-const MAX_FUTURE_SECS: u64 = 86_400;
+/// Largest clock difference accepted for a client's timestamp (the importer's too).
+pub const MAX_FUTURE_SECS: u64 = 86_400;
 
 /// Checks an event against the catalog and the configured rating scale.
 pub fn validate(

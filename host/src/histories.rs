@@ -26,19 +26,22 @@ use crate::store::{EventKind, EventRow};
 struct HistoryEvent {
     item: u32,
     value: f32,
-    /// The timestamp (seconds) shifted left by 8, the kind's index in the low byte. Stored
-    /// events' timestamps are at most a few days ahead of their arrival
-    /// (`events::MAX_FUTURE_SECS`), so far below 2^56.
+    /// The timestamp (seconds) shifted left by 8, the kind's index in the low byte. The API
+    /// and the importer take timestamps at most a day ahead (`events::MAX_FUTURE_SECS`), far
+    /// below 2^56; one beyond (stored by an importer before it checked) is kept as the
+    /// largest that fits.
     stamp: u64,
 }
 
+/// The largest timestamp a [`HistoryEvent`] holds.
+const LATEST: u64 = (1 << 56) - 1;
+
 impl HistoryEvent {
     fn of(event: &EventRow) -> Self {
-        debug_assert!(event.timestamp < 1 << 56, "{}", event.timestamp);
         Self {
             item: event.item,
             value: event.value,
-            stamp: (event.timestamp << 8) | event.kind.index() as u64,
+            stamp: (event.timestamp.min(LATEST) << 8) | event.kind.index() as u64,
         }
     }
 
@@ -68,6 +71,11 @@ pub struct Histories {
 }
 
 impl Histories {
+    /// How many users it has a history for.
+    pub fn users(&self) -> usize {
+        self.later.len()
+    }
+
     /// Adds a user with no events (registered after start-up).
     pub fn register(&mut self) {
         self.later.push(Vec::new());
@@ -111,24 +119,21 @@ struct Staged {
 /// comment for why in two steps).
 pub struct HistoriesBuilder {
     users: usize,
-    /// Bucket `b` holds the events of users `b << shift ..` `(b + 1) << shift`, in the
-    /// order pushed.
-    shift: u32,
+    /// Bucket `b` holds the events of users `b << USERS_PER_BUCKET_BITS` up to the next
+    /// bucket's first, in the order pushed.
     buckets: Vec<Vec<Staged>>,
 }
 
-/// About this many users to a bucket: a bucket's part of the block (a thousand users' events,
-/// 1.6 MB at MovieLens 25M's size) stays in the caches while it is laid out.
+/// 2^this users to a bucket: a bucket's part of the block (1,024 users' events, 2.5 MB at
+/// MovieLens 25M's size) stays in the caches while it is laid out.
 const USERS_PER_BUCKET_BITS: u32 = 10;
 
 impl HistoriesBuilder {
     /// For `users` users, indices `0..users`.
     pub fn new(users: usize) -> Self {
-        let shift = USERS_PER_BUCKET_BITS;
         Self {
             users,
-            shift,
-            buckets: vec![Vec::new(); users.div_ceil(1 << shift)],
+            buckets: vec![Vec::new(); users.div_ceil(1 << USERS_PER_BUCKET_BITS)],
         }
     }
 
@@ -138,7 +143,7 @@ impl HistoriesBuilder {
         if event.user as usize >= self.users {
             return false;
         }
-        self.buckets[(event.user >> self.shift) as usize].push(Staged {
+        self.buckets[(event.user >> USERS_PER_BUCKET_BITS) as usize].push(Staged {
             user: event.user,
             event: HistoryEvent::of(event),
         });
@@ -154,8 +159,8 @@ impl HistoriesBuilder {
         starts.push(0u64);
         let mut next = Vec::new();
         for (bucket_index, bucket) in self.buckets.into_iter().enumerate() {
-            let first_user = bucket_index << self.shift;
-            let users = (self.users - first_user).min(1 << self.shift);
+            let first_user = bucket_index << USERS_PER_BUCKET_BITS;
+            let users = (self.users - first_user).min(1 << USERS_PER_BUCKET_BITS);
             // Where each of the bucket's users' events go next: counted, then summed up.
             next.clear();
             next.resize(users, 0u64);
@@ -293,6 +298,19 @@ mod tests {
         assert_eq!(newest_first.first(), Some(&500));
         assert!(histories.of(1).is_empty());
         assert!(histories.of(users as u32 + 9).is_empty());
+    }
+
+    #[test]
+    fn a_timestamp_too_large_to_hold_is_kept_as_the_largest_that_fits() {
+        let mut builder = HistoriesBuilder::new(1);
+        builder.push(&event(1, 0, 3, EventKind::Purchase, u64::MAX));
+        let histories = builder.build();
+        let kept = feedback(histories.of(0));
+        assert_eq!(
+            kept,
+            [(0, 3, WitEventKind::Purchase, 0.5, LATEST)],
+            "the kind survives"
+        );
     }
 
     #[test]

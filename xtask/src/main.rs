@@ -188,8 +188,19 @@ fn demo(args: &[String]) -> Result<(), String> {
 /// dependencies in play cargo resolves features differently than for the binary alone, and a
 /// separate `cargo build -p recohost` would compile a second copy of wasmtime (12 minutes on 2
 /// cores). The demo uses the same build, so `demo` then `test` (or the reverse) compiles it once.
+/// The benchmarks are built too (nothing runs them here; in the release profile they reuse
+/// what the tests compiled): an interface change that breaks one then fails here, not when
+/// someone next measures.
 fn build_server_and_tests() -> Result<(), String> {
-    run(cargo().args(["build", "--release", "--workspace", "--bins", "--tests"]))
+    run(cargo().args([
+        "build",
+        "--release",
+        "--workspace",
+        "--bins",
+        "--tests",
+        "--bench",
+        "*",
+    ]))
 }
 
 /// `loadtest` runs every load test; `loadtest main`, `hardening`, `storage` or `cluster`

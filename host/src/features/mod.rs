@@ -77,8 +77,10 @@ impl Features {
                 history_limit,
             } => {
                 let users = users.read().unwrap_or_else(|p| p.into_inner());
-                // A single node always keeps histories (`None` only on a cluster node).
+                // A single node keeps histories from the end of start-up (`None` only on a
+                // cluster node, which reads features from the shared store).
                 let full = users.history(index);
+                debug_assert!(full.is_some(), "a single node without histories");
                 let history = full.as_ref().map_or_else(Vec::new, |full| {
                     full.events().rev().take(*history_limit).collect()
                 });

@@ -570,7 +570,7 @@ mod tests {
             timeout_ms: 1_000,
             ..CacheConfig::default()
         };
-        let users = Arc::new(RwLock::new(Users::new(vec!["u".into()])));
+        let users = Arc::new(RwLock::new(Users::without_histories(vec!["u".into()])));
         let store = Arc::new(Store::open(&temp.path().join("db")).unwrap());
         let features = Arc::new(SharedFeatures::new(&cache, "t", users, store, 100, 2).unwrap());
         let key = |kind| features.key(kind, 0);

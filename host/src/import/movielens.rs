@@ -109,6 +109,7 @@ pub fn read_ratings(path: &Path, progress: bool) -> anyhow::Result<Vec<ImportEve
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let bar = bar(file.metadata()?.len(), "ratings", progress);
+    let latest = latest_timestamp();
     let mut events = Vec::new();
     let name = path
         .file_name()
@@ -130,7 +131,7 @@ pub fn read_ratings(path: &Path, progress: bool) -> anyhow::Result<Vec<ImportEve
             );
         };
         events.push(
-            rating_event(user, item, rating, timestamp)
+            rating_event(user, item, rating, timestamp, latest)
                 .with_context(|| format!("{name} line {}", number + 1))?,
         );
     }
@@ -177,11 +178,19 @@ fn read_100k_genres(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(genres.into_iter().map(|(_, name)| name).collect())
 }
 
+/// The latest timestamp an import takes: what the API takes (`events::MAX_FUTURE_SECS`). A
+/// file in milliseconds or nanoseconds would otherwise store dates centuries ahead, which the
+/// users' histories cannot even hold (`histories.rs`).
+fn latest_timestamp() -> u64 {
+    crate::store::unix_now() + crate::events::MAX_FUTURE_SECS
+}
+
 fn rating_event(
     user: &str,
     item: &str,
     rating: &str,
     timestamp: &str,
+    latest: u64,
 ) -> anyhow::Result<ImportEvent> {
     let value: f32 = rating
         .trim()
@@ -190,15 +199,19 @@ fn rating_event(
     if !value.is_finite() || !(0.0..=10.0).contains(&value) {
         bail!("rating {value} is out of range");
     }
+    let timestamp: u64 = timestamp
+        .trim()
+        .parse()
+        .with_context(|| format!("timestamp {timestamp:?} is not an integer"))?;
+    if timestamp > latest {
+        bail!("timestamp {timestamp} is more than a day in the future (Unix seconds expected)");
+    }
     Ok(ImportEvent {
         user: user.trim().to_string(),
         item: item.trim().to_string(),
         kind: EventKind::Rate,
         value,
-        timestamp: timestamp
-            .trim()
-            .parse()
-            .with_context(|| format!("timestamp {timestamp:?} is not an integer"))?,
+        timestamp,
     })
 }
 
@@ -230,6 +243,7 @@ fn open_latest(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
     let file = std::fs::File::open(&path).context("cannot open ratings.csv")?;
     // The bar counts the bytes read, and stays on the terminal at 100% when done.
     let bar = bar(file.metadata()?.len(), "ratings", progress);
+    let latest = latest_timestamp();
     let ratings = csv::Reader::from_reader(bar.wrap_read(file));
     let events = ratings
         .into_records()
@@ -242,7 +256,7 @@ fn open_latest(folder: &Path, progress: bool) -> anyhow::Result<Dataset> {
                 else {
                     bail!("expected userId,movieId,rating,timestamp");
                 };
-                rating_event(user, item, rating, timestamp)
+                rating_event(user, item, rating, timestamp, latest)
             })()
             .map_err(|error| format!("ratings.csv record {}: {error:#}", number + 1))
         });
@@ -331,5 +345,16 @@ mod tests {
         )
         .unwrap();
         assert!(format!("{:#}", read(dir.path(), false).unwrap_err()).contains("record 1"));
+        // Milliseconds for seconds: centuries ahead, refused, not stored.
+        std::fs::write(
+            dir.path().join("ratings.csv"),
+            "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,1,4.0,964982703000\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", read(dir.path(), false).unwrap_err());
+        assert!(
+            error.contains("record 2") && error.contains("in the future"),
+            "{error}"
+        );
     }
 }
