@@ -303,7 +303,8 @@ mod tests {
     #[test]
     fn a_timestamp_too_large_to_hold_is_kept_as_the_largest_that_fits() {
         let mut builder = HistoriesBuilder::new(1);
-        builder.push(&event(1, 0, 3, EventKind::Purchase, u64::MAX));
+        // Just past what fits: shifted unclamped, its top bit would drop and leave 5.
+        builder.push(&event(1, 0, 3, EventKind::Purchase, (1 << 56) | 5));
         let histories = builder.build();
         let kept = feedback(histories.of(0));
         assert_eq!(
